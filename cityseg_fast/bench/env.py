@@ -1,0 +1,151 @@
+"""The environment a result was measured in: host, CPU, GPUs (via NVML), library versions, git commit.
+
+`collect_env()` is cheap enough for every benchmark row; `doctor` adds the slower capability probes.
+Nothing here raises because a GPU, NVML, DALI or git is missing: those are reported as absent.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity / cgroup aware where the OS says), not the host's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def nvml_gpus() -> tuple[list[dict[str, Any]], str | None]:
+    """[{index, name, memory_total_mib, driver, compute_capability}], and the NVML error if it failed."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "pynvml (nvidia-ml-py) is not installed"
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # pynvml.NVMLError_LibraryNotFound etc.: no driver on this machine
+        return [], f"NVML unavailable: {e}"
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else driver
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            gpus.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_total_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
+                    "driver": driver,
+                    "compute_capability": f"{major}.{minor}",
+                }
+            )
+        return gpus, None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@lru_cache(maxsize=1)
+def git_commit(path: str | None = None) -> str | None:
+    """The commit of the checkout the package runs from (with '-dirty' if modified), or None."""
+    where = path or str(Path(__file__).resolve().parents[2])
+    try:
+        out = subprocess.run(
+            ["git", "-C", where, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def compiler() -> str | None:
+    """The C++ compiler torch.compile's inductor would use on the CPU, or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def collect_env() -> dict[str, Any]:
+    """The fields recorded on every result row."""
+    import torch
+    import torchvision
+
+    from cityseg_fast import __version__
+    from cityseg_fast.data.dali import dali_version
+
+    gpus, _ = nvml_gpus()
+    cuda = torch.cuda.is_available()
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cityseg_fast": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dali": dali_version(),
+        "cuda_runtime": torch.version.cuda,
+        "cuda_available": cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cpu": cpu_model(),
+        "cpu_cores": cpu_count(),
+        "gpu": gpus[0]["name"] if gpus else None,
+        "gpu_count": len(gpus),
+        "driver": gpus[0]["driver"] if gpus else None,
+        "git_commit": git_commit(),
+    }
+
+
+def distributed_backends() -> dict[str, bool]:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return {"gloo": False, "nccl": False}
+    import torch
+
+    return {
+        "gloo": dist.is_gloo_available(),
+        # NCCL needs both the build and a visible GPU.
+        "nccl": dist.is_nccl_available() and torch.cuda.is_available(),
+    }
+
+
+def doctor_report() -> dict[str, Any]:
+    """Everything `cityseg doctor` shows: collect_env() plus GPUs in detail and capability probes."""
+    from cityseg_fast.data.dali import probe
+
+    env = collect_env()
+    gpus, nvml_error = nvml_gpus()
+    cxx = compiler()
+    return {
+        **env,
+        "gpus": gpus,
+        "nvml_error": nvml_error,
+        "dali_probe": probe(),
+        "compile": {"cxx": cxx, "possible": cxx is not None or env["cuda_available"]},
+        "distributed": distributed_backends(),
+    }

@@ -1,0 +1,60 @@
+"""Report what this machine has and what cityseg_fast can do on it.
+
+Versions (Python, torch, torchvision, DALI, CUDA), the CPU, each GPU via NVML, whether a DALI CPU
+pipeline builds and GPU (`mixed`) decoding works, whether torch.compile can work (a C++ compiler),
+and which distributed backends are available. A missing GPU or DALI is reported, never a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _yes(v: bool) -> str:
+    return "[green]yes[/]" if v else "[red]no[/]"
+
+
+def run(args: argparse.Namespace) -> int:
+    from cityseg_fast.bench.env import doctor_report
+
+    info = doctor_report()
+    if args.json:
+        print(json.dumps(info, sort_keys=True))
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="cityseg doctor", show_header=True, header_style="bold")
+    t.add_column("item")
+    t.add_column("value")
+    t.add_row("Python", info["python"])
+    t.add_row("torch / torchvision", f"{info['torch']} / {info['torchvision']}")
+    t.add_row("CUDA (torch build)", str(info["cuda_runtime"] or "none (CPU build)"))
+    t.add_row("CUDA available", _yes(info["cuda_available"]))
+    t.add_row("CPU", f"{info['cpu']} ({info['cpu_cores']} cores usable)")
+    if info["gpus"]:
+        for g in info["gpus"]:
+            t.add_row(
+                f"GPU {g['index']}",
+                f"{g['name']}, {g['memory_total_mib']} MiB, driver {g['driver']}, sm {g['compute_capability']}",
+            )
+    else:
+        t.add_row("GPU", f"none ({info['nvml_error'] or 'NVML reports no devices'})")
+    d = info["dali_probe"]
+    t.add_row("DALI", d["version"] or "[red]not installed[/]")
+    t.add_row("DALI CPU pipeline", _yes(d["cpu_pipeline"]))
+    t.add_row("DALI GPU (mixed) decode", _yes(d["gpu_decode"]) + ("" if info["cuda_available"] else " (no GPU)"))
+    if d["error"]:
+        t.add_row("DALI note", d["error"])
+    c = info["compile"]
+    t.add_row("torch.compile", _yes(c["possible"]) + (f" (C++: {c['cxx']})" if c["cxx"] else " (no C++ compiler)"))
+    t.add_row("distributed", ", ".join(f"{k}: {_yes(v)}" for k, v in info["distributed"].items()))
+    t.add_row("git commit", str(info["git_commit"]))
+    Console().print(t)
+    return 0

@@ -1,0 +1,342 @@
+"""Typed, layered configuration: frozen dataclasses <- YAML files (later wins) <- `section.key=value`.
+
+    cfg = load_config(["configs/train/unet_cpu.yaml"], ["train.iters=200", "data.crop=[256,512]"])
+    dump_config(cfg, "run/config.yaml")             # reloads to the same value
+
+Every key is type-checked; an unknown key or a wrong type raises a one-line `UserError` that names
+the key and the closest valid keys. Sizes are always (H, W).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cityseg_fast.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # dataset root: raw Cityscapes or `cityseg prepare` output; "" -> $CITYSCAPES_DATASET
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int = 19
+    ignore_index: int = 255
+    crop: tuple[int, int] = (512, 1024)  # training crop (H, W)
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random scale of the source frame
+    flip_prob: float = 0.5
+    eval_size: tuple[int, int] | None = None  # resize eval images to (H, W); None = full resolution
+    eval_label_resize: bool = False  # eval labels: False = keep full resolution, True = nearest-resize
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # on 0..1 pixels
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    backend: str = "dali"  # dali | torch | synthetic
+    device: str = "auto"  # dali only: auto | gpu | cpu (where decode + augmentation run)
+    batch_size: int = 8  # per rank
+    eval_batch_size: int = 1  # per rank
+    num_workers: int = 2  # torch DataLoader worker processes
+    num_threads: int = 2  # DALI CPU threads
+    prefetch_queue_depth: int = 2  # DALI pipeline / torch prefetch depth
+    hw_decoder_load: float = 0.65  # DALI mixed decode: share of JPEGs sent to the hardware decoder
+    pin_memory: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "unet"  # see `cityseg_fast.models.list_models()`
+    pretrained: str = ""  # "" | path to a backbone state_dict | "torchvision" (downloads)
+    aux_loss: bool = False  # fcn_resnet*: auxiliary head on layer3
+    base_width: int | None = None  # unet: width of the first stage (None = the variant's default)
+    upsample: str | None = None  # unet: bilinear | transposed (None = the variant's default)
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    dtype: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (bf16/fp16 = autocast; fp16 adds a GradScaler)
+    channels_last: bool = True
+    compile: str = "off"  # off | default | reduce-overhead | max-autotune
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/default"
+    iters: int = 1000  # runs are measured in iterations, as MMSegmentation does
+    eval_interval: int = 500
+    log_interval: int = 20
+    ckpt_interval: int = 500
+    keep_ckpts: int = 2
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the linear warm-up
+    poly_power: float = 0.9
+    min_lr: float = 1e-4
+    aux_weight: float = 0.4
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    sync_bn: bool = False
+    seed: int = 0
+    resume: str = "auto"  # auto (latest checkpoint in out_dir, if any) | never | path to a checkpoint
+    dist_timeout_s: int = 300  # a dead rank makes the others fail within this many seconds
+    max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    warmup: int = 10  # iterations excluded from timing
+    iters: int = 50  # timed iterations
+    split_phases: bool = False  # model scenario: time forward / backward / optimizer separately
+    sample_interval_s: float = 0.1  # NVML / host memory sampling period
+    max_batch_search: bool = False  # on OOM, halve the batch until it fits and record it
+    variance_warn: float = 0.15  # warn when IQR / median exceeds this
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+_SECTION_TYPES = typing.get_type_hints(Config)
+
+
+# ---------------------------------------------------------------------------------------------
+# type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to `tp`, or raise a UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str) and "x" in value.lower() and all(a is int for a in args):
+            value = value.lower().split("x")  # "512x1024" -> (512, 1024)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"config key '{key}': expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}': expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _closest(name: str, valid: Iterable[str]) -> str:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    shown = close or valid
+    return ", ".join(shown[:8]) + (" ..." if not close and len(valid) > 8 else "")
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    cls = _SECTION_TYPES[section]
+    return typing.get_type_hints(cls)
+
+
+def _check_key(section: str, key: str | None, where: str) -> None:
+    if section not in _SECTION_TYPES:
+        raise UserError(f"{where}unknown config section '{section}'; closest valid: {_closest(section, _SECTION_TYPES)}")
+    if key is not None:
+        fields = _section_fields(section)
+        if key not in fields:
+            valid = [f"{section}.{k}" for k in fields]
+            raise UserError(
+                f"{where}unknown config key '{section}.{key}'; closest valid: {_closest(f'{section}.{key}', valid)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], where: str) -> None:
+    if not isinstance(layer, Mapping):
+        raise UserError(f"{where}expected a mapping of sections (data:, loader:, ...), got {type(layer).__name__}")
+    for section, values in layer.items():
+        _check_key(str(section), None, where)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise UserError(f"{where}config section '{section}' must be a mapping, got {values!r}")
+        for key, value in values.items():
+            _check_key(section, str(key), where)
+            base.setdefault(section, {})[key] = value
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.lr=0.1' -> ('train', 'lr', 0.1); the value is parsed as YAML ('[512, 1024]', 'true', 'null')."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"override '{text}' is not of the form section.key=value (e.g. train.lr=0.01)")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def build_config(values: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Build a Config from {section: {key: value}}, type-checking every value."""
+    values = values or {}
+    sections = {}
+    for section, cls in _SECTION_TYPES.items():
+        given = dict(values.get(section, {}))
+        hints = _section_fields(section)
+        kwargs = {}
+        for key, value in given.items():
+            _check_key(section, key, "")
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{p}: not valid YAML{at}") from None
+    return data or {}
+
+
+def load_config(
+    files: Iterable[str | os.PathLike] = (),
+    overrides: Iterable[str] = (),
+    base: Config | None = None,
+) -> Config:
+    """Defaults (or `base`) <- each YAML file in order <- each `section.key=value` override."""
+    merged: dict[str, dict[str, Any]] = to_dict(base) if base is not None else {}
+    for f in files:
+        _merge(merged, load_yaml(f), f"{f}: ")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _check_key(section, key, "")
+        merged.setdefault(section, {})[key] = value
+    return build_config(merged)
+
+
+def replace(cfg: Config, **changes: Mapping[str, Any]) -> Config:
+    """Return a copy with some keys changed: replace(cfg, train={"iters": 10}, loader={"batch_size": 2})."""
+    d = to_dict(cfg)
+    _merge(d, changes, "")
+    return build_config(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Plain dict of lists/scalars (tuples become lists), fit for YAML and JSON."""
+
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in _SECTION_TYPES}
+
+
+def dump_config(cfg: Config, path: str | os.PathLike | None = None) -> str:
+    """The resolved config as YAML (flow-style lists so sizes read as [512, 1024]); written if path given."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    if path is not None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    return text
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable hash of the resolved config (identifies a benchmark point)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def data_root(cfg: Config) -> Path:
+    """The dataset root: data.root, else $CITYSCAPES_DATASET; a UserError if neither is set."""
+    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
+    if not root:
+        raise UserError("no dataset given: pass --data DIR, set data.root, or set CITYSCAPES_DATASET")
+    return Path(root).expanduser()
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024): sizes are (H, W) everywhere."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size '{text}' is not HxW (e.g. 512x1024)") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"size '{text}' must be positive")
+    return h, w

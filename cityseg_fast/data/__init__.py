@@ -1,0 +1,1 @@
+"""Data: Cityscapes labels and layout, the synthetic dataset, `prepare`, and the loaders."""

@@ -1,0 +1,1 @@
+"""cityseg_fast.models"""

@@ -1,0 +1,73 @@
+"""The CLI surface: every command has --help; unbuilt commands say so and exit 2; user errors are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cityseg_fast.cli import COMMANDS, main
+
+
+def cityseg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cityseg_fast", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_command():
+    out = cityseg("--help")
+    assert out.returncode == 0
+    for name in ["doctor", "synth", "prepare", "train", "eval", "predict", "bench", "sweep", "report", "demo"]:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    assert "usage: cityseg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", [n for n, (m, _) in COMMANDS.items() if m is None])
+def test_unbuilt_commands_say_so(name, capsys):
+    assert main([name]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_doctor_json_without_gpu():
+    out = cityseg("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    for key in ["python", "torch", "torchvision", "dali", "cuda_runtime", "cpu", "cpu_cores", "gpus",
+                "dali_probe", "compile", "distributed", "git_commit"]:
+        assert key in info
+    assert info["cpu_cores"] >= 1
+    assert info["distributed"]["gloo"] is True
+    assert isinstance(info["compile"]["possible"], bool)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert info["gpus"] == [] and info["dali_probe"]["gpu_decode"] is False
+    if info["dali"] is not None:
+        assert info["dali_probe"]["cpu_pipeline"] is True, info["dali_probe"]
+
+
+def test_doctor_table_is_readable():
+    out = cityseg("doctor")
+    assert out.returncode == 0, out.stderr
+    assert "DALI CPU pipeline" in out.stdout and "torch.compile" in out.stdout
+
+
+def test_user_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from cityseg_fast.commands import doctor
+    from cityseg_fast.errors import UserError
+
+    def boom(args):
+        raise UserError(f"{tmp_path}/x.png: truncated file")
+
+    monkeypatch.setattr(doctor, "run", boom)
+    assert main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.png: truncated file" in err and "Traceback" not in err
