@@ -10,10 +10,14 @@ import torch
 class Batch(NamedTuple):
     """image: float N x 3 x H x W, channels_last, normalized, on the training device.
     target: int64 N x H x W trainIds 0..18, 255 = ignore, on the same device.
+    index: int64 N (any device) positions of the samples in the loader's `samples` list, or None.
+      Eval loaders always set it: it names exported predictions, and -1 marks a padding sample
+      (its target is all 255) so that no repeated image ever reaches the metric.
     """
 
     image: torch.Tensor
     target: torch.Tensor
+    index: torch.Tensor | None = None
 
 
 def check_batch(batch: Batch, device: torch.device | str | None = None, num_classes: int = 19) -> None:

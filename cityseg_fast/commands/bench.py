@@ -1,0 +1,48 @@
+"""Benchmark one scenario and print (or --json) its measurements.
+
+  loader    the data loader alone: images/s, batch latency percentiles, CPU utilisation
+  model     train step (and inference) on a synthetic on-device batch
+  e2e       the real loader feeding the same train step
+  infer     latency at batch 1 and throughput at batch N
+  accuracy  train K iterations, then evaluate mIoU
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# scenario -> (module defining add_arguments(p) and run(args), or None while not built yet; help)
+SCENARIOS: dict[str, tuple[str | None, str]] = {
+    "loader": (None, "loader-only throughput and latency (dali | torch | synthetic)"),
+    "model": (None, "model-only train step and inference on a synthetic batch"),
+    "e2e": (None, "end to end: the real loader and the same train step"),
+    "infer": (None, "inference latency (batch 1) and throughput (batch N)"),
+    "accuracy": (None, "train K iterations and evaluate mIoU"),
+}
+
+
+def _not_available(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"cityseg bench {name}: not available yet in this version", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
+    for name, (module, help_text) in SCENARIOS.items():
+        if module is None:
+            sp = sub.add_parser(name, help=f"{help_text} [not available yet]")
+            sp.set_defaults(scenario_func=_not_available(name))
+            continue
+        mod = importlib.import_module(module)
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(scenario_func=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.scenario_func(args)
