@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, read_pair
+from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.errors import UserError
 
 FORMAT_VERSION = 1

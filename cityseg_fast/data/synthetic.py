@@ -462,8 +462,7 @@ class _Scene:
         col = _grey(rng, 10, 60)
         c.label[start:][region] = ID["ego vehicle"]
         c.rgb[start:][region] = col
-        edge = region & (rows[start:] >= h - 0.15 * depth)
-        corners = edge & (np.abs(x)[None, :] > 0.85)
+        corners = (rows[start:] >= h - 0.25 * depth) & (np.abs(x)[None, :] > 0.7)  # the image's bottom corners
         c.label[start:][corners] = ID["out of roi"]
         if rng.random() < 0.5:  # a thin rectification border on the left/right edges
             bw = max(int(w * 0.004), 1)
