@@ -169,7 +169,8 @@ def open_label(path: str | Path, kind: str, check_values: bool = True) -> Image.
     """Decode a label PNG to an 8-bit PIL image of trainIds (255 = ignore); see `read_label`.
 
     Works on PIL images on purpose: the value check is a 256-bin histogram and the id -> trainId
-    mapping a 256-entry `point` table, both C loops without numpy temporaries (prepare's hot path).
+    mapping a 256-entry `point` table, both C loops without numpy temporaries (prepare's hot path);
+    a min/max scan comes first and settles most checks alone.
     """
     path = Path(path)
     if kind not in ("labelIds", "trainIds"):
@@ -182,7 +183,8 @@ def open_label(path: str | Path, kind: str, check_values: bool = True) -> Image.
     elif im.mode != "L":
         raise UserError(f"{path}: label has mode {im.mode}, expected an 8-bit single-channel PNG")
     ok = _LABEL_ID_OK if kind == "labelIds" else _TRAIN_ID_OK
-    if check_values:
+    lo, hi = im.getextrema()
+    if check_values and not ok[lo : hi + 1].all():  # min/max settle it for labelIds (0..33 contiguous)
         bad = np.flatnonzero((np.asarray(im.histogram()) > 0) & ~ok)
         if bad.size:
             shown = ", ".join(str(int(v)) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
