@@ -128,7 +128,7 @@ def main() -> None:
         work = Path(tmp)
         synth_rows, src = bench_synth(work, args.frames, cores)
         rows += synth_rows
-        parts = bench_single_core(src, work, n=8)
+        parts = bench_single_core(src, work, n=16)
         rows.append(parts)
         full_res = bench_prepare(src, work, cores, args.repeats)
         one = bench_prepare(src, work, 1, 1)
