@@ -166,7 +166,12 @@ def prepare_dataset(
     tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale)
     n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
-    results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    try:
+        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    finally:
+        # On an error the pool is terminated, possibly inside another worker's write: its temp file
+        # must not outlive this run (finished files are never touched).
+        _remove_stray_temps(out, splits)
     wall = time.perf_counter() - t0
     manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
     return {
