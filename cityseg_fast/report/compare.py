@@ -166,6 +166,29 @@ def _verdict_cell(c: Change) -> str:
     return f"{mark} ({c.note})" if c.note else mark
 
 
+def _change_table(changes: Sequence[Change], base_name: str, other_name: str) -> str:
+    body = [
+        [
+            c.scenario,
+            c.label,
+            c.metric,
+            _value(c, c.base_value),
+            _value(c, c.value),
+            _change_cell(c),
+            DASH
+            if c.band_source == DASH
+            else (f"±{c.band:g} pt" if c.metric == "miou" else f"±{c.band:.1%} ({c.band_source})"),
+            _verdict_cell(c),
+        ]
+        for c in changes
+    ]
+    return md_table(
+        ["scenario", "point", "metric", base_name, other_name, "change", "noise band", "verdict"],
+        body,
+        [False, False, False, True, True, True, True, False],
+    )
+
+
 def compare_section(runs: Sequence[Run]) -> str:
     changes, unmatched = compare_runs(runs)
     if len(runs) < 2:
@@ -191,29 +214,17 @@ def compare_section(runs: Sequence[Run]) -> str:
         # Regressions first, then improvements: what a reviewer needs to see is at the top.
         order = {REGRESSION: 0, IMPROVEMENT: 1, SAME: 2}
         mine.sort(key=lambda c: (order[c.verdict], c.scenario, c.label))
-        body = [
-            [
-                c.scenario,
-                c.label,
-                c.metric,
-                _value(c, c.base_value),
-                _value(c, c.value),
-                _change_cell(c),
-                DASH
-                if c.band_source == DASH
-                else (f"±{c.band:g} pt" if c.metric == "miou" else f"±{c.band:.1%} ({c.band_source})"),
-                _verdict_cell(c),
-            ]
-            for c in mine
-        ]
-        out.append(
-            md_table(
-                ["scenario", "point", "metric", runs[0].name, run.name, "change", "noise band", "verdict"],
-                body,
-                [False, False, False, True, True, True, True, False],
+        marked = [c for c in mine if c.verdict != SAME]
+        quiet = [c for c in mine if c.verdict == SAME]
+        if marked:
+            out.append(_change_table(marked, runs[0].name, run.name) + "\n")
+        if quiet:
+            # Unchanged points are the bulk of a comparison: folded, so regressions stay on screen.
+            out.append(
+                f"\n<details><summary>{len(quiet)} point(s) within noise</summary>\n\n"
+                + _change_table(quiet, runs[0].name, run.name)
+                + "\n\n</details>\n"
             )
-            + "\n"
-        )
     return "".join(out)
 
 

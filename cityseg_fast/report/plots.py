@@ -68,21 +68,17 @@ def _batch_rows(runs: Sequence[Run], scenario: str) -> list[dict[str, Any]]:
     return [r for r in tagged_rows(runs, scenario) if isinstance(r["point"].get("batch_size"), int)]
 
 
-def _series(
-    rows: list[dict[str, Any]], multi_run: bool, exclude: Sequence[str]
-) -> dict[str, list[dict[str, Any]]]:
-    """Rows grouped into lines by every varying point key except `exclude` (and by run when several)."""
-    varying, _ = split_keys(rows)
-    keys = [k for k in varying if k not in exclude]
+def _series(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped into lines by the values of `keys` (runs are kept apart by the caller)."""
     series: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(
         rows, key=lambda r: (res_pixels(flat_point(r).get("resolution")), point_label(flat_point(r), keys))
     ):
-        label = point_label(flat_point(r), keys) or "all points"
-        if multi_run:
-            label = f"{r['_run']}: {label}"
-        series.setdefault(label, []).append(r)
+        series.setdefault(point_label(flat_point(r), keys) or "all points", []).append(r)
     return series
+
+
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _vs_batch(
@@ -93,10 +89,12 @@ def _vs_batch(
     title: str,
     scale: float = 1.0,
 ) -> str | None:
-    """Lines of value(row) against batch size, one panel per model; failed points as red x on the axis."""
+    """Lines of value(row) against batch size, one panel per model; failed points as red x on the axis.
+
+    Colour = configuration (the same in every panel), line style = run; one legend for the figure.
+    """
     rows = _batch_rows(runs, "model")
-    ok = [r for r in rows if value(r) is not None]
-    if not ok:
+    if not any(value(r) is not None for r in rows):
         return "no ok model-scenario rows with a batch size and this metric"
     if len({r["point"]["batch_size"] for r in rows}) < 2:
         return "only one batch size was measured"
@@ -104,35 +102,37 @@ def _vs_batch(
     models = sorted({str(r["point"].get("model", "?")) for r in rows})
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1.5, 4.2 * nrows), squeeze=False)
-    # One colour per series across every panel, so "512x1024 bf16" reads the same everywhere.
-    labels = list(_series(rows, len(runs) > 1, ["model", "batch_size"]))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
+    keys = [k for k in split_keys(rows)[0] if k not in ("model", "batch_size")]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(labels)}
+    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(_series(rows, keys))}
+    styles = {run.name: LINESTYLES[i % len(LINESTYLES)] for i, run in enumerate(runs)}
+    handles: dict[str, Any] = {}
     for ax, model in zip(axes.flat, models, strict=False):
         mrows = [r for r in rows if str(r["point"].get("model", "?")) == model]
         bad_bs: list[int] = []
-        for label, srows in _series(mrows, len(runs) > 1, ["model", "batch_size"]).items():
-            pts = sorted((r["point"]["batch_size"], value(r)) for r in srows if value(r) is not None)
-            if pts:
-                ax.plot(
+        for label, srows in _series(mrows, keys).items():
+            for run in runs:
+                pts = sorted(
+                    (r["point"]["batch_size"], value(r))
+                    for r in srows
+                    if r["_run"] == run.name and value(r) is not None
+                )
+                if not pts:
+                    continue
+                full = f"{run.name}: {label}" if len(runs) > 1 else label
+                (line,) = ax.plot(
                     [p[0] for p in pts],
                     [p[1] * scale for p in pts],
                     marker="o",
-                    label=label,
-                    color=colors.get(label),
+                    color=colors[label],
+                    linestyle=styles[run.name],
                 )
+                handles.setdefault(full, line)
             bad_bs += [r["point"]["batch_size"] for r in srows if r["status"] != "ok"]
         if bad_bs:
-            ax.scatter(
-                bad_bs,
-                [0] * len(bad_bs),
-                marker="x",
-                s=70,
-                color="red",
-                zorder=5,
-                clip_on=False,
-                label="OOM / error",
+            handles["OOM / error"] = ax.scatter(
+                bad_bs, [0] * len(bad_bs), marker="x", s=70, color="red", zorder=5, clip_on=False
             )
         bss = sorted({r["point"]["batch_size"] for r in mrows})
         ax.set_xscale("log", base=2)
@@ -142,11 +142,18 @@ def _vs_batch(
         ax.set_xlabel("batch size (per device)")
         ax.set_ylabel(ylabel)
         ax.set_title(model)
-        ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=9,
+        frameon=False,
+    )
     _save(fig, path)
     return None
 
