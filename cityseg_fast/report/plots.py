@@ -282,7 +282,7 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
             )
             text = fmt_num(v)
             if key == "e2e" and rec["efficiency"] is not None:
-                text += f"  ({rec['efficiency']:.0%} of model only)"
+                text += f"  ({rec['efficiency']:.0%} of the limit)"
             ax.text(v + top * 0.01, i + (j - 1) * h, text, va="center", fontsize=8)
     handles, leg = ax.get_legend_handles_labels()
     uniq = dict(zip(leg, handles, strict=True))
@@ -298,7 +298,7 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
         name,
         "End-to-end efficiency",
         _save(fig, out / name),
-        caption="End to end can be no faster than the slower of its two stages; the percentage is e2e ÷ model only.",
+        caption="The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table).",
     )
 
 

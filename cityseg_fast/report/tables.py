@@ -396,8 +396,29 @@ def best_section(runs: Sequence[Run]) -> str:
 
 # ---------------------------------------------------------------- bottleneck: loader vs model vs e2e
 
-_MODEL_KEYS = ("model", "resolution", "batch_size", "dtype", "channels_last", "compile", "world_size")
+# Point keys that must agree for a model / loader row to describe the same work as an e2e row
+# (the sweep's MODEL_MATCH / LOADER_MATCH; keys a row does not define are not compared).
+_MODEL_KEYS = (
+    "model",
+    "base_width",
+    "upsample",
+    "aux_loss",
+    "resolution",
+    "batch_size",
+    "dtype",
+    "channels_last",
+    "compile",
+    "world_size",
+)
 _LOADER_KEYS = ("loader", "loader_device", "resolution", "batch_size", "image_format", "quality")
+
+
+def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[float, str]:
+    """The throughput end to end can reach: the slower stage when the model runs on a GPU (the stages
+    overlap); 1/(1/l + 1/m) when loader and model take turns on the same CPU cores."""
+    if model_on_gpu:
+        return min(loader_ips, model_ips), "min"
+    return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
 
 
 def _match(
@@ -416,7 +437,11 @@ def _match(
 
 
 def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
-    """One record per ok e2e point: its loader-only and model-only throughputs and the limiting stage."""
+    """One record per ok e2e point: loader-only and model-only throughputs, the limit, efficiency, verdict.
+
+    e2e_efficiency is the row's own (the sweep derives it) or, where absent, computed the same way:
+    e2e images/s ÷ e2e_limit(loader, model).
+    """
     ok = [r for r in run.rows if metric(r, "images_per_s") is not None]
     loaders = [r for r in ok if r["scenario"] == "loader"]
     models = [r for r in ok if r["scenario"] == "model"]
@@ -427,22 +452,17 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
         e2e = metric(e, "images_per_s")
         loader_ips = metric(lrow, "images_per_s") if lrow else None
         model_ips = metric(mrow, "images_per_s") if mrow else None
-        eff = metric(e, "e2e_efficiency")
-        eff_src = "measured"
-        if eff is None and model_ips:
-            eff, eff_src = e2e / model_ips, "e2e ÷ model"
+        limit, kind = metric(e, "e2e_limit_images_per_s"), e["metrics"].get("e2e_limit_kind")
+        if limit is None and loader_ips and model_ips:
+            limit, kind = e2e_limit(loader_ips, model_ips, e["metrics"].get("device") == "cuda")
+        eff, computed = metric(e, "e2e_efficiency"), False
+        if eff is None and limit:
+            eff, computed = e2e / limit, True
+        verdict = DASH
         if loader_ips is not None and model_ips is not None:
-            slow = "loader" if loader_ips < model_ips else "model"
-            limit = min(loader_ips, model_ips)
-            verdict = (
-                slow
-                if e2e >= 0.9 * limit
-                else f"{slow} + overlap loss ({e2e / limit:.0%} of the slower stage)"
-            )
-        elif eff is not None:
-            verdict = "loader" if eff < 0.9 else "model"
-        else:
-            verdict = DASH
+            verdict = "loader" if loader_ips < model_ips else "model"
+            if eff is not None and eff < 0.9:
+                verdict += f" + overlap loss ({eff:.0%} of the limit)"
         out.append(
             {
                 "row": e,
@@ -450,8 +470,10 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
                 "loader": loader_ips,
                 "model": model_ips,
                 "e2e": e2e,
+                "limit": limit,
+                "limit_kind": kind,
                 "efficiency": eff,
-                "eff_src": eff_src,
+                "computed": computed,
                 "verdict": verdict,
             }
         )
@@ -460,6 +482,7 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
 
 def bottleneck_section(runs: Sequence[Run]) -> str:
     body = []
+    multi = len(runs) > 1
     for run in runs:
         recs = bottleneck_rows(run)
         if not recs:
@@ -472,35 +495,38 @@ def bottleneck_section(runs: Sequence[Run]) -> str:
             "dtype",
         ]
         for rec in recs:
-            label = point_label(rec["point"], keys)
-            label = f"{loader_label(rec['point'])} → {label}".strip()
+            label = f"{loader_label(rec['point'])} → {point_label(rec['point'], keys)}".strip()
+            kind = {"min": "min", "shared_cpu": "shared"}.get(rec["limit_kind"] or "", "")
             body.append(
-                ([run.name] if len(runs) > 1 else [])
+                ([run.name] if multi else [])
                 + [
                     label,
                     fmt_num(rec["loader"]),
                     fmt_num(rec["model"]),
+                    fmt_num(rec["limit"]) + (f" ({kind})" if kind and rec["limit"] is not None else ""),
                     fmt_num(rec["e2e"]),
-                    fmt_pct(rec["efficiency"], 0) + ("" if rec["eff_src"] == "measured" else " *"),
+                    fmt_pct(rec["efficiency"], 0) + (" *" if rec["computed"] else ""),
                     rec["verdict"],
                 ]
             )
     if not body:
         return ""
-    head = (["run"] if len(runs) > 1 else []) + [
+    head = (["run"] if multi else []) + [
         "end-to-end point",
         "loader only (img/s)",
         "model only (img/s)",
+        "limit (img/s)",
         "end to end (img/s)",
         "e2e efficiency",
         "bottleneck",
     ]
-    right = ([False] if len(runs) > 1 else []) + [False, True, True, True, True, False]
+    right = ([False] if multi else []) + [False, True, True, True, True, True, False]
     note = (
-        "\n\ne2e efficiency = end-to-end throughput ÷ model-only throughput at the same point (100% = the loader "
-        "costs nothing). * = computed here from the two rows because the e2e row did not record it. The bottleneck "
-        "is the slower of the loader alone and the model alone; 'overlap loss' means end to end is well below even "
-        "that stage (the two do not overlap, or compete for the same cores).\n"
+        "\n\nlimit = the throughput end to end could reach from the loader alone and the model alone at the same "
+        "point: the slower of the two when the model runs on a GPU (min: the stages overlap), 1/(1/loader + "
+        "1/model) when both take turns on the same CPU cores (shared). e2e efficiency = end to end ÷ limit "
+        "(100% = nothing lost to the combination; * = computed here, the row did not record it). The bottleneck "
+        "is the slower stage; 'overlap loss' marks end to end below 90% of the limit.\n"
     )
     return md_table(head, body, right) + note
 
