@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "bench": ("bench", "benchmark one scenario: loader, model, e2e, infer, accuracy"),
     "sweep": (None, "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
     "report": ("report", "build a Markdown report with plots from results.jsonl files"),
-    "demo": (None, "run the whole product end to end on a small synthetic dataset"),
+    "demo": ("demo", "run the whole product end to end on a small synthetic dataset"),
 }
 
 
