@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "predict": (None, "segment images with a checkpoint: colour overlays and labelId PNGs"),
     "bench": ("bench", "benchmark one scenario: loader, model, e2e, infer, accuracy"),
     "sweep": (None, "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
-    "report": (None, "build a Markdown report with plots from results.jsonl files"),
-    "demo": (None, "run the whole product end to end on a small synthetic dataset"),
+    "report": ("report", "build a Markdown report with plots from results.jsonl files"),
+    "demo": ("demo", "run the whole product end to end on a small synthetic dataset"),
 }
 
 
