@@ -55,7 +55,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 def like_input_format(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-    """Return `out` in channels_last when the input was, so memory format survives crops and slices."""
+    """`out` made dense in the input's memory format (channels_last or not), after crops and slices.
+
+    No copy when it already is; otherwise one copy of the logits, which is small next to the network.
+    """
     if inp.dim() == 4 and inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous():
         return out.contiguous(memory_format=torch.channels_last)
-    return out
+    return out.contiguous()

@@ -68,7 +68,9 @@ class FCN8s(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         for m in (self.fc6, self.fc7):
-            nn.init.normal_(m.weight, 0.0, 0.005)  # VGG's own init for its fc layers is N(0, 0.01) on 4096 wide
+            nn.init.normal_(
+                m.weight, 0.0, 0.005
+            )  # VGG's own init for its fc layers is N(0, 0.01) on 4096 wide
             nn.init.zeros_(m.bias)
         for m in (self.score_fr, self.score_pool4, self.score_pool3):
             nn.init.zeros_(m.weight)  # the reference zero-initialises the score layers
@@ -93,7 +95,7 @@ class FCN8s(nn.Module):
 
     def load_vgg16_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision `vgg16()` state_dict: conv layers as is, fc6/fc7 reshaped into convolutions."""
-        self.load_state_dict(vgg16_to_fcn8s(state), strict=False)
+        self.load_state_dict(vgg16_to_fcn8s(state), strict=False)  # score/upscore layers keep their init
 
 
 def vgg16_to_fcn8s(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,18 +130,24 @@ class FCNResNet(FCN):
         out = like_input_format(out, x)
         if not (self.training and self.aux_classifier is not None):
             return out
-        aux = F.interpolate(self.aux_classifier(feats["aux"]), size=size, mode="bilinear", align_corners=False)
+        aux = F.interpolate(
+            self.aux_classifier(feats["aux"]), size=size, mode="bilinear", align_corners=False
+        )
         return {"out": out, "aux": like_input_format(aux, x)}
 
 
 def _load_file(path: str, what: str) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"model.pretrained: {path}: no such file (expected a {what} state_dict, or 'torchvision')")
+        raise UserError(
+            f"model.pretrained: {path}: no such file (expected a {what} state_dict, or 'torchvision')"
+        )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"model.pretrained: {path}: cannot read a state_dict ({type(e).__name__}: {e})") from e
+        raise UserError(
+            f"model.pretrained: {path}: cannot read a state_dict ({type(e).__name__}: {e})"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -149,19 +157,22 @@ def _load_file(path: str, what: str) -> dict[str, torch.Tensor]:
 
 def fcn8s_vgg16(num_classes: int = 19, pretrained: str = "") -> FCN8s:
     """FCN-8s; `pretrained` = "" | path to a torchvision vgg16 state_dict | "torchvision" (downloads)."""
-    model = FCN8s(num_classes)
+    state = None
     if pretrained == "torchvision":
         from torchvision.models import VGG16_Weights
 
         state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
     elif pretrained:
         state = _load_file(pretrained, "torchvision vgg16")
-    else:
-        return model
-    try:
-        model.load_vgg16_state_dict(state)
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"model.pretrained: {pretrained}: {e}") from e
+    if state is not None:  # convert before building: a bad file fails fast
+        try:
+            state = vgg16_to_fcn8s(state)
+        except ValueError as e:
+            raise UserError(f"model.pretrained: {pretrained}: {e}") from e
+    model = FCN8s(num_classes)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected, unexpected  # vgg16_to_fcn8s only emits FCN8s keys
     return model
 
 
@@ -171,6 +182,13 @@ def _fcn_resnet(depth: int, num_classes: int, aux_loss: bool, pretrained: str) -
 
     builder = {50: seg.fcn_resnet50, 101: seg.fcn_resnet101}[depth]
     enum = {50: ResNet50_Weights, 101: ResNet101_Weights}[depth].IMAGENET1K_V1
+    state = None
+    if pretrained and pretrained != "torchvision":  # read before building: a bad path fails fast
+        state = {
+            k: v
+            for k, v in _load_file(pretrained, f"torchvision resnet{depth}").items()
+            if not k.startswith("fc.")
+        }
     tv = builder(
         weights=None,
         weights_backbone=enum if pretrained == "torchvision" else None,
@@ -178,10 +196,11 @@ def _fcn_resnet(depth: int, num_classes: int, aux_loss: bool, pretrained: str) -
         aux_loss=aux_loss,
     )
     model = FCNResNet(tv.backbone, tv.classifier, tv.aux_classifier)
-    if pretrained and pretrained != "torchvision":
-        state = _load_file(pretrained, f"torchvision resnet{depth}")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if state is not None:
+        try:
+            missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches, e.g. a resnet101 file for resnet50
+            raise UserError(f"model.pretrained: {pretrained}: not a resnet{depth} state_dict ({e})") from e
         if missing or unexpected:
             raise UserError(
                 f"model.pretrained: {pretrained}: not a resnet{depth} state_dict "

@@ -85,7 +85,9 @@ def model_from_config(cfg: Config) -> nn.Module:
     overrides = {k: v for k, v in candidates.items() if v is not None}
     bad = set(overrides) - takes
     if bad:
-        raise UserError(f"model.{sorted(bad)[0]}: model {m.name!r} does not take it (it takes {sorted(takes)})")
+        raise UserError(
+            f"model.{sorted(bad)[0]}: model {m.name!r} does not take it (it takes {sorted(takes)})"
+        )
     return create_model(m.name, num_classes=cfg.data.num_classes, **overrides)
 
 
@@ -108,7 +110,9 @@ def _fcn_resnet101(num_classes: int = 19, aux_loss: bool = False, pretrained: st
 
 
 def _unet_builder(default_width: int, default_upsample: str = "bilinear") -> Callable[..., nn.Module]:
-    def build(num_classes: int = 19, base_width: int = default_width, upsample: str = default_upsample) -> nn.Module:
+    def build(
+        num_classes: int = 19, base_width: int = default_width, upsample: str = default_upsample
+    ) -> nn.Module:
         return unet.UNet(num_classes, base_width=base_width, upsample=upsample)
 
     return build

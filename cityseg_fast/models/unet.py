@@ -73,7 +73,7 @@ class UNet(nn.Module):
         for down in self.downs:
             skips.append(x)
             x = down(F.max_pool2d(x, 2))
-        for up, skip in zip(self.ups, reversed(skips)):
+        for up, skip in zip(self.ups, reversed(skips), strict=True):
             x = up(x, skip)
         out = self.head(x)
         if out.shape[-2:] != (h, w):
