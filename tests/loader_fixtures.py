@@ -86,7 +86,9 @@ def write_raw(root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "
     return root
 
 
-def write_prepared(root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "constant", quality: int = 95) -> Path:
+def write_prepared(
+    root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "constant", quality: int = 95
+) -> Path:
     """ROOT/manifest.json, ROOT/{split}/images/{stem}.jpg, ROOT/{split}/labels/{stem}.png (trainIds)."""
     root = Path(root)
     manifest = {
@@ -106,7 +108,9 @@ def write_prepared(root: Path, splits: dict[str, int], hw=(64, 128), pattern: st
         stems = []
         for k in range(k0, k0 + n):
             stem = stem_of(k)
-            Image.fromarray(_image(k, hw, pattern)).save(root / split / "images" / f"{stem}.jpg", quality=quality)
+            Image.fromarray(_image(k, hw, pattern)).save(
+                root / split / "images" / f"{stem}.jpg", quality=quality
+            )
             Image.fromarray(_train_label(k, hw)).save(root / split / "labels" / f"{stem}.png")
             stems.append(stem)
         manifest["splits"][split] = {"count": n, "files": sorted(stems)}

@@ -58,7 +58,12 @@ def probe() -> dict[str, Any]:
 
     Never raises: a missing DALI or a failing pipeline is reported, not crashed on.
     """
-    info: dict[str, Any] = {"version": dali_version(), "cpu_pipeline": False, "gpu_decode": False, "error": None}
+    info: dict[str, Any] = {
+        "version": dali_version(),
+        "cpu_pipeline": False,
+        "gpu_decode": False,
+        "error": None,
+    }
     if info["version"] is None:
         info["error"] = "nvidia.dali is not installed"
         return info
@@ -89,7 +94,7 @@ def probe() -> dict[str, Any]:
 # batch that fails to decode. Reading the bytes (np.fromfile) is cheap next to decoding them.
 
 
-def _read_bytes(path) -> "np.ndarray":
+def _read_bytes(path) -> Any:
     import numpy as np
 
     try:
@@ -109,7 +114,7 @@ def _label_lut() -> tuple[list[int], list[int]]:
 class _Feed:
     """The pipeline's external source: serves the current epoch's batches, remembers what it fed."""
 
-    def __init__(self, loader: "DaliLoader") -> None:
+    def __init__(self, loader: DaliLoader) -> None:
         self.loader = loader
         self.batches: list = []
         self.pos = 0
@@ -158,7 +163,7 @@ class DaliLoader:
         decode_only: bool = False,
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
     ) -> None:
-        from cityseg_fast.data.plan import SizeCache
+        from cityseg_fast.data.plan import SizeCache, check_train_size
 
         if dali_device not in ("cpu", "gpu"):
             raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
@@ -171,12 +176,16 @@ class DaliLoader:
         self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
         self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)
         self._active = False
         mode = "decode-only" if decode_only else ("train" if train else "eval")
-        where = f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if dali_device == "gpu" else "cpu decode"
+        where = (
+            f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if dali_device == "gpu" else "cpu decode"
+        )
         self.description = f"dali ({where}, {num_threads} threads, {mode})"
         self._pipe = self._build(num_threads, prefetch_queue_depth, hw_decoder_load)
 
@@ -231,7 +240,14 @@ class DaliLoader:
         n = len(self.samples)
         if self.train:
             return train_batches(
-                n, self.rank, self.world_size, self.epoch, self.seed, self.batch_size, self.scale_range, self.flip_prob
+                n,
+                self.rank,
+                self.world_size,
+                self.epoch,
+                self.seed,
+                self.batch_size,
+                self.scale_range,
+                self.flip_prob,
             )
         return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
@@ -291,7 +307,11 @@ class DaliLoader:
         device_id = None
         if self.dali_device == "gpu":
             device_id = self.device.index if self.device.index is not None else 0
-        graph = self._decode_graph if self.decode_only else (self._train_graph if self.train else self._eval_graph)
+        graph = (
+            self._decode_graph
+            if self.decode_only
+            else (self._train_graph if self.train else self._eval_graph)
+        )
 
         @pipeline_def(
             batch_size=self.batch_size,
@@ -355,9 +375,13 @@ class DaliLoader:
         images = fn.decoders.image(images, output_type=types.RGB, **self._decoder_kwargs(hw_decoder_load))
         labels = self._labels(labels)
         if self.eval_size is not None:
-            images = fn.resize(images, size=list(self.eval_size), interp_type=types.INTERP_LINEAR, antialias=True)
+            images = fn.resize(
+                images, size=list(self.eval_size), interp_type=types.INTERP_LINEAR, antialias=True
+            )
             if self.eval_label_resize:
-                labels = fn.resize(labels, size=list(self.eval_size), interp_type=types.INTERP_NN, antialias=False)
+                labels = fn.resize(
+                    labels, size=list(self.eval_size), interp_type=types.INTERP_NN, antialias=False
+                )
         labels = self._train_ids(labels)
         # Frames of different sizes in one batch: pad to the largest (image 0, label ignore).
         images = fn.pad(self._norm(images), fill_value=0.0, axes=[0, 1])
@@ -372,7 +396,9 @@ class DaliLoader:
         )
         dec = self._decoder_kwargs(hw_decoder_load)
         if self.roi == "slice":  # decode only the source window of the crop
-            images = fn.decoders.image_slice(images, anchor, shape, axis_names="HW", output_type=types.RGB, **dec)
+            images = fn.decoders.image_slice(
+                images, anchor, shape, axis_names="HW", output_type=types.RGB, **dec
+            )
             images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
         else:  # decode the full frame, resize only the window
             images = fn.decoders.image(images, output_type=types.RGB, **dec)
@@ -417,7 +443,9 @@ class DaliLoader:
         index = torch.tensor([it.index for it in items], dtype=torch.int64)
         if self.decode_only:
             image = to_torch(outs[0], torch.uint8).permute(0, 3, 1, 2)
-            return Batch(image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index)
+            return Batch(
+                image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index
+            )
         image = to_torch(outs[0], torch.float32)
         label = to_torch(outs[1], torch.uint8)
         if not on_gpu and self.device.type == "cuda":  # DALI on the CPU feeding a GPU model

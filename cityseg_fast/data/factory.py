@@ -104,12 +104,18 @@ def build_loader(
         from cityseg_fast.data.torch_loader import TorchLoader
 
         return TorchLoader(
-            samples, num_workers=lc.num_workers, prefetch_depth=lc.prefetch_queue_depth, pin_memory=lc.pin_memory, **common
+            samples,
+            num_workers=lc.num_workers,
+            prefetch_depth=lc.prefetch_queue_depth,
+            pin_memory=lc.pin_memory,
+            **common,
         )
     from cityseg_fast.data import dali
 
     if not dali.dali_available():
-        raise UserError("loader.backend=dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, or use loader.backend=torch)")
+        raise UserError(
+            "loader.backend=dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, or use loader.backend=torch)"
+        )
     return dali.DaliLoader(
         samples,
         dali_device=dali_device(lc.device, device),
@@ -121,7 +127,9 @@ def build_loader(
     )
 
 
-def _synthetic(cfg: Config, split: str, rank: int, world_size: int, train: bool, device: torch.device, batch_size: int):
+def _synthetic(
+    cfg: Config, split: str, rank: int, world_size: int, train: bool, device: torch.device, batch_size: int
+):
     from cityseg_fast.data.synthetic_loader import SyntheticLoader
 
     samples: list = []

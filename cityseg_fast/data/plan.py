@@ -67,10 +67,7 @@ def train_batches(
 ) -> list[list[Item]]:
     """This rank's training batches for `epoch` (shuffled from seed + epoch, drop last)."""
     per_rank = math.ceil(n / world_size)
-    if per_rank < batch_size:
-        raise UserError(
-            f"training split has {n} samples: fewer than batch_size {batch_size} x world size {world_size}"
-        )
+    check_train_size(n, world_size, batch_size)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     perm = np.resize(perm, per_rank * world_size)  # wrap around, as DistributedSampler pads
     mine = perm[rank::world_size][: (per_rank // batch_size) * batch_size]
@@ -81,9 +78,16 @@ def train_batches(
     flips = rng.random(len(mine)) < flip_prob
     items = [
         Item(int(i), int(i), Aug(float(s), float(p[0]), float(p[1]), bool(f)))
-        for i, s, p, f in zip(mine, scales, pos, flips)
+        for i, s, p, f in zip(mine, scales, pos, flips, strict=True)
     ]
     return [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
+
+
+def check_train_size(n: int, world_size: int, batch_size: int) -> None:
+    if math.ceil(n / world_size) < batch_size:
+        raise UserError(
+            f"training split has {n} samples: fewer than batch_size {batch_size} x world size {world_size}"
+        )
 
 
 def train_len(n: int, world_size: int, batch_size: int) -> int:

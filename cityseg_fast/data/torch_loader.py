@@ -20,6 +20,7 @@ from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.plan import (
     Item,
     SizeCache,
+    check_train_size,
     crop_geometry,
     eval_batches,
     eval_len,
@@ -168,6 +169,8 @@ class TorchLoader:
         self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
         self.device, self.decode_only = device, decode_only
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         on_gpu = device.type == "cuda"
         self._mean = torch.tensor([255.0 * m for m in mean], device=device).view(1, 3, 1, 1)
         self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
@@ -181,7 +184,11 @@ class TorchLoader:
         )
         kw: dict[str, Any] = {}
         if num_workers > 0:
-            kw = {"persistent_workers": True, "prefetch_factor": max(1, prefetch_depth)}
+            kw = {
+                "persistent_workers": True,
+                "prefetch_factor": max(1, prefetch_depth),
+                "multiprocessing_context": _worker_context(),
+            }
         self._dl = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=_PlanBatches(self),
@@ -216,7 +223,14 @@ class TorchLoader:
         n = len(self.samples)
         if self.train:
             return train_batches(
-                n, self.rank, self.world_size, self.epoch, self.seed, self.batch_size, self.scale_range, self.flip_prob
+                n,
+                self.rank,
+                self.world_size,
+                self.epoch,
+                self.seed,
+                self.batch_size,
+                self.scale_range,
+                self.flip_prob,
             )
         return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
@@ -253,6 +267,21 @@ class TorchLoader:
         if not self.train and bool((index < 0).any()):
             target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
         return Batch(x.contiguous(memory_format=torch.channels_last), target, index)
+
+
+def _worker_context():
+    """Workers start from a forkserver, not a fork of this process.
+
+    A fork copies this process with only the forking thread: a lock held at that moment by any
+    other thread (a DALI pipeline's, CUDA's, an OpenMP pool's) stays locked forever in the child,
+    and the worker hangs (seen in the test suite after DALI pipelines ran). The forkserver
+    imports this module once, so each worker still starts in milliseconds.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 class _CudaPrefetcher:
