@@ -123,3 +123,17 @@ def test_compile_tiny_unet_matches_eager_without_recompiling():
         model(to_channels_last(torch.randn(1, 3, 32, 48)))  # same shape: guards hold, no new compile
         again = compile_counters()
         assert again["recompiles"] == 0 and again["unique_graphs"] == first["unique_graphs"]
+
+
+def test_compile_counters_count_a_recompile_at_a_new_shape():
+    # backend="eager": dynamo's guards and counters without Inductor's (slow on CPU) code generation.
+    fn = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    torch._dynamo.reset()
+    reset_compile_counters()
+    fn(torch.randn(3))
+    fn(torch.randn(3))
+    assert compile_counters()["recompiles"] == 0
+    fn(torch.randn(5))
+    c = compile_counters()
+    assert c["recompiles"] == 1 and c["frames_ok"] == 2
+    assert "size mismatch" in c["recompile_reasons"][0]
