@@ -386,7 +386,7 @@ class DaliLoader:
         # Frames of different sizes in one batch: pad to the largest (image 0, label ignore).
         images = fn.pad(self._norm(images), fill_value=0.0, axes=[0, 1])
         labels = fn.pad(labels, fill_value=255, axes=[0, 1])
-        return images, labels
+        return images, _int64_hw(labels)
 
     def _train_graph(self, hw_decoder_load: float):
         from nvidia.dali import fn, types
@@ -413,15 +413,17 @@ class DaliLoader:
                 antialias=True,
             )
         images = self._norm(images, mirror=flip)
-        labels = self._labels(labels)
-        labels = fn.slice(labels, anchor, shape, axis_names="HW")
+        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
+        labels = fn.decoders.image_slice(labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY)
+        if self.dali_device == "gpu":
+            labels = labels.gpu()
         labels = fn.resize(labels, size=size, interp_type=types.INTERP_NN, antialias=False)
         labels = self._train_ids(fn.flip(labels, horizontal=flip))
         crop = list(self.crop)
         # Pad after normalization: padded image pixels are 0 (the mean), padded labels ignored.
         images = fn.pad(images, fill_value=0.0, shape=crop, axes=[0, 1])
         labels = fn.pad(labels, fill_value=255, shape=crop, axes=[0, 1])
-        return images, labels
+        return images, _int64_hw(labels)
 
     # -- hand-off to torch -------------------------------------------------------------------
 
@@ -436,26 +438,35 @@ class DaliLoader:
 
         def to_torch(tl, dtype):
             t = tl.as_tensor()
-            out = torch.empty(t.shape(), dtype=dtype, device=self.device if on_gpu else "cpu")
+            if not on_gpu:
+                # Zero copy: with the dynamic executor an output buffer lives as long as something
+                # references it (here the torch tensor), so DALI cannot overwrite a batch in use.
+                # A copy into a fresh tensor cost ~7 ms of main-thread CPU per image (page faults).
+                return torch.from_dlpack(t)
+            out = torch.empty(t.shape(), dtype=dtype, device=self.device)
             feed_ndarray(t, out, cuda_stream=stream)
             return out
 
         index = torch.tensor([it.index for it in items], dtype=torch.int64)
         if self.decode_only:
             image = to_torch(outs[0], torch.uint8).permute(0, 3, 1, 2)
-            return Batch(
-                image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index
-            )
+            return Batch(image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index)
         image = to_torch(outs[0], torch.float32)
-        label = to_torch(outs[1], torch.uint8)
+        target = to_torch(outs[1], torch.int64)
         if not on_gpu and self.device.type == "cuda":  # DALI on the CPU feeding a GPU model
             image = image.pin_memory().to(self.device, non_blocking=True)
-            label = label.pin_memory().to(self.device, non_blocking=True)
+            target = target.pin_memory().to(self.device, non_blocking=True)
         image = image.permute(0, 3, 1, 2)  # N x H x W x 3 memory == channels_last N x 3 x H x W
-        target = label[..., 0].long()
         if not self.train and bool((index < 0).any()):
             target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
         return Batch(image, target, index)
+
+
+def _int64_hw(labels):
+    """H x W x 1 uint8 -> H x W int64 (the Batch target type), in DALI's threads, not the caller's."""
+    from nvidia.dali import fn, types
+
+    return fn.cast(fn.squeeze(labels, axis_names="C"), dtype=types.INT64)
 
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
