@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from cityseg_fast.bench.env import collect_env  # noqa: E402
 from cityseg_fast.bench.loader_bench import measure_loader, point_of  # noqa: E402
 from cityseg_fast.config import config_hash, load_config, to_dict  # noqa: E402
-from cityseg_fast.report.schema import append_row, make_row  # noqa: E402
+from cityseg_fast.data import dali  # noqa: E402
+from cityseg_fast.report.schema import append_row, make_row, read_rows  # noqa: E402
 
 H, W = 1024, 2048
 # trainIds: road 0, sidewalk 1, building 2, vegetation 8, sky 10, car 13, person 11, pole 5
@@ -125,6 +126,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     ap.add_argument("--workers", type=int, default=2, help="torch DataLoader workers")
+    ap.add_argument(
+        "--from-jsonl", action="store_true", help="no new rounds: rebuild README from OUT/results.jsonl"
+    )
     args = ap.parse_args()
     frames = make_frames(Path(args.frames))
     out = Path(args.out)
@@ -132,7 +136,11 @@ def main() -> int:
     jsonl = out / "results.jsonl"
     env = collect_env()
     results: dict[str, list[dict]] = {}
-    for r in range(args.rounds):
+    if args.from_jsonl:
+        for row in read_rows(jsonl):
+            results.setdefault(name_of(row["point"]), []).append(row["metrics"])
+        args.rounds = max(len(v) for v in results.values())
+    for r in range(0 if args.from_jsonl else args.rounds):
         for name, overrides, decode_only, roi in points(frames, args.batch_size, args.threads, args.workers):
             cfg = load_config([], overrides)
             m = measure_loader(cfg, args.iters, args.warmup, decode_only, roi=roi)
@@ -153,11 +161,22 @@ def main() -> int:
                 f"cpu {m['cpu_cores_used']:.2f} cores, {m['cpu_ms_per_image']:.1f} ms/img",
                 flush=True,
             )
-    write_readme(out, results, args)
+    images = sorted((frames / "train" / "images").glob("*.jpg"))[:16]
+    labels = [frames / "train" / "labels" / (p.stem + ".png") for p in images]
+    stages = dali.stage_costs(images, labels, (512, 1024), scale=1.25, iters=4, batch_size=8, num_threads=1)
+    write_readme(out, results, args, stages)
     return 0
 
 
-def write_readme(out: Path, results: dict[str, list[dict]], args) -> None:
+def name_of(point: dict) -> str:
+    if point["loader"] == "torch":
+        return "torch decode-only" if point["decode_only"] else "torch train"
+    if point["decode_only"]:
+        return "dali decode-only"
+    return "dali train (slice decode)" if point["roi"] == "slice" else "dali train (roi resize)"
+
+
+def write_readme(out: Path, results: dict[str, list[dict]], args, stages: dict[str, float]) -> None:
     med = {k: statistics.median(m["images_per_s"] for m in v) for k, v in results.items()}
 
     def mid(v: list[dict], key: str) -> float:
@@ -196,14 +215,27 @@ noisy: compare the ratios, which are medians measured in the same run.
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Targets:
-- dali train / dali decode-only = **{slice_ratio:.2f}** with slice decoding (target >= 0.85);
-  {resize_ratio:.2f} when the full frame is decoded and only the crop window resized.
-  Slice decoding reads only the source window of the crop, so a training sample can cost less
-  than a full-frame decode: a ratio above 1 is expected, not an error.
-- dali train / torch train = **{vs_torch:.2f}** (target >= 2).
+Targets (this run):
+- dali train / dali decode-only = **{slice_ratio:.2f}** with slice decoding (target >= 0.85:
+  {"met" if slice_ratio >= 0.85 else "NOT met"}); {resize_ratio:.2f} when the full frame is decoded and only the crop
+  window resized.
+- dali train / torch train = **{vs_torch:.2f}** (target >= 2: {"met" if vs_torch >= 2 else "NOT met"}).
 - The same two ratios in CPU time per image (what a loaded machine distorts least):
   {cpu_slice:.2f} and {cpu_torch:.2f}.
+
+Why (see the stage table below): slice decoding does make the decode itself cheaper than a
+full-frame decode, but on the CPU DALI's bilinear resize of the window to a 512x1024 crop costs
+about as much as decoding, and the label decode, normalization and the int64 cast add the rest.
+The full-frame decode-only rate is therefore not reachable with the full augmentation on this
+CPU; on a GPU these operators are nearly free next to the decode. The earlier spike's 168 vs 66
+images/s measured decode + crop + flip + normalize without a resize and without labels.
+
+Where the DALI CPU time goes (`cityseg_fast.data.dali.stage_costs`: CPU ms per image of growing
+prefixes of the training graph, 1 thread, one centre crop window at scale 1.25, 16 of the frames):
+
+| stage | CPU ms / image |
+|---|---|
+{chr(10).join(f"| {k} | {v:.1f} |" for k, v in stages.items())}
 
 Raw rows (one per measurement, schema in `cityseg_fast/report/schema.py`): `results.jsonl`.
 """

@@ -87,7 +87,6 @@ def test_train_dali_matches_torch(tmp_path):
     for bd, bt in zip(d, t, strict=True):
         agree = float((bd.target == bt.target).float().mean())
         assert agree > 0.97, f"labels agree on only {agree:.3f} of pixels"  # NN rounding at edges
-        assert torch.equal(bd.target == 255, bd.target == 255)
         # bilinear filters differ slightly between PIL and DALI; the content must not
         assert float((bd.image - bt.image).abs().mean()) < 0.15
 

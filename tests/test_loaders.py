@@ -196,3 +196,31 @@ def test_plans_deterministic_and_sharded():
     e = [eval_batches(7, r, 3, 2) for r in range(3)]
     idx = sorted(it.index for batches in e for b in batches for it in b if it.index >= 0)
     assert idx == list(range(7)) and len({len(b) for b in e}) == 1
+
+
+# -- cityseg bench loader ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra", [["--loader", "dali"], ["--loader", "dali", "--decode-only"], ["--loader", "synthetic"]]
+)
+def test_bench_loader_cli_json(prepared, capsys, extra):
+    import json
+
+    from cityseg_fast.cli import main
+
+    argv = ["bench", "loader", "--data", str(prepared), "--crop", "32x64", "--batch-size", "2"]
+    rc = main([*argv, "--iters", "3", "--warmup", "1", "--json", *extra, "loader.num_threads=1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(out) == 1
+    row = json.loads(out[0])
+    assert row["images_per_s"] > 0 and row["latency_ms_p50"] > 0 and 0 <= row["cpu_util"]
+    assert row["decode_only"] == ("--decode-only" in extra) and row["loader"] == extra[1]
+
+
+def test_bench_loader_cli_bad_input(tmp_path, capsys):
+    from cityseg_fast.cli import main
+
+    rc = main(["bench", "loader", "--data", str(tmp_path / "nope"), "--loader", "dali", "--iters", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nope" in err and len(err.splitlines()) == 1

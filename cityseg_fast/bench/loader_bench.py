@@ -157,6 +157,10 @@ def measure_loader(
     from cityseg_fast.bench.env import cpu_count
     from cityseg_fast.data.factory import build_loader
 
+    if iters < 1 or warmup < 0:
+        from cityseg_fast.errors import UserError
+
+        raise UserError(f"bench loader: --iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     split = split or cfg.data.train_split
     loader = build_loader(cfg, split, train=True, decode_only=decode_only, roi=roi)
     on_gpu = loader_device(loader).type == "cuda"
