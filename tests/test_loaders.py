@@ -186,7 +186,9 @@ def test_crop_geometry_stays_inside_and_fits_crop():
         g = crop_geometry((H, W), (ch, cw), aug)
         assert 0 <= g.y and g.y + g.h <= H and 0 <= g.x and g.x + g.w <= W
         assert 1 <= g.out_h <= ch and 1 <= g.out_w <= cw
-        assert abs(g.out_h - g.h * aug.scale) <= max(1.0, aug.scale) + 1e-9 or g.out_h == ch
+        assert abs(g.out_h - g.h * aug.scale) <= max(1.0, aug.scale) + 1e-9
+        if g.h < H and g.w < W:  # a window inside the frame fills the crop: no padding
+            assert (g.out_h, g.out_w) == (ch, cw)
 
 
 def test_plans_deterministic_and_sharded():
@@ -196,3 +198,31 @@ def test_plans_deterministic_and_sharded():
     e = [eval_batches(7, r, 3, 2) for r in range(3)]
     idx = sorted(it.index for batches in e for b in batches for it in b if it.index >= 0)
     assert idx == list(range(7)) and len({len(b) for b in e}) == 1
+
+
+# -- cityseg bench loader ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra", [["--loader", "dali"], ["--loader", "dali", "--decode-only"], ["--loader", "synthetic"]]
+)
+def test_bench_loader_cli_json(prepared, capsys, extra):
+    import json
+
+    from cityseg_fast.cli import main
+
+    argv = ["bench", "loader", "--data", str(prepared), "--crop", "32x64", "--batch-size", "2"]
+    rc = main([*argv, "--iters", "3", "--warmup", "1", "--json", *extra, "loader.num_threads=1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(out) == 1
+    row = json.loads(out[0])
+    assert row["images_per_s"] > 0 and row["latency_ms_p50"] > 0 and 0 <= row["cpu_util"]
+    assert row["decode_only"] == ("--decode-only" in extra) and row["loader"] == extra[1]
+
+
+def test_bench_loader_cli_bad_input(tmp_path, capsys):
+    from cityseg_fast.cli import main
+
+    rc = main(["bench", "loader", "--data", str(tmp_path / "nope"), "--loader", "dali", "--iters", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "nope" in err and len(err.splitlines()) == 1

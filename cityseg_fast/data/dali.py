@@ -386,7 +386,7 @@ class DaliLoader:
         # Frames of different sizes in one batch: pad to the largest (image 0, label ignore).
         images = fn.pad(self._norm(images), fill_value=0.0, axes=[0, 1])
         labels = fn.pad(labels, fill_value=255, axes=[0, 1])
-        return images, labels
+        return images, _int64_hw(labels)
 
     def _train_graph(self, hw_decoder_load: float):
         from nvidia.dali import fn, types
@@ -413,15 +413,19 @@ class DaliLoader:
                 antialias=True,
             )
         images = self._norm(images, mirror=flip)
-        labels = self._labels(labels)
-        labels = fn.slice(labels, anchor, shape, axis_names="HW")
+        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
+        labels = fn.decoders.image_slice(
+            labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
+        )
+        if self.dali_device == "gpu":
+            labels = labels.gpu()
         labels = fn.resize(labels, size=size, interp_type=types.INTERP_NN, antialias=False)
         labels = self._train_ids(fn.flip(labels, horizontal=flip))
         crop = list(self.crop)
         # Pad after normalization: padded image pixels are 0 (the mean), padded labels ignored.
         images = fn.pad(images, fill_value=0.0, shape=crop, axes=[0, 1])
         labels = fn.pad(labels, fill_value=255, shape=crop, axes=[0, 1])
-        return images, labels
+        return images, _int64_hw(labels)
 
     # -- hand-off to torch -------------------------------------------------------------------
 
@@ -436,7 +440,12 @@ class DaliLoader:
 
         def to_torch(tl, dtype):
             t = tl.as_tensor()
-            out = torch.empty(t.shape(), dtype=dtype, device=self.device if on_gpu else "cpu")
+            if not on_gpu:
+                # Zero copy: with the dynamic executor an output buffer lives as long as something
+                # references it (here the torch tensor), so DALI cannot overwrite a batch in use.
+                # A copy into a fresh tensor cost ~7 ms of main-thread CPU per image (page faults).
+                return torch.from_dlpack(t)
+            out = torch.empty(t.shape(), dtype=dtype, device=self.device)
             feed_ndarray(t, out, cuda_stream=stream)
             return out
 
@@ -447,15 +456,21 @@ class DaliLoader:
                 image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index
             )
         image = to_torch(outs[0], torch.float32)
-        label = to_torch(outs[1], torch.uint8)
+        target = to_torch(outs[1], torch.int64)
         if not on_gpu and self.device.type == "cuda":  # DALI on the CPU feeding a GPU model
             image = image.pin_memory().to(self.device, non_blocking=True)
-            label = label.pin_memory().to(self.device, non_blocking=True)
+            target = target.pin_memory().to(self.device, non_blocking=True)
         image = image.permute(0, 3, 1, 2)  # N x H x W x 3 memory == channels_last N x 3 x H x W
-        target = label[..., 0].long()
         if not self.train and bool((index < 0).any()):
             target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
         return Batch(image, target, index)
+
+
+def _int64_hw(labels):
+    """H x W x 1 uint8 -> H x W int64 (the Batch target type), in DALI's threads, not the caller's."""
+    from nvidia.dali import fn, types
+
+    return fn.cast(fn.squeeze(labels, axis_names="C"), dtype=types.INT64)
 
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
@@ -477,3 +492,93 @@ def _decode_error(err: Exception, items: list, samples: list) -> UserError:
                 return UserError(f"{path}: cannot decode ({type(e).__name__}); DALI: {first[:200]}")
     names = ", ".join(str(samples[it.source].image) for it in items[:4])
     return UserError(f"DALI pipeline failed on a batch with {names}: {first[:300]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# where the time goes: CPU cost of each stage of the training graph (benchmarks/run_loaders.py)
+
+_STAGES = (
+    "full decode",
+    "slice decode",
+    "+ resize",
+    "+ normalize/flip",
+    "label decode+slice",
+    "label + NN resize",
+)
+
+
+def stage_costs(
+    images: list,
+    labels: list,
+    crop: tuple[int, int],
+    scale: float = 1.25,
+    iters: int = 4,
+    batch_size: int = 8,
+    num_threads: int = 1,
+) -> dict[str, float]:
+    """CPU milliseconds per image of growing prefixes of the CPU training graph, one fixed crop
+    window (centre, `scale`): tells which operator the time goes to. Process CPU time, so it is
+    steadier than wall time on a shared machine."""
+    import resource
+
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    from cityseg_fast.data.plan import Aug, SizeCache, crop_geometry
+
+    g = crop_geometry(SizeCache(images)[0], crop, Aug(scale, 0.5, 0.5, True))
+    img_b = [np.fromfile(p, np.uint8) for p in images]
+    lab_b = [np.fromfile(p, np.uint8) for p in labels]
+    anchor, shape = np.array([g.y, g.x], np.int32), np.array([g.h, g.w], np.int32)
+    size = np.array([g.out_h, g.out_w], np.float32)
+
+    def graph(stage: str):
+        k = {"i": 0}
+
+        def src():
+            k["i"] += 1
+            sel = [(k["i"] * batch_size + j) % len(img_b) for j in range(batch_size)]
+            data = lab_b if stage.startswith("label") else img_b
+            return [data[j] for j in sel], [anchor] * batch_size, [shape] * batch_size
+
+        enc, a, s = fn.external_source(source=src, num_outputs=3, batch=True)
+        if stage == "full decode":
+            return fn.decoders.image(enc, output_type=types.RGB)
+        if stage.startswith("label"):
+            out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.GRAY)
+            if stage == "label + NN resize":
+                out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_NN, antialias=False)
+            return out
+        out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.RGB)
+        if stage != "slice decode":
+            out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_LINEAR, antialias=True)
+        if stage == "+ normalize/flip":
+            out = fn.crop_mirror_normalize(
+                out,
+                mirror=1,
+                mean=[124.0, 116.0, 104.0],
+                std=[58.0, 57.0, 57.0],
+                dtype=types.FLOAT,
+                output_layout="HWC",
+            )
+        return out
+
+    costs = {}
+    for stage in _STAGES:
+        pipe = pipeline_def(
+            graph,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=None,
+            exec_dynamic=True,
+            prefetch_queue_depth=1,
+        )(stage)
+        pipe.build()
+        pipe.run()  # warm-up: allocations
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(iters):
+            pipe.run()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        costs[stage] = 1e3 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (iters * batch_size)
+        del pipe
+    return costs

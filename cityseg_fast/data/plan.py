@@ -120,7 +120,10 @@ def crop_geometry(src_hw: tuple[int, int], crop_hw: tuple[int, int], aug: Aug) -
     """
     (H, W), (ch, cw), s = src_hw, crop_hw, aug.scale
     h, w = min(H, max(1, round(ch / s))), min(W, max(1, round(cw / s)))
-    out_h, out_w = min(ch, max(1, round(h * s))), min(cw, max(1, round(w * s)))
+    # A window inside the frame fills the crop exactly (rounding h = ch / s must not leave a
+    # 1-pixel strip of padding); only a frame smaller than the scaled crop leaves padding.
+    out_h = ch if h < H else min(ch, max(1, round(H * s)))
+    out_w = cw if w < W else min(cw, max(1, round(W * s)))
     y = min(H - h, int(aug.pos_y * (H - h + 1)))
     x = min(W - w, int(aug.pos_x * (W - w + 1)))
     return Geometry(y, x, h, w, out_h, out_w, aug.flip)

@@ -7,6 +7,9 @@ NVIDIA's DeepLearningExamples tune theirs: workers return uint8 crops (4x less t
 processes than float), normalization and channels_last happen on the training device, batches are
 pinned and copied non-blocking, and on a GPU a side-stream prefetcher overlaps the copy and the
 normalization of batch k+1 with the step on batch k. Workers are persistent.
+
+Workers start from a forkserver (see `_worker_context`), so, as with `spawn`, a script that builds
+this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CLI has it).
 """
 
 from __future__ import annotations
