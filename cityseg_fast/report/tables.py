@@ -249,6 +249,8 @@ SPEED_COLS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
         lambda r: " / ".join(fmt_num(metric(r, k)) for k in ("fwd_ms", "bwd_ms", "opt_ms")),
     ),
     ("CPU util", "cpu_util", _m("cpu_util", fmt_pct)),
+    # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
+    ("CPU ms/img", "cpu_ms_per_image", _m("cpu_ms_per_image")),
     ("compile", "compile_s", _m("compile_s", fmt_s)),
     ("recompiles", "recompiles", _m("recompiles", lambda v: DASH if v is None else f"{v:.0f}")),
 ]
