@@ -343,7 +343,7 @@ def best_section(runs: Sequence[Run]) -> str:
         if not rows:
             continue
         varying, _ = split_keys(rows)
-        label_keys = [k for k in varying if k != "resolution"]
+        label_keys = ["model"] + [k for k in varying if k not in ("resolution", "model")]
         by_res: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_res.setdefault(flat_point(r).get("resolution") or DASH, []).append(r)
@@ -465,6 +465,9 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
             verdict = "loader" if loader_ips < model_ips else "model"
             if eff is not None and eff < 0.9:
                 verdict += f" + overlap loss ({eff:.0%} of the limit)"
+            elif eff is not None and eff > 1.1:
+                # Cannot happen with steady measurements: say so rather than present it as a result.
+                verdict += " (⚠ e2e above its limit: the runs were too noisy to compare)"
         out.append(
             {
                 "row": e,
