@@ -99,7 +99,7 @@ def evaluate(
     cm = ConfusionMatrix(cfg.data.num_classes, device, cfg.data.ignore_index)
     images = torch.zeros((), dtype=torch.int64, device=device)
     samples = getattr(loader, "samples", None)
-    task = progress.add_task("eval", total=len(loader)) if progress is not None else None  # type: ignore[arg-type]
+    task = progress.add_task("eval", total=len(loader), stats="") if progress is not None else None
     for batch in loader:
         pred = eval_step(model, batch, cfg)
         if batch.index is None:  # a loader without padding: every sample is real
