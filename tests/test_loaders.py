@@ -226,3 +226,20 @@ def test_bench_loader_cli_bad_input(tmp_path, capsys):
     rc = main(["bench", "loader", "--data", str(tmp_path / "nope"), "--loader", "dali", "--iters", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_train_pads_small_frames_to_the_crop(raw, backend):
+    """Scaled frames smaller than the crop: every batch still has the crop's shape (drop-last fixed
+    shapes, so torch.compile never recompiles), padded with image 0 and label 255."""
+    cfg = make_cfg(raw, backend, "data.crop=[48,96]", "data.scale_range=[0.25,0.5]")
+    loader = build_loader(cfg, "train", device=CPU)
+    try:
+        for b in loader:
+            check_batch(b, "cpu")
+            assert tuple(b.image.shape) == (2, 3, 48, 96) and tuple(b.target.shape) == (2, 48, 96)
+            # a 64x128 frame at scale <= 0.5 covers at most 32x64 of the crop: the rest is padding
+            assert bool((b.image[:, :, 32:, :] == 0).all()) and bool((b.image[:, :, :, 64:] == 0).all())
+            assert bool((b.target[:, 32:, :] == 255).all()) and bool((b.target[:, :, 64:] == 255).all())
+    finally:
+        loader.close()

@@ -14,6 +14,7 @@ this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CL
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -103,14 +104,15 @@ class _DecodeError(Exception):
     pass
 
 
-def collate(items: list) -> tuple | str:
-    """Stack uint8 HxWx3 images (padded to the batch's largest), labels padded with 255."""
+def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> tuple | str:
+    """Stack uint8 HxWx3 images, labels padded with 255, to the batch's largest size and at least
+    `pad_to` (training: the crop, so that every batch has the same shape as DALI's)."""
     for it in items:
         if isinstance(it, str):
             return it
     n = len(items)
-    H = max(it[0].shape[0] for it in items)
-    W = max(it[0].shape[1] for it in items)
+    H = max(pad_to[0], *(it[0].shape[0] for it in items))
+    W = max(pad_to[1], *(it[0].shape[1] for it in items))
     images = torch.zeros((n, H, W, 3), dtype=torch.uint8)
     dst = images.numpy()  # copy through numpy: PIL's arrays are read-only
     sizes = torch.empty((n, 2), dtype=torch.int64)
@@ -120,8 +122,8 @@ def collate(items: list) -> tuple | str:
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
     if items[0][1] is None:  # decode-only
         return images, None, sizes, index
-    lh = max(it[1].shape[0] for it in items)
-    lw = max(it[1].shape[1] for it in items)
+    lh = max(pad_to[0], *(it[1].shape[0] for it in items))
+    lw = max(pad_to[1], *(it[1].shape[1] for it in items))
     labels = torch.full((n, lh, lw), 255, dtype=torch.uint8)
     dst = labels.numpy()
     for k, (_, lab, _) in enumerate(items):
@@ -196,7 +198,8 @@ class TorchLoader:
             dataset,
             batch_sampler=_PlanBatches(self),
             num_workers=num_workers,
-            collate_fn=collate,
+            # training batches always have the crop's shape, even when every frame was scaled smaller
+            collate_fn=functools.partial(collate, pad_to=self.crop if train and not decode_only else (0, 0)),
             pin_memory=pin_memory and on_gpu,  # pinning only pays for a host -> GPU copy
             **kw,
         )
