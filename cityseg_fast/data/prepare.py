@@ -168,7 +168,12 @@ def prepare_dataset(
     tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale)
     n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
-    results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    try:
+        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    finally:
+        # A failing pair makes the pool terminate the other workers, possibly mid-write: their
+        # temporaries (never renamed, so never mistaken for output) would stay until a rerun.
+        _remove_stray_temps(out, splits)
     wall = time.perf_counter() - t0
     manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
     return {
