@@ -10,6 +10,7 @@ import collections
 import io
 from typing import Any
 
+from cityseg_fast.data.plan import PlannedLoader
 from cityseg_fast.errors import UserError
 
 
@@ -136,7 +137,7 @@ class _Feed:
         return self.loader._inputs(items)
 
 
-class DaliLoader:
+class DaliLoader(PlannedLoader):
     """The `dali` backend: one pipeline per mode (train / eval / decode-only), CPU or GPU."""
 
     def __init__(
@@ -191,23 +192,6 @@ class DaliLoader:
 
     # -- the Loader protocol ----------------------------------------------------------------
 
-    def __len__(self) -> int:
-        from cityseg_fast.data.plan import eval_len, train_len
-
-        n, w, b = len(self.samples), self.world_size, self.batch_size
-        return train_len(n, w, b) if self.train else eval_len(n, w, b)
-
-    @property
-    def num_samples(self) -> int:
-        from cityseg_fast.data.plan import eval_num_samples
-
-        if self.train:
-            return len(self) * self.batch_size
-        return eval_num_samples(len(self.samples), self.rank, self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def close(self) -> None:
         self._pipe = None
 
@@ -233,23 +217,6 @@ class DaliLoader:
         self._active = False
 
     # -- planning and feeding ----------------------------------------------------------------
-
-    def _plan(self) -> list:
-        from cityseg_fast.data.plan import eval_batches, train_batches
-
-        n = len(self.samples)
-        if self.train:
-            return train_batches(
-                n,
-                self.rank,
-                self.world_size,
-                self.epoch,
-                self.seed,
-                self.batch_size,
-                self.scale_range,
-                self.flip_prob,
-            )
-        return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
     def _inputs(self, items: list) -> tuple:
         import numpy as np

@@ -21,17 +21,7 @@ import numpy as np
 import torch
 
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.plan import (
-    Item,
-    SizeCache,
-    check_train_size,
-    crop_geometry,
-    eval_batches,
-    eval_len,
-    eval_num_samples,
-    train_batches,
-    train_len,
-)
+from cityseg_fast.data.plan import Item, PlannedLoader, SizeCache, check_train_size, crop_geometry
 from cityseg_fast.errors import UserError
 
 
@@ -144,7 +134,7 @@ class _PlanBatches:
         return len(self.loader)
 
 
-class TorchLoader:
+class TorchLoader(PlannedLoader):
     """The `torch` backend (see the module docstring)."""
 
     def __init__(
@@ -206,39 +196,11 @@ class TorchLoader:
         mode = "decode-only" if decode_only else ("train" if train else "eval")
         self.description = f"torch ({num_workers} workers, {mode})"
 
-    def __len__(self) -> int:
-        n, w, b = len(self.samples), self.world_size, self.batch_size
-        return train_len(n, w, b) if self.train else eval_len(n, w, b)
-
-    @property
-    def num_samples(self) -> int:
-        if self.train:
-            return len(self) * self.batch_size
-        return eval_num_samples(len(self.samples), self.rank, self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def close(self) -> None:
         it = getattr(self._dl, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()  # persistent workers would otherwise live until exit
         self._dl._iterator = None
-
-    def _plan(self) -> list[list[Item]]:
-        n = len(self.samples)
-        if self.train:
-            return train_batches(
-                n,
-                self.rank,
-                self.world_size,
-                self.epoch,
-                self.seed,
-                self.batch_size,
-                self.scale_range,
-                self.flip_prob,
-            )
-        return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
     def __iter__(self):
         raw = (self._check(b) for b in self._dl)
