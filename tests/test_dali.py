@@ -7,9 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from loader_fixtures import write_prepared, write_raw
+from loader_fixtures import loader_cfg, write_prepared, write_raw
 
-from cityseg_fast.config import load_config
 from cityseg_fast.data import dali
 from cityseg_fast.data.factory import build_loader
 from cityseg_fast.errors import UserError
@@ -19,18 +18,7 @@ CPU = torch.device("cpu")
 
 
 def make_cfg(root, backend: str, *extra: str):
-    return load_config(
-        [],
-        [
-            f"data.root={root}",
-            f"loader.backend={backend}",
-            "data.crop=[32,64]",
-            "loader.batch_size=2",
-            "loader.num_workers=0",
-            "loader.num_threads=1",
-            *extra,
-        ],
-    )
+    return loader_cfg(root, backend, "loader.num_workers=0", *extra)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import classes_of, identify, sample_number, write_prepared, write_raw
+from loader_fixtures import classes_of, identify, loader_cfg, sample_number, write_prepared, write_raw
 
 from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 from cityseg_fast.data.batch import check_batch
@@ -16,19 +16,7 @@ from cityseg_fast.errors import UserError
 CPU = torch.device("cpu")
 
 
-def make_cfg(root, backend: str, *extra: str):
-    return load_config(
-        [],
-        [
-            f"data.root={root}",
-            f"loader.backend={backend}",
-            "data.crop=[32,64]",
-            "loader.batch_size=2",
-            "loader.num_workers=1",
-            "loader.num_threads=1",
-            *extra,
-        ],
-    )
+make_cfg = loader_cfg
 
 
 @pytest.fixture(scope="module")
