@@ -104,6 +104,17 @@ def _read_bytes(path) -> Any:
         raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
 
 
+def _check_label_png(path, data: Any) -> Any:
+    """Refuse a palette label PNG: its indices are the ids, but DALI's decoder expands the palette
+    to colours. The colour type is byte 25 of a PNG (signature, then the IHDR chunk); 3 = palette."""
+    if len(data) > 25 and bytes(data[1:4]) == b"PNG" and int(data[25]) == 3:
+        raise UserError(
+            f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
+            "convert it with `cityseg prepare` or use loader.backend=torch"
+        )
+    return data
+
+
 def _label_lut() -> tuple[list[int], list[int]]:
     """labelId -> trainId as lookup_table keys/values (every other id -> default 255)."""
     from cityseg_fast.data.labels import ID_TO_TRAINID
@@ -227,7 +238,7 @@ class DaliLoader(PlannedLoader):
         images = [_read_bytes(s.image) for s in srcs]
         if self.decode_only:
             return (images,)
-        labels = [_read_bytes(s.label) for s in srcs]
+        labels = [_check_label_png(s.label, _read_bytes(s.label)) for s in srcs]
         if not self.train:
             return images, labels
         geo = [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items]

@@ -60,6 +60,8 @@ class PlanDataset(torch.utils.data.Dataset):
         try:
             im = Image.open(path)
             im.load()  # decode now, so a corrupt file fails here and is named
+            if mode == "L" and im.mode == "P":
+                return im  # a palette label's indices are its ids (as read_label); NEAREST keeps them
             return im.convert(mode) if im.mode != mode else im
         except Exception as e:
             raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
