@@ -53,7 +53,8 @@ def test_batch_contract(prepared, backend, split):
                 assert b.image.abs().max() < 10
             else:
                 assert b.index is not None and b.index.dtype == torch.int64
-                assert tuple(b.image.shape) == (1, 3, 64, 128) or backend == "synthetic"
+                assert tuple(b.image.shape) == (1, 3, 64, 128)  # synthetic too: the dataset's frame size
+                assert tuple(b.target.shape) == (1, 64, 128)
         assert isinstance(loader.description, str) and loader.description.startswith(backend)
         if backend != "synthetic":
             assert len(loader.samples) == (10 if split == "train" else 5)
