@@ -175,21 +175,16 @@ class DaliLoader(PlannedLoader):
         decode_only: bool = False,
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
     ) -> None:
-        from cityseg_fast.data.plan import SizeCache, check_train_size
+        from cityseg_fast.data.plan import SizeCache
 
         if dali_device not in ("cpu", "gpu"):
             raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
         if roi not in ("slice", "resize"):
             raise ValueError(f"roi must be 'slice' or 'resize', got {roi!r}")
-        self.samples = list(samples)
-        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
-        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
         self.mean, self.std = mean, std
         self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
         self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
-        if train:
-            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)

@@ -132,18 +132,38 @@ def crop_geometry(src_hw: tuple[int, int], crop_hw: tuple[int, int], aug: Aug) -
 class PlannedLoader:
     """The epoch plan side of the Loader protocol, shared by the `dali` and `torch` backends.
 
-    Subclasses set samples, train, batch_size, scale_range, flip_prob, rank, world_size, seed, epoch.
+    Subclasses call `_init_plan(...)` in their constructor.
     """
 
     samples: list
     train: bool
     batch_size: int
+    crop: tuple[int, int]
     scale_range: tuple[float, float]
     flip_prob: float
     rank: int
     world_size: int
     seed: int
     epoch: int
+
+    def _init_plan(
+        self,
+        samples: list,
+        train: bool,
+        batch_size: int,
+        crop: tuple[int, int],
+        scale_range: tuple[float, float],
+        flip_prob: float,
+        rank: int,
+        world_size: int,
+        seed: int,
+    ) -> None:
+        self.samples = list(samples)
+        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
+        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
 
     def __len__(self) -> int:
         n, w, b = len(self.samples), self.world_size, self.batch_size

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.plan import Item, PlannedLoader, SizeCache, check_train_size, crop_geometry
+from cityseg_fast.data.plan import Item, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
 
 
@@ -161,13 +161,8 @@ class TorchLoader(PlannedLoader):
         pin_memory: bool = True,
         decode_only: bool = False,
     ) -> None:
-        self.samples = list(samples)
-        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
-        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
         self.device, self.decode_only = device, decode_only
-        if train:
-            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         on_gpu = device.type == "cuda"
         self._mean = torch.tensor([255.0 * m for m in mean], device=device).view(1, 3, 1, 1)
         self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
