@@ -10,6 +10,15 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.models import create_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 spinning OpenMP threads were 3-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class OneConv(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

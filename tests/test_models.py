@@ -12,7 +12,14 @@ from cityseg_fast.models import create_model, list_models, model_from_config
 from cityseg_fast.models.blocks import bilinear_kernel
 from cityseg_fast.models.fcn import FCN8s
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 spinning OpenMP threads were 3-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_registry_names():

@@ -20,7 +20,14 @@ from cityseg_fast.engine.precision import (
 from cityseg_fast.errors import UserError
 from cityseg_fast.models import create_model
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 spinning OpenMP threads were 3-50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_bad_names_are_user_errors():

@@ -213,7 +213,7 @@ class DaliLoader:
 
     def __iter__(self):
         if self._pipe is None:
-            raise RuntimeError("loader is closed")
+            raise RuntimeError("loader is closed (or its pipeline failed earlier)")
         self._abandon()
         self._feed.start(self._plan())
         self._active = True
@@ -225,8 +225,8 @@ class DaliLoader:
             except StopIteration:
                 break
             items = self._feed.fed.popleft()
-            batch = self._to_batch(outs, items)  # copies out of DALI's buffers ...
-            pipe.release_outputs()  # ... so they can be reused at once
+            batch = self._to_batch(outs, items)  # CPU: wraps the buffers (zero copy); GPU: copies
+            pipe.release_outputs()  # DALI reuses a buffer only once nothing references it
             self._guard(pipe.schedule_run)
             yield batch
         pipe.reset()
