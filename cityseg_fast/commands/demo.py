@@ -431,8 +431,9 @@ def run(args: argparse.Namespace) -> int:
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text("written by `cityseg demo`: a rerun with this --out replaces its results and report\n")
-    # A demo measures afresh: earlier results in OUT would be mixed into this report (and skipped by the sweep).
-    for stale in ("results.jsonl", "points", "report", "sweep.yaml"):
+    # A demo starts afresh: earlier results would be mixed into this report (and skipped by the sweep), and
+    # frames of an earlier run at another size would be mixed into this dataset (prepare skips existing pairs).
+    for stale in ("results.jsonl", "points", "report", "sweep.yaml", "data", "train", "demo_timings.json"):
         path = out / stale
         if path.is_dir():
             shutil.rmtree(path)
