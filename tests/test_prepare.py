@@ -97,7 +97,9 @@ def test_image_downscale_is_antialiased(tmp_path):
     board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
     Image.fromarray(np.repeat(board[:, :, None], 3, 2)).save(img)
     Image.fromarray(np.full((64, 64), 7, np.uint8)).save(lab)
-    prepare_dataset(root, tmp_path / "out", image_format="png", scale=0.5, splits=("train",), workers=1, progress=False)
+    prepare_dataset(
+        root, tmp_path / "out", image_format="png", scale=0.5, splits=("train",), workers=1, progress=False
+    )
     out = np.asarray(Image.open(tmp_path / "out" / "train" / "images" / "ulm_000000_000019.png")).astype(int)
     assert abs(out[4:-4, 4:-4].mean() - 127.5) < 3 and out[4:-4, 4:-4].std() < 3
 
@@ -140,8 +142,20 @@ def test_bad_input_is_a_clear_error_and_keeps_prepared_files(src, tmp_path, caps
     before = _files(out)
     bad = getattr(find_samples(data, "val")[1], which)
     damage(bad)
-    code = main(["prepare", "--src", str(data), "--out", str(out), "--splits", "train,val", "--workers", "2",
-                 "--no-progress"])
+    code = main(
+        [
+            "prepare",
+            "--src",
+            str(data),
+            "--out",
+            str(out),
+            "--splits",
+            "train,val",
+            "--workers",
+            "2",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and str(bad) in err and words in err, err

@@ -52,7 +52,9 @@ def test_names_follow_the_cityscapes_pattern(small_ds):
         for kind in ("labelIds", "color"):
             assert (small_ds / "gtFine" / split / city / f"{stem}_gtFine_{kind}.png").is_file()
     assert [s.stem for s in find_samples(small_ds, "val")] == [
-        "frankfurt_000000_000019", "lindau_000000_000019", "munster_000000_000019"
+        "frankfurt_000000_000019",
+        "lindau_000000_000019",
+        "munster_000000_000019",
     ]
 
 

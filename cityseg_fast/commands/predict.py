@@ -38,7 +38,7 @@ def read_rgb(path: Path):
                 a = np.asarray(im, dtype=np.float64)
                 a = (255 * (a - a.min()) / max(a.max() - a.min(), 1e-9)).astype(np.uint8)
                 return np.repeat(a[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy for torch.from_numpy
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
 

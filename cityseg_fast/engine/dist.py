@@ -94,3 +94,36 @@ def cleanup() -> None:
     """Leave the process group (safe to call when none was joined)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """Two float64 numbers per parameter/buffer (plain sum, position-weighted sum): equal on every rank
+    iff the replicas agree, up to a collision no real divergence produces."""
+    parts = []
+    for t in list(module.parameters()) + list(module.buffers()):
+        flat = t.detach().reshape(-1).double()
+        weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+        parts.append(torch.stack([flat.sum(), (flat * weights).sum() / flat.numel()]))
+    return torch.cat(parts) if parts else torch.zeros(2, dtype=torch.float64)
+
+
+def replicas_in_sync(module: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical weights (checked through `fingerprint`); one process: True."""
+    if not is_distributed():
+        return True
+    mine = fingerprint(module)
+    everyone = [torch.empty_like(mine) for _ in range(get_world_size())]
+    dist.all_gather(everyone, mine)
+    return all(torch.equal(mine, other) for other in everyone)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step every rank
+    holds its own running statistics; evaluating or saving at that point needs rank 0's on all ranks.
+    """
+    if not is_distributed():
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=src)

@@ -228,6 +228,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                             f"{out}: loss non-finite for {bad_checks} consecutive log intervals (iteration {it}); "
                             f"lower train.lr or use precision.dtype=fp32/bf16{where}"
                         )
+            if it % t.eval_interval == 0 or it == t.iters or it % t.ckpt_interval == 0:
+                dist.broadcast_buffers(net)  # every rank evaluates and rank 0 saves the same BN statistics
             if it % t.eval_interval == 0 or it == t.iters:
                 result = evaluate(
                     net, val_loader, cfg, info.device, progress=progress if info.is_main else None
@@ -247,9 +249,11 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                     last_ckpt = ckpt_io.save_checkpoint(make_checkpoint(state, it), out, keep=t.keep_ckpts)
                 dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
 
+    dist.broadcast_buffers(net)
     if result is None:  # resumed a finished run: evaluate once so the summary still has numbers
         result = evaluate(net, val_loader, cfg, info.device)
     wall = time.perf_counter() - t0
+    in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(state.model))  # DDP must keep the replicas identical
     if info.is_main:
         from rich.console import Console
 
@@ -267,6 +271,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
         "out_dir": str(out),
         "checkpoint": str(last_ckpt) if last_ckpt else None,
         "world_size": info.world_size,
+        "replicas_in_sync": in_sync,
     }
     log.write(event="end", **{k: v for k, v in summary.items() if k != "per_class_iou"})
     return summary

@@ -1,0 +1,184 @@
+"""Training runs: run-directory contents, SIGKILL + resume continues exactly, non-finite loss stops
+cleanly, and clear errors for bad checkpoints, wrong models and missing splits."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from engine_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
+    PY,
+    REPO,
+    env,
+    one_thread,
+    run_cli,
+    tiny_overrides,
+    trained_run,
+    write_tiny_cityscapes,
+)
+
+from cityseg_fast.cli import main
+from cityseg_fast.config import load_config
+from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
+
+
+def _events(run_dir, kind=None):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if kind is None or r["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory.getbasetemp())
+
+
+def test_run_directory(run):
+    data, out = run
+    cfg = load_config([out / "config.yaml"])  # the resolved config reloads
+    assert cfg.train.iters == 30 and cfg.model.base_width == 8 and cfg.data.root == str(data)
+    assert "torch" in json.loads((out / "env.json").read_text())
+    train = _events(out, "train")
+    assert [r["iter"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    assert all(r["images_per_s"] > 0 and r["lr"] >= 0 for r in train)
+    (ev,) = _events(out, "eval")
+    assert ev["iter"] == 30 and 0 < ev["miou"] <= 1 and len(ev["per_class_iou"]) == 19
+    ckpts = list_checkpoints(out)
+    assert [p.name for p in ckpts] == ["ckpt_00000020.pt", "ckpt_00000030.pt"]  # keep_ckpts = 2
+    raw = torch.load(ckpts[-1], weights_only=True)
+    assert raw["iteration"] == 30 and set(raw) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "config",
+    }
+    assert raw["scheduler"]["last_epoch"] == 30
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path):
+    data = write_tiny_cityscapes(tmp_path / "data")
+    out = tmp_path / "run"
+    args = tiny_overrides(data, out, iters=60, **{"train.log_interval": 2, "train.ckpt_interval": 20})
+    proc = subprocess.Popen(
+        [PY, "-m", "cityseg_fast", "train", *args],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 150
+        while (
+            time.monotonic() < deadline and proc.poll() is None
+        ):  # kill a few steps past the first checkpoint
+            logged = _events(out, "train") if (out / "metrics.jsonl").exists() else []
+            if logged and logged[-1]["iter"] >= 26:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed = _events(out, "train")
+    survivors = list_checkpoints(out)
+    assert survivors, "a checkpoint was lost"
+    resumed_from = load_checkpoint(survivors[-1])["iteration"]  # loads: no torn file
+    assert resumed_from in (20, 40)
+
+    run_cli("train", *args)
+    rows = _events(out)
+    (resume,) = [r for r in rows if r["event"] == "resume"]
+    assert resume["iter"] == resumed_from
+    after = [r for r in rows[rows.index(resume) :] if r["event"] == "train"]
+    assert after[0]["iter"] == resumed_from + 2 and after[-1]["iter"] == 60
+    # Exact continuation: iterations logged by both the killed and the resumed process have the same loss
+    # (same weights, optimizer state, schedule, RNG and data order).
+    before = {r["iter"]: r["loss"] for r in killed if r["iter"] > resumed_from}
+    overlap = [r for r in after if r["iter"] in before]
+    assert overlap, (killed[-1], resumed_from)
+    for r in overlap:
+        assert math.isclose(r["loss"], before[r["iter"]], rel_tol=1e-5), (r, before[r["iter"]])
+    assert after[-1]["loss"] < killed[0]["loss"]  # the loss continued, it did not restart
+    assert [p.name for p in list_checkpoints(out)][-1] == "ckpt_00000060.pt"
+    end = [r for r in rows if r["event"] == "end"][-1]
+    assert end["iters"] == 60 and end["start_iter"] == resumed_from
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    data = write_tiny_cityscapes(tmp_path / "data", {"train": 4, "val": 2})
+    out = tmp_path / "run"
+    over = tiny_overrides(
+        data,
+        out,
+        iters=40,
+        **{
+            "train.optimizer": "sgd",
+            "train.lr": 1e12,  # diverges within a few steps
+            "train.log_interval": 1,
+            "train.ckpt_interval": 1,
+            "train.max_nonfinite": 2,
+            "train.keep_ckpts": 50,
+        },
+    )
+    assert main(["train", *over]) == 2
+    err = capsys.readouterr().err
+    assert "loss non-finite for 2 consecutive log intervals" in err and "last good checkpoint" in err
+    ckpts = list_checkpoints(out)
+    assert ckpts, "no good checkpoint was kept"
+    last = load_checkpoint(ckpts[-1])
+    losses = {r["iter"]: r["loss"] for r in _events(out, "train")}
+    assert losses[last["iteration"]] is not None and math.isfinite(losses[last["iteration"]])
+    assert all(
+        it < last["iteration"] or it not in losses or losses[it] is None
+        for it in range(last["iteration"] + 1, 41)
+    )
+
+
+def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
+    data, out = run
+    ckpt = str(list_checkpoints(out)[-1])
+
+    def fails(*argv: str, match: str) -> None:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+
+    fails("eval", "--checkpoint", str(tmp_path / "nope.pt"), match="nope.pt: checkpoint not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    fails("eval", "--checkpoint", str(junk), match="junk.pt: not a readable checkpoint")
+    fails(
+        "eval", "--checkpoint", ckpt, "--data", str(data), "model.base_width=16", match="weights do not fit"
+    )
+    fails(
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        str(data),
+        "model.name=unet_s32",
+        "model.base_width=null",
+        match="weights do not fit",
+    )
+    no_val = write_tiny_cityscapes(tmp_path / "no_val", {"train": 4})
+    fails("eval", "--checkpoint", ckpt, "--data", str(no_val), match="split 'val'")
+    fails("train", *tiny_overrides(no_val, tmp_path / "r"), match="split 'val'")
+    assert not (tmp_path / "r" / "ckpt_00000010.pt").exists()
+    fails(
+        "train",
+        *tiny_overrides(data, tmp_path / "r2"),
+        "--resume",
+        str(tmp_path / "missing.pt"),
+        match="missing.pt",
+    )
