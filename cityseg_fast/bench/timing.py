@@ -35,7 +35,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
 
 
-def summarize(times_s: Sequence[float], warmup: int = 0, variance_warn: float | None = None) -> dict[str, Any]:
+def summarize(
+    times_s: Sequence[float], warmup: int = 0, variance_warn: float | None = None
+) -> dict[str, Any]:
     """Statistics of per-iteration times (seconds) after dropping the first `warmup`, in milliseconds.
 
     Returns n, mean_ms, median_ms, p90_ms, p99_ms, iqr_ms (p75 - p25), min_ms, max_ms, and
@@ -86,11 +88,11 @@ def synchronize(device: Any) -> None:
 class StepTimer:
     """Per-step times without host syncs in the loop: CUDA events on a GPU, perf_counter on the CPU.
 
-        timer = StepTimer(device)
-        for _ in range(n):
-            with timer.step():
-                work()
-        times_s = timer.times_s()     # synchronises once (a measurement boundary)
+    timer = StepTimer(device)
+    for _ in range(n):
+        with timer.step():
+            work()
+    times_s = timer.times_s()     # synchronises once (a measurement boundary)
     """
 
     def __init__(self, device: Any):
@@ -177,11 +179,13 @@ def time_steps(
     device: Any,
     items_per_step: int = 1,
     barrier: Callable[[], None] | None = None,
+    on_timed_start: Callable[[], None] | None = None,
 ) -> StepTimes:
     """Run `step` warmup + iters times; time the last `iters` per step and over the whole (wall clock).
 
     `barrier` (e.g. torch.distributed.barrier) runs at both boundaries so DDP ranks start and stop
-    the timed region together.
+    the timed region together; `on_timed_start` runs once, after warm-up, just before the timed region
+    (e.g. to snapshot compile counters so recompiles in the steady state can be told apart).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -195,6 +199,8 @@ def time_steps(
     timer = StepTimer(device)
     # Measurement boundary: the timed region starts with an idle device.
     synchronize(device)
+    if on_timed_start is not None:
+        on_timed_start()
     if barrier is not None:
         barrier()
     t0 = time.perf_counter()
