@@ -173,8 +173,6 @@ def _flops_metrics(
     cfg: Config, device: Any, hw: tuple[int, int], images_per_s: float, world: int, train: bool
 ) -> dict[str, Any]:
     """FLOPs per image (forward and train step) of a fresh, uncompiled copy of the model; MFU where honest."""
-    from cityseg_fast.bench.flops import count_flops, peak_flops
-    from cityseg_fast.models import model_from_config
 
     m: dict[str, Any] = {
         "flops_per_image": None,
@@ -183,6 +181,9 @@ def _flops_metrics(
         "mfu": None,
     }
     try:
+        from cityseg_fast.bench.flops import count_flops, peak_flops
+        from cityseg_fast.models import model_from_config
+
         model = model_from_config(cfg).to(device)
         fc = count_flops(model, hw, batch=1)
     except Exception as e:  # FLOPs are context, not the measurement: say why they are missing
