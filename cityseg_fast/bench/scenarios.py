@@ -127,7 +127,7 @@ def point_from_config(scenario: str, cfg: Config, world_size: int = 1) -> dict[s
 # helpers
 
 
-def _forever(loader: Any) -> Iterator[Any]:
+def cycle_batches(loader: Any) -> Iterator[Any]:
     """Batches across epochs (set_epoch before each, as training does)."""
     epoch = 0
     while True:
@@ -228,8 +228,13 @@ def _timing_metrics(times: Any, cfg: Config, batch: int) -> dict[str, Any]:
 # scenarios
 
 
-def _train_point(cfg: Config, loader_cfg: Config, device: Any, dist_info: Any) -> dict[str, Any]:
-    """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`."""
+def _train_point(
+    cfg: Config, loader_cfg: Config, device: Any, dist_info: Any, with_inference: bool = False
+) -> dict[str, Any]:
+    """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`.
+
+    with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
+    """
 
     from cityseg_fast.bench.memory import MemoryMonitor
     from cityseg_fast.bench.timing import time_steps
@@ -248,7 +253,7 @@ def _train_point(cfg: Config, loader_cfg: Config, device: Any, dist_info: Any) -
             ids = [device.index] if device.type == "cuda" else None
             state.model = DDP(state.model, device_ids=ids)
         loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
-        batches = _forever(loader)
+        batches = cycle_batches(loader)
         state.model.train()
 
         def step() -> None:
@@ -278,9 +283,9 @@ def _train_point(cfg: Config, loader_cfg: Config, device: Any, dist_info: Any) -
         metrics["device"] = device.type
         metrics["world_size"] = world
         extra = {}
-        if loader_cfg.loader.backend == "synthetic" and cfg.bench.split_phases:
+        if with_inference and cfg.bench.split_phases:
             extra = _split_phases(state, next(batches), cfg, device)
-        if loader_cfg.loader.backend == "synthetic":
+        if with_inference:
             extra.update(_infer_on_batch(state.model, next(batches), cfg, device))
         loader.close()
     metrics.update(mon.metrics())
@@ -338,7 +343,7 @@ def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[st
 def run_model(cfg: Config) -> dict[str, Any]:
     device, dist_info = _device_and_dist(cfg)
     synth = replace(cfg, loader={"backend": "synthetic"})
-    return _train_point(cfg, synth, device, dist_info)
+    return _train_point(cfg, synth, device, dist_info, with_inference=True)
 
 
 def run_e2e(cfg: Config) -> dict[str, Any]:
