@@ -17,15 +17,15 @@ from cityseg_fast.errors import UserError
 # name -> (module under cityseg_fast.commands or None while not built yet, one-line help)
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "doctor": ("doctor", "report Python/torch/DALI/CUDA versions, GPUs, and what works on this machine"),
-    "synth": (None, "write a learnable synthetic dataset in the exact Cityscapes layout"),
-    "prepare": (None, "convert a Cityscapes-layout dataset to fast formats (JPEG/PNG, trainId labels)"),
+    "synth": ("synth", "write a learnable synthetic dataset in the exact Cityscapes layout"),
+    "prepare": ("prepare", "convert a Cityscapes-layout dataset to fast formats (JPEG/PNG, trainId labels)"),
     "train": (None, "train a model (one process, or DDP under torchrun)"),
     "eval": (None, "evaluate a checkpoint: mIoU, per-class IoU, optional official-format export"),
     "predict": (None, "segment images with a checkpoint: colour overlays and labelId PNGs"),
     "bench": ("bench", "benchmark one scenario: loader, model, e2e, infer, accuracy"),
     "sweep": ("sweep", "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
-    "report": (None, "build a Markdown report with plots from results.jsonl files"),
-    "demo": (None, "run the whole product end to end on a small synthetic dataset"),
+    "report": ("report", "build a Markdown report with plots from results.jsonl files"),
+    "demo": ("demo", "run the whole product end to end on a small synthetic dataset"),
 }
 
 

@@ -90,7 +90,9 @@ def validate_row(row: dict[str, Any]) -> None:
         if key not in row:
             raise ValueError(f"result row: missing field '{key}'")
         if not isinstance(row[key], tp):
-            raise ValueError(f"result row: field '{key}' must be {tp.__name__}, got {type(row[key]).__name__}")
+            raise ValueError(
+                f"result row: field '{key}' must be {tp.__name__}, got {type(row[key]).__name__}"
+            )
     if row["schema"] != SCHEMA_VERSION:
         raise ValueError(f"result row: schema {row['schema']} (this version reads {SCHEMA_VERSION})")
     if row["scenario"] not in SCENARIOS:

@@ -1,0 +1,115 @@
+"""Build a report directory from results.jsonl files: REPORT.md, PNG plots, results.csv, comparison.csv.
+
+    build_report(["runs/a", "runs/b"], "reports/x")  ->  reports/x/REPORT.md
+
+Reads nothing but the result rows (cityseg_fast/report/schema.py), so a report can be rebuilt
+anywhere from committed JSONL files.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cityseg_fast.errors import UserError
+from cityseg_fast.report import compare, plots, tables
+from cityseg_fast.report.runs import Run, load_runs
+
+REPORT_FILE = "REPORT.md"
+
+_SCENARIO_ORDER = ("model", "infer", "e2e", "loader")
+
+
+def write_csv(runs: Sequence[Run], path: Path) -> None:
+    columns, records = tables.flat_records(runs)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for rec in records:
+            w.writerow(rec)
+
+
+def _section(title: str, body: str, missing: str) -> str:
+    return f"## {title}\n\n{body.strip() if body.strip() else '_' + missing + '_'}\n\n"
+
+
+def render_markdown(
+    runs: Sequence[Run], figures: Sequence[plots.Plot], title: str = "cityseg_fast benchmark report"
+) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    parts = [
+        f"# {title}\n\n",
+        f"Built {now} by `cityseg report` from {len(runs)} results file(s). Every number below comes from "
+        "those JSON lines; `results.csv` holds the same rows flattened (one column per point key and metric).\n\n",
+        _section("Runs", tables.runs_section(runs), "no runs"),
+        _section("Environment", tables.env_section(runs), "no environment recorded"),
+        _section(
+            "Best configuration per resolution",
+            tables.best_section(runs),
+            "no ok throughput measurements",
+        ),
+        _section(
+            "Bottleneck: loader vs model vs end to end",
+            tables.bottleneck_section(runs),
+            "no end-to-end (e2e) rows: run `cityseg bench e2e` (or a sweep with e2e points) to see where the time goes",
+        ),
+    ]
+    parts.append("## Throughput, latency, memory and MFU per point\n\n")
+    parts.append(
+        "img/s is images per second over the timed iterations (warm-up excluded); p50/p90/p99 are per-batch latency "
+        "percentiles; spread is IQR ÷ median of the batch times (⚠ = above the benchmark's variance threshold).\n\n"
+    )
+    any_scenario = False
+    for scenario in _SCENARIO_ORDER:
+        body = tables.scenario_section(runs, scenario)
+        if body:
+            any_scenario = True
+            parts.append(f"### {tables.SCENARIO_TITLES[scenario]}\n\n{body}\n")
+    if not any_scenario:
+        parts.append("_No loader, model, inference or end-to-end rows._\n\n")
+    parts.append(
+        _section(
+            "Accuracy",
+            tables.accuracy_section(runs),
+            "no accuracy rows (`cityseg bench accuracy` or `cityseg demo`)",
+        )
+    )
+    parts.append("## Plots\n\n")
+    for fig in figures:
+        if fig.path is not None:
+            parts.append(f"### {fig.title}\n\n![{fig.title}]({fig.name})\n\n{fig.caption}\n\n")
+    skipped = [f for f in figures if f.path is None]
+    if skipped:
+        parts.append("Not drawn (no data for them in these results):\n\n")
+        parts += [f"- {f.title} (`{f.name}`): {f.reason}.\n" for f in skipped]
+        parts.append("\n")
+    if len(runs) > 1:
+        parts.append(_section("Comparison", compare.compare_section(runs), "nothing to compare"))
+    return "".join(parts)
+
+
+def build_report(
+    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md."""
+    runs = load_runs(run_dirs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    # Plots from an earlier build of this directory would be linked by nothing and mislead: remove ours.
+    for name in plots.PLOT_FILES:
+        (out / name).unlink(missing_ok=True)
+    figures = plots.make_plots(runs, out)
+    write_csv(runs, out / "results.csv")
+    if len(runs) > 1:
+        changes, _ = compare.compare_runs(runs)
+        compare.write_comparison_csv(changes, out / "comparison.csv")
+    else:
+        (out / "comparison.csv").unlink(missing_ok=True)
+    report = out / REPORT_FILE
+    report.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report"))
+    return report

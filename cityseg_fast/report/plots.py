@@ -1,0 +1,409 @@
+"""PNG plots of a report (matplotlib, Agg): throughput and memory vs batch size, loaders, e2e, mIoU Pareto.
+
+Each `plot_*` function takes the loaded runs and an output path and returns a `Plot`: the file it
+wrote, or no file and the reason it was skipped (the data for it is absent). A skipped plot is
+listed in REPORT.md instead of being drawn empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cityseg_fast.report.runs import (
+    Run,
+    flat_point,
+    loader_label,
+    metric,
+    peak_memory,
+    point_label,
+    res_pixels,
+    split_keys,
+    tagged_rows,
+)
+from cityseg_fast.report.tables import bottleneck_rows, fmt_num, miou_pct
+
+DPI = 110
+LOADER_COLORS = {
+    "dali (gpu)": "#2ca02c",
+    "dali (cpu)": "#1f77b4",
+    "dali": "#1f77b4",
+    "torch": "#ff7f0e",
+    "synthetic": "#7f7f7f",
+}
+
+
+@dataclass
+class Plot:
+    name: str  # file name, e.g. "throughput_vs_batch.png"
+    title: str
+    path: Path | None  # None = skipped
+    reason: str = ""  # why it was skipped
+    caption: str = ""
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {"font.size": 10, "axes.titlesize": 11, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}
+    )
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _batch_rows(runs: Sequence[Run], scenario: str) -> list[dict[str, Any]]:
+    return [r for r in tagged_rows(runs, scenario) if isinstance(r["point"].get("batch_size"), int)]
+
+
+def _series(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped into lines by the values of `keys` (runs are kept apart by the caller)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(
+        rows, key=lambda r: (res_pixels(flat_point(r).get("resolution")), point_label(flat_point(r), keys))
+    ):
+        series.setdefault(point_label(flat_point(r), keys) or "all points", []).append(r)
+    return series
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _vs_batch(
+    runs: Sequence[Run],
+    path: Path,
+    value: Callable[[dict[str, Any]], float | None],
+    ylabel: str,
+    title: str,
+    scale: float = 1.0,
+) -> str | None:
+    """Lines of value(row) against batch size, one panel per model; failed points as red x on the axis.
+
+    Colour = configuration (the same in every panel), line style = run; one legend for the figure.
+    """
+    rows = _batch_rows(runs, "model")
+    if not any(value(r) is not None for r in rows):
+        return "no ok model-scenario rows with a batch size and this metric"
+    if len({r["point"]["batch_size"] for r in rows}) < 2:
+        return "only one batch size was measured"
+    plt = _plt()
+    models = sorted({str(r["point"].get("model", "?")) for r in rows})
+    ncols = min(len(models), 3)
+    nrows = -(-len(models) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
+    keys = [k for k in split_keys(rows)[0] if k not in ("model", "batch_size")]
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(_series(rows, keys))}
+    styles = {run.name: LINESTYLES[i % len(LINESTYLES)] for i, run in enumerate(runs)}
+    handles: dict[str, Any] = {}
+    for ax, model in zip(axes.flat, models, strict=False):
+        mrows = [r for r in rows if str(r["point"].get("model", "?")) == model]
+        bad_bs: list[int] = []
+        for label, srows in _series(mrows, keys).items():
+            for run in runs:
+                pts = sorted(
+                    (r["point"]["batch_size"], value(r))
+                    for r in srows
+                    if r["_run"] == run.name and value(r) is not None
+                )
+                if not pts:
+                    continue
+                full = f"{run.name}: {label}" if len(runs) > 1 else label
+                (line,) = ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] * scale for p in pts],
+                    marker="o",
+                    color=colors[label],
+                    linestyle=styles[run.name],
+                )
+                handles.setdefault(full, line)
+            bad_bs += [r["point"]["batch_size"] for r in srows if r["status"] != "ok"]
+        if bad_bs:
+            handles["OOM / error"] = ax.scatter(
+                bad_bs, [0] * len(bad_bs), marker="x", s=70, color="red", zorder=5, clip_on=False
+            )
+        bss = sorted({r["point"]["batch_size"] for r in mrows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bss, [str(b) for b in bss])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("batch size (per device)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(model)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=9,
+        frameon=False,
+    )
+    _save(fig, path)
+    return None
+
+
+def plot_throughput(runs: Sequence[Run], out: Path) -> Plot:
+    name = "throughput_vs_batch.png"
+    reason = _vs_batch(
+        runs,
+        out / name,
+        lambda r: metric(r, "images_per_s"),
+        "train throughput (images/s)",
+        "Train-step throughput vs batch size (model only, synthetic batch; higher is better)",
+    )
+    return Plot(
+        name,
+        "Throughput vs batch size",
+        None if reason else out / name,
+        reason or "",
+        "One line per resolution / precision (and other swept settings); red x = OOM or error at that batch size.",
+    )
+
+
+def plot_memory(runs: Sequence[Run], out: Path) -> Plot:
+    name = "memory_vs_batch.png"
+    kinds = {peak_memory(r)[1] for r in _batch_rows(runs, "model") if peak_memory(r)[0]}
+    what = kinds.pop() if len(kinds) == 1 else "peak memory"
+    vals = [peak_memory(r)[0] for r in _batch_rows(runs, "model") if peak_memory(r)[0]]
+    gib = bool(vals) and max(vals) >= 2048
+    reason = _vs_batch(
+        runs,
+        out / name,
+        lambda r: peak_memory(r)[0],
+        f"{what} ({'GiB' if gib else 'MiB'})",
+        f"Peak memory vs batch size ({what}; lower is better)",
+        scale=1 / 1024 if gib else 1.0,
+    )
+    return Plot(
+        name,
+        "Peak memory vs batch size",
+        None if reason else out / name,
+        reason or "",
+        f"{what} during the timed train steps; red x = OOM or error.",
+    )
+
+
+def _hbar(ax, labels: list[str], values: list[float], colors: list[str], hatches: list[str]) -> bool:
+    """Horizontal bars with their values written on them; log scale when they span > 30x. Returns log?"""
+    y = list(range(len(labels)))
+    top, low = max(values), min(values)
+    log = low > 0 and top / low > 30
+    bars = ax.barh(y, values, color=colors, edgecolor="black", linewidth=0.5)
+    for bar, h in zip(bars, hatches, strict=True):
+        bar.set_hatch(h)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v * 1.06 if log else v + top * 0.01, yi, fmt_num(v), va="center", fontsize=9)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 3, top * 4)
+    else:
+        ax.set_xlim(0, top * 1.18)
+    return log
+
+
+def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
+    name = "loaders.png"
+    rows = [r for r in tagged_rows(runs, "loader") if metric(r, "images_per_s") is not None]
+    if not rows:
+        return Plot(name, "Loader comparison", None, "no ok loader-scenario rows")
+    varying, _ = split_keys(rows)
+    keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
+    rows.sort(key=lambda r: -metric(r, "images_per_s"))
+    labels, colors, hatches = [], [], []
+    for r in rows:
+        p = flat_point(r)
+        lab = loader_label(p) + (f"  [{point_label(p, keys)}]" if keys else "")
+        labels.append(f"{r['_run']}: {lab}" if len(runs) > 1 else lab)
+        colors.append(LOADER_COLORS.get(loader_label({**p, "decode_only": False}), "#9467bd"))
+        hatches.append("//" if p.get("decode_only") else "")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
+    log = _hbar(ax, labels, [metric(r, "images_per_s") for r in rows], colors, hatches)
+    ax.set_xlabel("images/s (higher is better" + ("; log scale)" if log else ")"))
+    ax.set_title("Loader throughput, no model (hatched = decode only, no augmentation)")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return Plot(
+        name,
+        "Loader comparison",
+        _save(fig, out / name),
+        caption="Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
+    )
+
+
+def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
+    name = "e2e_efficiency.png"
+    recs = [(run, rec) for run in runs for rec in bottleneck_rows(run)]
+    if not recs:
+        return Plot(name, "End-to-end efficiency", None, "no ok e2e-scenario rows")
+    varying, _ = split_keys([rec["row"] for _, rec in recs])
+    keys = [k for k in varying if k not in ("loader", "loader_device")] or [
+        "model",
+        "resolution",
+        "batch_size",
+    ]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9.5, 0.9 * len(recs) + 1.8))
+    h = 0.26
+    stages = (
+        ("loader", "loader only", "#1f77b4"),
+        ("model", "model only", "#ff7f0e"),
+        ("e2e", "end to end", "#2ca02c"),
+    )
+    top = max(max(v for v in (rec["loader"], rec["model"], rec["e2e"]) if v is not None) for _, rec in recs)
+    labels = []
+    for i, (run, rec) in enumerate(recs):
+        lab = f"{loader_label(rec['point'])} → {point_label(rec['point'], keys)}"
+        labels.append(f"{run.name}: {lab}" if len(runs) > 1 else lab)
+        for j, (key, stage, color) in enumerate(stages):
+            v = rec[key]
+            if v is None:
+                continue
+            ax.barh(
+                i + (j - 1) * h, v, height=h, color=color, label=stage if i == 0 or key == "e2e" else None
+            )
+            text = fmt_num(v)
+            if key == "e2e" and rec["efficiency"] is not None:
+                text += f"  ({rec['efficiency']:.0%} of the limit)"
+            ax.text(v + top * 0.01, i + (j - 1) * h, text, va="center", fontsize=8)
+    handles, leg = ax.get_legend_handles_labels()
+    uniq = dict(zip(leg, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(recs)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.45)
+    ax.set_xlabel("images/s (higher is better)")
+    ax.set_title("Where the time goes: loader alone vs model alone vs end to end")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return Plot(
+        name,
+        "End-to-end efficiency",
+        _save(fig, out / name),
+        caption="The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table).",
+    )
+
+
+def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
+    """[{label, miou (%), ips, row}] from ok accuracy rows, and what the throughput axis measures."""
+    pts, sources = [], set()
+    for run in runs:
+        models = [r for r in run.rows if r["scenario"] == "model" and metric(r, "images_per_s") is not None]
+        acc = [r for r in run.rows if r["scenario"] == "accuracy" and metric(r, "miou") is not None]
+        varying, _ = split_keys(acc) if acc else ([], {})
+        for r in acc:
+            p = flat_point(r)
+            ips, src = metric(r, "images_per_s"), "training throughput of the accuracy run"
+            if ips is None:
+                same = [m for m in models if m["point"].get("model") == p.get("model")]
+                same_res = [m for m in same if flat_point(m).get("resolution") == p.get("resolution")] or same
+                if same_res:
+                    ips, src = (
+                        max(metric(m, "images_per_s") for m in same_res),
+                        "best model-only train throughput",
+                    )
+            if ips is None:
+                continue
+            sources.add(src)
+            label = point_label(p, ["model"] + [k for k in varying if k != "model"])
+            pts.append(
+                {
+                    "label": f"{run.name}: {label}" if len(runs) > 1 else label,
+                    "miou": miou_pct(metric(r, "miou")),
+                    "ips": ips,
+                    "row": r,
+                }
+            )
+    return pts, " / ".join(sorted(sources))
+
+
+def pareto_front(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points no other point beats on both throughput and mIoU, fastest first."""
+    front, best = [], float("-inf")
+    for p in sorted(pts, key=lambda p: (-p["ips"], -p["miou"])):
+        if p["miou"] > best:
+            front.append(p)
+            best = p["miou"]
+    return front
+
+
+def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
+    name = "miou_vs_throughput.png"
+    pts, source = pareto_points(runs)
+    if len(pts) < 2:
+        return Plot(
+            name,
+            "mIoU vs throughput",
+            None,
+            f"needs at least two accuracy rows with mIoU and a throughput (found {len(pts)})",
+        )
+    front = pareto_front(pts)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    ax.scatter(
+        [p["ips"] for p in pts],
+        [p["miou"] for p in pts],
+        s=45,
+        color="#7f7f7f",
+        label="configuration",
+        zorder=3,
+    )
+    fs = sorted(front, key=lambda p: p["ips"])
+    ax.plot(
+        [p["ips"] for p in fs],
+        [p["miou"] for p in fs],
+        "-o",
+        color="#d62728",
+        ms=8,
+        mfc="none",
+        mew=2,
+        label="Pareto frontier",
+        zorder=4,
+    )
+    for p in pts:
+        ax.annotate(p["label"], (p["ips"], p["miou"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.set_xlabel(f"throughput (images/s; {source})")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("Accuracy vs speed (up and to the right is better)")
+    ax.set_xlim(0, max(p["ips"] for p in pts) * 1.25)
+    ax.set_ylim(0, max(max(p["miou"] for p in pts) * 1.2, 1))
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return Plot(
+        name,
+        "mIoU vs throughput",
+        _save(fig, out / name),
+        caption="Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU.",
+    )
+
+
+PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto)
+PLOT_FILES = (
+    "throughput_vs_batch.png",
+    "memory_vs_batch.png",
+    "loaders.png",
+    "e2e_efficiency.png",
+    "miou_vs_throughput.png",
+)
+
+
+def make_plots(runs: Sequence[Run], out: Path) -> list[Plot]:
+    return [f(runs, out) for f in PLOTTERS]

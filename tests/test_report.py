@@ -1,0 +1,245 @@
+"""`cityseg report`: every section from a fixture with ok/oom/error rows, valid PNGs, CSV, comparison, bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cityseg_fast.cli import main
+from cityseg_fast.errors import UserError
+from cityseg_fast.report import compare
+from cityseg_fast.report.build import build_report
+from cityseg_fast.report.plots import PLOT_FILES, pareto_front
+from cityseg_fast.report.runs import load_run
+from cityseg_fast.report.schema import append_row, make_row, read_rows
+from cityseg_fast.report.tables import fmt_mib, fmt_num, fmt_pct
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results_fixture.jsonl"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_dir(tmp: Path, name: str, rows: list[dict]) -> Path:
+    d = tmp / name
+    for row in rows:
+        append_row(d / "results.jsonl", row)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fixture_rows() -> list[dict]:
+    return list(read_rows(FIXTURE))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    shutil.copy(FIXTURE, run / "results.jsonl")
+    out = tmp_path_factory.mktemp("report")
+    return build_report([run], out)
+
+
+def test_fixture_covers_every_scenario_and_status(fixture_rows):
+    assert {r["scenario"] for r in fixture_rows} == {"loader", "model", "e2e", "infer", "accuracy"}
+    assert {r["status"] for r in fixture_rows} == {"ok", "oom", "error"}
+
+
+def test_report_has_every_section(report):
+    md = report.read_text()
+    for heading in [
+        "## Runs",
+        "## Environment",
+        "## Best configuration per resolution",
+        "## Bottleneck: loader vs model vs end to end",
+        "## Throughput, latency, memory and MFU per point",
+        "### Model only",
+        "### Inference",
+        "### End to end",
+        "### Loaders alone",
+        "## Accuracy",
+        "Per-class IoU",
+        "## Plots",
+    ]:
+        assert heading in md, heading
+    # Environment from the rows, failed points with their messages, human units.
+    for text in ["NVIDIA H100 80GB HBM3", "580.65.06", "0123456789ab", "2.4.0"]:
+        assert text in md
+    assert "**OOM**: CUDA out of memory" in md
+    assert "**error**: RuntimeError: cuDNN error" in md
+    assert "**error**: FloatingPointError: loss is NaN" in md
+    assert re.search(r"\| \d+\.\d\d GiB \|", md)
+    assert "| sidewalk |" in md  # per-class rows named by cityscapesscripts' classes
+    # The bottleneck table: torch is loader-bound and loses 25% on top; DALI GPU is model-bound; the
+    # dali-cpu row's efficiency (not recorded) is computed the sweep's way and starred.
+    assert (
+        "| torch → unet 512x1024 bs8 bf16 | 120 | 247 | 120 (min) | 90.0 | 75% | loader + overlap loss (75% of the limit) |"
+        in md
+    )
+    assert "| dali (gpu) → unet 512x1024 bs8 bf16 | 1,450 | 247 | 247 (min) | 235 | 95% | model |" in md
+    assert "| dali (cpu) → unet 512x1024 bs8 bf16 | 310 | 247 | 247 (min) | 240 | 97% * | model |" in md
+    assert "Not drawn" not in md  # the fixture has data for every plot
+    # Every image the Markdown links exists next to it.
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (report.parent / link).is_file(), link
+
+
+def test_every_plot_is_a_valid_png(report):
+    for name in PLOT_FILES:
+        path = report.parent / name
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            w, h = im.size
+            assert 500 <= w <= 3000 and 250 <= h <= 2500, (name, im.size)
+            lo, hi = im.convert("L").getextrema()
+            assert hi - lo > 100, f"{name} looks blank"
+
+
+def test_results_csv_flattens_every_row(report, fixture_rows):
+    with open(report.parent / "results.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == len(fixture_rows)
+    cols = set(records[0])
+    assert {"run", "scenario", "status", "error", "model", "batch_size", "images_per_s", "miou"} <= cols
+    assert {r["status"] for r in records} == {"ok", "oom", "error"}
+    per_class = [r["per_class_iou"] for r in records if r["per_class_iou"]]
+    assert per_class and len(json.loads(per_class[0])) == 19
+
+
+def test_plots_without_data_are_skipped_and_said(tmp_path, fixture_rows):
+    loaders_only = [r for r in fixture_rows if r["scenario"] == "loader"]
+    out = tmp_path / "out"
+    md = build_report([_run_dir(tmp_path, "loaders", loaders_only)], out).read_text()
+    assert (out / "loaders.png").is_file()
+    for name in [
+        "throughput_vs_batch.png",
+        "memory_vs_batch.png",
+        "e2e_efficiency.png",
+        "miou_vs_throughput.png",
+    ]:
+        assert not (out / name).exists()
+        assert f"`{name}`" in md
+    assert "Not drawn" in md
+    assert "_no accuracy rows" in md and "_no end-to-end (e2e) rows" in md
+
+
+def _planted(fixture_rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """A copy of the fixture with known changes; returns the rows and {point_id: expected verdict}."""
+    rows = copy.deepcopy(fixture_rows)
+    ok_model = [r for r in rows if r["scenario"] == "model" and r["status"] == "ok"]
+    expect = {}
+
+    def scale(row, factor, verdict, iqr_frac=None):
+        row["metrics"]["images_per_s"] *= factor
+        if iqr_frac is not None:
+            row["metrics"]["latency_ms_iqr"] = iqr_frac * row["metrics"]["latency_ms_median"]
+        expect[row["point_id"]] = verdict
+
+    scale(ok_model[0], 0.70, compare.REGRESSION)  # planted regression: -30%
+    scale(ok_model[1], 0.98, compare.SAME)  # -2%: noise (band 2x2% IQR -> 4%)
+    scale(ok_model[2], 1.30, compare.IMPROVEMENT)
+    scale(ok_model[3], 0.92, compare.SAME, iqr_frac=0.10)  # -8% but the rows are 10% noisy
+    del ok_model[4]["metrics"]["latency_ms_iqr"]
+    scale(ok_model[4], 0.93, compare.REGRESSION)  # -7% beyond the 5% default band (no IQR)
+    newly_oom = ok_model[5]
+    newly_oom.update(status="oom", error="CUDA out of memory", metrics={})
+    expect[newly_oom["point_id"]] = compare.REGRESSION
+    acc = next(r for r in rows if r["scenario"] == "accuracy" and r["status"] == "ok")
+    acc["metrics"]["miou"] -= 0.05  # -5 mIoU points
+    expect[acc["point_id"]] = compare.REGRESSION
+    return rows, expect
+
+
+def test_comparison_marks_planted_regression_not_noise(tmp_path, fixture_rows):
+    rows, expect = _planted(fixture_rows)
+    base = _run_dir(tmp_path, "before", fixture_rows)
+    other = _run_dir(tmp_path, "after", rows)
+    changes, unmatched = compare.compare_runs([load_run(base), load_run(other)])
+    verdicts = {c.point_id: c.verdict for c in changes}
+    for pid, verdict in expect.items():
+        assert verdicts[pid] == verdict, (pid, verdict, [c for c in changes if c.point_id == pid])
+    # Nothing else moved, so nothing else is marked.
+    others = [c for c in changes if c.point_id not in expect and c.verdict != compare.SAME]
+    assert others == []
+    assert unmatched == {"after": {"only_in_baseline": 0, "only_here": 0}}
+
+    out = tmp_path / "cmp"
+    md = build_report([base, other], out).read_text()
+    assert "## Comparison" in md and "### after vs before" in md
+    assert "4 regression(s), 1 improvement(s)" in md
+    assert "**▼ regression**" in md and "**▲ improvement**" in md
+    # Regressions are listed first.
+    table = md.split("### after vs before")[1]
+    assert table.index("▼ regression") < table.index("▲ improvement") < table.index("| within noise |")
+    with open(out / "comparison.csv", newline="") as f:
+        assert sum(r["verdict"] == compare.REGRESSION for r in csv.DictReader(f)) == 4
+
+
+def test_retried_point_keeps_its_ok_result(tmp_path):
+    point = {"model": "unet", "crop": [64, 128], "batch_size": 2}
+    rows = [
+        make_row("model", point, status="error", error="killed"),
+        make_row("model", point, {"images_per_s": 10.0}),
+        make_row("model", {**point, "batch_size": 4}, {"images_per_s": 12.0}),
+    ]
+    run = load_run(_run_dir(tmp_path, "r", rows))
+    assert [r["status"] for r in run.rows] == ["ok", "ok"]
+    assert run.superseded == 1
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "no such run directory"),
+        (lambda d: d.mkdir(), "results.jsonl: not found"),
+        (lambda d: (d.mkdir(), (d / "results.jsonl").write_text("")), "empty"),
+        (lambda d: (d.mkdir(), (d / "results.jsonl").write_text("not json\n{}\n")), "none of its 2 lines"),
+    ],
+    ids=["missing-dir", "no-results", "empty-file", "garbage"],
+)
+def test_bad_inputs_are_one_line_user_errors(tmp_path, capsys, setup, message):
+    run = tmp_path / "run"
+    setup(run)
+    with pytest.raises(UserError, match=message):
+        load_run(run)
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(run) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_report_writes_where_it_says(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURE, run / "results.jsonl")
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "REPORT.md").is_file()
+    assert str(run / "report" / "REPORT.md") in capsys.readouterr().out
+
+
+def test_number_formatting():
+    assert fmt_num(1234.5) == "1,234" or fmt_num(1234.5) == "1,235"
+    assert fmt_num(56.74) == "56.7"
+    assert fmt_num(0.91234) == "0.912"
+    assert fmt_num(None) == "–"
+    assert fmt_mib(512) == "512 MiB"
+    assert fmt_mib(3072) == "3.00 GiB"
+    assert fmt_pct(0.4123) == "41.2%"
+
+
+def test_pareto_front_drops_dominated_points():
+    pts = [
+        {"label": "fast", "ips": 500, "miou": 40},
+        {"label": "mid", "ips": 250, "miou": 50},
+        {"label": "dominated", "ips": 200, "miou": 45},
+        {"label": "slow", "ips": 100, "miou": 60},
+    ]
+    assert [p["label"] for p in pareto_front(pts)] == ["fast", "mid", "slow"]
