@@ -319,17 +319,10 @@ def derive_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
-    bench = [
-        "-m",
-        "cityseg_fast",
-        "bench",
-        sp.scenario,
-        "--config",
-        str(cfg_path),
-        "--json",
-        "--append",
-        str(row_path),
-    ]
+    """The child's command line: `cityseg bench SCENARIO --config POINT.yaml`, writing its row to row_path."""
+    # bench loader (loader_bench.py) appends its row with --out; the other scenarios take --append.
+    sink = ["--out", str(row_path)] if sp.scenario == "loader" else ["--json", "--append", str(row_path)]
+    bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), *sink]
     if sp.world_size > 1:
         return [
             sys.executable,
