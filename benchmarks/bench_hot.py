@@ -21,8 +21,15 @@ def prepared(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("hot")
     write_synthetic(base / "raw", train=8, val=0, test=0, size=(128, 256), seed=0, workers=1, progress=False)
-    prepare_dataset(base / "raw", base / "prep", image_format="jpeg", quality=95, splits=("train",), workers=1,
-                    progress=False)
+    prepare_dataset(
+        base / "raw",
+        base / "prep",
+        image_format="jpeg",
+        quality=95,
+        splits=("train",),
+        workers=1,
+        progress=False,
+    )
     return base / "prep"
 
 
@@ -51,12 +58,22 @@ def test_label_lut_mapping(benchmark):
 
 
 def test_one_dali_cpu_batch(benchmark, prepared):
-    from cityseg_fast.bench.scenarios import cycle_batches
-    from cityseg_fast.data.batch import check_batch
     from cityseg_fast.data.factory import build_loader
 
-    cfg = load_config([], [f"data.root={prepared}", "loader.backend=dali", "loader.device=cpu",
-                           "loader.batch_size=4", "data.crop=[64,128]", "loader.num_threads=2"])
+    from cityseg_fast.bench.scenarios import cycle_batches
+    from cityseg_fast.data.batch import check_batch
+
+    cfg = load_config(
+        [],
+        [
+            f"data.root={prepared}",
+            "loader.backend=dali",
+            "loader.device=cpu",
+            "loader.batch_size=4",
+            "data.crop=[64,128]",
+            "loader.num_threads=2",
+        ],
+    )
     loader = build_loader(cfg, "train", device=torch.device("cpu"))
     it = cycle_batches(loader)  # across epochs: benchmark rounds outnumber the 2 batches of an epoch
     try:
@@ -71,8 +88,9 @@ def test_one_tiny_train_step(benchmark):
     from cityseg_fast.data.factory import build_loader
     from cityseg_fast.engine.step import build_train_state, train_step
 
-    cfg = load_config([], ["model.name=unet_s16", "data.crop=[32,64]", "loader.batch_size=2",
-                           "loader.backend=synthetic"])
+    cfg = load_config(
+        [], ["model.name=unet_s16", "data.crop=[32,64]", "loader.batch_size=2", "loader.backend=synthetic"]
+    )
     device = torch.device("cpu")
     state = build_train_state(cfg, device)
     batch = next(iter(build_loader(cfg, "train", device=device)))

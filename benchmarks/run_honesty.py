@@ -31,10 +31,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_once(overrides: list[str], iters: int, rows: Path) -> tuple[float, float]:
     """(external wall seconds from /usr/bin/time, harness images/s) of one whole `cityseg bench e2e` process."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        cmd = [sys.executable, "-m", "cityseg_fast", "bench", "e2e", *overrides, f"bench.iters={iters}", "--json",
-               "--append", str(rows)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cityseg_fast",
+            "bench",
+            "e2e",
+            *overrides,
+            f"bench.iters={iters}",
+            "--json",
+            "--append",
+            str(rows),
+        ]
         timed = ["/usr/bin/time", "-f", "%e", "-o", tf.name, *cmd] if Path("/usr/bin/time").exists() else cmd
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         t0 = time.perf_counter()
         out = subprocess.run(timed, capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - t0
@@ -51,10 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=20, help="N: the short run's timed iterations (long run: 2N)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each length (alternating)")
     p.add_argument("--out", default="reports/cpu-harness", help="folder for honesty.json and results.jsonl")
-    p.add_argument("overrides", nargs="*", help="config overrides of the point (defaults: tiny U-Net, synthetic)")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides of the point (defaults: tiny U-Net, synthetic)"
+    )
     args = p.parse_args(argv)
-    point = ["model.name=unet_s16", "data.crop=[64,128]", "loader.batch_size=4", "loader.backend=synthetic",
-             "precision.dtype=fp32", "bench.warmup=3", *args.overrides]
+    point = [
+        "model.name=unet_s16",
+        "data.crop=[64,128]",
+        "loader.batch_size=4",
+        "loader.backend=synthetic",
+        "precision.dtype=fp32",
+        "bench.warmup=3",
+        *args.overrides,
+    ]
     batch = int(next(o for o in reversed(point) if o.startswith("loader.batch_size=")).split("=")[1])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             wall, ips = run_once(point, n, rows)
             sink.append(wall)
             harness.append(ips)
-            print(f"repeat {r}: iters={n:4d}  process wall {wall:7.2f} s  harness {ips:8.2f} img/s", flush=True)
+            print(
+                f"repeat {r}: iters={n:4d}  process wall {wall:7.2f} s  harness {ips:8.2f} img/s", flush=True
+            )
     extra_s = statistics.median(long_) - statistics.median(short)
     external = args.iters * batch / extra_s if extra_s > 0 else float("nan")
     h = statistics.median(harness)
@@ -80,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         "external_images_per_s": external,
         "ratio_harness_over_external": h / external,
         "agree_within_10pct": abs(h / external - 1) <= 0.10,
-        "measured_with": "/usr/bin/time -f %e" if Path("/usr/bin/time").exists() else "perf_counter around the process",
+        "measured_with": "/usr/bin/time -f %e"
+        if Path("/usr/bin/time").exists()
+        else "perf_counter around the process",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "honesty.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"harness {h:.2f} img/s vs external {external:.2f} img/s: ratio {h / external:.3f} "
-          f"({'agree' if result['agree_within_10pct'] else 'DISAGREE'} within 10%)")
+    print(
+        f"harness {h:.2f} img/s vs external {external:.2f} img/s: ratio {h / external:.3f} "
+        f"({'agree' if result['agree_within_10pct'] else 'DISAGREE'} within 10%)"
+    )
     return 0 if result["agree_within_10pct"] else 1
 
 

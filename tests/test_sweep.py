@@ -30,15 +30,33 @@ CHEAP = {"bench.iters": 2, "bench.warmup": 1, "data.crop": [32, 64], "precision.
 
 def _spec(tmp_path: Path, grid: dict, scenarios=("infer",), **top) -> Path:
     p = tmp_path / "sweep.yaml"
-    p.write_text(yaml.safe_dump({"name": "t", "overrides": CHEAP, "timeout_s": 240, **top,
-                                 "runs": [{"scenarios": list(scenarios), "grid": grid}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "overrides": CHEAP,
+                "timeout_s": 240,
+                **top,
+                "runs": [{"scenarios": list(scenarios), "grid": grid}],
+            }
+        )
+    )
     return p
 
 
 def test_spec_expansion_folds_axes_a_scenario_ignores(tmp_path, monkeypatch):
     monkeypatch.setenv("NGPU", "4")
-    spec = load_spec(_spec(tmp_path, {"loader.backend": ["torch", "synthetic"], "loader.batch_size": [2, 4],
-                                      "world_size": [1, "${NGPU}"]}, scenarios=("model", "e2e")))
+    spec = load_spec(
+        _spec(
+            tmp_path,
+            {
+                "loader.backend": ["torch", "synthetic"],
+                "loader.batch_size": [2, 4],
+                "world_size": [1, "${NGPU}"],
+            },
+            scenarios=("model", "e2e"),
+        )
+    )
     model = [p for p in spec.points if p.scenario == "model"]
     e2e = [p for p in spec.points if p.scenario == "e2e"]
     assert len(model) == 4 and len(e2e) == 8  # the loader axis does not multiply model points
@@ -153,6 +171,7 @@ def test_scaling_efficiency_against_world_size_one():
     assert scaling_efficiency(four, [other, one, four])["scaling_efficiency"] == pytest.approx(0.9)
     assert scaling_efficiency(one, [one, four]) == {}
     assert scaling_efficiency(_row("model", 50.0, world_size=2, dtype="bf16"), [one]) == {}
-    d = derive_metrics([one, four, _row("loader", 100.0), _row("model", 50.0, batch_size=2),
-                        _row("e2e", 30.0)])
+    d = derive_metrics(
+        [one, four, _row("loader", 100.0), _row("model", 50.0, batch_size=2), _row("e2e", 30.0)]
+    )
     assert d[four["point_id"]]["scaling_efficiency"] == pytest.approx(0.9)
