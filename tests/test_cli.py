@@ -18,7 +18,18 @@ def cityseg(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     out = cityseg("--help")
     assert out.returncode == 0
-    for name in ["doctor", "synth", "prepare", "train", "eval", "predict", "bench", "sweep", "report", "demo"]:
+    for name in [
+        "doctor",
+        "synth",
+        "prepare",
+        "train",
+        "eval",
+        "predict",
+        "bench",
+        "sweep",
+        "report",
+        "demo",
+    ]:
         assert name in out.stdout
 
 
@@ -40,8 +51,20 @@ def test_doctor_json_without_gpu():
     out = cityseg("doctor", "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    for key in ["python", "torch", "torchvision", "dali", "cuda_runtime", "cpu", "cpu_cores", "gpus",
-                "dali_probe", "compile", "distributed", "git_commit"]:
+    for key in [
+        "python",
+        "torch",
+        "torchvision",
+        "dali",
+        "cuda_runtime",
+        "cpu",
+        "cpu_cores",
+        "gpus",
+        "dali_probe",
+        "compile",
+        "distributed",
+        "git_commit",
+    ]:
         assert key in info
     assert info["cpu_cores"] >= 1
     assert info["distributed"]["gloo"] is True

@@ -75,7 +75,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 
 def test_dump_reload_round_trip(tmp_path):
-    cfg = load_config((), ["data.eval_size=[512,1024]", "model.base_width=16", "train.lr=0.05", "precision.compile=default"])
+    cfg = load_config(
+        (), ["data.eval_size=[512,1024]", "model.base_width=16", "train.lr=0.05", "precision.compile=default"]
+    )
     path = tmp_path / "resolved.yaml"
     dump_config(cfg, path)
     assert load_config([path]) == cfg

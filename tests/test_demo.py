@@ -15,11 +15,13 @@ from cityseg_fast.report.schema import read_rows
 def test_quick_plan_is_smaller_everywhere():
     for cuda in (False, True):
         q, f = demo.make_plan(True, cuda), demo.make_plan(False, cuda)
-        assert q.train_frames < f.train_frames and q.train_iters < f.train_iters
-        assert len(q.sweep_batch_sizes) * len(q.sweep_dtypes) < len(f.sweep_batch_sizes) * len(f.sweep_dtypes)
-        assert any(m.startswith("fcn") for m in f.train_models) and any(
-            m.startswith("unet") for m in f.train_models
+        assert q.train_frames < f.train_frames
+        assert all(qi <= fi for (_, qi, _), (_, fi, _) in zip(q.train_runs, f.train_runs, strict=True))
+        assert len(q.sweep_batch_sizes) * len(q.sweep_dtypes) <= len(f.sweep_batch_sizes) * len(
+            f.sweep_dtypes
         )
+        models = [m for m, _, _ in f.train_runs]
+        assert any(m.startswith("fcn") for m in models) and any(m.startswith("unet") for m in models)
         assert all(b >= 1 for b in f.sweep_batch_sizes) and f.crop[0] <= f.frame_size[0]
 
 

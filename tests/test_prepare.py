@@ -223,3 +223,13 @@ def test_sigkill_midway_then_rerun_gives_identical_output(tmp_path):
     assert 3 <= done < 30
     assert main([*args, "--out", str(out)]) == 0
     assert _files(out) == _files(tmp_path / "ref")
+
+
+def test_a_later_run_adds_splits_to_the_manifest(src, tmp_path):
+    out = tmp_path / "out"
+    prepare_dataset(src, out, splits=("train",), workers=1, progress=False)
+    assert list(read_manifest(out)["splits"]) == ["train"]
+    summary = prepare_dataset(src, out, splits=("val",), workers=1, progress=False)
+    assert summary["written"] == 2
+    assert sorted(read_manifest(out)["splits"]) == ["train", "val"]
+    assert len(find_samples(out, "train")) == 4 and len(find_samples(out, "val")) == 2

@@ -1,10 +1,10 @@
 """Benchmark one scenario and print (or --json) its measurements.
 
-  loader    the data loader alone: images/s, batch latency percentiles, CPU utilisation
-  model     train step (and inference) on a synthetic on-device batch
-  e2e       the real loader feeding the same train step
-  infer     latency at batch 1 and throughput at batch N
-  accuracy  train K iterations, then evaluate mIoU
+loader    the data loader alone: images/s, batch latency percentiles, CPU utilisation
+model     train step (and inference) on a synthetic on-device batch
+e2e       the real loader feeding the same train step
+infer     latency at batch 1 and throughput at batch N
+accuracy  train K iterations, then evaluate mIoU
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import sys
 
 # scenario -> (module defining add_arguments(p) and run(args), or None while not built yet; help)
 SCENARIOS: dict[str, tuple[str | None, str]] = {
-    "loader": (None, "loader-only throughput and latency (dali | torch | synthetic)"),
+    "loader": (
+        "cityseg_fast.bench.loader_bench",
+        "loader-only throughput and latency (dali | torch | synthetic)",
+    ),
     "model": ("cityseg_fast.bench.scenarios", "model-only train step and inference on a synthetic batch"),
     "e2e": ("cityseg_fast.bench.scenarios", "end to end: the real loader and the same train step"),
     "infer": ("cityseg_fast.bench.scenarios", "inference latency (batch 1) and throughput (batch N)"),

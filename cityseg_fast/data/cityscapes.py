@@ -10,6 +10,10 @@ Prepared (`cityseg prepare`, see prepare.py):
 
 `find_samples` checks the structure (directories, pairing) cheaply; pixel-level checks are in
 `validate_samples`. Every problem is a one-line UserError naming the file.
+
+Decoding is shared with `prepare` and the loaders: `read_image_rgb` (any PNG/JPEG mode -> RGB uint8),
+`read_label(path, kind)` (labelIds or trainIds -> uint8 trainIds, 255 = ignore, values checked) and
+`read_pair(sample)` (both, plus the size check).
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ runs where DALI is missing, and a DALI upgrade touches one file.
 
 from __future__ import annotations
 
+import collections
 import io
 from typing import Any
+
+from cityseg_fast.errors import UserError
 
 
 def dali_version() -> str | None:
@@ -55,7 +58,12 @@ def probe() -> dict[str, Any]:
 
     Never raises: a missing DALI or a failing pipeline is reported, not crashed on.
     """
-    info: dict[str, Any] = {"version": dali_version(), "cpu_pipeline": False, "gpu_decode": False, "error": None}
+    info: dict[str, Any] = {
+        "version": dali_version(),
+        "cpu_pipeline": False,
+        "gpu_decode": False,
+        "error": None,
+    }
     if info["version"] is None:
         info["error"] = "nvidia.dali is not installed"
         return info
@@ -71,3 +79,506 @@ def probe() -> dict[str, Any]:
     except Exception as e:
         info["error"] = f"mixed decode: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return info
+
+
+# ---------------------------------------------------------------------------------------------
+# the `dali` loader backend
+#
+# Why an external source and not fn.readers.file: the reader shuffles with its own RNG that runs
+# on from epoch to epoch, so `set_epoch(e)` could not reproduce an epoch, and its sharding pads
+# with repeats we could not mark. Instead each epoch's plan (plan.py: which files, in which order,
+# on which rank, with which random scale/crop/flip) is built on the host, and the pipeline is fed
+# (image bytes, label bytes, crop window, output size, flip) per batch. Image and label travel in
+# the same tuple, so they cannot fall out of step; the random values are drawn once per sample
+# and applied to both; the k-th output batch is the k-th fed batch, which names the files of a
+# batch that fails to decode. Reading the bytes (np.fromfile) is cheap next to decoding them.
+
+
+def _read_bytes(path) -> Any:
+    import numpy as np
+
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+
+
+def _label_lut() -> tuple[list[int], list[int]]:
+    """labelId -> trainId as lookup_table keys/values (every other id -> default 255)."""
+    from cityseg_fast.data.labels import ID_TO_TRAINID
+
+    keys = [i for i in range(256) if int(ID_TO_TRAINID[i]) != 255]
+    return keys, [int(ID_TO_TRAINID[i]) for i in keys]
+
+
+class _Feed:
+    """The pipeline's external source: serves the current epoch's batches, remembers what it fed."""
+
+    def __init__(self, loader: DaliLoader) -> None:
+        self.loader = loader
+        self.batches: list = []
+        self.pos = 0
+        self.fed: collections.deque = collections.deque()
+
+    def start(self, batches: list) -> None:
+        self.batches, self.pos = batches, 0
+        self.fed.clear()
+
+    def stop(self) -> None:
+        self.pos = len(self.batches)
+
+    def __call__(self):
+        if self.pos >= len(self.batches):
+            raise StopIteration
+        items = self.batches[self.pos]
+        self.pos += 1
+        self.fed.append(items)
+        return self.loader._inputs(items)
+
+
+class DaliLoader:
+    """The `dali` backend: one pipeline per mode (train / eval / decode-only), CPU or GPU."""
+
+    def __init__(
+        self,
+        samples: list,
+        *,
+        train: bool,
+        batch_size: int,
+        crop: tuple[int, int],
+        scale_range: tuple[float, float],
+        flip_prob: float,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        eval_size: tuple[int, int] | None,
+        eval_label_resize: bool,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: Any,  # torch.device the batches are delivered on
+        dali_device: str,  # "cpu" | "gpu": where decode and augmentation run
+        num_threads: int,
+        prefetch_queue_depth: int,
+        hw_decoder_load: float,
+        decode_only: bool = False,
+        roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
+    ) -> None:
+        from cityseg_fast.data.plan import SizeCache, check_train_size
+
+        if dali_device not in ("cpu", "gpu"):
+            raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
+        if roi not in ("slice", "resize"):
+            raise ValueError(f"roi must be 'slice' or 'resize', got {roi!r}")
+        self.samples = list(samples)
+        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
+        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self.mean, self.std = mean, std
+        self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
+        self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
+        self._sizes = SizeCache([s.image for s in self.samples])
+        self._feed = _Feed(self)
+        self._active = False
+        mode = "decode-only" if decode_only else ("train" if train else "eval")
+        where = (
+            f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if dali_device == "gpu" else "cpu decode"
+        )
+        self.description = f"dali ({where}, {num_threads} threads, {mode})"
+        self._pipe = self._build(num_threads, prefetch_queue_depth, hw_decoder_load)
+
+    # -- the Loader protocol ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        from cityseg_fast.data.plan import eval_len, train_len
+
+        n, w, b = len(self.samples), self.world_size, self.batch_size
+        return train_len(n, w, b) if self.train else eval_len(n, w, b)
+
+    @property
+    def num_samples(self) -> int:
+        from cityseg_fast.data.plan import eval_num_samples
+
+        if self.train:
+            return len(self) * self.batch_size
+        return eval_num_samples(len(self.samples), self.rank, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def close(self) -> None:
+        self._pipe = None
+
+    def __iter__(self):
+        if self._pipe is None:
+            raise RuntimeError("loader is closed (or its pipeline failed earlier)")
+        self._abandon()
+        self._feed.start(self._plan())
+        self._active = True
+        pipe = self._pipe
+        self._guard(pipe.schedule_run)
+        while True:
+            try:
+                outs = self._guard(pipe.share_outputs)
+            except StopIteration:
+                break
+            items = self._feed.fed.popleft()
+            batch = self._to_batch(outs, items)  # CPU: wraps the buffers (zero copy); GPU: copies
+            pipe.release_outputs()  # DALI reuses a buffer only once nothing references it
+            self._guard(pipe.schedule_run)
+            yield batch
+        pipe.reset()
+        self._active = False
+
+    # -- planning and feeding ----------------------------------------------------------------
+
+    def _plan(self) -> list:
+        from cityseg_fast.data.plan import eval_batches, train_batches
+
+        n = len(self.samples)
+        if self.train:
+            return train_batches(
+                n,
+                self.rank,
+                self.world_size,
+                self.epoch,
+                self.seed,
+                self.batch_size,
+                self.scale_range,
+                self.flip_prob,
+            )
+        return eval_batches(n, self.rank, self.world_size, self.batch_size)
+
+    def _inputs(self, items: list) -> tuple:
+        import numpy as np
+
+        from cityseg_fast.data.plan import crop_geometry
+
+        srcs = [self.samples[it.source] for it in items]
+        images = [_read_bytes(s.image) for s in srcs]
+        if self.decode_only:
+            return (images,)
+        labels = [_read_bytes(s.label) for s in srcs]
+        if not self.train:
+            return images, labels
+        geo = [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items]
+        anchor = [np.array([g.y, g.x], np.int32) for g in geo]
+        shape = [np.array([g.h, g.w], np.int32) for g in geo]
+        size = [np.array([g.out_h, g.out_w], np.float32) for g in geo]
+        flip = [np.array(int(g.flip), np.int32) for g in geo]
+        return images, labels, anchor, shape, size, flip
+
+    def _abandon(self) -> None:
+        """Finish an epoch the consumer stopped reading: stop feeding, drop what was prefetched."""
+        if not self._active:
+            return
+        self._feed.stop()
+        pipe = self._pipe
+        self._guard(pipe.schedule_run)  # the source now raises StopIteration: ends the epoch
+        while True:
+            try:
+                self._guard(pipe.share_outputs)
+            except StopIteration:
+                break
+            pipe.release_outputs()
+        pipe.reset()
+        self._active = False
+
+    def _guard(self, fn):
+        """Run a pipeline call; turn a decode failure into a UserError naming the file."""
+        try:
+            return fn()
+        except StopIteration:
+            raise
+        except UserError:
+            raise
+        except Exception as e:  # DALI raises RuntimeError with a multi-line C++ trace
+            self._active = False
+            self._pipe = None  # a pipeline that failed mid-epoch is not reusable
+            raise _decode_error(e, [it for items in self._feed.fed for it in items], self.samples) from None
+
+    # -- pipelines -------------------------------------------------------------------------
+
+    def _build(self, num_threads: int, depth: int, hw_decoder_load: float):
+        from nvidia.dali import pipeline_def
+
+        device_id = None
+        if self.dali_device == "gpu":
+            device_id = self.device.index if self.device.index is not None else 0
+        graph = (
+            self._decode_graph
+            if self.decode_only
+            else (self._train_graph if self.train else self._eval_graph)
+        )
+
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            prefetch_queue_depth=depth,
+            exec_dynamic=True,
+            seed=self.seed,
+        )
+        def pipe():
+            return graph(hw_decoder_load)
+
+        p = pipe()
+        p.build()
+        return p
+
+    def _decoder_kwargs(self, hw_decoder_load: float) -> dict:
+        if self.dali_device == "gpu":
+            return {"device": "mixed", "hw_decoder_load": hw_decoder_load}
+        return {"device": "cpu"}
+
+    def _norm(self, images, mirror=None):
+        from nvidia.dali import fn, types
+
+        kw = {} if mirror is None else {"mirror": mirror}
+        return fn.crop_mirror_normalize(
+            images,
+            mean=[255.0 * m for m in self.mean],
+            std=[255.0 * s for s in self.std],
+            dtype=types.FLOAT,
+            output_layout="HWC",  # N x H x W x 3 viewed as N x 3 x H x W is channels_last for free
+            **kw,
+        )
+
+    def _labels(self, encoded):
+        from nvidia.dali import fn, types
+
+        labels = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)  # PNG: a CPU codec
+        return labels.gpu() if self.dali_device == "gpu" else labels
+
+    def _train_ids(self, labels):
+        """Raw Cityscapes labelIds -> trainIds (every non-evaluated id -> 255); prepared: as is.
+        Applied after the nearest-neighbour geometry, so it maps crop-sized labels, not frames."""
+        from nvidia.dali import fn, types
+
+        if not self.raw_labels:
+            return labels
+        keys, values = _label_lut()
+        return fn.lookup_table(labels, keys=keys, values=values, default_value=255, dtype=types.UINT8)
+
+    def _decode_graph(self, hw_decoder_load: float):
+        from nvidia.dali import fn, types
+
+        (images,) = fn.external_source(source=self._feed, num_outputs=1, batch=True, no_copy=True)
+        return fn.decoders.image(images, output_type=types.RGB, **self._decoder_kwargs(hw_decoder_load))
+
+    def _eval_graph(self, hw_decoder_load: float):
+        from nvidia.dali import fn, types
+
+        images, labels = fn.external_source(source=self._feed, num_outputs=2, batch=True, no_copy=True)
+        images = fn.decoders.image(images, output_type=types.RGB, **self._decoder_kwargs(hw_decoder_load))
+        labels = self._labels(labels)
+        if self.eval_size is not None:
+            images = fn.resize(
+                images, size=list(self.eval_size), interp_type=types.INTERP_LINEAR, antialias=True
+            )
+            if self.eval_label_resize:
+                labels = fn.resize(
+                    labels, size=list(self.eval_size), interp_type=types.INTERP_NN, antialias=False
+                )
+        labels = self._train_ids(labels)
+        # Frames of different sizes in one batch: pad to the largest (image 0, label ignore).
+        images = fn.pad(self._norm(images), fill_value=0.0, axes=[0, 1])
+        labels = fn.pad(labels, fill_value=255, axes=[0, 1])
+        return images, _int64_hw(labels)
+
+    def _train_graph(self, hw_decoder_load: float):
+        from nvidia.dali import fn, types
+
+        images, labels, anchor, shape, size, flip = fn.external_source(
+            source=self._feed, num_outputs=6, batch=True, no_copy=True
+        )
+        dec = self._decoder_kwargs(hw_decoder_load)
+        if self.roi == "slice":  # decode only the source window of the crop
+            images = fn.decoders.image_slice(
+                images, anchor, shape, axis_names="HW", output_type=types.RGB, **dec
+            )
+            images = fn.resize(images, size=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        else:  # decode the full frame, resize only the window
+            images = fn.decoders.image(images, output_type=types.RGB, **dec)
+            end = anchor + shape
+            images = fn.resize(
+                images,
+                size=size,
+                roi_start=fn.cast(anchor, dtype=types.FLOAT),
+                roi_end=fn.cast(end, dtype=types.FLOAT),
+                roi_relative=False,
+                interp_type=types.INTERP_LINEAR,
+                antialias=True,
+            )
+        images = self._norm(images, mirror=flip)
+        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
+        labels = fn.decoders.image_slice(
+            labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
+        )
+        if self.dali_device == "gpu":
+            labels = labels.gpu()
+        labels = fn.resize(labels, size=size, interp_type=types.INTERP_NN, antialias=False)
+        labels = self._train_ids(fn.flip(labels, horizontal=flip))
+        crop = list(self.crop)
+        # Pad after normalization: padded image pixels are 0 (the mean), padded labels ignored.
+        images = fn.pad(images, fill_value=0.0, shape=crop, axes=[0, 1])
+        labels = fn.pad(labels, fill_value=255, shape=crop, axes=[0, 1])
+        return images, _int64_hw(labels)
+
+    # -- hand-off to torch -------------------------------------------------------------------
+
+    def _to_batch(self, outs, items: list):
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        from cityseg_fast.data.batch import Batch
+
+        on_gpu = self.dali_device == "gpu"
+        stream = torch.cuda.current_stream(self.device) if on_gpu else None
+
+        def to_torch(tl, dtype):
+            t = tl.as_tensor()
+            if not on_gpu:
+                # Zero copy: with the dynamic executor an output buffer lives as long as something
+                # references it (here the torch tensor), so DALI cannot overwrite a batch in use.
+                # A copy into a fresh tensor cost ~7 ms of main-thread CPU per image (page faults).
+                return torch.from_dlpack(t)
+            out = torch.empty(t.shape(), dtype=dtype, device=self.device)
+            feed_ndarray(t, out, cuda_stream=stream)
+            return out
+
+        index = torch.tensor([it.index for it in items], dtype=torch.int64)
+        if self.decode_only:
+            image = to_torch(outs[0], torch.uint8).permute(0, 3, 1, 2)
+            return Batch(
+                image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index
+            )
+        image = to_torch(outs[0], torch.float32)
+        target = to_torch(outs[1], torch.int64)
+        if not on_gpu and self.device.type == "cuda":  # DALI on the CPU feeding a GPU model
+            image = image.pin_memory().to(self.device, non_blocking=True)
+            target = target.pin_memory().to(self.device, non_blocking=True)
+        image = image.permute(0, 3, 1, 2)  # N x H x W x 3 memory == channels_last N x 3 x H x W
+        if not self.train and bool((index < 0).any()):
+            target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
+        return Batch(image, target, index)
+
+
+def _int64_hw(labels):
+    """H x W x 1 uint8 -> H x W int64 (the Batch target type), in DALI's threads, not the caller's."""
+    from nvidia.dali import fn, types
+
+    return fn.cast(fn.squeeze(labels, axis_names="C"), dtype=types.INT64)
+
+
+def _decode_error(err: Exception, items: list, samples: list) -> UserError:
+    """Find the file the pipeline could not decode among the batches in flight, and name it."""
+    from PIL import Image
+
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    seen = set()
+    for it in items:
+        s = samples[it.source]
+        for path in (s.image, s.label):
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                with Image.open(path) as im:
+                    im.load()
+            except Exception as e:
+                return UserError(f"{path}: cannot decode ({type(e).__name__}); DALI: {first[:200]}")
+    names = ", ".join(str(samples[it.source].image) for it in items[:4])
+    return UserError(f"DALI pipeline failed on a batch with {names}: {first[:300]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# where the time goes: CPU cost of each stage of the training graph (benchmarks/run_loaders.py)
+
+_STAGES = (
+    "full decode",
+    "slice decode",
+    "+ resize",
+    "+ normalize/flip",
+    "label decode+slice",
+    "label + NN resize",
+)
+
+
+def stage_costs(
+    images: list,
+    labels: list,
+    crop: tuple[int, int],
+    scale: float = 1.25,
+    iters: int = 4,
+    batch_size: int = 8,
+    num_threads: int = 1,
+) -> dict[str, float]:
+    """CPU milliseconds per image of growing prefixes of the CPU training graph, one fixed crop
+    window (centre, `scale`): tells which operator the time goes to. Process CPU time, so it is
+    steadier than wall time on a shared machine."""
+    import resource
+
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    from cityseg_fast.data.plan import Aug, SizeCache, crop_geometry
+
+    g = crop_geometry(SizeCache(images)[0], crop, Aug(scale, 0.5, 0.5, True))
+    img_b = [np.fromfile(p, np.uint8) for p in images]
+    lab_b = [np.fromfile(p, np.uint8) for p in labels]
+    anchor, shape = np.array([g.y, g.x], np.int32), np.array([g.h, g.w], np.int32)
+    size = np.array([g.out_h, g.out_w], np.float32)
+
+    def graph(stage: str):
+        k = {"i": 0}
+
+        def src():
+            k["i"] += 1
+            sel = [(k["i"] * batch_size + j) % len(img_b) for j in range(batch_size)]
+            data = lab_b if stage.startswith("label") else img_b
+            return [data[j] for j in sel], [anchor] * batch_size, [shape] * batch_size
+
+        enc, a, s = fn.external_source(source=src, num_outputs=3, batch=True)
+        if stage == "full decode":
+            return fn.decoders.image(enc, output_type=types.RGB)
+        if stage.startswith("label"):
+            out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.GRAY)
+            if stage == "label + NN resize":
+                out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_NN, antialias=False)
+            return out
+        out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.RGB)
+        if stage != "slice decode":
+            out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_LINEAR, antialias=True)
+        if stage == "+ normalize/flip":
+            out = fn.crop_mirror_normalize(
+                out,
+                mirror=1,
+                mean=[124.0, 116.0, 104.0],
+                std=[58.0, 57.0, 57.0],
+                dtype=types.FLOAT,
+                output_layout="HWC",
+            )
+        return out
+
+    costs = {}
+    for stage in _STAGES:
+        pipe = pipeline_def(
+            graph,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=None,
+            exec_dynamic=True,
+            prefetch_queue_depth=1,
+        )(stage)
+        pipe.build()
+        pipe.run()  # warm-up: allocations
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(iters):
+            pipe.run()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        costs[stage] = 1e3 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (iters * batch_size)
+        del pipe
+    return costs

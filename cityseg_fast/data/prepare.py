@@ -165,34 +165,12 @@ def prepare_dataset(
     }
     _claim_out(out, settings)
     stray = _remove_stray_temps(out, splits)
-    ext = EXTENSIONS[image_format]
-    tasks, done = [], {}
-    for split, ss in samples.items():
-        (out / split / "images").mkdir(parents=True, exist_ok=True)
-        (out / split / "labels").mkdir(parents=True, exist_ok=True)
-        for s in ss:
-            t = _Task(s, out / split / "images" / f"{s.stem}{ext}", out / split / "labels" / f"{s.stem}.png",
-                      image_format, settings["quality"], size, scale)
-            if t.image_out.exists() and t.label_out.exists():
-                done[str(t.label_out)] = image_size(t.image_out)
-            else:
-                tasks.append(t)
+    tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale)
     n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
     results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
     wall = time.perf_counter() - t0
-    sizes = {**done, **dict(results)}
-    manifest = dict(settings)
-    old = _read_old_manifest(out)
-    manifest["splits"] = {**old.get("splits", {}), **{
-        split: {
-            "count": len(ss),
-            "files": [s.stem for s in ss],
-            "sizes": _size_histogram(sizes[str(out / split / "labels" / f"{s.stem}.png")] for s in ss),
-        }
-        for split, ss in samples.items()
-    }}
-    _write_json(out / MANIFEST, manifest)
+    manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
     return {
         "src": str(src),
         "out": str(out),
@@ -205,6 +183,39 @@ def prepare_dataset(
         "pairs_per_s": len(tasks) / wall if tasks and wall > 0 else None,
         "splits": {k: v["count"] for k, v in manifest["splits"].items()},
     }
+
+
+def _plan(samples: dict[str, list[Sample]], out: Path, image_format: str, quality: int | None,
+          size: tuple[int, int] | None, scale: float | None) -> tuple[list[_Task], dict[str, tuple[int, int]]]:
+    """Pairs still to write, and the finished ones (both files present: renames are atomic) with their sizes."""
+    ext = EXTENSIONS[image_format]
+    tasks, done = [], {}
+    for split, ss in samples.items():
+        (out / split / "images").mkdir(parents=True, exist_ok=True)
+        (out / split / "labels").mkdir(parents=True, exist_ok=True)
+        for s in ss:
+            t = _Task(s, out / split / "images" / f"{s.stem}{ext}", out / split / "labels" / f"{s.stem}.png",
+                      image_format, quality, size, scale)
+            if t.image_out.exists() and t.label_out.exists():
+                done[str(t.label_out)] = image_size(t.image_out)
+            else:
+                tasks.append(t)
+    return tasks, done
+
+
+def _write_manifest(out: Path, settings: dict, samples: dict[str, list[Sample]],
+                    sizes: dict[str, tuple[int, int]]) -> dict:
+    """The manifest, last; splits prepared by earlier runs with the same settings are kept."""
+    manifest = dict(settings)
+    manifest["splits"] = dict(_read_old_manifest(out).get("splits", {}))
+    for split, ss in samples.items():
+        manifest["splits"][split] = {
+            "count": len(ss),
+            "files": [s.stem for s in ss],
+            "sizes": _size_histogram(sizes[str(out / split / "labels" / f"{s.stem}.png")] for s in ss),
+        }
+    _write_json(out / MANIFEST, manifest)
+    return manifest
 
 
 def _read_old_manifest(out: Path) -> dict:

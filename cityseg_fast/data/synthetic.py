@@ -492,12 +492,17 @@ class _Scene:
         veg = self.c.label == ID["vegetation"]
         light[veg] *= 1.0 + 0.25 * rng.standard_normal(int(veg.sum()), dtype=np.float32)  # leafy
         gain = rng.uniform(0.55, 1.35) * rng.uniform(0.88, 1.12, 3).astype(np.float32)  # exposure, white balance
-        img *= light[:, :, None]
-        img *= gain
-        img += rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(3.0, 9.0)  # sensor noise
-        out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+        img *= light[:, :, None] * gain.astype(np.float32)  # one pass over the frame
+        # Sensor noise: mostly luminance (one field for all channels: a third of the cost) plus a
+        # little colour noise at a quarter resolution.
+        noise = rng.standard_normal((h, w), dtype=np.float32) * np.float32(rng.uniform(3.0, 9.0))
+        chroma = rng.standard_normal((h // 4 + 1, w // 4 + 1, 3), dtype=np.float32) * np.float32(2.0)
+        img += noise[:, :, None]
+        img += np.repeat(np.repeat(chroma, 4, 0), 4, 1)[:h, :w]
+        np.clip(img, 0, 255, out=img)
+        out = Image.fromarray(img.astype(np.uint8), "RGB")
         radius = rng.uniform(0.3, 1.0) * max(h, w) / 1024  # optics blur scales with resolution
-        return np.asarray(out.filter(ImageFilter.GaussianBlur(radius)))
+        return np.asarray(out.filter(ImageFilter.BoxBlur(radius)))  # one box pass: ~3x cheaper than Gaussian
 
 
 def render_frame(seed: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

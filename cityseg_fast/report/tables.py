@@ -249,6 +249,8 @@ SPEED_COLS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
         lambda r: " / ".join(fmt_num(metric(r, k)) for k in ("fwd_ms", "bwd_ms", "opt_ms")),
     ),
     ("CPU util", "cpu_util", _m("cpu_util", fmt_pct)),
+    # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
+    ("CPU ms/img", "cpu_ms_per_image", _m("cpu_ms_per_image")),
     ("compile", "compile_s", _m("compile_s", fmt_s)),
     ("recompiles", "recompiles", _m("recompiles", lambda v: DASH if v is None else f"{v:.0f}")),
 ]
@@ -341,7 +343,7 @@ def best_section(runs: Sequence[Run]) -> str:
         if not rows:
             continue
         varying, _ = split_keys(rows)
-        label_keys = [k for k in varying if k != "resolution"]
+        label_keys = ["model"] + [k for k in varying if k not in ("resolution", "model")]
         by_res: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_res.setdefault(flat_point(r).get("resolution") or DASH, []).append(r)
@@ -463,6 +465,9 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
             verdict = "loader" if loader_ips < model_ips else "model"
             if eff is not None and eff < 0.9:
                 verdict += f" + overlap loss ({eff:.0%} of the limit)"
+            elif eff is not None and eff > 1.1:
+                # Cannot happen with steady measurements: say so rather than present it as a result.
+                verdict += " (⚠ e2e above its limit: the runs were too noisy to compare)"
         out.append(
             {
                 "row": e,

@@ -1,0 +1,99 @@
+"""Evaluate a checkpoint: mIoU and per-class IoU, optionally exporting official-format predictions.
+
+  cityseg eval --checkpoint runs/unet/ckpt_00002000.pt --data data/synth
+  cityseg eval --checkpoint C --export-dir preds --json      # labelId PNGs for cityscapesscripts
+  torchrun --nproc_per_node=2 -m cityseg_fast eval --checkpoint C
+
+The model and data settings come from the checkpoint's config; --data, --split and section.key=value
+overrides change them. Exported files are named {city}_{seq}_{frame}_leftImg8bit.png under a folder per
+city, as cityscapesscripts' evalPixelLevelSemanticLabeling expects ($CITYSCAPES_RESULTS=EXPORT_DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="checkpoint written by `cityseg train`"
+    )
+    p.add_argument("--data", metavar="DIR", help="dataset root (default: the checkpoint's data.root)")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
+    p.add_argument("--export-dir", metavar="DIR", help="write predictions as Cityscapes labelId PNGs here")
+    p.add_argument("--json", action="store_true", help="print one JSON line: miou (0..1), per-class IoU, acc")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides, e.g. loader.backend=torch",
+    )
+
+
+def load_for_inference(path: str, overrides: list[str], device):
+    """(cfg, model) from a checkpoint: the config it was trained with (plus overrides), weights loaded."""
+    from cityseg_fast.config import build_config, load_config
+    from cityseg_fast.engine import checkpoint as ckpt_io
+    from cityseg_fast.engine import precision
+    from cityseg_fast.models import model_from_config
+
+    ck = ckpt_io.load_checkpoint(path)
+    cfg = load_config([], overrides, base=build_config(ck["config"]))
+    model = model_from_config(cfg)
+    ckpt_io.load_model_state(model, ck["model"], path)
+    precision.setup_precision(cfg.precision.dtype)
+    model = precision.prepare_model(model, cfg.precision, device)
+    model.eval()
+    return cfg, model
+
+
+def run(args: argparse.Namespace) -> int:
+    from cityseg_fast.config import data_root
+    from cityseg_fast.data.cityscapes import find_samples
+    from cityseg_fast.data.factory import build_loader
+    from cityseg_fast.engine import dist
+    from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    if args.split:
+        overrides.append(f"data.val_split={args.split}")
+    info = dist.init_distributed()
+    try:
+        cfg, model = load_for_inference(args.checkpoint, overrides, info.device)
+        find_samples(data_root(cfg), cfg.data.val_split)  # a clear error for a missing split, before any work
+        loader = build_loader(
+            cfg, cfg.data.val_split, info.rank, info.world_size, train=False, device=info.device
+        )
+        result = evaluate(model, loader, cfg, info.device, export_dir=args.export_dir)
+        loader.close()
+    finally:
+        dist.cleanup()
+    if info.is_main:
+        if args.json:
+            from cityseg_fast.data.labels import CLASS_NAMES
+
+            row = json_safe(
+                {
+                    "miou": result["miou"],
+                    "per_class_iou": result["iou"],
+                    "classes": list(CLASS_NAMES),
+                    "acc": result["acc"],
+                    "images": result["images"],
+                    "pixels": result["pixels"],
+                    "checkpoint": args.checkpoint,
+                    "split": cfg.data.val_split,
+                }
+            )
+            print(json.dumps(row))
+        else:
+            from rich.console import Console
+
+            Console().print(
+                iou_table(
+                    result, title=f"{cfg.model.name} on {cfg.data.val_split} ({result['images']} images)"
+                )
+            )
+    return 0

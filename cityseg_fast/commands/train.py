@@ -1,0 +1,56 @@
+"""Train a model, in one process or under torchrun (DDP): iteration-based, periodic eval, checkpoints.
+
+  cityseg train --config configs/train/unet_cpu_synth.yaml --data data/synth --out runs/unet
+  cityseg train --config configs/train/fcn_r50_d8_512x1024_40k.yaml train.iters=1000 loader.batch_size=4
+  torchrun --nproc_per_node=8 -m cityseg_fast train --config configs/train/fcn_r50_d8_512x1024_80k.yaml
+
+A run directory holds config.yaml, env.json, metrics.jsonl and ckpt_*.pt; running the same command again
+resumes from its latest checkpoint (train.resume=auto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cityseg_fast.commands.common import add_config_args, config_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--data", metavar="DIR", help="dataset root (shortcut for data.root=DIR)")
+    p.add_argument("--out", metavar="DIR", help="run directory (shortcut for train.out_dir=DIR)")
+    p.add_argument(
+        "--resume", metavar="PATH", help="resume from this checkpoint (shortcut for train.resume=PATH)"
+    )
+    p.add_argument("--json", action="store_true", help="print the final summary as one JSON line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cityseg_fast.engine.evaluate import json_safe
+    from cityseg_fast.engine.train import train
+
+    extra = []
+    if args.data:
+        extra.append(f"data.root={args.data}")
+    if args.out:
+        extra.append(f"train.out_dir={args.out}")
+    if args.resume:
+        extra.append(f"train.resume={args.resume}")
+    cfg = config_from_args(args, extra)
+    summary = train(cfg)
+    if summary.get("world_size", 1) == 1 or _is_rank0():
+        if args.json:
+            print(json.dumps(json_safe(summary)))
+        else:
+            print(
+                f"done: {summary['iters']} iterations, val mIoU {100 * summary['miou']:.2f}, "
+                f"{summary['wall_s']:.1f} s, run in {summary['out_dir']}"
+            )
+    return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

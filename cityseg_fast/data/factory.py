@@ -1,0 +1,161 @@
+"""`build_loader(cfg, split, rank, world_size)`: one Loader protocol over three backends.
+
+Every backend yields `Batch` (batch.py) for one epoch per iteration and has `len()` (batches per
+epoch on this rank), `set_epoch(epoch)`, `samples` (the whole split), `num_samples` (samples this
+rank sees per epoch), `description` and `close()`:
+
+    dali       DALI pipeline, decode + augmentation on the GPU (`mixed`) or the CPU (dali.py)
+    torch      PIL + DataLoader baseline doing the same work (torch_loader.py)
+    synthetic  fixed random on-device batches: the I/O-free upper bound (synthetic_loader.py)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import torch
+
+from cityseg_fast.config import Config, data_root
+from cityseg_fast.errors import UserError
+
+BACKENDS = ("dali", "torch", "synthetic")
+SYNTHETIC_DEFAULT_BATCHES = 100  # synthetic loader without a dataset: batches per epoch
+CITYSCAPES_HW = (1024, 2048)
+
+
+class Loader(Protocol):
+    samples: list
+    description: str
+
+    def __iter__(self) -> Any: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def num_samples(self) -> int: ...
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def dali_device(requested: str, device: torch.device) -> str:
+    """loader.device auto|gpu|cpu -> where DALI runs ("gpu" or "cpu")."""
+    if requested == "auto":
+        return "gpu" if device.type == "cuda" else "cpu"
+    if requested == "gpu" and not torch.cuda.is_available():
+        raise UserError("loader.device=gpu: no CUDA GPU is available here (use auto or cpu)")
+    if requested not in ("gpu", "cpu"):
+        raise UserError(f"loader.device: expected auto, gpu or cpu, got '{requested}'")
+    return requested
+
+
+def build_loader(
+    cfg: Config,
+    split: str,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    train: bool | None = None,
+    device: torch.device | None = None,
+    decode_only: bool = False,
+    roi: str = "slice",
+) -> Loader:
+    """The loader of `split` for this rank. train defaults to split == cfg.data.train_split.
+
+    decode_only (benchmarks): same backend, same files, same decoder, full frames, no augmentation,
+    no labels; batches carry uint8 images and an empty target. roi (dali, benchmarks): "slice"
+    decodes only the crop window, "resize" decodes the frame and resizes the window.
+    """
+    backend = cfg.loader.backend
+    if backend not in BACKENDS:
+        raise UserError(f"loader.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    if train is None:
+        train = split == cfg.data.train_split
+    device = device if device is not None else default_device()
+    d, lc = cfg.data, cfg.loader
+    batch_size = lc.batch_size if train else lc.eval_batch_size
+    if backend == "synthetic":
+        return _synthetic(cfg, split, rank, world_size, train, device, batch_size)
+
+    from cityseg_fast.data.cityscapes import find_samples
+
+    samples = find_samples(data_root(cfg), split)
+    common = dict(
+        train=train,
+        batch_size=batch_size,
+        crop=d.crop,
+        scale_range=d.scale_range,
+        flip_prob=d.flip_prob,
+        mean=d.mean,
+        std=d.std,
+        eval_size=d.eval_size,
+        eval_label_resize=d.eval_label_resize,
+        rank=rank,
+        world_size=world_size,
+        seed=lc.seed,
+        device=device,
+        decode_only=decode_only,
+    )
+    if backend == "torch":
+        from cityseg_fast.data.torch_loader import TorchLoader
+
+        return TorchLoader(
+            samples,
+            num_workers=lc.num_workers,
+            prefetch_depth=lc.prefetch_queue_depth,
+            pin_memory=lc.pin_memory,
+            **common,
+        )
+    from cityseg_fast.data import dali
+
+    if not dali.dali_available():
+        raise UserError(
+            "loader.backend=dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, or use loader.backend=torch)"
+        )
+    return dali.DaliLoader(
+        samples,
+        dali_device=dali_device(lc.device, device),
+        num_threads=lc.num_threads,
+        prefetch_queue_depth=lc.prefetch_queue_depth,
+        hw_decoder_load=lc.hw_decoder_load,
+        roi=roi,
+        **common,
+    )
+
+
+def _synthetic(
+    cfg: Config, split: str, rank: int, world_size: int, train: bool, device: torch.device, batch_size: int
+):
+    from cityseg_fast.data.synthetic_loader import SyntheticLoader
+
+    samples: list = []
+    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
+    if root:  # with a dataset, mimic its epoch length
+        from cityseg_fast.data.cityscapes import find_samples
+
+        samples = find_samples(data_root(cfg), split)
+    per_rank = -(-len(samples) // world_size) if samples else 0
+    if train:
+        hw = target_hw = cfg.data.crop
+        n = per_rank // batch_size if samples else SYNTHETIC_DEFAULT_BATCHES
+    else:
+        hw = cfg.data.eval_size or CITYSCAPES_HW
+        target_hw = hw if (cfg.data.eval_size is None or cfg.data.eval_label_resize) else CITYSCAPES_HW
+        n = -(-per_rank // batch_size) if samples else SYNTHETIC_DEFAULT_BATCHES
+    return SyntheticLoader(
+        samples,
+        train=train,
+        batch_size=batch_size,
+        image_hw=tuple(hw),
+        target_hw=tuple(target_hw),
+        num_classes=cfg.data.num_classes,
+        num_batches=n,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.loader.seed,
+        device=device,
+    )

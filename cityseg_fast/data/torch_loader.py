@@ -1,0 +1,313 @@
+"""The `torch` loader backend: a Dataset + DataLoader baseline doing the same work as the DALI pipeline.
+
+Same plan (plan.py: sharding, per-epoch shuffle, one random draw per sample), same geometry (crop
+before resize: PIL resizes only the source window of the crop, `Image.resize(box=...)`), nearest
+for labels, flip, normalization, padding (image 0 after normalization, label 255). Tuned the way
+NVIDIA's DeepLearningExamples tune theirs: workers return uint8 crops (4x less to move between
+processes than float), normalization and channels_last happen on the training device, batches are
+pinned and copied non-blocking, and on a GPU a side-stream prefetcher overlaps the copy and the
+normalization of batch k+1 with the step on batch k. Workers are persistent.
+
+Workers start from a forkserver (see `_worker_context`), so, as with `spawn`, a script that builds
+this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CLI has it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.plan import (
+    Item,
+    SizeCache,
+    check_train_size,
+    crop_geometry,
+    eval_batches,
+    eval_len,
+    eval_num_samples,
+    train_batches,
+    train_len,
+)
+from cityseg_fast.errors import UserError
+
+
+class PlanDataset(torch.utils.data.Dataset):
+    """Reads one plan Item: decode with PIL, crop-before-resize, flip; returns uint8 arrays."""
+
+    def __init__(
+        self,
+        samples: list,
+        *,
+        train: bool,
+        crop: tuple[int, int],
+        eval_size: tuple[int, int] | None,
+        eval_label_resize: bool,
+        decode_only: bool = False,
+    ) -> None:
+        from cityseg_fast.data.labels import ID_TO_TRAINID
+
+        self.samples, self.train, self.crop = samples, train, tuple(crop)
+        self.eval_size, self.eval_label_resize, self.decode_only = eval_size, eval_label_resize, decode_only
+        self.lut = np.asarray(ID_TO_TRAINID, dtype=np.uint8)
+        self.sizes = SizeCache([s.image for s in samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: Item) -> tuple | str:
+        try:
+            return self._load(item)
+        except _DecodeError as e:
+            return str(e)  # a plain message survives the worker boundary intact; raised in the main process
+
+    def _open(self, path, mode: str):
+        from PIL import Image
+
+        try:
+            im = Image.open(path)
+            im.load()  # decode now, so a corrupt file fails here and is named
+            return im.convert(mode) if im.mode != mode else im
+        except Exception as e:
+            raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
+
+    def _load(self, item: Item) -> tuple:
+        from PIL import Image
+
+        s = self.samples[item.source]
+        img = self._open(s.image, "RGB")
+        if self.decode_only:
+            return np.asarray(img), None, item.index
+        lab = self._open(s.label, "L")
+        if self.train:
+            g = crop_geometry((img.height, img.width), self.crop, item.aug)
+            box = (g.x, g.y, g.x + g.w, g.y + g.h)
+            img = img.resize((g.out_w, g.out_h), Image.BILINEAR, box=box)
+            lab = lab.resize((g.out_w, g.out_h), Image.NEAREST, box=box)
+            if g.flip:
+                img, lab = img.transpose(Image.FLIP_LEFT_RIGHT), lab.transpose(Image.FLIP_LEFT_RIGHT)
+        elif self.eval_size is not None:
+            h, w = self.eval_size
+            img = img.resize((w, h), Image.BILINEAR)
+            if self.eval_label_resize:
+                lab = lab.resize((w, h), Image.NEAREST)
+        label = np.asarray(lab)
+        if s.label_kind == "labelIds":
+            label = self.lut[label]
+        return np.asarray(img), label, item.index
+
+
+class _DecodeError(Exception):
+    pass
+
+
+def collate(items: list) -> tuple | str:
+    """Stack uint8 HxWx3 images (padded to the batch's largest), labels padded with 255."""
+    for it in items:
+        if isinstance(it, str):
+            return it
+    n = len(items)
+    H = max(it[0].shape[0] for it in items)
+    W = max(it[0].shape[1] for it in items)
+    images = torch.zeros((n, H, W, 3), dtype=torch.uint8)
+    dst = images.numpy()  # copy through numpy: PIL's arrays are read-only
+    sizes = torch.empty((n, 2), dtype=torch.int64)
+    for k, (img, _, _) in enumerate(items):
+        dst[k, : img.shape[0], : img.shape[1]] = img
+        sizes[k, 0], sizes[k, 1] = img.shape[0], img.shape[1]
+    index = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    if items[0][1] is None:  # decode-only
+        return images, None, sizes, index
+    lh = max(it[1].shape[0] for it in items)
+    lw = max(it[1].shape[1] for it in items)
+    labels = torch.full((n, lh, lw), 255, dtype=torch.uint8)
+    dst = labels.numpy()
+    for k, (_, lab, _) in enumerate(items):
+        dst[k, : lab.shape[0], : lab.shape[1]] = lab
+    return images, labels, sizes, index
+
+
+class _PlanBatches:
+    """batch_sampler for the DataLoader: the owning loader's current epoch plan."""
+
+    def __init__(self, loader: TorchLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader._plan())
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class TorchLoader:
+    """The `torch` backend (see the module docstring)."""
+
+    def __init__(
+        self,
+        samples: list,
+        *,
+        train: bool,
+        batch_size: int,
+        crop: tuple[int, int],
+        scale_range: tuple[float, float],
+        flip_prob: float,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        eval_size: tuple[int, int] | None,
+        eval_label_resize: bool,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: torch.device,
+        num_workers: int,
+        prefetch_depth: int = 2,
+        pin_memory: bool = True,
+        decode_only: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
+        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self.device, self.decode_only = device, decode_only
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
+        on_gpu = device.type == "cuda"
+        self._mean = torch.tensor([255.0 * m for m in mean], device=device).view(1, 3, 1, 1)
+        self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
+        dataset = PlanDataset(
+            self.samples,
+            train=train,
+            crop=crop,
+            eval_size=eval_size,
+            eval_label_resize=eval_label_resize,
+            decode_only=decode_only,
+        )
+        kw: dict[str, Any] = {}
+        if num_workers > 0:
+            kw = {
+                "persistent_workers": True,
+                "prefetch_factor": max(1, prefetch_depth),
+                "multiprocessing_context": _worker_context(),
+            }
+        self._dl = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=_PlanBatches(self),
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=pin_memory and on_gpu,  # pinning only pays for a host -> GPU copy
+            **kw,
+        )
+        mode = "decode-only" if decode_only else ("train" if train else "eval")
+        self.description = f"torch ({num_workers} workers, {mode})"
+
+    def __len__(self) -> int:
+        n, w, b = len(self.samples), self.world_size, self.batch_size
+        return train_len(n, w, b) if self.train else eval_len(n, w, b)
+
+    @property
+    def num_samples(self) -> int:
+        if self.train:
+            return len(self) * self.batch_size
+        return eval_num_samples(len(self.samples), self.rank, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def close(self) -> None:
+        it = getattr(self._dl, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # persistent workers would otherwise live until exit
+        self._dl._iterator = None
+
+    def _plan(self) -> list[list[Item]]:
+        n = len(self.samples)
+        if self.train:
+            return train_batches(
+                n,
+                self.rank,
+                self.world_size,
+                self.epoch,
+                self.seed,
+                self.batch_size,
+                self.scale_range,
+                self.flip_prob,
+            )
+        return eval_batches(n, self.rank, self.world_size, self.batch_size)
+
+    def __iter__(self):
+        raw = (self._check(b) for b in self._dl)
+        if self.device.type == "cuda":
+            yield from _CudaPrefetcher(raw, self._finish, self.device)
+        else:
+            for b in raw:
+                yield self._finish(b)
+
+    @staticmethod
+    def _check(b: tuple | str) -> tuple:
+        if isinstance(b, str):
+            raise UserError(b)
+        return b
+
+    def _finish(self, b: tuple) -> Batch:
+        """uint8 N x H x W x 3 on the host -> normalized float channels_last on the device."""
+        images, labels, sizes, index = b
+        nb = self.device.type == "cuda"
+        x = images.to(self.device, non_blocking=nb).permute(0, 3, 1, 2)  # channels_last view
+        if self.decode_only:
+            return Batch(x, torch.empty((x.shape[0], 0, 0), dtype=torch.int64, device=x.device), index)
+        x = (x.float() - self._mean) * self._inv_std  # elementwise ops keep channels_last
+        H, W = x.shape[2], x.shape[3]
+        for k in range(x.shape[0]):  # padding after normalization is 0
+            h, w = int(sizes[k, 0]), int(sizes[k, 1])
+            if h < H:
+                x[k, :, h:, :] = 0
+            if w < W:
+                x[k, :, :, w:] = 0
+        target = labels.to(self.device, non_blocking=nb).long()
+        if not self.train and bool((index < 0).any()):
+            target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
+        return Batch(x.contiguous(memory_format=torch.channels_last), target, index)
+
+
+def _worker_context():
+    """Workers start from a forkserver, not a fork of this process.
+
+    A fork copies this process with only the forking thread: a lock held at that moment by any
+    other thread (a DALI pipeline's, CUDA's, an OpenMP pool's) stays locked forever in the child,
+    and the worker hangs (seen in the test suite after DALI pipelines ran). The forkserver
+    imports this module once, so each worker still starts in milliseconds.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class _CudaPrefetcher:
+    """Finish batch k+1 (H2D copy + normalization) on a side stream while the caller uses batch k."""
+
+    def __init__(self, batches, finish, device: torch.device) -> None:
+        self.batches, self.finish, self.device = batches, finish, device
+        self.stream = torch.cuda.Stream(device)
+
+    def _next(self):
+        try:
+            b = next(self.batches)
+        except StopIteration:
+            return None
+        with torch.cuda.stream(self.stream):
+            return self.finish(b)
+
+    def __iter__(self):
+        nxt = self._next()
+        while nxt is not None:
+            cur = self.stream
+            torch.cuda.current_stream(self.device).wait_stream(cur)  # the batch is ready before use
+            for t in (nxt.image, nxt.target):
+                t.record_stream(torch.cuda.current_stream(self.device))  # freed only after use
+            batch, nxt = nxt, self._next()
+            yield batch

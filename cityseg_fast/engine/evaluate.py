@@ -1,0 +1,154 @@
+"""Evaluation: a bincount confusion matrix on the device, summed across ranks, official-format export.
+
+Each validation image is counted exactly once, also under DDP: eval loaders mark padding samples with
+`Batch.index == -1` and those never reach the matrix. The IoU follows cityscapesscripts'
+`evalPixelLevelSemanticLabeling`: ground-truth "ignore" pixels are dropped, a class with neither
+ground truth nor prediction has IoU NaN and is left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cityseg_fast.config import Config
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.labels import CLASS_NAMES, TRAINID_TO_ID
+from cityseg_fast.engine import dist
+from cityseg_fast.engine.step import eval_step
+
+
+class ConfusionMatrix:
+    """C x C int64 matrix, rows = ground truth trainId, columns = predicted trainId, kept on `device`."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predictions (any integer shape) against targets of the same shape. No host sync."""
+        n = self.num_classes
+        target = target.to(self.mat.device).reshape(-1)
+        pred = pred.to(self.mat.device).reshape(-1)
+        keep = (target >= 0) & (target < n)  # drops ignore_index (255) and anything else out of range
+        idx = target[keep] * n + pred[keep].clamp_(0, n - 1)
+        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+
+    def reduce(self) -> None:
+        """Sum the matrices of all ranks (every rank ends with the global matrix)."""
+        dist.all_reduce_sum(self.mat)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def compute(self) -> dict[str, Any]:
+        """{"miou": mean over classes with a defined IoU, "iou": [19, NaN where undefined], "acc": pixel accuracy}."""
+        m = self.mat.double().cpu()  # the one host transfer per evaluation
+        tp = m.diag()
+        denom = m.sum(0) + m.sum(1) - tp
+        iou = torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+        valid = ~torch.isnan(iou)
+        miou = float(iou[valid].mean()) if bool(valid.any()) else float("nan")
+        total = float(m.sum())
+        acc = float(tp.sum()) / total if total > 0 else float("nan")
+        return {"miou": miou, "iou": [float(v) for v in iou], "acc": acc, "pixels": int(total)}
+
+
+def export_prediction(pred: np.ndarray, stem: str, export_dir: str | os.PathLike) -> Path:
+    """Write one prediction (H x W trainIds) as a Cityscapes labelId PNG the official evaluation reads.
+
+    cityscapesscripts matches `{city}_{seq}_{frame}*.png` anywhere under $CITYSCAPES_RESULTS, so the file
+    is named `{stem}_leftImg8bit.png` (the frame's own image name) inside a folder per city.
+    """
+    from PIL import Image
+
+    city = stem.split("_", 1)[0]
+    out = Path(export_dir) / city
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}_leftImg8bit.png"
+    label_ids = TRAINID_TO_ID[pred.astype(np.int64)].astype(np.uint8)
+    Image.fromarray(label_ids, mode="L").save(path)
+    return path
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    cfg: Config,
+    device: torch.device | str,
+    export_dir: str | os.PathLike | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """mIoU of `model` over every sample of `loader` (this rank's shard), reduced across ranks.
+
+    Returns {"miou", "iou", "acc", "pixels", "images"}. With `export_dir`, each prediction is also written
+    as a labelId PNG named after its frame (each rank writes the frames it evaluated).
+    """
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(cfg.data.num_classes, device, cfg.data.ignore_index)
+    images = torch.zeros((), dtype=torch.int64, device=device)
+    samples = getattr(loader, "samples", None)
+    task = progress.add_task("eval", total=len(loader), stats="") if progress is not None else None
+    for batch in loader:
+        pred = eval_step(model, batch, cfg)
+        if batch.index is None:  # a loader without padding: every sample is real
+            keep = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
+        else:
+            keep = batch.index.to(pred.device) >= 0
+        cm.update(pred[keep], batch.target[keep])
+        images += keep.sum()
+        if export_dir is not None:
+            if samples is None or batch.index is None:
+                raise ValueError("export needs a loader with `samples` and batches with `index`")
+            # Export needs the pixels on the host: one transfer per batch, only when exporting.
+            for p, i in zip(pred.cpu().numpy(), batch.index.cpu().tolist(), strict=True):
+                if i >= 0:
+                    export_prediction(p, samples[i].stem, export_dir)
+        if task is not None:
+            progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    cm.reduce()
+    dist.all_reduce_sum(images)
+    result = cm.compute()
+    result["images"] = int(images)
+    model.train(was_training)
+    return result
+
+
+def iou_table(result: dict[str, Any], title: str = "per-class IoU"):
+    """A rich Table of the per-class IoU with the mIoU in the caption."""
+    from rich.table import Table
+
+    table = Table(
+        title=title, caption=f"mIoU {100 * result['miou']:.2f}   pixel acc {100 * result['acc']:.2f}"
+    )
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, v in zip(CLASS_NAMES, result["iou"], strict=True):
+        table.add_row(name, "n/a" if math.isnan(v) else f"{100 * v:.2f}")
+    return table
+
+
+def json_safe(result: dict[str, Any]) -> dict[str, Any]:
+    """NaN -> None so the result is valid JSON (strict parsers reject NaN)."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return {k: fix(v) for k, v in result.items()}

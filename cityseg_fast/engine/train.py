@@ -1,0 +1,272 @@
+"""Iteration-based training: one process or DDP under torchrun, periodic eval, checkpoints, exact resume.
+
+    summary = train(cfg)   # {"miou", "per_class_iou", "iters", "wall_s", "out_dir", "checkpoint", ...}
+
+The loop calls `step.train_step` and never reads a value on the host except at log intervals, where the
+summed loss is pulled once (the one sync point per interval) and written to out_dir/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cityseg_fast.config import Config, dump_config, to_dict
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.engine import checkpoint as ckpt_io
+from cityseg_fast.engine import dist
+from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+from cityseg_fast.engine.step import TrainState, build_train_state, train_step
+from cityseg_fast.errors import UserError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    """The checkpoint to resume from: train.resume = auto (latest in out_dir, if any) | never | a path."""
+    mode = cfg.train.resume
+    if mode in ("", "never", "none"):
+        return None
+    if mode == "auto":
+        return ckpt_io.latest_checkpoint(cfg.train.out_dir)
+    p = Path(mode)
+    if not p.is_file():
+        raise UserError(f"{p}: checkpoint to resume from not found (train.resume)")
+    return p
+
+
+class MetricsLog:
+    """JSON lines in out_dir/metrics.jsonl, written by rank 0 only, flushed per line."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row: Any) -> None:
+        if not self.enabled:
+            return
+        row = {"time": round(time.time(), 3), **row}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(json_safe(row)) + "\n")
+            f.flush()
+
+
+def batches(loader: Any, epoch: int, skip: int) -> Iterator[tuple[int, Batch]]:
+    """Endless (epoch, batch) stream starting at `epoch`, skipping its first `skip` batches (resume)."""
+    while True:
+        loader.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield epoch, batch
+        skip = 0
+        epoch += 1
+
+
+def make_checkpoint(state: TrainState, iteration: int) -> dict[str, Any]:
+    return {
+        "format": ckpt_io.FORMAT,
+        "version": ckpt_io.VERSION,
+        "iteration": iteration,
+        "model": ckpt_io.unwrap_model(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": ckpt_io.capture_rng(),
+        "config": to_dict(state.cfg),
+    }
+
+
+def restore(state: TrainState, path: Path) -> int:
+    """Load a checkpoint into `state`; returns the iteration to continue from."""
+    ck = ckpt_io.load_checkpoint(path)
+    ckpt_io.load_model_state(state.model, ck["model"], path)
+    state.optimizer.load_state_dict(ck["optimizer"])
+    state.scheduler.load_state_dict(ck["scheduler"])
+    state.scaler.load_state_dict(ck["scaler"])
+    ckpt_io.restore_rng(ck["rng"])
+    return int(ck["iteration"])
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _wrap_ddp(model: nn.Module, info: dist.DistInfo) -> nn.Module:
+    if info.world_size <= 1:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train per `cfg` (single process, or DDP when launched by torchrun); returns a summary dict."""
+    info = dist.init_distributed(cfg.train.dist_timeout_s)
+    try:
+        return _train(cfg, info)
+    finally:
+        dist.cleanup()
+
+
+def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
+    from cityseg_fast.bench.env import collect_env
+    from cityseg_fast.data.factory import build_loader
+
+    t = cfg.train
+    out = Path(t.out_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        (out / "env.json").write_text(json.dumps(collect_env(), indent=1, default=str) + "\n")
+    seed_everything(t.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
+
+    train_loader = build_loader(
+        cfg, cfg.data.train_split, info.rank, info.world_size, train=True, device=info.device
+    )
+    val_loader = build_loader(
+        cfg, cfg.data.val_split, info.rank, info.world_size, train=False, device=info.device
+    )
+    if len(train_loader) == 0:
+        raise UserError(f"{cfg.data.root or 'data.root'}: fewer training images than one batch per rank")
+
+    model = None
+    if t.sync_bn and info.world_size > 1:
+        from cityseg_fast.models import model_from_config
+
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
+    state = build_train_state(cfg, info.device, model)
+    net = state.model  # prepared (compiled) module, used for evaluation
+    resume_from = resolve_resume(cfg)
+    start = restore(state, resume_from) if resume_from is not None else 0
+    state.model = _wrap_ddp(net, info)
+
+    log = MetricsLog(out / "metrics.jsonl", info.is_main)
+    if resume_from is not None:
+        log.write(event="resume", iter=start, checkpoint=str(resume_from))
+    else:
+        log.write(
+            event="start",
+            iter=0,
+            world_size=info.world_size,
+            train_loader=train_loader.description,
+            images_per_epoch=train_loader.num_samples * info.world_size,
+        )
+    steps_per_epoch = len(train_loader)
+    stream = batches(train_loader, start // steps_per_epoch, start % steps_per_epoch)
+    global_batch = cfg.loader.batch_size * info.world_size
+
+    last_ckpt: Path | None = resume_from
+    result: dict[str, Any] | None = None
+    loss_sum = torch.zeros((), device=info.device)
+    n_in_sum, bad_checks, last_loss = 0, 0, float("nan")
+    t0 = time.perf_counter()
+    t_log, it_log = t0, start
+    it = start
+    with _progress(info.is_main) as progress:
+        task = progress.add_task("train", total=t.iters, completed=start, stats="")
+        while it < t.iters:
+            epoch, batch = next(stream)
+            loss_sum += train_step(state, batch)
+            n_in_sum += 1
+            it += 1
+            progress.advance(task)
+            if it % t.log_interval == 0 or it == t.iters:
+                # The one host sync per log interval: average the loss over the interval and the ranks.
+                dist.all_reduce_sum(loss_sum)
+                last_loss = loss_sum.item() / (n_in_sum * info.world_size)
+                now = time.perf_counter()
+                ips = (it - it_log) * global_batch / max(now - t_log, 1e-9)
+                lr = state.optimizer.param_groups[0]["lr"]
+                log.write(
+                    event="train",
+                    iter=it,
+                    epoch=epoch,
+                    loss=last_loss,
+                    lr=lr,
+                    images_per_s=ips,
+                    wall_s=now - t0,
+                )
+                progress.update(task, stats=f"loss {last_loss:.4f}  lr {lr:.2e}  {ips:.1f} img/s")
+                loss_sum.zero_()
+                n_in_sum, t_log, it_log = 0, now, it
+                if math.isfinite(last_loss):
+                    bad_checks = 0
+                else:
+                    bad_checks += 1
+                    if bad_checks >= t.max_nonfinite:
+                        where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
+                        raise UserError(
+                            f"{out}: loss non-finite for {bad_checks} consecutive log intervals (iteration {it}); "
+                            f"lower train.lr or use precision.dtype=fp32/bf16{where}"
+                        )
+            if it % t.eval_interval == 0 or it == t.iters:
+                result = evaluate(
+                    net, val_loader, cfg, info.device, progress=progress if info.is_main else None
+                )
+                log.write(
+                    event="eval",
+                    iter=it,
+                    miou=result["miou"],
+                    per_class_iou=result["iou"],
+                    acc=result["acc"],
+                    images=result["images"],
+                )
+                if info.is_main:
+                    progress.console.print(f"iter {it}: val mIoU {100 * result['miou']:.2f}")
+            if (it % t.ckpt_interval == 0 or it == t.iters) and bad_checks == 0:
+                if info.is_main:
+                    last_ckpt = ckpt_io.save_checkpoint(make_checkpoint(state, it), out, keep=t.keep_ckpts)
+                dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
+
+    if result is None:  # resumed a finished run: evaluate once so the summary still has numbers
+        result = evaluate(net, val_loader, cfg, info.device)
+    wall = time.perf_counter() - t0
+    if info.is_main:
+        from rich.console import Console
+
+        Console().print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
+    train_loader.close()
+    val_loader.close()
+    summary = {
+        "miou": result["miou"],
+        "per_class_iou": result["iou"],
+        "acc": result["acc"],
+        "iters": it,
+        "start_iter": start,
+        "final_loss": last_loss,
+        "wall_s": wall,
+        "out_dir": str(out),
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "world_size": info.world_size,
+    }
+    log.write(event="end", **{k: v for k, v in summary.items() if k != "per_class_iou"})
+    return summary

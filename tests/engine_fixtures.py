@@ -1,0 +1,182 @@
+"""Tiny learnable datasets in the raw Cityscapes layout and a trained-checkpoint cache for engine tests.
+
+The scenes are street-like bands (sky, building, vegetation, sidewalk, road) with a car and an
+ego-vehicle strip (labelId 1, ignored in evaluation), each class drawn in a noisy version of its
+Cityscapes colour, so a small network learns them in a few dozen iterations on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# labelId -> RGB (the Cityscapes colours)
+SKY, BUILDING, VEGETATION, SIDEWALK, ROAD, CAR, EGO = 23, 11, 21, 8, 7, 26, 1
+COLOURS = {
+    SKY: (70, 130, 180),
+    BUILDING: (70, 70, 70),
+    VEGETATION: (107, 142, 35),
+    SIDEWALK: (244, 35, 232),
+    ROAD: (128, 64, 128),
+    CAR: (0, 0, 142),
+    EGO: (20, 20, 20),
+}
+
+
+def render(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 HxWx3, labelIds uint8 HxW) street-like frame."""
+    lab = np.full((h, w), ROAD, np.uint8)
+    horizon = int(h * rng.uniform(0.3, 0.45))
+    side = int(h * rng.uniform(0.55, 0.65))
+    lab[:side] = SIDEWALK
+    lab[:horizon] = BUILDING
+    sky = int(horizon * rng.uniform(0.3, 0.7))
+    lab[:sky] = SKY
+    x0 = int(w * rng.uniform(0, 0.6))
+    lab[sky // 2 : horizon, x0 : x0 + w // 4] = VEGETATION
+    cy, cx = int(h * rng.uniform(0.6, 0.75)), int(w * rng.uniform(0.1, 0.7))
+    lab[cy : cy + h // 6, cx : cx + w // 5] = CAR
+    lab[int(h * 0.92) :] = EGO
+    img = np.zeros((h, w, 3), np.float32)
+    for lid, c in COLOURS.items():
+        img[lab == lid] = c
+    img *= rng.uniform(0.8, 1.2)  # global brightness
+    img += rng.normal(0, 12, img.shape)
+    return img.clip(0, 255).astype(np.uint8), lab
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per process while an engine test runs: on a shared 2-core machine two OpenMP
+    threads per process spin against the other processes' threads and run ~8x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_tiny_cityscapes(
+    root: Path, splits: dict[str, int] | None = None, size: tuple[int, int] = (64, 128), seed: int = 0
+) -> Path:
+    """ROOT/leftImg8bit/{split}/{city}/..._leftImg8bit.png + ROOT/gtFine/{split}/{city}/..._gtFine_labelIds.png"""
+    splits = splits if splits is not None else {"train": 8, "val": 4}
+    rng = np.random.default_rng(seed)
+    for split, n in splits.items():
+        for i in range(n):
+            city = ("aachen", "bochum")[i % 2]
+            stem = f"{city}_{i:06d}_{19:06d}"
+            img, lab = render(rng, *size)
+            idir, gdir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
+            idir.mkdir(parents=True, exist_ok=True)
+            gdir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(idir / f"{stem}_leftImg8bit.png")
+            Image.fromarray(lab, mode="L").save(gdir / f"{stem}_gtFine_labelIds.png")
+    return root
+
+
+def tiny_overrides(data: Path, out: Path, iters: int = 30, **extra: object) -> list[str]:
+    """Config overrides for a tiny, fast CPU run (U-Net width 8 on 64x128 crops, torch loader in-process)."""
+    values: dict[str, object] = {
+        "data.root": str(data),
+        "data.crop": "[64,128]",
+        "data.scale_range": "[0.75,1.25]",
+        "loader.backend": "torch",
+        "loader.num_workers": 0,
+        "loader.batch_size": 4,
+        "loader.eval_batch_size": 2,
+        "model.name": "unet",
+        "model.base_width": 8,
+        "train.out_dir": str(out),
+        "train.iters": iters,
+        "train.log_interval": 5,
+        "train.eval_interval": iters,
+        "train.ckpt_interval": 10,
+        "train.optimizer": "adamw",
+        "train.lr": 0.03,
+        "train.weight_decay": 0.0,
+        "train.min_lr": 0.0,
+        "train.warmup_iters": 0,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["OMP_NUM_THREADS"] = "1"  # see one_thread(); torchrun ranks share the cores
+    for k in ("PYTEST_CURRENT_TEST", "PYTEST_VERSION"):
+        e.pop(k, None)
+    return e
+
+
+def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m cityseg_fast ARGS` in a subprocess (for torchrun and kill tests)."""
+    p = subprocess.run(
+        [PY, "-m", "cityseg_fast", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    return p
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "-m",
+        "cityseg_fast",
+        *args,
+    ]
+    try:
+        p = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"torchrun timed out\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}") from None
+    if p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
+    return p
+
+
+def trained_run(base: Path) -> tuple[Path, Path]:
+    """(data root, run dir) of a tiny U-Net trained once per test session (cached under `base`)."""
+    from cityseg_fast.cli import main
+
+    data, out = base / "tiny_data", base / "tiny_run"
+    done = out / "DONE"
+    if not done.exists():
+        write_tiny_cityscapes(data)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # module-scoped callers run before the one_thread fixture
+        try:
+            assert main(["train", *tiny_overrides(data, out, iters=30)]) == 0
+        finally:
+            torch.set_num_threads(before)
+        done.write_text("ok")
+    return data, out

@@ -1,0 +1,124 @@
+"""Tiny datasets for loader tests, in the raw Cityscapes layout and the `prepare`d layout.
+
+Each sample's identity is encoded in its content so pairing can be checked after augmentation:
+sample k's image is one flat colour (`color_of(k)`), and its label holds only the trainIds
+`classes_of(k)` plus ignore pixels (a band of non-evaluated labelIds in the raw layout). A
+"texture" pattern instead gives images with detail, for decoder comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cityseg_fast.data.labels import TRAINID_TO_ID
+
+CITIES = ("aachen", "bremen")
+
+
+def color_of(k: int) -> tuple[int, int, int]:
+    """Flat colours far apart (>= 40 levels in some channel), robust to JPEG and resizing."""
+    return (40 * (k % 6) + 20, 40 * ((k // 6) % 6) + 20, 200 - 30 * (k % 5))
+
+
+def identify(pixel: np.ndarray, n: int) -> int:
+    """The sample whose colour is nearest to an RGB pixel (0..255)."""
+    d = [float(np.abs(np.asarray(color_of(k), float) - pixel).sum()) for k in range(n)]
+    return int(np.argmin(d))
+
+
+def classes_of(k: int) -> tuple[int, int]:
+    """The two trainIds in sample k's label (distinct for k < 19)."""
+    return (k % 19, (k + 7) % 19)
+
+
+def stem_of(k: int) -> str:
+    return f"{CITIES[k % 2]}_{k:06d}_000019"
+
+
+def _image(k: int, hw: tuple[int, int], pattern: str) -> np.ndarray:
+    h, w = hw
+    if pattern == "constant":
+        return np.broadcast_to(np.array(color_of(k), np.uint8), (h, w, 3)).copy()
+    rng = np.random.default_rng(k)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(1, w - 1), yy * 255 // max(1, h - 1), (xx + yy) % 256], -1)
+    return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _train_label(k: int, hw: tuple[int, int]) -> np.ndarray:
+    """Top half class a, bottom half class b, a vertical band of ignore (255)."""
+    h, w = hw
+    a, b = classes_of(k)
+    lab = np.full((h, w), a, np.uint8)
+    lab[h // 2 :] = b
+    lab[:, w // 3 : w // 3 + max(1, w // 8)] = 255
+    return lab
+
+
+def _to_label_ids(train: np.ndarray) -> np.ndarray:
+    """trainIds -> labelIds; ignore pixels become a mix of non-evaluated ids (0 unlabeled, 1 ego, 4 static)."""
+    ids = np.asarray(TRAINID_TO_ID, np.uint8)[np.minimum(train, 18)]
+    ign = train == 255
+    rows = np.arange(train.shape[0])[:, None] % 3 + np.zeros((1, train.shape[1]), np.int64)
+    filler = np.array([0, 1, 4], np.uint8)[rows]
+    ids[ign] = filler[ign]
+    return ids
+
+
+def write_raw(root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "constant") -> Path:
+    """ROOT/leftImg8bit/{split}/{city}/..._leftImg8bit.png and gtFine/..._gtFine_labelIds.png."""
+    root = Path(root)
+    k0 = 0
+    for split, n in splits.items():
+        for k in range(k0, k0 + n):
+            stem, city = stem_of(k), CITIES[k % 2]
+            d_img = root / "leftImg8bit" / split / city
+            d_gt = root / "gtFine" / split / city
+            d_img.mkdir(parents=True, exist_ok=True)
+            d_gt.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_image(k, hw, pattern)).save(d_img / f"{stem}_leftImg8bit.png")
+            Image.fromarray(_to_label_ids(_train_label(k, hw))).save(d_gt / f"{stem}_gtFine_labelIds.png")
+        k0 += n
+    return root
+
+
+def write_prepared(
+    root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "constant", quality: int = 95
+) -> Path:
+    """ROOT/manifest.json, ROOT/{split}/images/{stem}.jpg, ROOT/{split}/labels/{stem}.png (trainIds)."""
+    root = Path(root)
+    manifest = {
+        "format_version": 1,
+        "source": "tests/loader_fixtures.py",
+        "image_format": "jpeg",
+        "quality": quality,
+        "label_encoding": "trainIds",
+        "size": list(hw),
+        "scale": None,
+        "splits": {},
+    }
+    k0 = 0
+    for split, n in splits.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labels").mkdir(parents=True, exist_ok=True)
+        stems = []
+        for k in range(k0, k0 + n):
+            stem = stem_of(k)
+            Image.fromarray(_image(k, hw, pattern)).save(
+                root / split / "images" / f"{stem}.jpg", quality=quality
+            )
+            Image.fromarray(_train_label(k, hw)).save(root / split / "labels" / f"{stem}.png")
+            stems.append(stem)
+        manifest["splits"][split] = {"count": n, "files": sorted(stems)}
+        k0 += n
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+def sample_number(stem: str) -> int:
+    """k back from stem_of(k)."""
+    return int(stem.split("_")[1])

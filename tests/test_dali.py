@@ -1,0 +1,153 @@
+"""The DALI backend on the CPU (real pipelines): agreement with the torch baseline, errors, decode-only."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+import pytest
+import torch
+from loader_fixtures import write_prepared, write_raw
+
+from cityseg_fast.config import load_config
+from cityseg_fast.data import dali
+from cityseg_fast.data.factory import build_loader
+from cityseg_fast.errors import UserError
+
+pytestmark = pytest.mark.skipif(not dali.dali_available(), reason="nvidia.dali not installed")
+CPU = torch.device("cpu")
+
+
+def make_cfg(root, backend: str, *extra: str):
+    return load_config(
+        [],
+        [
+            f"data.root={root}",
+            f"loader.backend={backend}",
+            "data.crop=[32,64]",
+            "loader.batch_size=2",
+            "loader.num_workers=0",
+            "loader.num_threads=1",
+            *extra,
+        ],
+    )
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Turn a hang into a test failure."""
+
+    def boom(*_):
+        raise TimeoutError(f"no answer within {seconds} s: the loader hangs")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def all_batches(root, backend, split, *extra, decode_only=False, roi="slice"):
+    loader = build_loader(
+        make_cfg(root, backend, *extra), split, device=CPU, decode_only=decode_only, roi=roi
+    )
+    try:
+        return list(loader)
+    finally:
+        loader.close()
+
+
+@pytest.mark.parametrize("layout", ["prepared", "raw"])
+def test_eval_dali_matches_torch(tmp_path, layout):
+    """Eval mode: identical labels; images equal up to JPEG decoder rounding (PNG: exactly)."""
+    write = write_prepared if layout == "prepared" else write_raw
+    root = write(tmp_path, {"val": 3}, pattern="texture")
+    d = all_batches(root, "dali", "val")
+    t = all_batches(root, "torch", "val")
+    assert len(d) == len(t) == 3
+    for bd, bt in zip(d, t, strict=True):
+        assert torch.equal(bd.index, bt.index)
+        assert torch.equal(bd.target, bt.target)
+        diff = (bd.image - bt.image).abs()
+        one_level = 1 / (255 * 0.229)  # one 8-bit level after normalization (smallest std)
+        if layout == "raw":
+            assert float(diff.max()) < 1e-4
+        else:
+            assert float(diff.mean()) < 0.5 * one_level and float(diff.max()) < 8 * one_level
+
+
+def test_train_dali_matches_torch(tmp_path):
+    """Same plan, same geometry: the two backends produce nearly the same training crops."""
+    root = write_raw(tmp_path, {"train": 4}, pattern="texture")
+    extra = ("data.scale_range=[0.75,1.5]",)
+    d = all_batches(root, "dali", "train", *extra)
+    t = all_batches(root, "torch", "train", *extra)
+    for bd, bt in zip(d, t, strict=True):
+        agree = float((bd.target == bt.target).float().mean())
+        assert agree > 0.97, f"labels agree on only {agree:.3f} of pixels"  # NN rounding at edges
+        # bilinear filters differ slightly between PIL and DALI; the content must not
+        assert float((bd.image - bt.image).abs().mean()) < 0.15
+
+
+def test_roi_resize_variant_matches_slice(tmp_path):
+    root = write_prepared(tmp_path, {"train": 4}, pattern="texture")
+    a = all_batches(root, "dali", "train", roi="slice")
+    b = all_batches(root, "dali", "train", roi="resize")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.target, y.target)
+        assert float((x.image - y.image).abs().mean()) < 0.1
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_decode_only_gives_full_frames(tmp_path, backend):
+    root = write_prepared(tmp_path, {"train": 4})
+    batches = all_batches(root, backend, "train", decode_only=True)
+    assert len(batches) == 2
+    for b in batches:
+        assert b.image.dtype == torch.uint8 and tuple(b.image.shape) == (2, 3, 64, 128)
+        assert b.image.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("split,what", [("val", "image"), ("train", "image"), ("val", "label")])
+def test_corrupt_file_mid_epoch_names_it(tmp_path, backend, split, what):
+    root = write_prepared(tmp_path, {split: 8})
+    stem = sorted(p.stem for p in (root / split / "images").iterdir())[5]
+    bad = (
+        root
+        / split
+        / ("images" if what == "image" else "labels")
+        / f"{stem}.{'jpg' if what == 'image' else 'png'}"
+    )
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not an image " * 20)
+    loader = build_loader(make_cfg(root, backend, "loader.num_workers=1"), split, device=CPU)
+    with deadline(60), pytest.raises(UserError) as err:
+        for _ in range(3):  # every epoch reads every file
+            for _ in loader:
+                pass
+    msg = str(err.value)
+    assert str(bad) in msg and "\n" not in msg
+    loader.close()
+
+
+def test_probe_reports_cpu_pipeline():
+    info = dali.probe()
+    assert info["cpu_pipeline"] is True and info["version"]
+
+
+@pytest.mark.parametrize("label_resize", [False, True])
+def test_eval_size(tmp_path, label_resize):
+    """data.eval_size resizes eval images; labels stay full-res unless eval_label_resize (nearest)."""
+    root = write_raw(tmp_path, {"val": 2}, pattern="texture")
+    extra = ("data.eval_size=[32,48]", f"data.eval_label_resize={str(label_resize).lower()}")
+    d = all_batches(root, "dali", "val", *extra)
+    t = all_batches(root, "torch", "val", *extra)
+    for bd, bt in zip(d, t, strict=True):
+        assert tuple(bd.image.shape) == tuple(bt.image.shape) == (1, 3, 32, 48)
+        hw = (32, 48) if label_resize else (64, 128)
+        assert tuple(bd.target.shape) == tuple(bt.target.shape) == (1, *hw)
+        agree = float((bd.target == bt.target).float().mean())
+        assert agree > (0.95 if label_resize else 0.999999), agree
+        assert float((bd.image - bt.image).abs().mean()) < 0.1
