@@ -146,7 +146,7 @@ def main() -> int:
             m = measure_loader(cfg, args.iters, args.warmup, decode_only, roi=roi)
             desc = m.pop("description")
             point = {
-                **point_of(cfg, decode_only, roi, desc),
+                **point_of(cfg, decode_only, roi),
                 "image_format": "jpeg",
                 "quality": 95,
                 "round": r,
@@ -170,10 +170,11 @@ def main() -> int:
 
 def name_of(point: dict) -> str:
     if point["loader"] == "torch":
-        return "torch decode-only" if point["decode_only"] else "torch train"
-    if point["decode_only"]:
+        return "torch decode-only" if point.get("decode_only") else "torch train"
+    if point.get("decode_only"):
         return "dali decode-only"
-    return "dali train (slice decode)" if point["roi"] == "slice" else "dali train (roi resize)"
+    # rows before the loader point was unified carry roi="slice"; now only the non-default "resize" is named
+    return "dali train (roi resize)" if point.get("roi") == "resize" else "dali train (slice decode)"
 
 
 def write_readme(out: Path, results: dict[str, list[dict]], args, stages: dict[str, float]) -> None:

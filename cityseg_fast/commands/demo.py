@@ -214,23 +214,13 @@ def loader_variants(cuda: bool) -> list[tuple[str, dict[str, Any], bool]]:
     return variants
 
 
-def loader_point(cfg, decode_only: bool) -> dict[str, Any]:
-    """The sweep's own point for a loader row (so its e2e rows find this one), plus decode_only when set."""
-    from cityseg_fast.bench.scenarios import point_from_config
-
-    point = point_from_config("loader", cfg)
-    if decode_only:
-        point["decode_only"] = True
-    return point
-
-
 def step_loaders(d: Demo) -> str:
-    from cityseg_fast.bench.loader_bench import measure_loader
+    from cityseg_fast.bench.loader_bench import measure_loader, point_of
 
     parts = []
     for label, overrides, decode_only in loader_variants(d.cuda):
         cfg = d.config(**overrides)
-        point = loader_point(cfg, decode_only)
+        point = point_of(cfg, decode_only)
         try:
             metrics = measure_loader(cfg, d.plan.loader_iters, d.plan.loader_warmup, decode_only=decode_only)
         except Exception as e:  # one loader failing must not hide the others: record it and go on
