@@ -139,14 +139,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except UserError as e:
-                errors.append(e)
+            except UserError:
+                continue
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
@@ -154,7 +153,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = value.lower().split("x")  # "512x1024" -> (512, 1024)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"config key '{key}': expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if tp is bool:
         if isinstance(value, bool):
             return value

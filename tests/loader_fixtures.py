@@ -119,6 +119,24 @@ def write_prepared(
     return root
 
 
+def loader_cfg(root, backend: str, *extra: str):
+    """The loader tests' config: tiny crop and batches, one worker / thread; `extra` overrides win."""
+    from cityseg_fast.config import load_config
+
+    return load_config(
+        [],
+        [
+            f"data.root={root}",
+            f"loader.backend={backend}",
+            "data.crop=[32,64]",
+            "loader.batch_size=2",
+            "loader.num_workers=1",
+            "loader.num_threads=1",
+            *extra,
+        ],
+    )
+
+
 def sample_number(stem: str) -> int:
     """k back from stem_of(k)."""
     return int(stem.split("_")[1])

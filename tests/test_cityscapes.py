@@ -163,7 +163,8 @@ def test_rgb_label_is_rejected(root):
 def test_label_ids_map_to_train_ids_with_the_official_table(root):
     s = find_samples(root, "train")[2]
     out = read_label(s.label, "labelIds")
-    assert out.dtype == np.uint8
+    assert out.dtype == np.uint8 and out.flags.writeable  # torch.from_numpy warns on read-only arrays
+    assert read_image_rgb(s.image).flags.writeable
     np.testing.assert_array_equal(out, L.ID_TO_TRAINID[_ids(2)])
 
 

@@ -7,9 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from loader_fixtures import write_prepared, write_raw
+from loader_fixtures import loader_cfg, write_prepared, write_raw
 
-from cityseg_fast.config import load_config
 from cityseg_fast.data import dali
 from cityseg_fast.data.factory import build_loader
 from cityseg_fast.errors import UserError
@@ -19,18 +18,7 @@ CPU = torch.device("cpu")
 
 
 def make_cfg(root, backend: str, *extra: str):
-    return load_config(
-        [],
-        [
-            f"data.root={root}",
-            f"loader.backend={backend}",
-            "data.crop=[32,64]",
-            "loader.batch_size=2",
-            "loader.num_workers=0",
-            "loader.num_threads=1",
-            *extra,
-        ],
-    )
+    return loader_cfg(root, backend, "loader.num_workers=0", *extra)
 
 
 @contextmanager
@@ -151,3 +139,28 @@ def test_eval_size(tmp_path, label_resize):
         agree = float((bd.target == bt.target).float().mean())
         assert agree > (0.95 if label_resize else 0.999999), agree
         assert float((bd.image - bt.image).abs().mean()) < 0.1
+
+
+def test_palette_labels_are_indices_or_a_clear_error(tmp_path):
+    """A palette ("P") label PNG stores the ids as indices (read_label and prepare read it so). The torch
+    backend must read the indices, not the palette's grey levels; DALI expands palettes to colours, so
+    it must refuse with an error naming the file rather than train on garbage."""
+    import numpy as np
+    from PIL import Image
+
+    from cityseg_fast.data.cityscapes import find_samples, read_label
+    from cityseg_fast.data.labels import label_id_palette
+
+    root = write_raw(tmp_path, {"val": 2})
+    samples = find_samples(root, "val")
+    for s in samples:
+        im = Image.fromarray(np.asarray(Image.open(s.label)), "P")
+        im.putpalette(label_id_palette().flatten().tolist())
+        im.save(s.label)
+    for b in all_batches(root, "torch", "val", "loader.eval_batch_size=1"):
+        expected = read_label(samples[int(b.index[0])].label, "labelIds")
+        assert torch.equal(b.target[0], torch.from_numpy(expected).long())
+    with pytest.raises(UserError) as err:
+        all_batches(root, "dali", "val", "loader.eval_batch_size=1")
+    msg = str(err.value)
+    assert str(samples[0].label) in msg and "palette" in msg and "\n" not in msg

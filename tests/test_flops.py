@@ -9,6 +9,8 @@ from cityseg_fast.bench.flops import count_flops, gpu_model, mfu, peak_flops
 from cityseg_fast.errors import UserError
 from cityseg_fast.models import create_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class OneConv(torch.nn.Module):
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loader_fixtures import classes_of, identify, sample_number, write_prepared, write_raw
+from loader_fixtures import classes_of, identify, loader_cfg, sample_number, write_prepared, write_raw
 
 from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 from cityseg_fast.data.batch import check_batch
@@ -16,19 +16,7 @@ from cityseg_fast.errors import UserError
 CPU = torch.device("cpu")
 
 
-def make_cfg(root, backend: str, *extra: str):
-    return load_config(
-        [],
-        [
-            f"data.root={root}",
-            f"loader.backend={backend}",
-            "data.crop=[32,64]",
-            "loader.batch_size=2",
-            "loader.num_workers=1",
-            "loader.num_threads=1",
-            *extra,
-        ],
-    )
+make_cfg = loader_cfg
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,8 @@ def test_batch_contract(prepared, backend, split):
                 assert b.image.abs().max() < 10
             else:
                 assert b.index is not None and b.index.dtype == torch.int64
-                assert tuple(b.image.shape) == (1, 3, 64, 128) or backend == "synthetic"
+                assert tuple(b.image.shape) == (1, 3, 64, 128)  # synthetic too: the dataset's frame size
+                assert tuple(b.target.shape) == (1, 64, 128)
         assert isinstance(loader.description, str) and loader.description.startswith(backend)
         if backend != "synthetic":
             assert len(loader.samples) == (10 if split == "train" else 5)
@@ -226,3 +215,20 @@ def test_bench_loader_cli_bad_input(tmp_path, capsys):
     rc = main(["bench", "loader", "--data", str(tmp_path / "nope"), "--loader", "dali", "--iters", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_train_pads_small_frames_to_the_crop(raw, backend):
+    """Scaled frames smaller than the crop: every batch still has the crop's shape (drop-last fixed
+    shapes, so torch.compile never recompiles), padded with image 0 and label 255."""
+    cfg = make_cfg(raw, backend, "data.crop=[48,96]", "data.scale_range=[0.25,0.5]")
+    loader = build_loader(cfg, "train", device=CPU)
+    try:
+        for b in loader:
+            check_batch(b, "cpu")
+            assert tuple(b.image.shape) == (2, 3, 48, 96) and tuple(b.target.shape) == (2, 48, 96)
+            # a 64x128 frame at scale <= 0.5 covers at most 32x64 of the crop: the rest is padding
+            assert bool((b.image[:, :, 32:, :] == 0).all()) and bool((b.image[:, :, :, 64:] == 0).all())
+            assert bool((b.target[:, 32:, :] == 255).all()) and bool((b.target[:, :, 64:] == 255).all())
+    finally:
+        loader.close()

@@ -12,7 +12,7 @@ from cityseg_fast.models import create_model, list_models, model_from_config
 from cityseg_fast.models.blocks import bilinear_kernel
 from cityseg_fast.models.fcn import FCN8s
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_names():

@@ -85,7 +85,7 @@ def make_plan(quick: bool, cuda: bool) -> Plan:
         bench_iters=5 if quick else 10,
         bench_warmup=2 if quick else 3,
         sweep_model="unet_s16",
-        train_runs=(("fcn_resnet50", 6, 2), ("unet_s16", 40, 4))
+        train_runs=(("fcn_resnet50", 4, 2), ("unet_s16", 40, 4))
         if quick
         else (("fcn_resnet50", 24, 2), ("unet_s16", 160, 4)),
         train_crop=(64, 128),
@@ -406,7 +406,7 @@ def _timeline(timings: list[tuple[str, float, str]], total: float) -> str:
     body = [[f"{i}. {title}", fmt_s(dt), result] for i, (title, dt, result) in enumerate(timings, 1)]
     body.append(["total", fmt_s(total), ""])
     return (
-        "\n## Demo timeline\n\n"
+        "\n## Demo timeline\n\nWall time of each `cityseg demo` step (also in ../demo_timings.json).\n\n"
         + md_table(["step", "wall time", "result"], body, [False, True, False])
         + "\n"
     )
@@ -431,8 +431,9 @@ def run(args: argparse.Namespace) -> int:
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text("written by `cityseg demo`: a rerun with this --out replaces its results and report\n")
-    # A demo measures afresh: earlier results in OUT would be mixed into this report (and skipped by the sweep).
-    for stale in ("results.jsonl", "points", "report", "sweep.yaml"):
+    # A demo starts afresh: earlier results would be mixed into this report (and skipped by the sweep), and
+    # frames of an earlier run at another size would be mixed into this dataset (prepare skips existing pairs).
+    for stale in ("results.jsonl", "points", "report", "sweep.yaml", "data", "train", "demo_timings.json"):
         path = out / stale
         if path.is_dir():
             shutil.rmtree(path)

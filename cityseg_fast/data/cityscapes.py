@@ -120,6 +120,7 @@ _TRAIN_ID_OK[: labels.NUM_CLASSES] = True
 _TRAIN_ID_OK[labels.IGNORE_INDEX] = True
 _LABEL_ID_OK = np.zeros(256, bool)
 _LABEL_ID_OK[sorted(labels.VALID_LABEL_IDS)] = True
+_ID_TO_TRAINID_LIST = labels.ID_TO_TRAINID.tolist()
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -148,25 +149,28 @@ def image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image to uint8 H x W x 3 RGB; palette, greyscale (8/16-bit) and RGBA inputs are converted."""
+def open_image_rgb(path: str | Path) -> Image.Image:
+    """Decode an image to a PIL RGB image; palette, greyscale (8/16-bit) and RGBA inputs are converted."""
     path = Path(path)
     im = _open_decoded(path)
     if im.mode in _SIXTEEN_BIT_MODES:  # 16-bit greyscale: keep the top 8 bits
         arr = np.asarray(im).astype(np.uint32)
         arr = (arr >> 8).astype(np.uint8) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGB")  # P (palette), L, LA, RGBA, CMYK, ...
-    return np.asarray(im)
+        return Image.fromarray(arr, "L").convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # P (palette), L, LA, RGBA, CMYK, ...
 
 
-def read_label(path: str | Path, kind: str, check_values: bool = True) -> np.ndarray:
-    """Decode a label PNG to uint8 H x W trainIds (255 = ignore).
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image to a writable uint8 H x W x 3 RGB array (see `open_image_rgb` for the conversions)."""
+    return np.array(open_image_rgb(path))  # np.array, not asarray: PIL's buffer is read-only
 
-    kind "labelIds": Cityscapes ids 0..33, mapped with the official table; "trainIds": 0..18 and 255.
-    Rejected with a UserError naming the file: 16-bit or multi-channel labels and, with
-    `check_values`, values that are not valid for `kind`.
+
+def open_label(path: str | Path, kind: str, check_values: bool = True) -> Image.Image:
+    """Decode a label PNG to an 8-bit PIL image of trainIds (255 = ignore); see `read_label`.
+
+    Works on PIL images on purpose: the value check is a 256-bin histogram and the id -> trainId
+    mapping a 256-entry `point` table, both C loops without numpy temporaries (prepare's hot path);
+    a min/max scan comes first and settles most checks alone.
     """
     path = Path(path)
     if kind not in ("labelIds", "trainIds"):
@@ -174,28 +178,45 @@ def read_label(path: str | Path, kind: str, check_values: bool = True) -> np.nda
     im = _open_decoded(path)
     if im.mode in _SIXTEEN_BIT_MODES:
         raise UserError(f"{path}: 16-bit label (mode {im.mode}); Cityscapes labels are 8-bit single-channel PNGs")
-    if im.mode not in ("L", "P"):  # "P": the indices are the ids (a palette only changes how it looks)
+    if im.mode == "P":  # the indices are the ids (a palette only changes how it looks): drop it
+        im = Image.frombuffer("L", im.size, im.tobytes(), "raw", "L", 0, 1)
+    elif im.mode != "L":
         raise UserError(f"{path}: label has mode {im.mode}, expected an 8-bit single-channel PNG")
-    arr = np.asarray(im)
     ok = _LABEL_ID_OK if kind == "labelIds" else _TRAIN_ID_OK
-    if check_values and not ok[arr].all():
-        bad = np.unique(arr[~ok[arr]])
-        shown = ", ".join(str(int(v)) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
-        what = "Cityscapes labelIds (0..33)" if kind == "labelIds" else "trainIds (0..18, 255)"
-        raise UserError(f"{path}: label values {shown} are not {what}")
-    return labels.ID_TO_TRAINID[arr] if kind == "labelIds" else np.ascontiguousarray(arr)
+    lo, hi = im.getextrema()
+    if check_values and not ok[lo : hi + 1].all():  # min/max settle it for labelIds (0..33 contiguous)
+        bad = np.flatnonzero((np.asarray(im.histogram()) > 0) & ~ok)
+        if bad.size:
+            shown = ", ".join(str(int(v)) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+            what = "Cityscapes labelIds (0..33)" if kind == "labelIds" else "trainIds (0..18, 255)"
+            raise UserError(f"{path}: label values {shown} are not {what}")
+    return im.point(_ID_TO_TRAINID_LIST) if kind == "labelIds" else im
+
+
+def read_label(path: str | Path, kind: str, check_values: bool = True) -> np.ndarray:
+    """Decode a label PNG to a writable uint8 H x W array of trainIds (255 = ignore).
+
+    kind "labelIds": Cityscapes ids 0..33, mapped with the official table; "trainIds": 0..18 and 255.
+    Rejected with a UserError naming the file: 16-bit or multi-channel labels and, with
+    `check_values`, values that are not valid for `kind`. Palette ("P") labels use their indices.
+    """
+    return np.array(open_label(path, kind, check_values))
+
+
+def open_pair(sample: Sample, check_values: bool = True) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, trainId label) of one sample as PIL images, with every per-file check."""
+    img = open_image_rgb(sample.image)
+    lab = open_label(sample.label, sample.label_kind, check_values)
+    if img.size != lab.size:
+        (wl, hl), (wi, hi) = lab.size, img.size
+        raise UserError(f"{sample.label}: label is {hl}x{wl} but its image {sample.image.name} is {hi}x{wi} (HxW)")
+    return img, lab
 
 
 def read_pair(sample: Sample, check_values: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 HxWx3, trainIds uint8 HxW) of one sample, with every per-file check."""
-    img = read_image_rgb(sample.image)
-    lab = read_label(sample.label, sample.label_kind, check_values)
-    if img.shape[:2] != lab.shape:
-        raise UserError(
-            f"{sample.label}: label is {lab.shape[0]}x{lab.shape[1]} but its image {sample.image.name} is "
-            f"{img.shape[0]}x{img.shape[1]} (HxW)"
-        )
-    return img, lab
+    """(RGB uint8 HxWx3, trainIds uint8 HxW) writable arrays of one sample, with every per-file check."""
+    img, lab = open_pair(sample, check_values)
+    return np.array(img), np.array(lab)
 
 
 def validate_samples(samples: list[Sample], *, check_values: bool = True) -> None:
@@ -207,7 +228,7 @@ def validate_samples(samples: list[Sample], *, check_values: bool = True) -> Non
     """
     for s in samples:
         if check_values:
-            read_pair(s, check_values=True)
+            open_pair(s, check_values=True)
         else:  # headers only, plus a full decode to catch truncation
             hw_i, hw_l = image_size(s.image), image_size(s.label)
             if hw_i != hw_l:

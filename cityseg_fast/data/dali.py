@@ -10,6 +10,7 @@ import collections
 import io
 from typing import Any
 
+from cityseg_fast.data.plan import PlannedLoader
 from cityseg_fast.errors import UserError
 
 
@@ -103,6 +104,17 @@ def _read_bytes(path) -> Any:
         raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
 
 
+def _check_label_png(path, data: Any) -> Any:
+    """Refuse a palette label PNG: its indices are the ids, but DALI's decoder expands the palette
+    to colours. The colour type is byte 25 of a PNG (signature, then the IHDR chunk); 3 = palette."""
+    if len(data) > 25 and bytes(data[1:4]) == b"PNG" and int(data[25]) == 3:
+        raise UserError(
+            f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
+            "convert it with `cityseg prepare` or use loader.backend=torch"
+        )
+    return data
+
+
 def _label_lut() -> tuple[list[int], list[int]]:
     """labelId -> trainId as lookup_table keys/values (every other id -> default 255)."""
     from cityseg_fast.data.labels import ID_TO_TRAINID
@@ -136,7 +148,7 @@ class _Feed:
         return self.loader._inputs(items)
 
 
-class DaliLoader:
+class DaliLoader(PlannedLoader):
     """The `dali` backend: one pipeline per mode (train / eval / decode-only), CPU or GPU."""
 
     def __init__(
@@ -163,21 +175,16 @@ class DaliLoader:
         decode_only: bool = False,
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
     ) -> None:
-        from cityseg_fast.data.plan import SizeCache, check_train_size
+        from cityseg_fast.data.plan import SizeCache
 
         if dali_device not in ("cpu", "gpu"):
             raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
         if roi not in ("slice", "resize"):
             raise ValueError(f"roi must be 'slice' or 'resize', got {roi!r}")
-        self.samples = list(samples)
-        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
-        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
         self.mean, self.std = mean, std
         self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
         self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
-        if train:
-            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)
@@ -191,29 +198,12 @@ class DaliLoader:
 
     # -- the Loader protocol ----------------------------------------------------------------
 
-    def __len__(self) -> int:
-        from cityseg_fast.data.plan import eval_len, train_len
-
-        n, w, b = len(self.samples), self.world_size, self.batch_size
-        return train_len(n, w, b) if self.train else eval_len(n, w, b)
-
-    @property
-    def num_samples(self) -> int:
-        from cityseg_fast.data.plan import eval_num_samples
-
-        if self.train:
-            return len(self) * self.batch_size
-        return eval_num_samples(len(self.samples), self.rank, self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def close(self) -> None:
         self._pipe = None
 
     def __iter__(self):
         if self._pipe is None:
-            raise RuntimeError("loader is closed")
+            raise RuntimeError("loader is closed (or its pipeline failed earlier)")
         self._abandon()
         self._feed.start(self._plan())
         self._active = True
@@ -225,31 +215,14 @@ class DaliLoader:
             except StopIteration:
                 break
             items = self._feed.fed.popleft()
-            batch = self._to_batch(outs, items)  # copies out of DALI's buffers ...
-            pipe.release_outputs()  # ... so they can be reused at once
+            batch = self._to_batch(outs, items)  # CPU: wraps the buffers (zero copy); GPU: copies
+            pipe.release_outputs()  # DALI reuses a buffer only once nothing references it
             self._guard(pipe.schedule_run)
             yield batch
         pipe.reset()
         self._active = False
 
     # -- planning and feeding ----------------------------------------------------------------
-
-    def _plan(self) -> list:
-        from cityseg_fast.data.plan import eval_batches, train_batches
-
-        n = len(self.samples)
-        if self.train:
-            return train_batches(
-                n,
-                self.rank,
-                self.world_size,
-                self.epoch,
-                self.seed,
-                self.batch_size,
-                self.scale_range,
-                self.flip_prob,
-            )
-        return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
     def _inputs(self, items: list) -> tuple:
         import numpy as np
@@ -260,7 +233,7 @@ class DaliLoader:
         images = [_read_bytes(s.image) for s in srcs]
         if self.decode_only:
             return (images,)
-        labels = [_read_bytes(s.label) for s in srcs]
+        labels = [_check_label_png(s.label, _read_bytes(s.label)) for s in srcs]
         if not self.train:
             return images, labels
         geo = [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items]

@@ -130,21 +130,22 @@ def build_loader(
 def _synthetic(
     cfg: Config, split: str, rank: int, world_size: int, train: bool, device: torch.device, batch_size: int
 ):
+    from cityseg_fast.data.cityscapes import find_samples, image_size
     from cityseg_fast.data.synthetic_loader import SyntheticLoader
 
     samples: list = []
     root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
     if root:  # with a dataset, mimic its epoch length
-        from cityseg_fast.data.cityscapes import find_samples
-
         samples = find_samples(data_root(cfg), split)
     per_rank = -(-len(samples) // world_size) if samples else 0
     if train:
         hw = target_hw = cfg.data.crop
         n = per_rank // batch_size if samples else SYNTHETIC_DEFAULT_BATCHES
     else:
-        hw = cfg.data.eval_size or CITYSCAPES_HW
-        target_hw = hw if (cfg.data.eval_size is None or cfg.data.eval_label_resize) else CITYSCAPES_HW
+        # Eval frames keep their size (that of a `prepare --size/--scale` output when prepared).
+        frame_hw = image_size(samples[0].image) if samples else CITYSCAPES_HW
+        hw = cfg.data.eval_size or frame_hw
+        target_hw = hw if (cfg.data.eval_size is None or cfg.data.eval_label_resize) else frame_hw
         n = -(-per_rank // batch_size) if samples else SYNTHETIC_DEFAULT_BATCHES
     return SyntheticLoader(
         samples,

@@ -129,6 +129,72 @@ def crop_geometry(src_hw: tuple[int, int], crop_hw: tuple[int, int], aug: Aug) -
     return Geometry(y, x, h, w, out_h, out_w, aug.flip)
 
 
+class PlannedLoader:
+    """The epoch plan side of the Loader protocol, shared by the `dali` and `torch` backends.
+
+    Subclasses call `_init_plan(...)` in their constructor.
+    """
+
+    samples: list
+    train: bool
+    batch_size: int
+    crop: tuple[int, int]
+    scale_range: tuple[float, float]
+    flip_prob: float
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+
+    def _init_plan(
+        self,
+        samples: list,
+        train: bool,
+        batch_size: int,
+        crop: tuple[int, int],
+        scale_range: tuple[float, float],
+        flip_prob: float,
+        rank: int,
+        world_size: int,
+        seed: int,
+    ) -> None:
+        self.samples = list(samples)
+        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
+        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        if train:
+            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
+
+    def __len__(self) -> int:
+        n, w, b = len(self.samples), self.world_size, self.batch_size
+        return train_len(n, w, b) if self.train else eval_len(n, w, b)
+
+    @property
+    def num_samples(self) -> int:
+        if self.train:
+            return len(self) * self.batch_size
+        return eval_num_samples(len(self.samples), self.rank, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _plan(self) -> list[list[Item]]:
+        """This rank's batches of the current epoch."""
+        n = len(self.samples)
+        if self.train:
+            return train_batches(
+                n,
+                self.rank,
+                self.world_size,
+                self.epoch,
+                self.seed,
+                self.batch_size,
+                self.scale_range,
+                self.flip_prob,
+            )
+        return eval_batches(n, self.rank, self.world_size, self.batch_size)
+
+
 class SizeCache:
     """(H, W) of each sample's image, read lazily from the file header (PIL reads no pixels)."""
 

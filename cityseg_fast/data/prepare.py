@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, read_pair
+from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, open_pair
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.errors import UserError
 
@@ -69,11 +69,9 @@ def _atomic_save(img: Image.Image, path: Path, **kw) -> None:
 
 def _prepare_one(task: _Task) -> tuple[str, tuple[int, int]]:
     """Read, check, resize and write one pair. Runs in a worker process."""
-    rgb, lab = read_pair(task.sample, check_values=True)
-    h, w = output_size(rgb.shape[:2], task.size, task.scale)
-    img = Image.fromarray(rgb, "RGB")
-    label = Image.fromarray(lab, "L")
-    if (h, w) != rgb.shape[:2]:
+    img, label = open_pair(task.sample, check_values=True)
+    h, w = output_size((img.height, img.width), task.size, task.scale)
+    if (h, w) != (img.height, img.width):
         img = img.resize((w, h), Image.LANCZOS, reducing_gap=3.0)  # antialiased
         label = label.resize((w, h), Image.NEAREST)  # never invents a class at a boundary
     _atomic_save(label, task.label_out, format="PNG", compress_level=LABEL_PNG_LEVEL)
@@ -168,7 +166,12 @@ def prepare_dataset(
     tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale)
     n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
-    results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    try:
+        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+    finally:
+        # On an error the pool is terminated, possibly inside another worker's write: its temp file
+        # must not outlive this run (finished files are never touched).
+        _remove_stray_temps(out, splits)
     wall = time.perf_counter() - t0
     manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
     return {

@@ -14,23 +14,14 @@ this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CL
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 import torch
 
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.plan import (
-    Item,
-    SizeCache,
-    check_train_size,
-    crop_geometry,
-    eval_batches,
-    eval_len,
-    eval_num_samples,
-    train_batches,
-    train_len,
-)
+from cityseg_fast.data.plan import Item, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
 
 
@@ -69,6 +60,8 @@ class PlanDataset(torch.utils.data.Dataset):
         try:
             im = Image.open(path)
             im.load()  # decode now, so a corrupt file fails here and is named
+            if mode == "L" and im.mode == "P":
+                return im  # a palette label's indices are its ids (as read_label); NEAREST keeps them
             return im.convert(mode) if im.mode != mode else im
         except Exception as e:
             raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
@@ -103,14 +96,15 @@ class _DecodeError(Exception):
     pass
 
 
-def collate(items: list) -> tuple | str:
-    """Stack uint8 HxWx3 images (padded to the batch's largest), labels padded with 255."""
+def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> tuple | str:
+    """Stack uint8 HxWx3 images, labels padded with 255, to the batch's largest size and at least
+    `pad_to` (training: the crop, so that every batch has the same shape as DALI's)."""
     for it in items:
         if isinstance(it, str):
             return it
     n = len(items)
-    H = max(it[0].shape[0] for it in items)
-    W = max(it[0].shape[1] for it in items)
+    H = max(pad_to[0], *(it[0].shape[0] for it in items))
+    W = max(pad_to[1], *(it[0].shape[1] for it in items))
     images = torch.zeros((n, H, W, 3), dtype=torch.uint8)
     dst = images.numpy()  # copy through numpy: PIL's arrays are read-only
     sizes = torch.empty((n, 2), dtype=torch.int64)
@@ -120,8 +114,8 @@ def collate(items: list) -> tuple | str:
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
     if items[0][1] is None:  # decode-only
         return images, None, sizes, index
-    lh = max(it[1].shape[0] for it in items)
-    lw = max(it[1].shape[1] for it in items)
+    lh = max(pad_to[0], *(it[1].shape[0] for it in items))
+    lw = max(pad_to[1], *(it[1].shape[1] for it in items))
     labels = torch.full((n, lh, lw), 255, dtype=torch.uint8)
     dst = labels.numpy()
     for k, (_, lab, _) in enumerate(items):
@@ -142,7 +136,7 @@ class _PlanBatches:
         return len(self.loader)
 
 
-class TorchLoader:
+class TorchLoader(PlannedLoader):
     """The `torch` backend (see the module docstring)."""
 
     def __init__(
@@ -167,13 +161,8 @@ class TorchLoader:
         pin_memory: bool = True,
         decode_only: bool = False,
     ) -> None:
-        self.samples = list(samples)
-        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
-        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
         self.device, self.decode_only = device, decode_only
-        if train:
-            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
         on_gpu = device.type == "cuda"
         self._mean = torch.tensor([255.0 * m for m in mean], device=device).view(1, 3, 1, 1)
         self._inv_std = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
@@ -196,46 +185,19 @@ class TorchLoader:
             dataset,
             batch_sampler=_PlanBatches(self),
             num_workers=num_workers,
-            collate_fn=collate,
+            # training batches always have the crop's shape, even when every frame was scaled smaller
+            collate_fn=functools.partial(collate, pad_to=self.crop if train and not decode_only else (0, 0)),
             pin_memory=pin_memory and on_gpu,  # pinning only pays for a host -> GPU copy
             **kw,
         )
         mode = "decode-only" if decode_only else ("train" if train else "eval")
         self.description = f"torch ({num_workers} workers, {mode})"
 
-    def __len__(self) -> int:
-        n, w, b = len(self.samples), self.world_size, self.batch_size
-        return train_len(n, w, b) if self.train else eval_len(n, w, b)
-
-    @property
-    def num_samples(self) -> int:
-        if self.train:
-            return len(self) * self.batch_size
-        return eval_num_samples(len(self.samples), self.rank, self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def close(self) -> None:
         it = getattr(self._dl, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()  # persistent workers would otherwise live until exit
         self._dl._iterator = None
-
-    def _plan(self) -> list[list[Item]]:
-        n = len(self.samples)
-        if self.train:
-            return train_batches(
-                n,
-                self.rank,
-                self.world_size,
-                self.epoch,
-                self.seed,
-                self.batch_size,
-                self.scale_range,
-                self.flip_prob,
-            )
-        return eval_batches(n, self.rank, self.world_size, self.batch_size)
 
     def __iter__(self):
         raw = (self._check(b) for b in self._dl)

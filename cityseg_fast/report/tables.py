@@ -563,7 +563,7 @@ def accuracy_section(runs: Sequence[Run]) -> str:
         r for r in rows if r["status"] == "ok" and isinstance(r["metrics"].get("per_class_iou"), list)
     ]
     if with_classes:
-        out.append("\n\nPer-class IoU (%):\n\n")
+        out.append("\n\nPer-class IoU (%; – = the class is in neither the predictions nor the labels):\n\n")
         out.append(per_class_table(with_classes, varying, with_run))
     return "".join(out) + "\n"
 
