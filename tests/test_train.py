@@ -11,11 +11,10 @@ import time
 
 import pytest
 import torch
-from engine_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
+from engine_fixtures import (
     PY,
     REPO,
     env,
-    one_thread,
     run_cli,
     tiny_overrides,
     trained_run,
@@ -25,6 +24,8 @@ from engine_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _events(run_dir, kind=None):
