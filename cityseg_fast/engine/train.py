@@ -180,6 +180,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     state.model = _wrap_ddp(net, info)
 
     log = MetricsLog(out / "metrics.jsonl", info.is_main)
+    if resume_from is None and info.is_main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run (resume=never) starts a fresh log
     if resume_from is not None:
         log.write(event="resume", iter=start, checkpoint=str(resume_from))
     else:
