@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "eval": ("eval", "evaluate a checkpoint: mIoU, per-class IoU, optional official-format export"),
     "predict": ("predict", "segment images with a checkpoint: colour overlays and labelId PNGs"),
     "bench": ("bench", "benchmark one scenario: loader, model, e2e, infer, accuracy"),
-    "sweep": (None, "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
+    "sweep": ("sweep", "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
     "report": ("report", "build a Markdown report with plots from results.jsonl files"),
     "demo": ("demo", "run the whole product end to end on a small synthetic dataset"),
 }

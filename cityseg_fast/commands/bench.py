@@ -19,10 +19,10 @@ SCENARIOS: dict[str, tuple[str | None, str]] = {
         "cityseg_fast.bench.loader_bench",
         "loader-only throughput and latency (dali | torch | synthetic)",
     ),
-    "model": (None, "model-only train step and inference on a synthetic batch"),
-    "e2e": (None, "end to end: the real loader and the same train step"),
-    "infer": (None, "inference latency (batch 1) and throughput (batch N)"),
-    "accuracy": (None, "train K iterations and evaluate mIoU"),
+    "model": ("cityseg_fast.bench.scenarios", "model-only train step and inference on a synthetic batch"),
+    "e2e": ("cityseg_fast.bench.scenarios", "end to end: the real loader and the same train step"),
+    "infer": ("cityseg_fast.bench.scenarios", "inference latency (batch 1) and throughput (batch N)"),
+    "accuracy": ("cityseg_fast.bench.scenarios", "train K iterations and evaluate mIoU"),
 }
 
 

@@ -1,0 +1,202 @@
+"""Memory, power and utilisation of one benchmark point: torch peaks, NVML samples, host peak RSS, CPU use.
+
+    with MemoryMonitor(device, sample_interval_s=0.1) as mon:
+        run_the_point()
+    metrics = mon.metrics()   # mem_torch_peak_allocated_mib, mem_nvml_used_mib, gpu_power_w, ...
+
+- torch peaks (allocated / reserved) are reset on entry, so they belong to this point only;
+- NVML (device memory used, power, SM clock, utilisation) is sampled in a daemon thread; without
+  NVML or a GPU the thread never starts and those metrics are None (never an error);
+- host peak RSS is the larger of getrusage's ru_maxrss and /proc/self/status VmHWM; VmHWM is reset
+  on entry where the kernel allows it (/proc/self/clear_refs), otherwise it is the process's peak,
+  which for a sweep point (one fresh process per point) is the same thing;
+- cpu_util is this process's CPU time (plus reaped children) over wall time x usable cores (0..1).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+
+
+def host_peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        peak = max(peak, hwm / 1024.0) if _HWM_NOT_RESET[0] else hwm / 1024.0
+    return peak
+
+
+_HWM_NOT_RESET = [True]  # once clear_refs worked, VmHWM (not the lifetime ru_maxrss) is the point's peak
+
+
+def _proc_status_kib(field_name: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_host_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    _HWM_NOT_RESET[0] = False
+    return True
+
+
+class NvmlSampler:
+    """Background thread sampling one GPU through NVML; `start()` returns False (and does nothing) without NVML."""
+
+    def __init__(self, gpu_index: int, interval_s: float = 0.1):
+        self.gpu_index = gpu_index
+        self.interval_s = interval_s
+        self.samples: list[dict[str, float]] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml: Any = None
+        self._handle: Any = None
+
+    def start(self) -> bool:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
+            self._nvml = pynvml
+        except Exception as e:  # no pynvml, no driver, no such GPU: NVML metrics stay None
+            self.error = f"{type(e).__name__}: {e}"
+            return False
+        self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
+        self._thread.start()
+        return True
+
+    def _sample(self) -> dict[str, float]:
+        n, h = self._nvml, self._handle
+        s: dict[str, float] = {"mem_used_mib": n.nvmlDeviceGetMemoryInfo(h).used / MIB}
+        for key, fn in (
+            ("power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
+            ("sm_clock_mhz", lambda: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM))),
+            ("util", lambda: n.nvmlDeviceGetUtilizationRates(h).gpu / 100.0),
+        ):
+            try:
+                s[key] = fn()
+            except Exception:  # some GPUs / MIG slices do not report every field
+                pass
+        return s
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self._sample())
+            except Exception as e:
+                self.error = f"{type(e).__name__}: {e}"
+                return
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+    def summary(self) -> dict[str, float | None]:
+        def agg(key: str, fn) -> float | None:
+            vals = [s[key] for s in self.samples if key in s]
+            return fn(vals) if vals else None
+
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        return {
+            "mem_nvml_used_mib": agg("mem_used_mib", max),
+            "gpu_power_w": agg("power_w", mean),
+            "gpu_sm_clock_mhz": agg("sm_clock_mhz", mean),
+            "gpu_util": agg("util", mean),
+            "nvml_samples": len(self.samples),
+        }
+
+
+class MemoryMonitor:
+    """Context manager measuring one point's memory, power and CPU use (see the module docstring)."""
+
+    def __init__(self, device: Any = "cpu", sample_interval_s: float = 0.1):
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        self.sample_interval_s = sample_interval_s
+        self.nvml: NvmlSampler | None = None
+        self._t0 = 0.0
+        self._cpu0 = 0.0
+        self._wall = 0.0
+        self._cpu = 0.0
+
+    @staticmethod
+    def _cpu_time() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self) -> MemoryMonitor:
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            # NVML numbers GPUs by PCI order; CUDA_VISIBLE_DEVICES may remap, so map through it if set.
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible:
+                ids = [v.strip() for v in visible.split(",")]
+                if index < len(ids) and ids[index].isdigit():
+                    index = int(ids[index])
+            self.nvml = NvmlSampler(index, self.sample_interval_s)
+            self.nvml.start()
+        reset_host_peak()
+        self._t0 = time.perf_counter()
+        self._cpu0 = self._cpu_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._wall = time.perf_counter() - self._t0
+        self._cpu = self._cpu_time() - self._cpu0
+        if self.nvml is not None:
+            self.nvml.stop()
+
+    def metrics(self) -> dict[str, Any]:
+        import torch
+
+        from cityseg_fast.bench.env import cpu_count
+
+        m: dict[str, Any] = {
+            "mem_torch_peak_allocated_mib": None,
+            "mem_torch_peak_reserved_mib": None,
+            "mem_nvml_used_mib": None,
+            "gpu_power_w": None,
+            "gpu_sm_clock_mhz": None,
+            "gpu_util": None,
+            "mem_host_peak_rss_mib": round(host_peak_rss_mib(), 1),
+            "cpu_util": (self._cpu / (self._wall * cpu_count())) if self._wall > 0 else None,
+        }
+        if self.cuda:
+            m["mem_torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated(self.device) / MIB
+            m["mem_torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved(self.device) / MIB
+        if self.nvml is not None:
+            m.update(self.nvml.summary())
+        return m
