@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -53,16 +52,6 @@ def render(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nda
     img *= rng.uniform(0.8, 1.2)  # global brightness
     img += rng.normal(0, 12, img.shape)
     return img.clip(0, 255).astype(np.uint8), lab
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread per process while an engine test runs: on a shared 2-core machine two OpenMP
-    threads per process spin against the other processes' threads and run ~8x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_tiny_cityscapes(
@@ -114,7 +103,7 @@ def tiny_overrides(data: Path, out: Path, iters: int = 30, **extra: object) -> l
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = "1"  # see one_thread(); torchrun ranks share the cores
+    e["OMP_NUM_THREADS"] = "1"  # see conftest.one_thread(); torchrun ranks share the cores
     for k in ("PYTEST_CURRENT_TEST", "PYTEST_VERSION"):
         e.pop(k, None)
     return e

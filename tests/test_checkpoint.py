@@ -12,6 +12,8 @@ from torch import nn
 from cityseg_fast.engine import checkpoint as ck
 from cityseg_fast.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _ckpt(model: nn.Module, it: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

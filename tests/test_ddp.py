@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-from engine_fixtures import one_thread, tiny_overrides, torchrun, write_tiny_cityscapes  # noqa: F401
+from engine_fixtures import tiny_overrides, torchrun, write_tiny_cityscapes
 
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.engine.dist import fingerprint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fingerprint_sees_a_one_element_change():

@@ -10,9 +10,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import one_thread, run_cli, torchrun, trained_run  # noqa: F401 (autouse fixture)
+from engine_fixtures import run_cli, torchrun, trained_run
 
 from cityseg_fast.engine.evaluate import ConfusionMatrix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_confusion_matrix_matches_numpy_reference():

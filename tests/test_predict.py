@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_fixtures import one_thread, render, trained_run  # noqa: F401 (one_thread: autouse fixture)
+from engine_fixtures import render, trained_run
 from PIL import Image
 
 from cityseg_fast.cli import main
 from cityseg_fast.data.labels import ID_TO_TRAINID
 from cityseg_fast.engine.checkpoint import list_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

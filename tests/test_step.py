@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
-from engine_fixtures import one_thread, tiny_overrides, write_tiny_cityscapes  # noqa: F401 (autouse fixture)
+from engine_fixtures import tiny_overrides, write_tiny_cityscapes
 
 from cityseg_fast.config import load_config, replace
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.engine.step import SegLoss, build_train_state, eval_step, lr_factor, train_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_goes_down_on_tiny_scenes(tmp_path):

@@ -11,11 +11,10 @@ import time
 
 import pytest
 import torch
-from engine_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
+from engine_fixtures import (
     PY,
     REPO,
     env,
-    one_thread,
     run_cli,
     tiny_overrides,
     trained_run,
@@ -25,6 +24,8 @@ from engine_fixtures import (  # noqa: F401 (one_thread: autouse fixture)
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _events(run_dir, kind=None):
@@ -125,7 +126,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         **{
             "train.optimizer": "sgd",
             "train.lr": 1e12,  # diverges within a few steps
-            "train.log_interval": 1,
+            "train.log_interval": 3,  # checkpoints between log lines must still never hold NaN weights
             "train.ckpt_interval": 1,
             "train.max_nonfinite": 2,
             "train.keep_ckpts": 50,
@@ -137,12 +138,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     ckpts = list_checkpoints(out)
     assert ckpts, "no good checkpoint was kept"
     last = load_checkpoint(ckpts[-1])
-    losses = {r["iter"]: r["loss"] for r in _events(out, "train")}
-    assert losses[last["iteration"]] is not None and math.isfinite(losses[last["iteration"]])
-    assert all(
-        it < last["iteration"] or it not in losses or losses[it] is None
-        for it in range(last["iteration"] + 1, 41)
-    )
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    logged = [r["iter"] for r in _events(out, "train")]
+    assert last["iteration"] < max(logged)  # it stopped after the last good checkpoint, did not overwrite it
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):

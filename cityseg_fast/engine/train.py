@@ -121,6 +121,15 @@ def _progress(enabled: bool):
     )
 
 
+def _healthy(bad_checks: int, model: nn.Module) -> bool:
+    """Whether the weights are worth a checkpoint: no non-finite logged loss, and every weight and buffer
+    finite (BatchNorm statistics blow up too). One sync, only at checkpoint time, which syncs anyway."""
+    if bad_checks:
+        return False
+    flags = [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def _wrap_ddp(model: nn.Module, info: dist.DistInfo) -> nn.Module:
     if info.world_size <= 1:
         return model
@@ -165,11 +174,14 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
     state = build_train_state(cfg, info.device, model)
     net = state.model  # prepared (compiled) module, used for evaluation
-    resume_from = resolve_resume(cfg)
+    # Rank 0 decides (its view of out_dir is the one that has the checkpoints); every rank loads that file.
+    resume_from = dist.broadcast_object(resolve_resume(cfg) if info.is_main else None)
     start = restore(state, resume_from) if resume_from is not None else 0
     state.model = _wrap_ddp(net, info)
 
     log = MetricsLog(out / "metrics.jsonl", info.is_main)
+    if resume_from is None and info.is_main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run (resume=never) starts a fresh log
     if resume_from is not None:
         log.write(event="resume", iter=start, checkpoint=str(resume_from))
     else:
@@ -244,10 +256,12 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                 )
                 if info.is_main:
                     progress.console.print(f"iter {it}: val mIoU {100 * result['miou']:.2f}")
-            if (it % t.ckpt_interval == 0 or it == t.iters) and bad_checks == 0:
+            if (it % t.ckpt_interval == 0 or it == t.iters) and _healthy(bad_checks, net):
                 if info.is_main:
                     last_ckpt = ckpt_io.save_checkpoint(make_checkpoint(state, it), out, keep=t.keep_ckpts)
                 dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
+            if it % t.log_interval == 0:
+                t_log = time.perf_counter()  # images/s of the next interval excludes eval and checkpoint time
 
     dist.broadcast_buffers(net)
     if result is None:  # resumed a finished run: evaluate once so the summary still has numbers
