@@ -58,10 +58,9 @@ def test_label_lut_mapping(benchmark):
 
 
 def test_one_dali_cpu_batch(benchmark, prepared):
-    from cityseg_fast.data.factory import build_loader
-
     from cityseg_fast.bench.scenarios import cycle_batches
     from cityseg_fast.data.batch import check_batch
+    from cityseg_fast.data.factory import build_loader
 
     cfg = load_config(
         [],

@@ -144,7 +144,7 @@ def main() -> int:
         for name, overrides, decode_only, roi in points(frames, args.batch_size, args.threads, args.workers):
             cfg = load_config([], overrides)
             m = measure_loader(cfg, args.iters, args.warmup, decode_only, roi=roi)
-            desc = m.pop("description")
+            m.pop("description")
             point = {
                 **point_of(cfg, decode_only, roi),
                 "image_format": "jpeg",

@@ -533,6 +533,7 @@ def frame_paths(out: Path, split: str, index: int) -> dict[str, Path]:
         "image": Path(out) / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
         "labelIds": gt / f"{stem}_gtFine_labelIds.png",
         "color": gt / f"{stem}_gtFine_color.png",
+        "instanceIds": gt / f"{stem}_gtFine_instanceIds.png",
     }
 
 
@@ -560,6 +561,9 @@ def _write_frame(task: tuple[str, str, int, int, tuple[int, int]]) -> str:
     # gtFine colour images are RGBA in the real dataset.
     colour = np.concatenate([_COLOR_PAL[lab], np.full(lab.shape + (1,), 255, np.uint8)], axis=2)
     _save_png(Image.fromarray(colour, "RGBA"), paths["color"])
+    # 16-bit like the real files. Every pixel carries its class id (< 1000), which is how Cityscapes marks
+    # regions without an instance annotation: the official evaluation script reads these files.
+    _save_png(Image.fromarray(lab.astype(np.uint16)), paths["instanceIds"])
     return split
 
 
