@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check cityseg_fast tests benchmarks
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

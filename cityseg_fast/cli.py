@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from cityseg_fast import __version__
 from cityseg_fast.errors import UserError
 
-# name -> (module under cityseg_fast.commands or None while not built yet, one-line help)
-COMMANDS: dict[str, tuple[str | None, str]] = {
+# name -> (module under cityseg_fast.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "report Python/torch/DALI/CUDA versions, GPUs, and what works on this machine"),
     "synth": ("synth", "write a learnable synthetic dataset in the exact Cityscapes layout"),
     "prepare": ("prepare", "convert a Cityscapes-layout dataset to fast formats (JPEG/PNG, trainId labels)"),
@@ -29,14 +29,6 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def _not_available(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"cityseg {name}: not available yet in this version", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityseg",
@@ -46,10 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cityseg_fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        if module is None:
-            p = sub.add_parser(name, help=f"{help_text} [not available yet]", description=f"{help_text}. Not available yet.")
-            p.set_defaults(func=_not_available(name))
-            continue
         mod = importlib.import_module(f"cityseg_fast.commands.{module}")
         p = sub.add_parser(
             name,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-# scenario -> (module defining add_arguments(p) and run(args), or None while not built yet; help)
-SCENARIOS: dict[str, tuple[str | None, str]] = {
+# scenario -> (module defining add_arguments(p) and run(args), help)
+SCENARIOS: dict[str, tuple[str, str]] = {
     "loader": (
         "cityseg_fast.bench.loader_bench",
         "loader-only throughput and latency (dali | torch | synthetic)",
@@ -26,21 +25,9 @@ SCENARIOS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def _not_available(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"cityseg bench {name}: not available yet in this version", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
     for name, (module, help_text) in SCENARIOS.items():
-        if module is None:
-            sp = sub.add_parser(name, help=f"{help_text} [not available yet]")
-            sp.set_defaults(scenario_func=_not_available(name))
-            continue
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(sp)

@@ -162,12 +162,15 @@ def env_section(runs: Sequence[Run]) -> str:
     """One column per distinct environment (usually one); plus when each run was measured."""
     envs: list[dict[str, Any]] = []
     owners: list[list[str]] = []
+    counts: list[int] = []
     for run in runs:
         for r in run.rows:
             if r["env"] not in envs:
                 envs.append(r["env"])
                 owners.append([])
+                counts.append(0)
             i = envs.index(r["env"])
+            counts[i] += 1
             if run.name not in owners[i]:
                 owners[i].append(run.name)
     out = []
@@ -175,7 +178,8 @@ def env_section(runs: Sequence[Run]) -> str:
         out.append(md_table(["", "value"], _env_fields(envs[0])))
     else:
         cols = [_env_fields(e) for e in envs]
-        headers = [""] + [", ".join(o) for o in owners]
+        # A run can span several environments (e.g. a commit made mid-run): say how many rows each covers.
+        headers = [""] + [f"{', '.join(o)} ({n} rows)" for o, n in zip(owners, counts, strict=True)]
         body = [[cols[0][i][0]] + [c[i][1] for c in cols] for i in range(len(cols[0]))]
         out.append(md_table(headers, body))
     dates = []
