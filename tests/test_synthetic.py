@@ -22,7 +22,7 @@ from cityseg_fast.data.synthetic import (
 SMALL = (64, 128)
 NAME = re.compile(
     r"^(?P<dir>leftImg8bit|gtFine)/(?P<split>train|val|test)/(?P<city>[a-z]+)/"
-    r"(?P=city)_(?P<seq>\d{6})_(?P<frame>\d{6})_(?P<kind>leftImg8bit|gtFine_labelIds|gtFine_color)\.png$"
+    r"(?P=city)_(?P<seq>\d{6})_(?P<frame>\d{6})_(?P<kind>leftImg8bit|gtFine_labelIds|gtFine_color|gtFine_instanceIds)\.png$"
 )
 
 
@@ -39,17 +39,17 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_names_follow_the_cityscapes_pattern(small_ds):
     files = sorted(str(p.relative_to(small_ds)) for p in small_ds.rglob("*.png"))
-    assert len(files) == (5 + 3 + 2) * 3  # image, labelIds, color per frame
+    assert len(files) == (5 + 3 + 2) * 4  # image, labelIds, color, instanceIds per frame
     for f in files:
         m = NAME.match(f)
         assert m, f
         assert m["city"] in CITIES[m["split"]]
         assert (m["dir"] == "leftImg8bit") == (m["kind"] == "leftImg8bit")
-    # Each image has its two gtFine files next to each other.
+    # Each image has its three gtFine files next to each other.
     for img in small_ds.glob("leftImg8bit/*/*/*_leftImg8bit.png"):
         split, city = img.parts[-3], img.parts[-2]
         stem = img.name[: -len("_leftImg8bit.png")]
-        for kind in ("labelIds", "color"):
+        for kind in ("labelIds", "color", "instanceIds"):
             assert (small_ds / "gtFine" / split / city / f"{stem}_gtFine_{kind}.png").is_file()
     assert [s.stem for s in find_samples(small_ds, "val")] == [
         "frankfurt_000000_000019",

@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         )
         append_row(args.out, row)
     if args.json:
-        print(json.dumps({**point, **m, "description": desc}))
+        print(json.dumps({**point, "decode_only": args.decode_only, **m, "description": desc}))
         return 0
     _print_table(point, m, desc, iters, warmup)
     return 0

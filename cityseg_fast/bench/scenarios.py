@@ -472,6 +472,8 @@ def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     point = point_from_config(scenario, cfg, world)
+    from cityseg_fast.engine.dist import cleanup
+
     status, error, metrics, exc = "ok", None, {}, None
     try:
         metrics = run_scenario(scenario, cfg)
@@ -479,6 +481,7 @@ def run(args: argparse.Namespace) -> int:
         exc = e
         status = "oom" if _is_oom(e) else "error"
         error = _one_line(e)
+    cleanup(failed=exc is not None)  # under torchrun: leave the process group before the interpreter exits
     row = make_row(
         scenario,
         point,

@@ -69,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
         )
         result = evaluate(model, loader, cfg, info.device, export_dir=args.export_dir)
         loader.close()
-    finally:
-        dist.cleanup()
+    except BaseException:
+        dist.cleanup(failed=True)
+        raise
+    dist.cleanup()
     if info.is_main:
         if args.json:
             from cityseg_fast.data.labels import CLASS_NAMES

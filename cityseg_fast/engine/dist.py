@@ -90,9 +90,17 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
-def cleanup() -> None:
-    """Leave the process group (safe to call when none was joined)."""
+def cleanup(failed: bool = False) -> None:
+    """Leave the process group (safe to call when none was joined).
+
+    On success all ranks meet at a barrier first: a rank that tears its gloo pairs down while a peer is
+    still finishing its last collective made that peer abort at exit ("terminate called without an
+    active exception", seen once in a 2-rank CI run). After a failure there is no barrier: the peers
+    may never arrive, and torchrun or the process-group timeout ends them.
+    """
     if dist.is_available() and dist.is_initialized():
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

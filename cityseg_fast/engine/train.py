@@ -141,9 +141,12 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train per `cfg` (single process, or DDP when launched by torchrun); returns a summary dict."""
     info = dist.init_distributed(cfg.train.dist_timeout_s)
     try:
-        return _train(cfg, info)
-    finally:
-        dist.cleanup()
+        summary = _train(cfg, info)
+    except BaseException:
+        dist.cleanup(failed=True)
+        raise
+    dist.cleanup()
+    return summary
 
 
 def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
