@@ -109,33 +109,9 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m cityseg_fast ARGS` in a subprocess (for torchrun and kill tests)."""
-    p = subprocess.run(
-        [PY, "-m", "cityseg_fast", *args],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
-    return p
-
-
-def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [
-        PY,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--standalone",
-        "-m",
-        "cityseg_fast",
-        *args,
-    ]
+def _run(cmd: list[str], timeout: float, check: bool) -> subprocess.CompletedProcess:
+    """Run `cmd` from the repo root with the test environment; a timeout or (with check) a non-zero exit
+    fails the test with the tail of both streams."""
     try:
         p = subprocess.run(
             cmd,
@@ -147,10 +123,21 @@ def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.Complet
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"torchrun timed out\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}") from None
-    if p.returncode != 0:
+        raise AssertionError(f"{cmd[2]} timed out\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}") from None
+    if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p
+
+
+def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m cityseg_fast ARGS` in a subprocess (for torchrun and kill tests)."""
+    return _run([PY, "-m", "cityseg_fast", *args], timeout, check)
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=N -m cityseg_fast ARGS` (--standalone: a free port, no hang)."""
+    cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", "-m", "cityseg_fast"]
+    return _run([*cmd, *args], timeout, check=True)
 
 
 def trained_run(base: Path) -> tuple[Path, Path]:
