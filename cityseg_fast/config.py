@@ -55,6 +55,7 @@ class LoaderConfig:
     num_threads: int = 2  # DALI CPU threads
     prefetch_queue_depth: int = 2  # DALI pipeline / torch prefetch depth
     hw_decoder_load: float = 0.65  # DALI mixed decode: share of JPEGs sent to the hardware decoder
+    resampler: str = "auto"  # DALI training resize/flip/normalize: auto (gpu: dali, cpu: torch) | dali | torch
     pin_memory: bool = True
     seed: int = 0
 

@@ -10,6 +10,7 @@ import torch
 from loader_fixtures import loader_cfg, write_prepared, write_raw
 
 from cityseg_fast.data import dali
+from cityseg_fast.data.batch import check_batch
 from cityseg_fast.data.factory import build_loader
 from cityseg_fast.errors import UserError
 
@@ -79,13 +80,56 @@ def test_train_dali_matches_torch(tmp_path):
         assert float((bd.image - bt.image).abs().mean()) < 0.15
 
 
-def test_roi_resize_variant_matches_slice(tmp_path):
+@pytest.mark.parametrize("resampler", ["torch", "dali"])
+def test_roi_resize_variant_matches_slice(tmp_path, resampler):
     root = write_prepared(tmp_path, {"train": 4}, pattern="texture")
-    a = all_batches(root, "dali", "train", roi="slice")
-    b = all_batches(root, "dali", "train", roi="resize")
+    a = all_batches(root, "dali", "train", f"loader.resampler={resampler}", roi="slice")
+    b = all_batches(root, "dali", "train", f"loader.resampler={resampler}", roi="resize")
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x.target, y.target)
         assert float((x.image - y.image).abs().mean()) < 0.1
+
+
+@pytest.mark.parametrize("layout", ["prepared", "raw"])
+def test_resamplers_agree(tmp_path, layout):
+    """DALI's own resize/flip/normalize (the GPU graph) and the torch tail used on the CPU do the
+    same geometry: same plan, same windows, same padding, filters that differ only in rounding."""
+    from cityseg_fast.data.plan import crop_geometry
+
+    write = write_prepared if layout == "prepared" else write_raw
+    root = write(tmp_path, {"train": 4}, pattern="texture")
+    extra = ("data.scale_range=[0.4,1.2]", "data.crop=[48,96]")  # frames 64x128: scales < 0.75 pad
+    out = {}
+    for resampler in ("dali", "torch"):
+        cfg = make_cfg(root, "dali", f"loader.resampler={resampler}", *extra)
+        loader = build_loader(cfg, "train", device=CPU)
+        try:
+            geo = [[crop_geometry((64, 128), (48, 96), it.aug) for it in b] for b in loader._plan()]
+            out[resampler] = list(loader)
+        finally:
+            loader.close()
+    assert any(g.out_h < 48 for b in geo for g in b), "no padded crop drawn: change the seed"
+    for bd, bt, gs in zip(out["dali"], out["torch"], geo, strict=True):
+        check_batch(bd, "cpu")
+        check_batch(bt, "cpu")
+        assert torch.equal(bd.index, bt.index)
+        agree = float((bd.target == bt.target).float().mean())
+        assert agree > 0.97, f"labels agree on only {agree:.3f} of pixels"  # NN rounding at edges
+        assert float((bd.image - bt.image).abs().mean()) < 0.1
+        for k, g in enumerate(gs):  # padding: image exactly 0 (after normalization), labels ignore
+            for b in (bd, bt):
+                assert bool(
+                    (b.image[k, :, g.out_h :] == 0).all() and (b.image[k, :, :, g.out_w :] == 0).all()
+                )
+                assert bool(
+                    (b.target[k, g.out_h :] == 255).all() and (b.target[k, :, g.out_w :] == 255).all()
+                )
+
+
+def test_resampler_config_errors(tmp_path):
+    root = write_prepared(tmp_path, {"train": 4})
+    with pytest.raises(UserError, match="loader.resampler"):
+        all_batches(root, "dali", "train", "loader.resampler=cubic")
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])

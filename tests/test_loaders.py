@@ -103,10 +103,18 @@ def epoch_samples(loader, epoch: int) -> list[tuple[int, tuple, frozenset]]:
     return seen
 
 
-@pytest.mark.parametrize("backend,layout", [("dali", "prepared"), ("dali", "raw"), ("torch", "prepared")])
-def test_pairing_over_shuffled_epochs_and_shards(prepared, raw, backend, layout):
+@pytest.mark.parametrize(
+    "backend,layout,extra",
+    [
+        ("dali", "prepared", ()),  # on the CPU: DALI decodes, torch resizes (resampler auto)
+        ("dali", "raw", ()),
+        ("dali", "raw", ("loader.resampler=dali",)),  # DALI's own resize: the GPU graph, run on the CPU
+        ("torch", "prepared", ()),
+    ],
+)
+def test_pairing_over_shuffled_epochs_and_shards(prepared, raw, backend, layout, extra):
     root = prepared if layout == "prepared" else raw
-    cfg = make_cfg(root, backend, "data.scale_range=[0.5,2.0]")
+    cfg = make_cfg(root, backend, "data.scale_range=[0.5,2.0]", *extra)
     loaders = [build_loader(cfg, "train", r, 2, device=CPU) for r in range(2)]
     try:
         orders = []

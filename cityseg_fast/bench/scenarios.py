@@ -80,7 +80,10 @@ def _model_keys(cfg: Config) -> dict[str, Any]:
 
 
 def _loader_keys(cfg: Config) -> dict[str, Any]:
-    return {"loader": cfg.loader.backend, "loader_device": resolved_loader_device(cfg)}
+    keys = {"loader": cfg.loader.backend, "loader_device": resolved_loader_device(cfg)}
+    if cfg.loader.backend == "dali" and cfg.loader.resampler != "auto":
+        keys["resampler"] = cfg.loader.resampler  # named only when not the default
+    return keys
 
 
 def point_from_config(scenario: str, cfg: Config, world_size: int = 1) -> dict[str, Any]:

@@ -174,6 +174,7 @@ class DaliLoader(PlannedLoader):
         hw_decoder_load: float,
         decode_only: bool = False,
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
+        resampler: str = "auto",  # training image resize/flip/normalize: "dali" | "torch" | auto
     ) -> None:
         from cityseg_fast.data.plan import SizeCache
 
@@ -181,10 +182,21 @@ class DaliLoader(PlannedLoader):
             raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
         if roi not in ("slice", "resize"):
             raise ValueError(f"roi must be 'slice' or 'resize', got {roi!r}")
+        if resampler == "auto":  # DALI's CPU resampler is ~3x slower than torch's (resample.py)
+            resampler = "dali" if dali_device == "gpu" else "torch"
+        if resampler not in ("dali", "torch") or (resampler == "torch" and dali_device == "gpu"):
+            raise UserError(
+                f"loader.resampler: expected auto, dali or torch (torch only with DALI on the CPU), got '{resampler}'"
+            )
         self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
         self.mean, self.std = mean, std
         self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
         self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
+        self.torch_tail = train and not decode_only and resampler == "torch"
+        if self.torch_tail:
+            from cityseg_fast.data.resample import BufferPool, Normalizer
+
+            self._normalizer, self._pool = Normalizer(mean, std), BufferPool(prefetch_queue_depth + 2)
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)
@@ -193,7 +205,8 @@ class DaliLoader(PlannedLoader):
         where = (
             f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if dali_device == "gpu" else "cpu decode"
         )
-        self.description = f"dali ({where}, {num_threads} threads, {mode})"
+        tail = ", torch resize" if self.torch_tail else ""
+        self.description = f"dali ({where}, {num_threads} threads, {mode}{tail})"
         self._pipe = self._build(num_threads, prefetch_queue_depth, hw_decoder_load)
 
     # -- the Loader protocol ----------------------------------------------------------------
@@ -215,9 +228,12 @@ class DaliLoader(PlannedLoader):
             except StopIteration:
                 break
             items = self._feed.fed.popleft()
+            if self.torch_tail:  # keep DALI's threads busy while this thread runs the tail
+                self._guard(pipe.schedule_run)
             batch = self._to_batch(outs, items)  # CPU: wraps the buffers (zero copy); GPU: copies
             pipe.release_outputs()  # DALI reuses a buffer only once nothing references it
-            self._guard(pipe.schedule_run)
+            if not self.torch_tail:
+                self._guard(pipe.schedule_run)
             yield batch
         pipe.reset()
         self._active = False
@@ -239,6 +255,8 @@ class DaliLoader(PlannedLoader):
         geo = [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items]
         anchor = [np.array([g.y, g.x], np.int32) for g in geo]
         shape = [np.array([g.h, g.w], np.int32) for g in geo]
+        if self.torch_tail:  # size and flip are applied in torch (_tail)
+            return images, labels, anchor, shape
         size = [np.array([g.out_h, g.out_w], np.float32) for g in geo]
         flip = [np.array(int(g.flip), np.int32) for g in geo]
         return images, labels, anchor, shape, size, flip
@@ -364,10 +382,25 @@ class DaliLoader(PlannedLoader):
     def _train_graph(self, hw_decoder_load: float):
         from nvidia.dali import fn, types
 
-        images, labels, anchor, shape, size, flip = fn.external_source(
-            source=self._feed, num_outputs=6, batch=True, no_copy=True
+        feeds = fn.external_source(
+            source=self._feed, num_outputs=4 if self.torch_tail else 6, batch=True, no_copy=True
         )
+        images, labels, anchor, shape = feeds[:4]
         dec = self._decoder_kwargs(hw_decoder_load)
+        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
+        labels = fn.decoders.image_slice(
+            labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
+        )
+        if self.torch_tail:  # DALI decodes; resize, flip, normalize, pad happen in torch (_tail)
+            if self.roi == "slice":
+                images = fn.decoders.image_slice(
+                    images, anchor, shape, axis_names="HW", output_type=types.RGB, **dec
+                )
+            else:
+                images = fn.decoders.image(images, output_type=types.RGB, **dec)
+            # the lookup commutes with the nearest-neighbour geometry; the window is small
+            return images, self._train_ids(labels)
+        size, flip = feeds[4:]
         if self.roi == "slice":  # decode only the source window of the crop
             images = fn.decoders.image_slice(
                 images, anchor, shape, axis_names="HW", output_type=types.RGB, **dec
@@ -386,10 +419,6 @@ class DaliLoader(PlannedLoader):
                 antialias=True,
             )
         images = self._norm(images, mirror=flip)
-        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
-        labels = fn.decoders.image_slice(
-            labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
-        )
         if self.dali_device == "gpu":
             labels = labels.gpu()
         labels = fn.resize(labels, size=size, interp_type=types.INTERP_NN, antialias=False)
@@ -428,8 +457,13 @@ class DaliLoader(PlannedLoader):
             return Batch(
                 image, torch.empty((len(items), 0, 0), dtype=torch.int64, device=image.device), index
             )
-        image = to_torch(outs[0], torch.float32)
-        target = to_torch(outs[1], torch.int64)
+        if self.torch_tail:
+            from cityseg_fast.data.resample import one_thread
+
+            with one_thread():
+                image, target = self._tail(outs[0], outs[1], items)
+        else:
+            image, target = to_torch(outs[0], torch.float32), to_torch(outs[1], torch.int64)
         if not on_gpu and self.device.type == "cuda":  # DALI on the CPU feeding a GPU model
             image = image.pin_memory().to(self.device, non_blocking=True)
             target = target.pin_memory().to(self.device, non_blocking=True)
@@ -437,6 +471,37 @@ class DaliLoader(PlannedLoader):
         if not self.train and bool((index < 0).any()):
             target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
         return Batch(image, target, index)
+
+    def _tail(self, images, labels, items: list):
+        """CPU training: DALI's decoded windows (whole frames with roi="resize") and label windows
+        -> resized, flipped, normalized, padded float N x H x W x 3 and int64 N x H x W targets,
+        each written once into a batch buffer (resample.py says why this part runs in torch)."""
+        import torch
+
+        from cityseg_fast.data.plan import crop_geometry
+        from cityseg_fast.data.resample import resize_image, resize_label
+
+        n, (ch, cw) = len(items), self.crop
+        image = self._pool.get((n, ch, cw, 3))
+        target = self._pool.get((n, ch, cw), torch.int64)
+        for k, it in enumerate(items):
+            g = crop_geometry(self._sizes[it.source], self.crop, it.aug)
+            src = torch.from_dlpack(images[k])  # zero copy: DALI's buffer, read before release
+            if self.roi == "resize":
+                src = src[g.y : g.y + g.h, g.x : g.x + g.w]
+            img = resize_image(src, (g.out_h, g.out_w))
+            lab = resize_label(torch.from_dlpack(labels[k])[:, :, 0], (g.out_h, g.out_w))
+            if g.flip:
+                img, lab = img.flip(1), lab.flip(1)
+            self._normalizer.into(image[k], img)
+            target[k, : g.out_h, : g.out_w] = lab
+            if g.out_h < ch:  # padding: image 0 after normalization (the mean), label ignore
+                image[k, g.out_h :] = 0
+                target[k, g.out_h :] = 255
+            if g.out_w < cw:
+                image[k, : g.out_h, g.out_w :] = 0
+                target[k, : g.out_h, g.out_w :] = 255
+        return image, target
 
 
 def _int64_hw(labels):
@@ -468,90 +533,125 @@ def _decode_error(err: Exception, items: list, samples: list) -> UserError:
 
 
 # ---------------------------------------------------------------------------------------------
-# where the time goes: CPU cost of each stage of the training graph (benchmarks/run_loaders.py)
+# where the time goes: CPU cost of each operator of the CPU training transform (benchmarks/run_loaders.py)
 
-_STAGES = (
-    "full decode",
-    "slice decode",
-    "+ resize",
-    "+ normalize/flip",
-    "label decode+slice",
-    "label + NN resize",
-)
+STAGES = {
+    "full decode": "DALI: decode the whole JPEG frame (what --decode-only does)",
+    "slice decode": "DALI: decode only the crop window (image_slice)",
+    "+ DALI resize": "DALI: fn.resize of the window to the crop size (bilinear, antialiased)",
+    "+ DALI normalize/flip": "DALI: crop_mirror_normalize to float HWC",
+    "label slice decode": "DALI: decode the label PNG, keep the window",
+    "+ DALI label NN/flip/int64": "DALI: nearest resize, flip, cast to int64",
+    "torch resize/flip": "torch: resize_image of the decoded window (uint8, antialiased bilinear), flip",
+    "torch normalize": "torch: Normalizer.into a reused float batch buffer",
+    "torch label NN/flip/int64": "torch: resize_label, flip, write into a reused int64 buffer",
+}
 
 
 def stage_costs(
-    images: list,
-    labels: list,
-    crop: tuple[int, int],
-    scale: float = 1.25,
-    iters: int = 4,
-    batch_size: int = 8,
-    num_threads: int = 1,
+    images: list, labels: list, geometry: list, iters: int = 2, batch_size: int = 8
 ) -> dict[str, float]:
-    """CPU milliseconds per image of growing prefixes of the CPU training graph, one fixed crop
-    window (centre, `scale`): tells which operator the time goes to. Process CPU time, so it is
-    steadier than wall time on a shared machine."""
+    """CPU milliseconds per image of each operator in STAGES, on one thread, over the crop windows
+    `geometry` (plan.Geometry, one per image, e.g. drawn by the training plan). DALI rows are
+    growing prefixes of the graph (process CPU time, DALI's pool has 1 thread); torch rows time
+    each step alone on DALI's decoded windows (thread CPU time, torch on 1 thread)."""
     import resource
+    import time
 
     import numpy as np
+    import torch
     from nvidia.dali import fn, pipeline_def, types
 
-    from cityseg_fast.data.plan import Aug, SizeCache, crop_geometry
+    from cityseg_fast.data.resample import BufferPool, Normalizer, resize_image, resize_label
 
-    g = crop_geometry(SizeCache(images)[0], crop, Aug(scale, 0.5, 0.5, True))
+    n = len(images)
     img_b = [np.fromfile(p, np.uint8) for p in images]
     lab_b = [np.fromfile(p, np.uint8) for p in labels]
-    anchor, shape = np.array([g.y, g.x], np.int32), np.array([g.h, g.w], np.int32)
-    size = np.array([g.out_h, g.out_w], np.float32)
+    anchor = [np.array([g.y, g.x], np.int32) for g in geometry]
+    shape = [np.array([g.h, g.w], np.int32) for g in geometry]
+    size = [np.array([g.out_h, g.out_w], np.float32) for g in geometry]
+    flip = [np.array(int(g.flip), np.int32) for g in geometry]
+    batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n - batch_size + 1, batch_size)]
 
-    def graph(stage: str):
-        k = {"i": 0}
-
+    def graph(stage: str, counter: dict):
         def src():
-            k["i"] += 1
-            sel = [(k["i"] * batch_size + j) % len(img_b) for j in range(batch_size)]
-            data = lab_b if stage.startswith("label") else img_b
-            return [data[j] for j in sel], [anchor] * batch_size, [shape] * batch_size
+            sel = batches[counter["i"] % len(batches)]
+            counter["i"] += 1
+            data = lab_b if stage.startswith("label") or stage.startswith("+ DALI label") else img_b
+            pick = lambda xs: [xs[j] for j in sel]  # noqa: E731
+            return pick(data), pick(anchor), pick(shape), pick(size), pick(flip)
 
-        enc, a, s = fn.external_source(source=src, num_outputs=3, batch=True)
+        enc, a, s, z, f = fn.external_source(source=src, num_outputs=5, batch=True)
         if stage == "full decode":
             return fn.decoders.image(enc, output_type=types.RGB)
-        if stage.startswith("label"):
+        if stage in ("label slice decode", "+ DALI label NN/flip/int64"):
             out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.GRAY)
-            if stage == "label + NN resize":
-                out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_NN, antialias=False)
+            if stage != "label slice decode":
+                out = fn.resize(out, size=z, interp_type=types.INTERP_NN, antialias=False)
+                out = _int64_hw(fn.flip(out, horizontal=f))
             return out
         out = fn.decoders.image_slice(enc, a, s, axis_names="HW", output_type=types.RGB)
         if stage != "slice decode":
-            out = fn.resize(out, size=size.tolist(), interp_type=types.INTERP_LINEAR, antialias=True)
-        if stage == "+ normalize/flip":
+            out = fn.resize(out, size=z, interp_type=types.INTERP_LINEAR, antialias=True)
+        if stage == "+ DALI normalize/flip":
             out = fn.crop_mirror_normalize(
-                out,
-                mirror=1,
-                mean=[124.0, 116.0, 104.0],
-                std=[58.0, 57.0, 57.0],
-                dtype=types.FLOAT,
-                output_layout="HWC",
-            )
+                out, mirror=f, mean=[124.0, 116.0, 104.0], std=[58.0, 57.0, 57.0],
+                dtype=types.FLOAT, output_layout="HWC",
+            )  # fmt: skip
         return out
 
-    costs = {}
-    for stage in _STAGES:
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    costs: dict[str, float] = {}
+    decoded: dict[str, list] = {}
+    for stage in list(STAGES)[:6]:
+        counter = {"i": 0}
         pipe = pipeline_def(
-            graph,
-            batch_size=batch_size,
-            num_threads=num_threads,
-            device_id=None,
-            exec_dynamic=True,
+            graph, batch_size=batch_size, num_threads=1, device_id=None, exec_dynamic=True,
             prefetch_queue_depth=1,
-        )(stage)
+        )(stage, counter)  # fmt: skip
         pipe.build()
         pipe.run()  # warm-up: allocations
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        for _ in range(iters):
-            pipe.run()
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        costs[stage] = 1e3 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (iters * batch_size)
+        counter["i"] = 0
+        c0 = cpu()
+        for _ in range(iters * len(batches)):
+            (out,) = pipe.run()
+            if stage in ("slice decode", "label slice decode") and len(decoded.get(stage, [])) < n:
+                decoded.setdefault(stage, []).extend(np.array(out[k]) for k in range(len(out)))
+        costs[stage] = 1e3 * (cpu() - c0) / (iters * len(batches) * batch_size)
         del pipe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wins = [torch.from_numpy(a) for a in decoded["slice decode"]]
+        labs = [torch.from_numpy(a)[:, :, 0] for a in decoded["label slice decode"]]
+        geo = geometry[: len(wins)]
+        hw = (max(g.out_h for g in geo), max(g.out_w for g in geo))
+        norm, pool = Normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), BufferPool(2)
+        t = {"torch resize/flip": 0.0, "torch normalize": 0.0, "torch label NN/flip/int64": 0.0}
+        for _ in range(iters):
+            for k, g in enumerate(geo):
+                c = time.thread_time()
+                img = resize_image(wins[k], (g.out_h, g.out_w))
+                if g.flip:
+                    img = img.flip(1)
+                t["torch resize/flip"] += time.thread_time() - c
+                buf = pool.get((*hw, 3))
+                c = time.thread_time()
+                norm.into(buf, img)
+                t["torch normalize"] += time.thread_time() - c
+                del buf
+                lbuf = pool.get(hw, torch.int64)
+                c = time.thread_time()
+                lab = resize_label(labs[k], (g.out_h, g.out_w))
+                lbuf[: g.out_h, : g.out_w] = lab.flip(1) if g.flip else lab
+                t["torch label NN/flip/int64"] += time.thread_time() - c
+                del lbuf
+        for k, v in t.items():
+            costs[k] = 1e3 * v / (iters * len(geo))
+    finally:
+        torch.set_num_threads(threads)
     return costs

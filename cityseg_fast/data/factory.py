@@ -123,6 +123,7 @@ def build_loader(
         prefetch_queue_depth=lc.prefetch_queue_depth,
         hw_decoder_load=lc.hw_decoder_load,
         roi=roi,
+        resampler=lc.resampler,
         **common,
     )
 
