@@ -87,9 +87,14 @@ def write_raw(root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "
 
 
 def write_prepared(
-    root: Path, splits: dict[str, int], hw=(64, 128), pattern: str = "constant", quality: int = 95
+    root: Path,
+    splits: dict[str, int],
+    hw=(64, 128),
+    pattern: str = "constant",
+    quality: int = 95,
+    label_format: str = "png",
 ) -> Path:
-    """ROOT/manifest.json, ROOT/{split}/images/{stem}.jpg, ROOT/{split}/labels/{stem}.png (trainIds)."""
+    """ROOT/manifest.json, ROOT/{split}/images/{stem}.jpg, ROOT/{split}/labels/{stem}.png|npy (trainIds)."""
     root = Path(root)
     manifest = {
         "format_version": 1,
@@ -97,6 +102,7 @@ def write_prepared(
         "image_format": "jpeg",
         "quality": quality,
         "label_encoding": "trainIds",
+        "label_format": label_format,
         "size": list(hw),
         "scale": None,
         "splits": {},
@@ -111,7 +117,10 @@ def write_prepared(
             Image.fromarray(_image(k, hw, pattern)).save(
                 root / split / "images" / f"{stem}.jpg", quality=quality
             )
-            Image.fromarray(_train_label(k, hw)).save(root / split / "labels" / f"{stem}.png")
+            if label_format == "npy":
+                np.save(root / split / "labels" / f"{stem}.npy", _train_label(k, hw))
+            else:
+                Image.fromarray(_train_label(k, hw)).save(root / split / "labels" / f"{stem}.png")
             stems.append(stem)
         manifest["splits"][split] = {"count": n, "files": sorted(stems)}
         k0 += n

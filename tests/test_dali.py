@@ -126,6 +126,42 @@ def test_resamplers_agree(tmp_path, layout):
                 )
 
 
+@pytest.mark.parametrize(
+    "backend,extra",
+    [("dali", ()), ("dali", ("loader.resampler=dali",)), ("torch", ())],
+)
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_npy_labels_give_the_same_batches_as_png(tmp_path, backend, extra, split):
+    """`prepare --label-format npy` changes how labels are stored, never what a loader yields."""
+    common = dict(pattern="texture")
+    png = write_prepared(tmp_path / "png", {split: 4}, **common)
+    npy = write_prepared(tmp_path / "npy", {split: 4}, label_format="npy", **common)
+    assert next((npy / split / "labels").iterdir()).suffix == ".npy"
+    opts = ("data.scale_range=[0.4,1.6]", "data.crop=[48,96]", *extra)
+    a = all_batches(png, backend, split, *opts)
+    b = all_batches(npy, backend, split, *opts)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        check_batch(y, "cpu")
+        assert torch.equal(x.index, y.index)
+        assert torch.equal(x.target, y.target)
+        assert torch.equal(x.image, y.image)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_corrupt_npy_label_mid_epoch_names_it(tmp_path, backend, split):
+    root = write_prepared(tmp_path, {split: 8}, label_format="npy")
+    bad = sorted((root / split / "labels").iterdir())[5]
+    bad.write_bytes(b"\x93NUMPY not really an array" * 4)
+    loader = build_loader(make_cfg(root, backend, "loader.num_workers=1"), split, device=CPU)
+    with deadline(60), pytest.raises(UserError) as err:
+        for _ in loader:
+            pass
+    loader.close()
+    assert str(bad) in str(err.value)
+
+
 def test_resampler_config_errors(tmp_path):
     root = write_prepared(tmp_path, {"train": 4})
     with pytest.raises(UserError, match="loader.resampler"):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cityseg_fast.cli import main
 from cityseg_fast.data import labels as L
-from cityseg_fast.data.cityscapes import find_samples, read_manifest
+from cityseg_fast.data.cityscapes import find_samples, read_label, read_manifest, validate_samples
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
@@ -54,6 +54,36 @@ def test_train_ids_equal_the_official_mapping_at_every_pixel(src, tmp_path):
             np.testing.assert_array_equal(np.asarray(lab), L.ID_TO_TRAINID[np.asarray(Image.open(r.label))])
             # PNG images are lossless copies.
             np.testing.assert_array_equal(np.asarray(Image.open(p.image)), np.asarray(Image.open(r.image)))
+
+
+def test_npy_labels_hold_the_same_train_ids_as_png(src, tmp_path, capsys):
+    png, npy = tmp_path / "png", tmp_path / "npy"
+    prepare_dataset(src, png, workers=1, progress=False, scale=0.5)
+    assert main(["prepare", "--src", str(src), "--out", str(npy), "--label-format", "npy",
+                 "--scale", "0.5", "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    assert read_manifest(npy)["label_format"] == "npy" and read_manifest(png)["label_format"] == "png"
+    for split in ("train", "val"):
+        a, b = find_samples(png, split), find_samples(npy, split)
+        assert [s.label.suffix for s in b] == [".npy"] * len(b)
+        for x, y in zip(a, b, strict=True):
+            arr = np.load(y.label)
+            assert arr.dtype == np.uint8 and arr.shape == (SIZE[0] // 2, SIZE[1] // 2)
+            np.testing.assert_array_equal(arr, np.asarray(Image.open(x.label)))
+            assert x.image.read_bytes() == y.image.read_bytes()
+    validate_samples(find_samples(npy, "train"))  # the checks read .npy labels too
+    # a rerun with the other label format would mix outputs: refused
+    with pytest.raises(UserError, match="label_format"):
+        prepare_dataset(src, npy, workers=1, progress=False, scale=0.5)
+
+
+def test_bad_npy_label_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.npy"
+    np.save(bad, np.zeros((4, 4), np.float32))
+    with pytest.raises(UserError, match=r"x\.npy: label array is float32"):
+        read_label(bad, "trainIds")
+    bad.write_bytes(b"PNG? no")
+    with pytest.raises(UserError, match=r"x\.npy: not a \.npy file"):
+        read_label(bad, "trainIds")
 
 
 def test_manifest(src, tmp_path):

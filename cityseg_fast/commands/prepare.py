@@ -22,6 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier prepare's output)")
     p.add_argument("--image-format", choices=["jpeg", "png"], default="jpeg", help="image format (default jpeg)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100 (default 95)")
+    p.add_argument(
+        "--label-format",
+        choices=["png", "npy"],
+        default="png",
+        help="png: small, decoded on the CPU every time (default); npy: raw uint8 arrays (2 MB per "
+        "1024x2048 frame), a crop reads only its window: the cheapest label path for the loaders",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", default=None, metavar="HxW", help="resize every frame to HxW")
     g.add_argument("--scale", type=float, default=None, metavar="F", help="resize every frame by F (e.g. 0.5)")
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     summary = prepare_dataset(
         src, args.out, image_format=args.image_format, quality=args.quality,
         size=parse_hw(args.size) if args.size else None, scale=args.scale, splits=splits,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, label_format=args.label_format,
     )
     if args.json:
         print(json.dumps(summary, sort_keys=True))

@@ -99,10 +99,11 @@ def _find_prepared(root: Path, split: str) -> list[Sample]:
     if split_info is None:
         raise UserError(f"{root / MANIFEST}: split '{split}' was not prepared (have: {', '.join(manifest.get('splits', {})) or 'none'})")
     ext = ".jpg" if manifest.get("image_format") == "jpeg" else ".png"
+    lab_ext = ".npy" if manifest.get("label_format") == "npy" else ".png"
     out = []
     for stem in split_info["files"]:
         img = root / split / "images" / f"{stem}{ext}"
-        lab = root / split / "labels" / f"{stem}.png"
+        lab = root / split / "labels" / f"{stem}{lab_ext}"
         if not img.is_file():
             raise UserError(f"{img}: listed in the manifest but missing")
         if not lab.is_file():
@@ -137,8 +138,27 @@ def _open_decoded(path: Path) -> Image.Image:
     return im
 
 
+def load_label_array(path: str | Path, mmap: bool = True) -> np.ndarray:
+    """A prepared `.npy` label: uint8 H x W trainIds, memory-mapped (a crop window reads only its
+    rows); anything else is a one-line UserError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise UserError(f"{path}: not a .npy file (no NumPy header)")
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable .npy label ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 2:
+        raise UserError(f"{path}: label array is {arr.dtype} with shape {arr.shape}, expected uint8 H x W")
+    return arr
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header only (cheap); a UserError if the header is unreadable."""
+    if Path(path).suffix == ".npy":
+        return tuple(load_label_array(path).shape)
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -175,7 +195,10 @@ def open_label(path: str | Path, kind: str, check_values: bool = True) -> Image.
     path = Path(path)
     if kind not in ("labelIds", "trainIds"):
         raise ValueError(f"label kind must be 'labelIds' or 'trainIds', got {kind!r}")
-    im = _open_decoded(path)
+    if path.suffix == ".npy":  # a prepared raw label array
+        im = Image.fromarray(np.ascontiguousarray(load_label_array(path)), "L")
+    else:
+        im = _open_decoded(path)
     if im.mode in _SIXTEEN_BIT_MODES:
         raise UserError(f"{path}: 16-bit label (mode {im.mode}); Cityscapes labels are 8-bit single-channel PNGs")
     if im.mode == "P":  # the indices are the ids (a palette only changes how it looks): drop it

@@ -198,6 +198,8 @@ class DaliLoader(PlannedLoader):
 
             self._normalizer, self._pool = Normalizer(mean, std), BufferPool(prefetch_queue_depth + 2)
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
+        # prepared with --label-format npy: labels are fed as arrays (train: the crop window only)
+        self.label_arrays = bool(self.samples) and all(s.label.suffix == ".npy" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)
         self._active = False
@@ -249,10 +251,15 @@ class DaliLoader(PlannedLoader):
         images = [_read_bytes(s.image) for s in srcs]
         if self.decode_only:
             return (images,)
-        labels = [_check_label_png(s.label, _read_bytes(s.label)) for s in srcs]
+        geo = (
+            [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items] if self.train else None
+        )
+        if self.label_arrays:
+            labels = [_label_array(s.label, g) for s, g in zip(srcs, geo or [None] * len(srcs), strict=True)]
+        else:
+            labels = [_check_label_png(s.label, _read_bytes(s.label)) for s in srcs]
         if not self.train:
             return images, labels
-        geo = [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items]
         anchor = [np.array([g.y, g.x], np.int32) for g in geo]
         shape = [np.array([g.h, g.w], np.int32) for g in geo]
         if self.torch_tail:  # size and flip are applied in torch (_tail)
@@ -344,7 +351,10 @@ class DaliLoader(PlannedLoader):
     def _labels(self, encoded):
         from nvidia.dali import fn, types
 
-        labels = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)  # PNG: a CPU codec
+        if self.label_arrays:  # H x W x 1 uint8, read on the host
+            labels = fn.reshape(encoded, layout="HWC")
+        else:
+            labels = fn.decoders.image(encoded, device="cpu", output_type=types.GRAY)  # PNG: a CPU codec
         return labels.gpu() if self.dali_device == "gpu" else labels
 
     def _train_ids(self, labels):
@@ -391,10 +401,12 @@ class DaliLoader(PlannedLoader):
         )
         images, labels, anchor, shape = feeds[:4]
         dec = self._decoder_kwargs(hw_decoder_load)
-        # PNG labels: the slice decoder decodes the frame but keeps only the window (one copy less)
-        labels = fn.decoders.image_slice(
-            labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
-        )
+        if self.label_arrays:  # the window's rows, already read from the memory-mapped array
+            labels = fn.reshape(labels, layout="HWC")
+        else:  # PNG: the slice decoder decodes the frame but keeps only the window (one copy less)
+            labels = fn.decoders.image_slice(
+                labels, anchor, shape, axis_names="HW", device="cpu", output_type=types.GRAY
+            )
         if self.torch_tail:  # DALI decodes; resize, flip, normalize, pad happen in torch (_tail)
             if self.roi == "slice":
                 images = fn.decoders.image_slice(
@@ -515,6 +527,22 @@ def _int64_hw(labels):
     return fn.cast(fn.squeeze(labels, axis_names="C"), dtype=types.INT64)
 
 
+def _label_array(path, g) -> Any:
+    """A `.npy` label (memory-mapped) as the pipeline's H x W x 1 input: the crop window `g` in
+    training (only its rows are read), the whole frame in evaluation."""
+    import numpy as np
+
+    from cityseg_fast.data.cityscapes import load_label_array
+
+    arr = load_label_array(path)
+    if g is not None:
+        arr = arr[g.y : g.y + g.h, g.x : g.x + g.w]
+    try:
+        return np.array(arr)[:, :, None]  # a copy: it must outlive the memory map
+    except OSError as e:  # a file truncated after its header surfaces when the rows are read
+        raise UserError(f"{path}: unreadable .npy label ({e})") from None
+
+
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
     """Find the file the pipeline could not decode among the batches in flight, and name it."""
     from PIL import Image
@@ -528,8 +556,13 @@ def _decode_error(err: Exception, items: list, samples: list) -> UserError:
                 continue
             seen.add(path)
             try:
-                with Image.open(path) as im:
-                    im.load()
+                if path.suffix == ".npy":
+                    from cityseg_fast.data.cityscapes import load_label_array
+
+                    load_label_array(path, mmap=False)
+                else:
+                    with Image.open(path) as im:
+                        im.load()
             except Exception as e:
                 return UserError(f"{path}: cannot decode ({type(e).__name__}); DALI: {first[:200]}")
     names = ", ".join(str(samples[it.source].image) for it in items[:4])

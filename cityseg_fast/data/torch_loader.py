@@ -68,6 +68,14 @@ class PlanDataset(torch.utils.data.Dataset):
         except Exception as e:
             raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
 
+    def _open_array(self, path) -> np.ndarray:
+        from cityseg_fast.data.cityscapes import load_label_array
+
+        try:
+            return load_label_array(path)
+        except UserError as e:
+            raise _DecodeError(str(e)) from None
+
     def _load(self, item: Item) -> tuple:
         from cityseg_fast.data.resample import resize_image, resize_label
 
@@ -75,12 +83,16 @@ class PlanDataset(torch.utils.data.Dataset):
         img = self._open(s.image, "RGB")
         if self.decode_only:
             return _tensor(img), None, item.index
-        lab = self._open(s.label, "L")
+        lab = self._open_array(s.label) if s.label.suffix == ".npy" else self._open(s.label, "L")
         if self.train:
             g = crop_geometry((img.height, img.width), self.crop, item.aug)
             box = (g.x, g.y, g.x + g.w, g.y + g.h)  # convert only the window: crop before resize
             image = resize_image(_tensor(img.crop(box)), (g.out_h, g.out_w))
-            label = resize_label(_tensor(lab.crop(box)), (g.out_h, g.out_w))
+            if isinstance(lab, np.ndarray):  # a memory-mapped array: read the window's rows only
+                window = torch.from_numpy(np.array(lab[g.y : g.y + g.h, g.x : g.x + g.w]))
+            else:
+                window = _tensor(lab.crop(box))
+            label = resize_label(window, (g.out_h, g.out_w))
             if g.flip:
                 image, label = image.flip(1), label.flip(1)
         else:
@@ -95,7 +107,7 @@ class PlanDataset(torch.utils.data.Dataset):
 
 
 def _tensor(im) -> torch.Tensor:
-    """PIL image -> uint8 H x W (x 3) tensor (a writable copy: PIL's buffers are read-only)."""
+    """PIL image (or memory-mapped array) -> uint8 H x W (x 3) tensor (a writable copy)."""
     return torch.from_numpy(np.array(im))
 
 
