@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cityseg_fast.bench.env import collect_env  # noqa: E402
-from cityseg_fast.bench.loader_bench import measure_loader, point_of  # noqa: E402
+from cityseg_fast.bench.loader_bench import MIN_CPU_WINDOW_S, measure_loader, point_of  # noqa: E402
 from cityseg_fast.config import config_hash, load_config, to_dict  # noqa: E402
 from cityseg_fast.data import dali  # noqa: E402
 from cityseg_fast.data.plan import crop_geometry, train_batches  # noqa: E402
@@ -112,10 +113,32 @@ def make_frames(root: Path, n: int = 32, quality: int = 95) -> Path:
     return root
 
 
+def npy_frames(frames: Path) -> Path:
+    """The same frames with `.npy` labels (as `prepare --label-format npy` writes them); the images
+    are hard links to the same JPEG files."""
+    root = frames.with_name(frames.name + "-npy")
+    manifest = json.loads((frames / "manifest.json").read_text())
+    manifest["label_format"] = "npy"
+    if (root / "manifest.json").is_file() and json.loads((root / "manifest.json").read_text()) == manifest:
+        return root
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for stem in manifest["splits"]["train"]["files"]:
+        img = root / "train" / "images" / f"{stem}.jpg"
+        if img.exists():
+            img.unlink()
+        os.link(frames / "train" / "images" / f"{stem}.jpg", img)
+        lab = np.asarray(Image.open(frames / "train" / "labels" / f"{stem}.png"))
+        np.save(root / "train" / "labels" / f"{stem}.npy", lab)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root
+
+
 def points(frames: Path, batch: int, threads: int, workers: int) -> list[tuple[str, list[str], bool, str]]:
     base = [f"data.root={frames}", "data.crop=[512,1024]", f"loader.batch_size={batch}"]
     dali = [*base, "loader.backend=dali", "loader.device=cpu", f"loader.num_threads={threads}"]
     torch = [*base, "loader.backend=torch", f"loader.num_workers={workers}"]
+    npy = f"data.root={npy_frames(frames)}"
     return [
         ("dali decode-only", dali, True, "slice"),
         ("dali train", dali, False, "slice"),
@@ -123,6 +146,8 @@ def points(frames: Path, batch: int, threads: int, workers: int) -> list[tuple[s
         ("dali train (full decode)", dali, False, "resize"),
         ("torch decode-only", torch, True, "slice"),
         ("torch train", torch, False, "slice"),
+        ("dali train (npy labels)", [*dali, npy], False, "slice"),
+        ("torch train (npy labels)", [*torch, npy], False, "slice"),
     ]
 
 
@@ -166,6 +191,10 @@ def main() -> int:
                 make_row("loader", point, m, config=to_dict(cfg), config_hash=config_hash(cfg), env=env),
             )
             results.setdefault(name, []).append(m)
+            if m["cpu_cores_used"] is None:
+                raise SystemExit(
+                    f"{name}: timed window under {MIN_CPU_WINDOW_S} s, no CPU figure: raise --iters"
+                )
             print(
                 f"round {r} {name:28s} {m['images_per_s']:7.1f} img/s  p50 {m['latency_ms_p50']:6.1f} ms  "
                 f"cpu {m['cpu_cores_used']:.2f} cores, {m['cpu_ms_per_image']:.1f} ms/img",
@@ -175,19 +204,21 @@ def main() -> int:
     labels = [frames / "train" / "labels" / (p.stem + ".png") for p in images]
     plan = [it for b in train_batches(len(images), 0, 1, 0, 0, 1, (0.5, 2.0), 0.5) for it in b]
     geometry = [crop_geometry((H, W), (512, 1024), it.aug) for it in plan]  # the training plan's windows
-    stages = dali.stage_costs(images, labels, geometry, iters=4, batch_size=8)
+    npy = [npy_frames(frames) / "train" / "labels" / (p.stem + ".npy") for p in images]
+    stages = dali.stage_costs(images, labels, geometry, iters=4, batch_size=8, npy_labels=npy)
     write_readme(out, results, args, stages)
     return 0
 
 
 def name_of(point: dict) -> str:
+    npy = " (npy labels)" if point.get("label_format") == "npy" else ""
     if point["loader"] == "torch":
-        return "torch decode-only" if point.get("decode_only") else "torch train"
+        return "torch decode-only" if point.get("decode_only") else f"torch train{npy}"
     if point.get("decode_only"):
         return "dali decode-only"
     if point.get("resampler") == "dali":
         return "dali train (DALI resize)"
-    return "dali train (full decode)" if point.get("roi") == "resize" else "dali train"
+    return "dali train (full decode)" if point.get("roi") == "resize" else f"dali train{npy}"
 
 
 def write_readme(out: Path, results: dict[str, list[dict]], args, stages: dict[str, float]) -> None:
@@ -216,6 +247,14 @@ def write_readme(out: Path, results: dict[str, list[dict]], args, stages: dict[s
     r_full = paired("dali train (full decode)", "dali decode-only")
     cpu_dec = cpu["dali decode-only"] / cpu["dali train"]
     cpu_torch = cpu["torch train"] / cpu["dali train"]
+    n_dec = paired("dali train (npy labels)", "dali decode-only")
+    n_torch = paired("dali train (npy labels)", "torch train (npy labels)")
+    n_cpu_dec = cpu["dali decode-only"] / cpu["dali train (npy labels)"]
+    n_cpu_torch = cpu["torch train (npy labels)"] / cpu["dali train (npy labels)"]
+
+    def verdict(r: float, goal: float) -> str:
+        return "met" if r >= goal else "NOT met"
+
     s = stages
     tail = s["torch resize/flip"] + s["torch normalize"] + s["torch label NN/flip/int64"]
     ops_train = s["slice decode"] + s["label slice decode"] + tail
@@ -251,13 +290,17 @@ load drifts hit all of them alike; ratios are medians over rounds of ratios take
 - `dali train (DALI resize)`: the whole transform in DALI operators (`loader.resampler=dali`),
   the graph a GPU runs, here on CPU operators.
 - `dali train (full decode)`: as `dali train`, but the whole frame is decoded (`--roi resize`).
+- `(npy labels)`: the same, with `.npy` labels instead of PNG (images: the same files).
 
 ## Targets
 
-| target | this run | in CPU time per image |
-|---|---|---|
-| dali train >= 0.85 x dali decode-only | **{r_dec:.2f}** ({"met" if r_dec >= 0.85 else "NOT met"}) | {cpu_dec:.2f} |
-| dali train >= 2 x torch train | **{r_torch:.2f}** ({"met" if r_torch >= 2 else "NOT met"}) | {cpu_torch:.2f} |
+| target | PNG labels (default) | in CPU time | `.npy` labels | in CPU time |
+|---|---|---|---|---|
+| dali train >= 0.85 x dali decode-only | **{r_dec:.2f}** ({verdict(r_dec, 0.85)}) | {cpu_dec:.2f} | **{n_dec:.2f}** ({verdict(n_dec, 0.85)}) | {n_cpu_dec:.2f} |
+| dali train >= 2 x torch train (same labels) | **{r_torch:.2f}** ({verdict(r_torch, 2)}) | {cpu_torch:.2f} | **{n_torch:.2f}** ({verdict(n_torch, 2)}) | {n_cpu_torch:.2f} |
+
+`.npy` labels: the same frames with labels as `cityseg prepare --label-format npy` writes them
+(raw uint8, memory-mapped: a crop reads only its window's rows instead of decoding a PNG).
 
 For reference: with DALI's own resize/normalize the first ratio is {r_dali_resize:.2f}; decoding full frames
 instead of the crop window gives {r_full:.2f}.
@@ -275,20 +318,22 @@ the graph:
 
 What this says about the targets:
 - Alone, on one thread, a training sample's operators cost {ops_train:.1f} ms: the window decode
-  ({s["slice decode"]:.1f}; zooming out, the window is most of the frame), the label PNG ({s["label slice decode"]:.1f}: PNG cannot be
-  decoded by region) and the tail ({tail:.1f}: resize {s["torch resize/flip"]:.1f}, normalize {s["torch normalize"]:.1f}, labels {s["torch label NN/flip/int64"]:.1f}), against
-  {s["full decode"]:.1f} ms for a full-frame decode: {s["full decode"] / ops_train:.2f} by operators alone. End to end, the loader adds
-  its own costs to both points (feeding, scheduling, handing the batch over): decode-only costs
-  {cpu["dali decode-only"]:.1f} ms of CPU per image in the loader ({cpu["dali decode-only"] - s["full decode"]:+.1f} over the decode: a 6 MB frame per image),
-  training {cpu["dali train"]:.1f} ({cpu["dali train"] - ops_train:+.1f} over its operators), hence {r_dec:.2f} measured.
-- In DALI's own CPU operators the same tail costs {dali_tail:.1f} ms (resize {s["+ DALI resize"] - s["slice decode"]:.1f}), more than a full decode:
-  that is why the CPU pipeline hands the tail to torch; on a GPU these operators are nearly free
-  next to the decode and stay in DALI.
-- Against torch the difference is the work DALI avoids (the window decode instead of the frame)
-  and the work it does without processes (no pickling, no shared-memory hand-off); both
-  backends use the same libjpeg-turbo decode and the same tail kernels, so on 2 CPU cores the
-  gap is bounded by what the window decode saves. The issue's spike (168 vs 66 images/s) measured
-  decode + crop + flip + normalize without a resize and without labels, against a PIL loader.
+  ({s["slice decode"]:.1f}; zooming out, the window is most of the frame), the label PNG ({s["label slice decode"]:.1f}: a PNG is
+  decoded whole even for a small crop) and the tail ({tail:.1f}: resize {s["torch resize/flip"]:.1f}, normalize {s["torch normalize"]:.1f}, labels
+  {s["torch label NN/flip/int64"]:.1f}), against {s["full decode"]:.1f} ms for a full-frame decode. A `.npy` label window costs {s["npy label window"]:.1f} ms
+  instead of the PNG's {s["label slice decode"]:.1f}. End to end the loader adds its own costs (feeding, scheduling, the
+  hand-off; decode-only hands over a 6 MB frame per image): {cpu["dali decode-only"]:.1f} ms of CPU per image for
+  decode-only, {cpu["dali train"]:.1f} for training (PNG labels). DALI's threads and the tail thread leave part of a
+  core idle in training (cores busy above), which is why the wall-clock ratio trails the CPU-time one.
+- In DALI's own CPU operators the same tail costs {dali_tail:.1f} ms (resize {s["+ DALI resize"] - s["slice decode"]:.1f}), more than a
+  full decode: that is why the CPU pipeline hands the tail to torch; on a GPU these operators are
+  nearly free next to the decode and stay in DALI.
+- Against torch, the difference is the work DALI avoids (the window decode instead of the frame)
+  and the work it does without processes (no pickling, no shared-memory hand-off). Both backends
+  use libjpeg-turbo and the same tail kernels, so on 2 CPU cores the gap is bounded by what the
+  window decode and the hand-off save. The issue's spike (168 vs 66 images/s) measured decode +
+  crop + flip + normalize without a resize and without labels, against a PIL loader that resized
+  with PIL; that baseline is gone (see `results_v1.jsonl`: 38 images/s for the old torch backend).
 
 Raw rows (one per measurement, schema in `cityseg_fast/report/schema.py`): `results.jsonl`.
 Rows of the earlier implementation (DALI's own CPU resize, PIL resize in the torch baseline) are

@@ -62,6 +62,8 @@ def dataset_tags(cfg: Config) -> dict[str, Any]:
         tags["data_size"] = m["size"]
     if m.get("scale") is not None:
         tags["data_scale"] = m["scale"]
+    if m.get("label_format", "png") != "png":
+        tags["label_format"] = m["label_format"]  # named only when not the default
     return tags
 
 

@@ -582,11 +582,17 @@ STAGES = {
     "torch resize/flip": "torch: resize_image of the decoded window (uint8, antialiased bilinear), flip",
     "torch normalize": "torch: Normalizer.into a reused float batch buffer",
     "torch label NN/flip/int64": "torch: resize_label, flip, write into a reused int64 buffer",
+    "npy label window": "host: the crop window's rows from a memory-mapped .npy label (--label-format npy)",
 }
 
 
 def stage_costs(
-    images: list, labels: list, geometry: list, iters: int = 4, batch_size: int = 8
+    images: list,
+    labels: list,
+    geometry: list,
+    iters: int = 4,
+    batch_size: int = 8,
+    npy_labels: list | None = None,
 ) -> dict[str, float]:
     """CPU milliseconds per image of each operator in STAGES, on one thread, over the crop windows
     `geometry` (plan.Geometry, one per image, e.g. drawn by the training plan). DALI rows are
@@ -691,4 +697,10 @@ def stage_costs(
             costs[k] = 1e3 * v / (iters * len(geo))
     finally:
         torch.set_num_threads(threads)
+    if npy_labels:
+        c = time.thread_time()
+        for _ in range(iters):
+            for path, g in zip(npy_labels, geometry, strict=False):
+                _label_array(path, g)
+        costs["npy label window"] = 1e3 * (time.thread_time() - c) / (iters * min(len(npy_labels), len(geometry)))
     return costs
