@@ -162,6 +162,30 @@ def test_corrupt_npy_label_mid_epoch_names_it(tmp_path, backend, split):
     assert str(bad) in str(err.value)
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+@pytest.mark.parametrize("label_format", ["png", "npy"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_label_of_another_size_than_its_image_names_it(tmp_path, backend, label_format, split):
+    """Never stretched or padded into plausible-looking targets: a one-line error naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    root = write_prepared(tmp_path, {split: 4}, label_format=label_format)
+    bad = sorted((root / split / "labels").iterdir())[2]
+    small = np.zeros((32, 64), np.uint8)
+    np.save(bad, small) if label_format == "npy" else Image.fromarray(small).save(bad)
+    loader = build_loader(make_cfg(root, backend), split, device=CPU)
+    try:
+        with deadline(60), pytest.raises(UserError) as err:
+            for _ in loader:
+                pass
+    finally:
+        loader.close()
+    msg = str(err.value)
+    assert msg.startswith(str(bad)) and "label is 32x64 but its image" in msg and "is 64x128" in msg
+    assert "\n" not in msg
+
+
 def test_resampler_config_errors(tmp_path):
     root = write_prepared(tmp_path, {"train": 4})
     with pytest.raises(UserError, match="loader.resampler"):

@@ -68,3 +68,16 @@ def test_buffer_pool_never_hands_out_a_buffer_in_use():
     del view, c
     assert pool.get((4, 5)).data_ptr() == a_ptr  # released: reused
     assert pool.get((4, 5), torch.int64).dtype == torch.int64  # shapes/dtypes never mix
+
+
+def test_buffer_pool_replaces_stale_shapes_and_drops_shared_buffers():
+    pool = BufferPool(size=1)
+    a = pool.get((2, 3))
+    del a
+    b = pool.get((4, 4))  # the only slot is free but of another shape: replaced, not kept forever
+    assert [tuple(t.shape) for t, _ in pool.buffers] == [(4, 4)]
+    b.share_memory_()  # as a torch.multiprocessing queue does: another process may read it
+    b_ptr = b.data_ptr()
+    del b
+    c = pool.get((4, 4))
+    assert c.data_ptr() != b_ptr and not c.is_shared()

@@ -226,13 +226,18 @@ def read_label(path: str | Path, kind: str, check_values: bool = True) -> np.nda
     return np.array(open_label(path, kind, check_values))
 
 
+def label_size_error(label, label_hw, image, image_hw) -> str:
+    """The one-line message for a label whose size differs from its image's (sizes as (H, W))."""
+    (hl, wl), (hi, wi) = label_hw, image_hw
+    return f"{label}: label is {hl}x{wl} but its image {Path(image).name} is {hi}x{wi} (HxW)"
+
+
 def open_pair(sample: Sample, check_values: bool = True) -> tuple[Image.Image, Image.Image]:
     """(RGB image, trainId label) of one sample as PIL images, with every per-file check."""
     img = open_image_rgb(sample.image)
     lab = open_label(sample.label, sample.label_kind, check_values)
     if img.size != lab.size:
-        (wl, hl), (wi, hi) = lab.size, img.size
-        raise UserError(f"{sample.label}: label is {hl}x{wl} but its image {sample.image.name} is {hi}x{wi} (HxW)")
+        raise UserError(label_size_error(sample.label, lab.size[::-1], sample.image, img.size[::-1]))
     return img, lab
 
 
@@ -255,6 +260,6 @@ def validate_samples(samples: list[Sample], *, check_values: bool = True) -> Non
         else:  # headers only, plus a full decode to catch truncation
             hw_i, hw_l = image_size(s.image), image_size(s.label)
             if hw_i != hw_l:
-                raise UserError(f"{s.label}: label is {hw_l[0]}x{hw_l[1]} but its image {s.image.name} is {hw_i[0]}x{hw_i[1]} (HxW)")
+                raise UserError(label_size_error(s.label, hw_l, s.image, hw_i))
             _open_decoded(s.image)
             read_label(s.label, s.label_kind, check_values=False)

@@ -104,14 +104,21 @@ def _read_bytes(path) -> Any:
         raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
 
 
-def _check_label_png(path, data: Any) -> Any:
-    """Refuse a palette label PNG: its indices are the ids, but DALI's decoder expands the palette
-    to colours. The colour type is byte 25 of a PNG (signature, then the IHDR chunk); 3 = palette."""
-    if len(data) > 25 and bytes(data[1:4]) == b"PNG" and int(data[25]) == 3:
-        raise UserError(
-            f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
-            "convert it with `cityseg prepare` or use loader.backend=torch"
-        )
+def _check_label_png(path, data: Any, image_path, image_hw: tuple[int, int]) -> Any:
+    """Refuse a palette label PNG (its indices are the ids, but DALI's decoder expands the palette
+    to colours) and one whose size differs from its image's, from the IHDR chunk that follows the
+    8-byte signature: width and height (big-endian) at bytes 16-23, colour type (3 = palette) at 25."""
+    from cityseg_fast.data.cityscapes import label_size_error
+
+    if len(data) > 25 and bytes(data[1:4]) == b"PNG":
+        if int(data[25]) == 3:
+            raise UserError(
+                f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
+                "convert it with `cityseg prepare` or use loader.backend=torch"
+            )
+        hw = (int.from_bytes(bytes(data[20:24]), "big"), int.from_bytes(bytes(data[16:20]), "big"))
+        if hw != tuple(image_hw):
+            raise UserError(label_size_error(path, hw, image_path, image_hw))
     return data
 
 
@@ -259,9 +266,15 @@ class DaliLoader(PlannedLoader):
             [crop_geometry(self._sizes[it.source], self.crop, it.aug) for it in items] if self.train else None
         )
         if self.label_arrays:
-            labels = [_label_array(s.label, g) for s, g in zip(srcs, geo or [None] * len(srcs), strict=True)]
+            labels = [
+                _label_array(s.label, g, s.image, self._sizes[it.source])
+                for s, g, it in zip(srcs, geo or [None] * len(srcs), items, strict=True)
+            ]
         else:
-            labels = [_check_label_png(s.label, _read_bytes(s.label)) for s in srcs]
+            labels = [
+                _check_label_png(s.label, _read_bytes(s.label), s.image, self._sizes[it.source])
+                for s, it in zip(srcs, items, strict=True)
+            ]
         if not self.train:
             return images, labels
         anchor = [np.array([g.y, g.x], np.int32) for g in geo]
@@ -532,7 +545,12 @@ class DaliLoader(PlannedLoader):
             from concurrent.futures import ThreadPoolExecutor
 
             self._tail_pool = ThreadPoolExecutor(self._tail_threads, thread_name_prefix="cityseg-tail")
-        list(self._tail_pool.map(one, range(n)))  # re-raises a sample's error here
+        from concurrent.futures import wait
+
+        futures = [self._tail_pool.submit(one, k) for k in range(n)]
+        wait(futures)  # all samples done (none still reading DALI's outputs) before any error
+        for f in futures:
+            f.result()
         return image, target
 
 
@@ -543,20 +561,19 @@ def _int64_hw(labels):
     return fn.cast(fn.squeeze(labels, axis_names="C"), dtype=types.INT64)
 
 
-def _label_array(path, g) -> Any:
+def _label_array(path, g, image_path, image_hw: tuple[int, int]) -> Any:
     """A `.npy` label (memory-mapped) as the pipeline's H x W x 1 input: the crop window `g` in
     training (only its rows are read), the whole frame in evaluation."""
     import numpy as np
 
-    from cityseg_fast.data.cityscapes import load_label_array
+    from cityseg_fast.data.cityscapes import label_size_error, load_label_array
 
     arr = load_label_array(path)
+    if tuple(arr.shape) != tuple(image_hw):
+        raise UserError(label_size_error(path, arr.shape, image_path, image_hw))
     if g is not None:
         arr = arr[g.y : g.y + g.h, g.x : g.x + g.w]
-    try:
-        return np.array(arr)[:, :, None]  # a copy: it must outlive the memory map
-    except OSError as e:  # a file truncated after its header surfaces when the rows are read
-        raise UserError(f"{path}: unreadable .npy label ({e})") from None
+    return np.array(arr)[:, :, None]  # a copy: it must outlive the memory map
 
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
@@ -631,6 +648,8 @@ def stage_costs(
     size = [np.array([g.out_h, g.out_w], np.float32) for g in geometry]
     flip = [np.array(int(g.flip), np.int32) for g in geometry]
     batches = [list(range(k, min(n, k + batch_size))) for k in range(0, n - batch_size + 1, batch_size)]
+    if not batches:
+        raise ValueError(f"stage_costs needs at least batch_size={batch_size} images, got {n}")
 
     def graph(stage: str, counter: dict):
         def src():
@@ -714,9 +733,14 @@ def stage_costs(
     finally:
         torch.set_num_threads(threads)
     if npy_labels:
+        from cityseg_fast.data.cityscapes import image_size
+
+        hws = [image_size(p) for p in images]
         c = time.thread_time()
         for _ in range(iters):
-            for path, g in zip(npy_labels, geometry, strict=False):
-                _label_array(path, g)
-        costs["npy label window"] = 1e3 * (time.thread_time() - c) / (iters * min(len(npy_labels), len(geometry)))
+            for path, g, img, hw in zip(npy_labels, geometry, images, hws, strict=False):
+                _label_array(path, g, img, hw)
+        costs["npy label window"] = (
+            1e3 * (time.thread_time() - c) / (iters * min(len(npy_labels), len(geometry)))
+        )
     return costs

@@ -97,7 +97,9 @@ class BufferPool:
     A fresh 16 MB batch costs its page faults on first write: 2-3 ms per 512x1024 image here, more
     than the normalization itself. A buffer is handed out again only when nothing but the pool
     references its storage (torch's storage use count), so a batch the caller still holds, or any
-    view of it, is never overwritten. Without that count (a private torch API) every call allocates.
+    view of it, is never overwritten. A buffer that was moved to shared memory (a batch put on a
+    torch.multiprocessing queue: the receiver's reference is not counted here) is dropped, never
+    reused. Without the count (a private torch API) every call allocates.
     """
 
     def __init__(self, size: int = 4) -> None:
@@ -108,14 +110,21 @@ class BufferPool:
     def _refs(self, t: torch.Tensor) -> int:
         return self._use_count(t.untyped_storage()._cdata)
 
+    def _free(self, t: torch.Tensor, free: int) -> bool:
+        return self._refs(t) == free and not t.is_shared()
+
     def get(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self._use_count is None:
             return torch.empty(shape, dtype=dtype)
+        self.buffers = [(t, free) for t, free in self.buffers if not t.is_shared()]
         for t, free in self.buffers:
-            if tuple(t.shape) == tuple(shape) and t.dtype == dtype and self._refs(t) == free:
+            if tuple(t.shape) == tuple(shape) and t.dtype == dtype and self._free(t, free):
                 return t.view(t.shape)  # an alias: it counts as a use of the storage while held
+        if len(self.buffers) >= self.size:  # full: replace a free buffer of a stale shape, if any
+            stale = next((i for i, (t, free) in enumerate(self.buffers) if self._free(t, free)), None)
+            if stale is None:
+                return torch.empty(shape, dtype=dtype)  # all in use: a one-off, not pooled
+            del self.buffers[stale]
         t = torch.empty(shape, dtype=dtype)
-        if len(self.buffers) < self.size:
-            self.buffers.append((t, self._refs(t)))  # the count while only the pool holds it
-            return t.view(t.shape)
-        return t
+        self.buffers.append((t, self._refs(t)))  # the count while only the pool holds it
+        return t.view(t.shape)

@@ -84,6 +84,11 @@ class PlanDataset(torch.utils.data.Dataset):
         if self.decode_only:
             return _tensor(img), None, item.index
         lab = self._open_array(s.label) if s.label.suffix == ".npy" else self._open(s.label, "L")
+        lab_hw = tuple(lab.shape) if isinstance(lab, np.ndarray) else (lab.height, lab.width)
+        if lab_hw != (img.height, img.width):  # PIL's crop would pad it with 0 (road): refuse
+            from cityseg_fast.data.cityscapes import label_size_error
+
+            raise _DecodeError(label_size_error(s.label, lab_hw, s.image, (img.height, img.width)))
         if self.train:
             g = crop_geometry((img.height, img.width), self.crop, item.aug)
             box = (g.x, g.y, g.x + g.w, g.y + g.h)  # convert only the window: crop before resize
