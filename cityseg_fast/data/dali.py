@@ -10,7 +10,7 @@ import collections
 import io
 from typing import Any
 
-from cityseg_fast.data.plan import PlannedLoader
+from cityseg_fast.data.plan import LoaderSpec, PlannedLoader
 from cityseg_fast.errors import UserError
 
 
@@ -161,25 +161,12 @@ class DaliLoader(PlannedLoader):
     def __init__(
         self,
         samples: list,
+        spec: LoaderSpec,
         *,
-        train: bool,
-        batch_size: int,
-        crop: tuple[int, int],
-        scale_range: tuple[float, float],
-        flip_prob: float,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        eval_size: tuple[int, int] | None,
-        eval_label_resize: bool,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: Any,  # torch.device the batches are delivered on
         dali_device: str,  # "cpu" | "gpu": where decode and augmentation run
         num_threads: int,
         prefetch_queue_depth: int,
         hw_decoder_load: float,
-        decode_only: bool = False,
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
         resampler: str = "auto",  # training image resize/flip/normalize: "dali" | "torch" | auto
     ) -> None:
@@ -195,23 +182,22 @@ class DaliLoader(PlannedLoader):
             raise UserError(
                 f"loader.resampler: expected auto, dali or torch (torch only with DALI on the CPU), got '{resampler}'"
             )
-        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
-        self.mean, self.std = mean, std
-        self.eval_size, self.eval_label_resize = eval_size, eval_label_resize
-        self.device, self.dali_device, self.decode_only, self.roi = device, dali_device, decode_only, roi
-        self.torch_tail = train and not decode_only and resampler == "torch"
+        self._init_plan(samples, spec)
+        self.dali_device, self.roi = dali_device, roi
+        self.torch_tail = spec.train and not spec.decode_only and resampler == "torch"
         if self.torch_tail:
             from cityseg_fast.data.resample import BufferPool, Normalizer
 
-            self._normalizer, self._pool = Normalizer(mean, std), BufferPool(prefetch_queue_depth + 2)
-        self._tail_pool, self._tail_threads = None, max(1, min(num_threads, batch_size))
+            self._normalizer = Normalizer(spec.mean, spec.std)
+            self._pool = BufferPool(prefetch_queue_depth + 2)
+        self._tail_pool, self._tail_threads = None, max(1, min(num_threads, spec.batch_size))
         self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
         # prepared with --label-format npy: labels are fed as arrays (train: the crop window only)
         self.label_arrays = bool(self.samples) and all(s.label.suffix == ".npy" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
         self._feed = _Feed(self)
         self._active = False
-        mode = "decode-only" if decode_only else ("train" if train else "eval")
+        mode = "decode-only" if spec.decode_only else ("train" if spec.train else "eval")
         where = (
             f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if dali_device == "gpu" else "cpu decode"
         )

@@ -84,7 +84,9 @@ def build_loader(
     from cityseg_fast.data.cityscapes import find_samples
 
     samples = find_samples(data_root(cfg), split)
-    common = dict(
+    from cityseg_fast.data.plan import LoaderSpec
+
+    spec = LoaderSpec(
         train=train,
         batch_size=batch_size,
         crop=d.crop,
@@ -105,10 +107,10 @@ def build_loader(
 
         return TorchLoader(
             samples,
+            spec,
             num_workers=lc.num_workers,
             prefetch_depth=lc.prefetch_queue_depth,
             pin_memory=lc.pin_memory,
-            **common,
         )
     from cityseg_fast.data import dali
 
@@ -118,13 +120,13 @@ def build_loader(
         )
     return dali.DaliLoader(
         samples,
+        spec,
         dali_device=dali_device(lc.device, device),
         num_threads=lc.num_threads,
         prefetch_queue_depth=lc.prefetch_queue_depth,
         hw_decoder_load=lc.hw_decoder_load,
         roi=roi,
         resampler=lc.resampler,
-        **common,
     )
 
 

@@ -17,7 +17,8 @@ every rank runs the same number of steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -129,10 +130,31 @@ def crop_geometry(src_hw: tuple[int, int], crop_hw: tuple[int, int], aug: Aug) -
     return Geometry(y, x, h, w, out_h, out_w, aug.flip)
 
 
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What every planned backend is built from (the factory fills it from the config)."""
+
+    train: bool
+    batch_size: int
+    crop: tuple[int, int]
+    scale_range: tuple[float, float]
+    flip_prob: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_size: tuple[int, int] | None
+    eval_label_resize: bool
+    rank: int
+    world_size: int
+    seed: int
+    device: Any  # torch.device the batches are delivered on
+    decode_only: bool = False  # benchmarks: full frames, no augmentation, no labels
+
+
 class PlannedLoader:
     """The epoch plan side of the Loader protocol, shared by the `dali` and `torch` backends.
 
-    Subclasses call `_init_plan(...)` in their constructor.
+    Subclasses call `_init_plan(samples, spec)` in their constructor; the spec's fields become
+    attributes (self.train, self.crop, ...).
     """
 
     samples: list
@@ -144,26 +166,21 @@ class PlannedLoader:
     rank: int
     world_size: int
     seed: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_size: tuple[int, int] | None
+    eval_label_resize: bool
+    device: Any
+    decode_only: bool
     epoch: int
 
-    def _init_plan(
-        self,
-        samples: list,
-        train: bool,
-        batch_size: int,
-        crop: tuple[int, int],
-        scale_range: tuple[float, float],
-        flip_prob: float,
-        rank: int,
-        world_size: int,
-        seed: int,
-    ) -> None:
+    def _init_plan(self, samples: list, spec: LoaderSpec) -> None:
+        for f in fields(spec):
+            setattr(self, f.name, getattr(spec, f.name))
         self.samples = list(samples)
-        self.train, self.batch_size, self.crop = train, batch_size, tuple(crop)
-        self.scale_range, self.flip_prob = tuple(scale_range), flip_prob
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-        if train:
-            check_train_size(len(self.samples), world_size, batch_size)  # fail at build, not mid-iteration
+        self.crop, self.scale_range, self.epoch = tuple(spec.crop), tuple(spec.scale_range), 0
+        if spec.train:  # fail at build, not mid-iteration
+            check_train_size(len(self.samples), spec.world_size, spec.batch_size)
 
     def __len__(self) -> int:
         n, w, b = len(self.samples), self.world_size, self.batch_size

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.plan import Item, PlannedLoader, SizeCache, crop_geometry
+from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
 
 
@@ -176,39 +176,25 @@ class TorchLoader(PlannedLoader):
     def __init__(
         self,
         samples: list,
+        spec: LoaderSpec,
         *,
-        train: bool,
-        batch_size: int,
-        crop: tuple[int, int],
-        scale_range: tuple[float, float],
-        flip_prob: float,
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
-        eval_size: tuple[int, int] | None,
-        eval_label_resize: bool,
-        rank: int,
-        world_size: int,
-        seed: int,
-        device: torch.device,
         num_workers: int,
         prefetch_depth: int = 2,
         pin_memory: bool = True,
-        decode_only: bool = False,
     ) -> None:
-        self._init_plan(samples, train, batch_size, crop, scale_range, flip_prob, rank, world_size, seed)
-        self.device, self.decode_only = device, decode_only
-        on_gpu = device.type == "cuda"
         from cityseg_fast.data.resample import BufferPool, Normalizer
 
-        self._norm = Normalizer(mean, std, device=device)
+        self._init_plan(samples, spec)
+        on_gpu = spec.device.type == "cuda"
+        self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
         self._pool = BufferPool(prefetch_depth + 2) if not on_gpu else None  # GPU: caching allocator
         dataset = PlanDataset(
             self.samples,
-            train=train,
-            crop=crop,
-            eval_size=eval_size,
-            eval_label_resize=eval_label_resize,
-            decode_only=decode_only,
+            train=spec.train,
+            crop=self.crop,
+            eval_size=spec.eval_size,
+            eval_label_resize=spec.eval_label_resize,
+            decode_only=spec.decode_only,
         )
         kw: dict[str, Any] = {}
         if num_workers > 0:
@@ -222,11 +208,13 @@ class TorchLoader(PlannedLoader):
             batch_sampler=_PlanBatches(self),
             num_workers=num_workers,
             # training batches always have the crop's shape, even when every frame was scaled smaller
-            collate_fn=functools.partial(collate, pad_to=self.crop if train and not decode_only else (0, 0)),
+            collate_fn=functools.partial(
+                collate, pad_to=self.crop if spec.train and not spec.decode_only else (0, 0)
+            ),
             pin_memory=pin_memory and on_gpu,  # pinning only pays for a host -> GPU copy
             **kw,
         )
-        mode = "decode-only" if decode_only else ("train" if train else "eval")
+        mode = "decode-only" if spec.decode_only else ("train" if spec.train else "eval")
         self.description = f"torch ({num_workers} workers, {mode})"
 
     def close(self) -> None:
