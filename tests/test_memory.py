@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from cityseg_fast.bench.memory import MemoryMonitor, NvmlSampler, host_peak_rss_mib
+from cityseg_fast.hardware import match_nvml_device
 
 
 def test_host_peak_rss_sees_a_big_allocation():
@@ -23,8 +27,33 @@ def test_host_peak_rss_sees_a_big_allocation():
 
 
 def test_nvml_sampler_noops_without_a_gpu():
-    s = NvmlSampler(gpu_index=99, interval_s=0.01)
+    s = NvmlSampler(torch.device("cuda", 99), interval_s=0.01)
     assert s.start() is False  # no NVML here, or no GPU 99 anywhere: never an exception
     s.stop()
     assert s.error
     assert s.summary()["mem_nvml_used_mib"] is None
+
+
+# NVML lists GPUs in PCI order with UUIDs "GPU-<hex>" (MIG slices "MIG-<hex>"); torch reports a device's
+# UUID as bare hex (or "GPU-..."), whatever CUDA_VISIBLE_DEVICES or CUDA_DEVICE_ORDER renumbered.
+NVML = [
+    ("h0", "GPU-11111111-2222-3333-4444-555555555555"),
+    ("h1", "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+    ("h1-mig0", "MIG-0f0f0f0f-1e1e-2d2d-3c3c-4b4b4b4b4b4b"),
+]
+
+
+@pytest.mark.parametrize(
+    "cuda_uuid,expected",
+    [
+        ("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "h1"),  # CUDA_VISIBLE_DEVICES=1: CUDA's 0 is NVML's 1
+        ("GPU-11111111-2222-3333-4444-555555555555", "h0"),  # CUDA_VISIBLE_DEVICES=GPU-1111...
+        ("0F0F0F0F-1E1E-2D2D-3C3C-4B4B4B4B4B4B", "h1-mig0"),  # a MIG slice, any case
+        ("MIG-0f0f0f0f-1e1e-2d2d-3c3c-4b4b4b4b4b4b", "h1-mig0"),
+        ("99999999-2222-3333-4444-555555555555", None),  # no such GPU: no samples, not the wrong GPU
+        (None, None),
+        ("not a uuid", None),
+    ],
+)
+def test_nvml_device_is_matched_by_uuid(cuda_uuid, expected):
+    assert match_nvml_device(cuda_uuid, NVML) == expected

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.hardware import cpu_count
+
 
 def cpu_model() -> str:
     try:
@@ -24,14 +26,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_count() -> int:
-    """Cores this process may use (affinity / cgroup aware where the OS says), not the host's total."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def nvml_gpus() -> tuple[list[dict[str, Any]], str | None]:

@@ -59,10 +59,11 @@ def reset_host_peak() -> bool:
 
 
 class NvmlSampler:
-    """Background thread sampling one GPU through NVML; `start()` returns False (and does nothing) without NVML."""
+    """Background thread sampling one GPU through NVML; `start()` returns False (and does nothing) without
+    NVML, or when no NVML device is the CUDA device (matched by UUID: `hardware.match_nvml_device`)."""
 
-    def __init__(self, gpu_index: int, interval_s: float = 0.1):
-        self.gpu_index = gpu_index
+    def __init__(self, device: Any, interval_s: float = 0.1):
+        self.device = device
         self.interval_s = interval_s
         self.samples: list[dict[str, float]] = []
         self.error: str | None = None
@@ -72,15 +73,13 @@ class NvmlSampler:
         self._handle: Any = None
 
     def start(self) -> bool:
-        try:
-            import pynvml
+        from cityseg_fast.hardware import nvml_handle
 
-            pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
-            self._nvml = pynvml
-        except Exception as e:  # no pynvml, no driver, no such GPU: NVML metrics stay None
-            self.error = f"{type(e).__name__}: {e}"
+        found = nvml_handle(self.device)
+        if found is None:  # no pynvml, no driver, or no NVML device with this GPU's UUID: metrics stay None
+            self.error = f"no NVML device matches {self.device}"
             return False
+        self._nvml, self._handle = found
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
         self._thread.start()
         return True
@@ -158,15 +157,11 @@ class MemoryMonitor:
         import torch
 
         if self.cuda:
+            from cityseg_fast.hardware import init_cuda
+
+            init_cuda(self.device)  # idempotent; the allocator must exist before its peaks are reset
             torch.cuda.reset_peak_memory_stats(self.device)
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            # NVML numbers GPUs by PCI order; CUDA_VISIBLE_DEVICES may remap, so map through it if set.
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            if visible:
-                ids = [v.strip() for v in visible.split(",")]
-                if index < len(ids) and ids[index].isdigit():
-                    index = int(ids[index])
-            self.nvml = NvmlSampler(index, self.sample_interval_s)
+            self.nvml = NvmlSampler(self.device, self.sample_interval_s)
             self.nvml.start()
         reset_host_peak()
         self._t0 = time.perf_counter()
@@ -182,7 +177,7 @@ class MemoryMonitor:
     def metrics(self) -> dict[str, Any]:
         import torch
 
-        from cityseg_fast.bench.env import cpu_count
+        from cityseg_fast.hardware import cpu_count
 
         m: dict[str, Any] = {
             "mem_torch_peak_allocated_mib": None,

@@ -580,7 +580,7 @@ def write_synthetic(
     """Write train/val/test frames under `out` in the Cityscapes layout; returns a summary dict."""
     import time
 
-    from cityseg_fast.bench.env import cpu_count
+    from cityseg_fast.hardware import cpu_count
 
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}

@@ -1,0 +1,152 @@
+"""What this process may use: its CPU cores, its compute device, and which NVML GPU that device is.
+
+The one place the package resolves a device (every command, loader and benchmark asks here):
+
+    device = resolve_device()          # cuda:LOCAL_RANK (initialised) or cpu
+    cores = cores_per_rank()           # CPU cores this rank may keep busy (loader threads)
+
+`resolve_device` also initialises CUDA on that device (set_device, then the caching allocator), so
+the first CUDA call anywhere after it, e.g. `torch.cuda.reset_peak_memory_stats`, finds torch ready
+("Invalid device argument ... did you call init?" is what it raises otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity / cgroup aware where the OS says), not the host's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default
+
+
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    return max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+
+
+def cores_per_rank() -> int:
+    """The CPU cores one rank of this node may keep busy: usable cores / ranks on the node (>= 1)."""
+    return max(1, cpu_count() // local_world_size())
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """This rank's device: "auto" -> cuda:(LOCAL_RANK mod GPUs) when CUDA is available, else cpu;
+    "cpu" -> cpu; "cuda" / "cuda:N" -> that GPU. A CUDA device is made current and initialised."""
+    import torch
+
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if requested == "auto":
+        device = torch.device("cuda", _env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
+    else:
+        device = torch.device(requested)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", _env_int("LOCAL_RANK", 0) % max(1, torch.cuda.device_count()))
+    if device.type == "cuda":
+        init_cuda(device)
+    return device
+
+
+def init_cuda(device: torch.device) -> None:
+    """Make `device` current and initialise CUDA and its caching allocator (idempotent, cheap after the
+    first call). Until this ran, allocator queries such as reset_peak_memory_stats raise."""
+    import torch
+
+    torch.cuda.set_device(device)
+    torch.cuda.init()
+
+
+# ---------------------------------------------------------------------------------------------
+# which NVML device a CUDA device is
+
+
+def _uuid_hex(uuid: Any) -> str:
+    """A GPU / MIG UUID in any of its spellings ("GPU-58b5...", "MIG-...", bare hex with dashes) as
+    32 lowercase hex digits, or "" if it is not one."""
+    text = str(uuid).strip().lower()
+    text = re.sub(r"^(gpu|mig)-", "", text)
+    digits = text.replace("-", "")
+    return digits if re.fullmatch(r"[0-9a-f]{32}", digits) else ""
+
+
+def match_nvml_device(cuda_uuid: Any, nvml_devices: Sequence[tuple[Any, str]]) -> Any | None:
+    """The NVML handle (or index: whatever the first element of each pair is) whose UUID is the CUDA
+    device's, from [(handle, uuid), ...]; None if none matches or the CUDA UUID is unknown.
+
+    Matching by UUID is the only mapping that survives every way CUDA can renumber GPUs: a
+    CUDA_VISIBLE_DEVICES list of indices or of UUIDs, MIG slices, or CUDA_DEVICE_ORDER=FASTEST_FIRST
+    (CUDA's default, which need not be NVML's PCI order)."""
+    want = _uuid_hex(cuda_uuid)
+    if not want:
+        return None
+    for handle, uuid in nvml_devices:
+        if _uuid_hex(uuid) == want:
+            return handle
+    return None
+
+
+def cuda_uuid(device: torch.device) -> str | None:
+    """The UUID CUDA reports for `device` (a MIG slice's own UUID on MIG), or None if torch has none."""
+    import torch
+
+    try:
+        return str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError, AssertionError):
+        return None
+
+
+def nvml_handle(device: torch.device) -> tuple[Any, Any] | None:
+    """(pynvml module, NVML handle) of the GPU (or MIG slice) that `device` is, after nvmlInit; None
+    without NVML or when no NVML device has its UUID. The caller calls nvmlShutdown."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no pynvml, no driver
+        return None
+    uuid = cuda_uuid(device)
+    found = None
+    try:
+        found = match_nvml_device(uuid, list(_nvml_devices(pynvml)))
+    except Exception:
+        found = None
+    if found is None:
+        pynvml.nvmlShutdown()
+        return None
+    return pynvml, found
+
+
+def _nvml_devices(pynvml: Any):
+    """(handle, uuid) of every GPU NVML sees and of every MIG slice on it."""
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        yield h, _text(pynvml.nvmlDeviceGetUUID(h))
+        try:
+            n_mig = pynvml.nvmlDeviceGetMaxMigDeviceCount(h)
+        except Exception:  # not MIG-capable
+            continue
+        for k in range(n_mig):
+            try:
+                m = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, k)
+            except Exception:  # an empty slot
+                continue
+            yield m, _text(pynvml.nvmlDeviceGetUUID(m))
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
