@@ -52,10 +52,12 @@ class LoaderConfig:
     batch_size: int = 8  # per rank
     eval_batch_size: int = 1  # per rank
     num_workers: int = 2  # torch DataLoader worker processes
-    num_threads: int = 2  # DALI CPU threads
+    num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
     prefetch_queue_depth: int = 2  # DALI pipeline / torch prefetch depth
     hw_decoder_load: float = 0.65  # DALI mixed decode: share of JPEGs sent to the hardware decoder
     resampler: str = "auto"  # DALI training resize/flip/normalize: auto (gpu: dali, cpu: torch) | dali | torch
+    roi: str = "slice"  # DALI training: slice = decode only the crop's window | resize = decode frame, resize window
+    decode_only: bool = False  # benchmarks: full-frame decode only, no augmentation or labels (the decoder's limit)
     pin_memory: bool = True
     seed: int = 0
 
@@ -74,6 +76,7 @@ class PrecisionConfig:
     dtype: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (bf16/fp16 = autocast; fp16 adds a GradScaler)
     channels_last: bool = True
     compile: str = "off"  # off | default | reduce-overhead | max-autotune
+    cudnn_benchmark: bool = True  # cuDNN autotunes each new input shape (fixed crops: once, in the warm-up)
 
 
 @dataclass(frozen=True)

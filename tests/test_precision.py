@@ -32,13 +32,31 @@ def test_bad_names_are_user_errors():
         prepare_model(torch.nn.Conv2d(3, 3, 1), PrecisionConfig(compile="fast"), "cpu")
 
 
-def test_setup_precision_sets_fp32_math_mode():
-    setup_precision("fp32")
-    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-    setup_precision("tf32")
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-    setup_precision("fp32")
+def _tf32_getters() -> dict:
+    """Every TF32 getter of both torch APIs (legacy flags and the newer fp32_precision attributes);
+    inductor reads the legacy ones while it compiles, so none may raise."""
+    b = torch.backends
+    return {
+        "matmul.allow_tf32": b.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": b.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "matmul.fp32_precision": getattr(b.cuda.matmul, "fp32_precision", None),
+        "cudnn.conv.fp32_precision": getattr(getattr(b.cudnn, "conv", None), "fp32_precision", None),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "tf32", "bf16", "fp16", "fp32"])
+def test_setup_precision_keeps_every_tf32_getter_readable(dtype):
+    setup_precision(dtype, cudnn_benchmark=dtype != "fp16")
+    g = _tf32_getters()  # raised "mix of legacy and new TF32 APIs" when only the new API was set
+    tf32 = dtype != "fp32"
+    assert g["matmul.allow_tf32"] is tf32 and g["cudnn.allow_tf32"] is tf32
+    assert g["float32_matmul_precision"] == ("high" if tf32 else "highest")
+    if g["matmul.fp32_precision"] is not None:  # torch >= 2.9 mirrors the legacy setting
+        assert g["matmul.fp32_precision"] == ("tf32" if tf32 else "ieee")
+    assert torch.backends.cudnn.benchmark is (dtype != "fp16")
+    setup_precision("fp32", cudnn_benchmark=None)
+    assert torch.backends.cudnn.benchmark is (dtype != "fp16")  # None leaves it alone
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def load_for_inference(path: str, overrides: list[str], device):
     cfg = load_config([], overrides, base=build_config(ck["config"]))
     model = model_from_config(cfg)
     ckpt_io.load_model_state(model, ck["model"], path)
-    precision.setup_precision(cfg.precision.dtype)
+    precision.setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
     model = precision.prepare_model(model, cfg.precision, device)
     model.eval()
     return cfg, model

@@ -1,7 +1,7 @@
 """Numerics and compilation: precision (fp32|tf32|bf16|fp16), autocast, the AMP scaler step, channels_last,
 `torch.compile`, and the dynamo counters benchmarks read.
 
-    setup_precision("bf16")                                  # once per process, before building the model
+    setup_precision("bf16", cudnn_benchmark=True)            # once per process, before building the model
     model = prepare_model(model, cfg.precision, device)      # to(device), channels_last, torch.compile
     scaler = ScalerStep.for_dtype("bf16", device.type)       # a no-op scaler unless fp16
     with autocast("bf16", device.type):
@@ -35,22 +35,29 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def setup_precision(dtype: str) -> None:
-    """Set the process-wide fp32 math mode for CUDA matmuls and cuDNN convolutions.
+def setup_precision(dtype: str, cudnn_benchmark: bool | None = None) -> None:
+    """Set the process-wide fp32 math mode for matmuls and cuDNN convolutions, and cuDNN autotuning.
 
     fp32 -> IEEE fp32 everywhere. Note PyTorch's own default runs cuDNN convolutions in TF32, so a
     'fp32' number measured without this call is partly TF32. tf32 -> TF32 matmuls and convolutions.
     bf16 / fp16 -> TF32 too, for the ops autocast leaves in fp32 (as nanoGPT and torchvision's
-    references do). Only the new (torch >= 2.9) `fp32_precision` API is used: mixing it with the legacy
-    `allow_tf32` flags makes torch raise.
+    references do).
+
+    Only the legacy API (`set_float32_matmul_precision`, `cudnn.allow_tf32`) is set: it keeps every
+    getter of both APIs readable, whereas setting the newer `fp32_precision` attributes makes the
+    legacy getters raise "mix of legacy and new TF32 APIs" (pytorch#166387), and inductor reads those
+    getters when it compiles (so `compile=max-autotune` crashed). tests/test_precision.py reads them all.
+
+    cudnn_benchmark (precision.cudnn_benchmark; None leaves it as it is): let cuDNN time its algorithms
+    for each new input shape and keep the fastest. Training crops and benchmark points have one fixed
+    shape, so the autotuning happens once, in the warm-up (FCN-D8's dilated convolutions otherwise run
+    on cuDNN's heuristic choice).
     """
-    mode = "ieee" if check_dtype(dtype) == "fp32" else "tf32"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:  # older torch
-        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    tf32 = check_dtype(dtype) != "fp32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    if cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
 
 
 def autocast(dtype: str, device_type: str) -> contextlib.AbstractContextManager[Any]:

@@ -88,7 +88,7 @@ def build_train_state(cfg: Config, device: torch.device | str, model: nn.Module 
     from cityseg_fast.engine import precision
 
     device = torch.device(device)
-    precision.setup_precision(cfg.precision.dtype)
+    precision.setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
     if model is None:
         from cityseg_fast.models import model_from_config
 
