@@ -26,10 +26,11 @@ from PIL import Image, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dali_stages import STAGES, stage_costs  # noqa: E402  (benchmarks/ is on the path)
+
 from cityseg_fast.bench.env import collect_env  # noqa: E402
 from cityseg_fast.bench.loader_bench import MIN_CPU_WINDOW_S, measure_loader, point_of  # noqa: E402
 from cityseg_fast.config import config_hash, load_config, to_dict  # noqa: E402
-from cityseg_fast.data import dali  # noqa: E402
 from cityseg_fast.data.plan import crop_geometry, train_batches  # noqa: E402
 from cityseg_fast.data.prepare import LABEL_PNG_LEVEL  # noqa: E402
 from cityseg_fast.report.schema import append_row, make_row, read_rows  # noqa: E402
@@ -134,20 +135,20 @@ def npy_frames(frames: Path) -> Path:
     return root
 
 
-def points(frames: Path, batch: int, threads: int, workers: int) -> list[tuple[str, list[str], bool, str]]:
+def points(frames: Path, batch: int, threads: int, workers: int) -> list[tuple[str, list[str]]]:
     base = [f"data.root={frames}", "data.crop=[512,1024]", f"loader.batch_size={batch}"]
     dali = [*base, "loader.backend=dali", "loader.device=cpu", f"loader.num_threads={threads}"]
     torch = [*base, "loader.backend=torch", f"loader.num_workers={workers}"]
     npy = f"data.root={npy_frames(frames)}"
     return [
-        ("dali decode-only", dali, True, "slice"),
-        ("dali train", dali, False, "slice"),
-        ("dali train (DALI resize)", [*dali, "loader.resampler=dali"], False, "slice"),
-        ("dali train (full decode)", dali, False, "resize"),
-        ("torch decode-only", torch, True, "slice"),
-        ("torch train", torch, False, "slice"),
-        ("dali train (npy labels)", [*dali, npy], False, "slice"),
-        ("torch train (npy labels)", [*torch, npy], False, "slice"),
+        ("dali decode-only", [*dali, "loader.decode_only=true"]),
+        ("dali train", dali),
+        ("dali train (DALI resize)", [*dali, "loader.resampler=dali"]),
+        ("dali train (full decode)", [*dali, "loader.roi=resize"]),
+        ("torch decode-only", [*torch, "loader.decode_only=true"]),
+        ("torch train", torch),
+        ("dali train (npy labels)", [*dali, npy]),
+        ("torch train (npy labels)", [*torch, npy]),
     ]
 
 
@@ -176,12 +177,12 @@ def main() -> int:
             results.setdefault(name_of(row["point"]), []).append(row["metrics"])
         args.rounds = max(len(v) for v in results.values())
     for r in range(0 if args.from_jsonl else args.rounds):
-        for name, overrides, decode_only, roi in points(frames, args.batch_size, args.threads, args.workers):
+        for name, overrides in points(frames, args.batch_size, args.threads, args.workers):
             cfg = load_config([], overrides)
-            m = measure_loader(cfg, args.iters, args.warmup, decode_only, roi=roi)
+            m = measure_loader(cfg, args.iters, args.warmup)
             m.pop("description")
             point = {
-                **point_of(cfg, decode_only, roi),
+                **point_of(cfg),
                 "image_format": "jpeg",
                 "quality": 95,
                 "round": r,
@@ -205,7 +206,7 @@ def main() -> int:
     plan = [it for b in train_batches(len(images), 0, 1, 0, 0, 1, (0.5, 2.0), 0.5) for it in b]
     geometry = [crop_geometry((H, W), (512, 1024), it.aug) for it in plan]  # the training plan's windows
     npy = [npy_frames(frames) / "train" / "labels" / (p.stem + ".npy") for p in images]
-    stages = dali.stage_costs(images, labels, geometry, iters=4, batch_size=8, npy_labels=npy)
+    stages = stage_costs(images, labels, geometry, iters=4, batch_size=8, npy_labels=npy)
     write_readme(out, results, args, stages)
     return 0
 
@@ -307,14 +308,14 @@ instead of the crop window gives {r_full:.2f}.
 
 ## Where the time goes
 
-CPU ms per image of each operator, alone, on one thread (`cityseg_fast.data.dali.stage_costs`),
+CPU ms per image of each operator, alone, on one thread (`benchmarks/dali_stages.py`),
 over the windows the training plan draws for 16 of the frames (scale 0.5-2.0: a window is up to
 the whole frame when zooming out, 1/16 of it when zooming in). DALI rows are growing prefixes of
 the graph:
 
 | stage | CPU ms / image | what |
 |---|---|---|
-{chr(10).join(f"| {k} | {v:.1f} | {dali.STAGES[k]} |" for k, v in stages.items())}
+{chr(10).join(f"| {k} | {v:.1f} | {STAGES[k]} |" for k, v in stages.items())}
 
 What this says about the targets:
 - Alone, on one thread, a training sample's operators cost {ops_train:.1f} ms: the window decode

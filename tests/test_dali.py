@@ -38,10 +38,8 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-def all_batches(root, backend, split, *extra, decode_only=False, roi="slice"):
-    loader = build_loader(
-        make_cfg(root, backend, *extra), split, device=CPU, decode_only=decode_only, roi=roi
-    )
+def all_batches(root, backend, split, *extra):
+    loader = build_loader(make_cfg(root, backend, *extra), split, device=CPU)
     try:
         return list(loader)
     finally:
@@ -83,8 +81,8 @@ def test_train_dali_matches_torch(tmp_path):
 @pytest.mark.parametrize("resampler", ["torch", "dali"])
 def test_roi_resize_variant_matches_slice(tmp_path, resampler):
     root = write_prepared(tmp_path, {"train": 4}, pattern="texture")
-    a = all_batches(root, "dali", "train", f"loader.resampler={resampler}", roi="slice")
-    b = all_batches(root, "dali", "train", f"loader.resampler={resampler}", roi="resize")
+    a = all_batches(root, "dali", "train", f"loader.resampler={resampler}", "loader.roi=slice")
+    b = all_batches(root, "dali", "train", f"loader.resampler={resampler}", "loader.roi=resize")
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x.target, y.target)
         assert float((x.image - y.image).abs().mean()) < 0.1
@@ -195,7 +193,7 @@ def test_resampler_config_errors(tmp_path):
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_decode_only_gives_full_frames(tmp_path, backend):
     root = write_prepared(tmp_path, {"train": 4})
-    batches = all_batches(root, backend, "train", decode_only=True)
+    batches = all_batches(root, backend, "train", "loader.decode_only=true")
     assert len(batches) == 2
     for b in batches:
         assert b.image.dtype == torch.uint8 and tuple(b.image.shape) == (2, 3, 64, 128)

@@ -26,9 +26,9 @@ def test_quick_plan_is_smaller_everywhere():
 
 
 def test_loader_variants_cover_the_comparison():
-    cpu = [label for label, _, _ in demo.loader_variants(cuda=False)]
+    cpu = [label for label, _ in demo.loader_variants(cuda=False)]
     assert cpu == ["dali (cpu)", "torch", "synthetic", "dali (cpu) decode-only"]
-    gpu = [label for label, _, _ in demo.loader_variants(cuda=True)]
+    gpu = [label for label, _ in demo.loader_variants(cuda=True)]
     assert gpu[0] == "dali (gpu)" and set(cpu) < set(gpu)
 
 

@@ -36,13 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, metavar="W", help="untimed batches first (default bench.warmup)")
     p.add_argument("--split", help="split to read (default data.train_split)")
     p.add_argument(
-        "--decode-only", action="store_true", help="full-frame decode only: no augmentation, no labels"
+        "--decode-only",
+        action="store_true",
+        help="full-frame decode only: no augmentation, no labels; sets loader.decode_only=true",
     )
     p.add_argument(
         "--roi",
         choices=["slice", "resize"],
-        default="slice",
-        help="dali: decode only the crop window (slice) or resize it from the full frame",
+        help="dali: decode only the crop window (slice) or resize it from the full frame; sets loader.roi",
     )
     p.add_argument("--out", metavar="JSONL", help="also append the result row to this file")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
@@ -64,6 +65,10 @@ def _config(args: argparse.Namespace) -> Config:
         extra.append(f"data.crop=[{h},{w}]")
     if args.batch_size:
         extra.append(f"loader.batch_size={args.batch_size}")
+    if args.decode_only:
+        extra.append("loader.decode_only=true")
+    if args.roi:
+        extra.append(f"loader.roi={args.roi}")
     return config_from_args(args, extra)
 
 
@@ -142,16 +147,9 @@ def _percentiles(lat_s: list[float], variance_warn: float) -> dict[str, Any]:
 MIN_CPU_WINDOW_S = 0.5  # shortest timed window whose CPU utilisation is reported
 
 
-def measure_loader(
-    cfg: Config,
-    iters: int,
-    warmup: int,
-    decode_only: bool = False,
-    *,
-    split: str | None = None,
-    roi: str = "slice",
-) -> dict[str, Any]:
-    """Pull warmup + iters batches from the training loader of `cfg`; metrics as in the result schema.
+def measure_loader(cfg: Config, iters: int, warmup: int, *, split: str | None = None) -> dict[str, Any]:
+    """Pull warmup + iters batches from the training loader of `cfg` (loader.decode_only: the decode
+    limit); metrics as in the result schema.
 
     Also returns "description" (which backend and device ran) and "batch_size".
     """
@@ -165,7 +163,7 @@ def measure_loader(
 
         raise UserError(f"bench loader: --iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     split = split or cfg.data.train_split
-    loader = build_loader(cfg, split, train=True, decode_only=decode_only, roi=roi)
+    loader = build_loader(cfg, split, train=True)
     on_gpu = loader_device(loader).type == "cuda"
     batches = _forever(loader)
     n_images, lat = 0, []
@@ -215,17 +213,12 @@ def loader_device(loader) -> Any:
     return dev if isinstance(dev, torch.device) else torch.device("cpu")
 
 
-def point_of(cfg: Config, decode_only: bool = False, roi: str = "slice") -> dict[str, Any]:
+def point_of(cfg: Config) -> dict[str, Any]:
     """The loader point: the sweep's own (`scenarios.point_from_config`), so `bench loader`, the sweep and
-    the demo name the same measurement the same way and e2e rows find it; plus what only this scenario varies."""
+    the demo name the same measurement the same way and e2e rows find it."""
     from cityseg_fast.bench.scenarios import point_from_config
 
-    point = point_from_config("loader", cfg)
-    if decode_only:
-        point["decode_only"] = True
-    elif cfg.loader.backend == "dali" and roi != "slice":
-        point["roi"] = roi
-    return point
+    return point_from_config("loader", cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,9 +227,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     iters = args.iters if args.iters is not None else cfg.bench.iters
     warmup = args.warmup if args.warmup is not None else cfg.bench.warmup
-    m = measure_loader(cfg, iters, warmup, args.decode_only, split=args.split, roi=args.roi)
+    m = measure_loader(cfg, iters, warmup, split=args.split)
     desc = m.pop("description")
-    point = point_of(cfg, args.decode_only, args.roi)
+    point = point_of(cfg)
     if args.out:
         from cityseg_fast.bench.env import collect_env
         from cityseg_fast.report.schema import append_row, make_row
@@ -246,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         )
         append_row(args.out, row)
     if args.json:
-        print(json.dumps({**point, "decode_only": args.decode_only, **m, "description": desc}))
+        print(json.dumps({**point, "decode_only": cfg.loader.decode_only, **m, "description": desc}))
         return 0
     _print_table(point, m, desc, iters, warmup)
     return 0

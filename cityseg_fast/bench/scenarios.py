@@ -97,7 +97,12 @@ def point_from_config(scenario: str, cfg: Config, world_size: int = 1) -> dict[s
     crop = list(cfg.data.crop)
     bs = cfg.loader.batch_size
     if scenario == "loader":
-        return {**_loader_keys(cfg), "crop": crop, "batch_size": bs, **dataset_tags(cfg)}
+        point = {**_loader_keys(cfg), "crop": crop, "batch_size": bs, **dataset_tags(cfg)}
+        if cfg.loader.decode_only:
+            point["decode_only"] = True  # named only when set, like every non-default key below
+        elif cfg.loader.backend == "dali" and cfg.loader.roi != "slice":
+            point["roi"] = cfg.loader.roi
+        return point
     if scenario == "model":
         return {**_model_keys(cfg), "crop": crop, "batch_size": bs, "world_size": world_size}
     if scenario == "e2e":
@@ -149,15 +154,16 @@ def cycle_batches(loader: Any) -> Iterator[Any]:
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
-    """(device, DistInfo or None): under torchrun initialise the process group, else cuda:0 or cpu."""
-    import torch
+    """(device, DistInfo or None): under torchrun initialise the process group; the device is this
+    rank's (hardware.resolve_device: cuda:LOCAL_RANK, initialised, or cpu)."""
+    from cityseg_fast.hardware import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from cityseg_fast.engine.dist import init_distributed
 
         info = init_distributed(cfg.train.dist_timeout_s)
         return info.device, info
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"), None
+    return resolve_device(), None
 
 
 def _barrier(dist_info: Any) -> Callable[[], None] | None:
@@ -368,7 +374,7 @@ def run_infer(cfg: Config) -> dict[str, Any]:
     device, _ = _device_and_dist(cfg)
     h, w = cfg.data.crop
     n = cfg.loader.batch_size
-    setup_precision(cfg.precision.dtype)
+    setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
     reset_compile_counters()
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         model = prepare_model(model_from_config(cfg), cfg.precision, device).eval()
@@ -402,12 +408,11 @@ def run_infer(cfg: Config) -> dict[str, Any]:
 
 def run_accuracy(cfg: Config) -> dict[str, Any]:
     """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its mIoU."""
-    import torch
-
     from cityseg_fast.bench.memory import MemoryMonitor
     from cityseg_fast.engine.train import train
+    from cityseg_fast.hardware import resolve_device
 
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = resolve_device()
     t0 = time.perf_counter()
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         summary = train(cfg)

@@ -198,18 +198,18 @@ def step_prepare(d: Demo) -> str:
         workers=None,
         progress=True,
     )
-    return f"{s['pairs']} pairs -> JPEG q95 + trainId PNG in {d.data}"
+    return f"{s['pairs']} pairs -> JPEG q95 + trainId {s['label_format']} labels in {d.data}"
 
 
-def loader_variants(cuda: bool) -> list[tuple[str, dict[str, Any], bool]]:
-    """(label, config overrides, decode_only) of every loader the demo compares."""
-    variants = [("dali (cpu)", {"loader.backend": "dali", "loader.device": "cpu"}, False)]
+def loader_variants(cuda: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(label, config overrides) of every loader the demo compares."""
+    variants = [("dali (cpu)", {"loader.backend": "dali", "loader.device": "cpu"})]
     if cuda:
-        variants.insert(0, ("dali (gpu)", {"loader.backend": "dali", "loader.device": "gpu"}, False))
+        variants.insert(0, ("dali (gpu)", {"loader.backend": "dali", "loader.device": "gpu"}))
     variants += [
-        ("torch", {"loader.backend": "torch"}, False),
-        ("synthetic", {"loader.backend": "synthetic"}, False),
-        ("dali (cpu) decode-only", {"loader.backend": "dali", "loader.device": "cpu"}, True),
+        ("torch", {"loader.backend": "torch"}),
+        ("synthetic", {"loader.backend": "synthetic"}),
+        ("dali (cpu) decode-only", {"loader.backend": "dali", "loader.device": "cpu", "loader.decode_only": True}),
     ]
     return variants
 
@@ -218,11 +218,11 @@ def step_loaders(d: Demo) -> str:
     from cityseg_fast.bench.loader_bench import measure_loader, point_of
 
     parts = []
-    for label, overrides, decode_only in loader_variants(d.cuda):
+    for label, overrides in loader_variants(d.cuda):
         cfg = d.config(**overrides)
-        point = point_of(cfg, decode_only)
+        point = point_of(cfg)
         try:
-            metrics = measure_loader(cfg, d.plan.loader_iters, d.plan.loader_warmup, decode_only=decode_only)
+            metrics = measure_loader(cfg, d.plan.loader_iters, d.plan.loader_warmup)
         except Exception as e:  # one loader failing must not hide the others: record it and go on
             status, msg = _failure(e)
             d.append("loader", point, {}, cfg, status=status, error=msg)

@@ -4,7 +4,7 @@ Every backend yields `Batch` (batch.py) for one epoch per iteration and has `len
 epoch on this rank), `set_epoch(epoch)`, `samples` (the whole split), `num_samples` (samples this
 rank sees per epoch), `description` and `close()`:
 
-    dali       DALI pipeline, decode + augmentation on the GPU (`mixed`) or the CPU (dali.py)
+    dali       DALI pipeline, decode + augmentation on the GPU (`mixed`) or the CPU (dali/)
     torch      PIL + DataLoader baseline doing the same work (torch_loader.py)
     synthetic  fixed random on-device batches: the I/O-free upper bound (synthetic_loader.py)
 """
@@ -18,6 +18,7 @@ import torch
 
 from cityseg_fast.config import Config, data_root
 from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import cores_per_rank, resolve_device
 
 BACKENDS = ("dali", "torch", "synthetic")
 SYNTHETIC_DEFAULT_BATCHES = 100  # synthetic loader without a dataset: batches per epoch
@@ -34,12 +35,6 @@ class Loader(Protocol):
     def close(self) -> None: ...
     @property
     def num_samples(self) -> int: ...
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def dali_device(requested: str, device: torch.device) -> str:
@@ -61,21 +56,19 @@ def build_loader(
     *,
     train: bool | None = None,
     device: torch.device | None = None,
-    decode_only: bool = False,
-    roi: str = "slice",
 ) -> Loader:
     """The loader of `split` for this rank. train defaults to split == cfg.data.train_split.
 
-    decode_only (benchmarks): same backend, same files, same decoder, full frames, no augmentation,
-    no labels; batches carry uint8 images and an empty target. roi (dali, benchmarks): "slice"
-    decodes only the crop window, "resize" decodes the frame and resizes the window.
+    loader.decode_only (benchmarks): same backend, same files, same decoder, full frames, no
+    augmentation, no labels; batches carry uint8 images and an empty target. loader.roi (dali):
+    "slice" decodes only the crop window, "resize" decodes the frame and resizes the window.
     """
     backend = cfg.loader.backend
     if backend not in BACKENDS:
         raise UserError(f"loader.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
     if train is None:
         train = split == cfg.data.train_split
-    device = device if device is not None else default_device()
+    device = device if device is not None else resolve_device()
     d, lc = cfg.data, cfg.loader
     batch_size = lc.batch_size if train else lc.eval_batch_size
     if backend == "synthetic":
@@ -100,7 +93,8 @@ def build_loader(
         world_size=world_size,
         seed=lc.seed,
         device=device,
-        decode_only=decode_only,
+        channels_last=cfg.precision.channels_last,
+        decode_only=lc.decode_only,
     )
     if backend == "torch":
         from cityseg_fast.data.torch_loader import TorchLoader
@@ -112,20 +106,22 @@ def build_loader(
             prefetch_depth=lc.prefetch_queue_depth,
             pin_memory=lc.pin_memory,
         )
-    from cityseg_fast.data import dali
+    from cityseg_fast.data.dali import dali_available
 
-    if not dali.dali_available():
+    if not dali_available():
         raise UserError(
             "loader.backend=dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, or use loader.backend=torch)"
         )
-    return dali.DaliLoader(
+    from cityseg_fast.data.dali.loader import DaliLoader
+
+    return DaliLoader(
         samples,
         spec,
         dali_device=dali_device(lc.device, device),
-        num_threads=lc.num_threads,
+        num_threads=lc.num_threads or cores_per_rank(),
         prefetch_queue_depth=lc.prefetch_queue_depth,
         hw_decoder_load=lc.hw_decoder_load,
-        roi=roi,
+        roi=lc.roi,
         resampler=lc.resampler,
     )
 
@@ -162,4 +158,5 @@ def _synthetic(
         world_size=world_size,
         seed=cfg.loader.seed,
         device=device,
+        channels_last=cfg.precision.channels_last,
     )

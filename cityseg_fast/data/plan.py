@@ -147,6 +147,7 @@ class LoaderSpec:
     world_size: int
     seed: int
     device: Any  # torch.device the batches are delivered on
+    channels_last: bool = True  # the images' memory format (precision.channels_last: the model's)
     decode_only: bool = False  # benchmarks: full frames, no augmentation, no labels
 
 
@@ -171,6 +172,7 @@ class PlannedLoader:
     eval_size: tuple[int, int] | None
     eval_label_resize: bool
     device: Any
+    channels_last: bool
     decode_only: bool
     epoch: int
 

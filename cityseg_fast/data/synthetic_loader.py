@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.batch import Batch, to_layout
 
 
 class SyntheticLoader:
@@ -26,6 +26,7 @@ class SyntheticLoader:
         world_size: int,
         seed: int,
         device: torch.device,
+        channels_last: bool = True,
     ) -> None:
         self.samples, self.train, self.batch_size = list(samples), train, batch_size
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
@@ -34,7 +35,7 @@ class SyntheticLoader:
         h, w = image_hw
         image = torch.randn((batch_size, 3, h, w), generator=g)
         target = torch.randint(0, num_classes, (batch_size, *target_hw), generator=g)
-        self._image = image.to(device).contiguous(memory_format=torch.channels_last)
+        self._image = to_layout(image.to(device), channels_last)
         self._target = target.to(device)
         self.description = "synthetic"
 

@@ -6,7 +6,7 @@ flip, normalization, padding (image 0 after normalization, label 255). Tuned the
 DeepLearningExamples tune theirs: workers return uint8 crops (4x less to move between processes
 than float) collated straight into shared memory, normalization and channels_last happen on the
 training device, batches are pinned and copied non-blocking, and on a GPU a side-stream prefetcher
-overlaps the copy and the normalization of batch k+1 with the step on batch k. Workers are
+overlaps the copy and the normalization of batch k+1 with the step on batch k (handoff.py). Workers are
 persistent. PIL decodes (libjpeg-turbo, and palette label PNGs keep their indices); the resizes and
 the normalization are torch's SIMD uint8 kernels (resample.py), 2-3x faster than PIL's resize here.
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish
 from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
 
@@ -120,7 +121,7 @@ class _DecodeError(Exception):
     pass
 
 
-def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> tuple | str:
+def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> HostBatch | str:
     """Stack uint8 HxWx3 images, labels padded with 255, to the batch's largest size and at least
     `pad_to` (training: the crop, so that every batch has the same shape as DALI's)."""
     for it in items:
@@ -136,13 +137,13 @@ def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> tuple | str:
         sizes[k, 0], sizes[k, 1] = img.shape[0], img.shape[1]
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
     if items[0][1] is None:  # decode-only
-        return images, None, sizes, index
+        return HostBatch(images, None, None, index)
     lh = max(pad_to[0], *(it[1].shape[0] for it in items))
     lw = max(pad_to[1], *(it[1].shape[1] for it in items))
     labels = _buffer((n, lh, lw), 255)
     for k, (_, lab, _) in enumerate(items):
         labels[k, : lab.shape[0], : lab.shape[1]] = lab
-    return images, labels, sizes, index
+    return HostBatch(images, labels, sizes, index)
 
 
 def _buffer(shape: tuple, fill: int) -> torch.Tensor:
@@ -226,51 +227,29 @@ class TorchLoader(PlannedLoader):
     def __iter__(self):
         raw = (self._check(b) for b in self._dl)
         if self.device.type == "cuda":
-            yield from _CudaPrefetcher(raw, self._finish, self.device)
+            yield from CudaPrefetcher(raw, self._finish, self.device)
         else:
             for b in raw:
                 yield self._finish(b)
 
     @staticmethod
-    def _check(b: tuple | str) -> tuple:
+    def _check(b: HostBatch | str) -> HostBatch:
         if isinstance(b, str):
             raise UserError(b)
         return b
 
-    def _finish(self, b: tuple) -> Batch:
-        """uint8 N x H x W x 3 on the host -> normalized float channels_last on the device."""
-        if self.device.type == "cpu":  # the workers hold the cores: no spinning OpenMP pool
-            from cityseg_fast.data.resample import one_thread
+    def _finish(self, b: HostBatch) -> Batch:
+        """uint8 N x H x W x 3 on the host -> the Batch on the device (handoff.finish)."""
+        if self.device.type != "cpu":
+            return finish(b, self.device, self._norm, self.channels_last)
+        from cityseg_fast.data.resample import one_thread
 
-            with one_thread():
-                return self._finish_on_device(b)
-        return self._finish_on_device(b)
-
-    def _finish_on_device(self, b: tuple) -> Batch:
-        images, labels, sizes, index = b
-        nb = self.device.type == "cuda"
-        images = images.to(self.device, non_blocking=nb)
-        if self.decode_only:
-            x = images.permute(0, 3, 1, 2)  # channels_last view
-            return Batch(x, torch.empty((x.shape[0], 0, 0), dtype=torch.int64, device=x.device), index)
-        out = self._pool.get((*images.shape[:3], 3)) if self._pool is not None else None
-        x = self._norm.batch(images, out)  # N x H x W x 3 float == channels_last N x 3 x H x W
-        H, W = x.shape[1], x.shape[2]
-        for k in range(x.shape[0]):  # padding after normalization is 0
-            h, w = int(sizes[k, 0]), int(sizes[k, 1])
-            if h < H:
-                x[k, h:] = 0
-            if w < W:
-                x[k, :, w:] = 0
-        x = x.permute(0, 3, 1, 2)
-        if self._pool is not None:  # CPU: into a reused buffer (a fresh one page-faults)
-            target = self._pool.get(tuple(labels.shape), torch.int64)
-            target.copy_(labels)
-        else:
-            target = labels.to(self.device, non_blocking=nb).long()
-        if not self.train and bool((index < 0).any()):
-            target[index.to(target.device) < 0] = 255  # padding samples never reach the metric
-        return Batch(x, target, index)
+        image_out = target_out = None
+        if b.target is not None:  # into reused buffers: a fresh one page-faults
+            image_out = self._pool.get((*b.image.shape[:3], 3))
+            target_out = self._pool.get(tuple(b.target.shape), torch.int64)
+        with one_thread():  # the workers hold the cores: no spinning OpenMP pool
+            return finish(b, self.device, self._norm, self.channels_last, image_out, target_out)
 
 
 def _worker_context():
@@ -286,29 +265,3 @@ def _worker_context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     return ctx
-
-
-class _CudaPrefetcher:
-    """Finish batch k+1 (H2D copy + normalization) on a side stream while the caller uses batch k."""
-
-    def __init__(self, batches, finish, device: torch.device) -> None:
-        self.batches, self.finish, self.device = batches, finish, device
-        self.stream = torch.cuda.Stream(device)
-
-    def _next(self):
-        try:
-            b = next(self.batches)
-        except StopIteration:
-            return None
-        with torch.cuda.stream(self.stream):
-            return self.finish(b)
-
-    def __iter__(self):
-        nxt = self._next()
-        while nxt is not None:
-            cur = self.stream
-            torch.cuda.current_stream(self.device).wait_stream(cur)  # the batch is ready before use
-            for t in (nxt.image, nxt.target):
-                t.record_stream(torch.cuda.current_stream(self.device))  # freed only after use
-            batch, nxt = nxt, self._next()
-            yield batch

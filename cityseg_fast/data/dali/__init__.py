@@ -1,0 +1,15 @@
+"""NVIDIA DALI: the ONLY package that imports `nvidia.dali`.
+
+    graphs.py   pipeline bodies as free functions of DataNodes and explicit arguments
+    loader.py   the `dali` loader backend: plan feeding, iteration, hand-off to torch
+    probe.py    what DALI can do here (doctor): the version, one batch of the real graphs
+
+Importing this package does not import DALI (only graphs.py and the loader's pipeline do), so the
+package runs where DALI is missing, and a DALI upgrade touches this folder only.
+"""
+
+from __future__ import annotations
+
+from cityseg_fast.data.dali.probe import dali_available, dali_version, probe
+
+__all__ = ["dali_available", "dali_version", "probe"]
