@@ -45,6 +45,26 @@ def test_confusion_matrix_matches_numpy_reference():
     assert res["pixels"] == int(keep.sum())
 
 
+def test_padding_samples_are_masked_by_evaluate():
+    """A padding sample (index -1) repeats a real file with real labels: evaluate alone masks it, so the
+    result equals evaluating the real samples only."""
+    from cityseg_fast.config import load_config
+    from cityseg_fast.data.batch import Batch
+    from cityseg_fast.engine.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 19, 1)
+    cfg = load_config([], [])
+    image = torch.randn(3, 3, 8, 16)
+    target = torch.randint(0, 19, (3, 8, 16))
+    rep = [2, 0]  # sample 2, then a padding repeat of sample 0
+    padded = [Batch(image[:2], target[:2], torch.tensor([0, 1])), Batch(image[rep], target[rep], torch.tensor([2, -1]))]
+    real = [Batch(image, target, torch.tensor([0, 1, 2]))]
+    a, b = evaluate(model, padded, cfg, "cpu"), evaluate(model, real, cfg, "cpu")
+    assert a["images"] == b["images"] == 3 and a["pixels"] == b["pixels"] == 3 * 8 * 16
+    assert np.allclose(a["iou"], b["iou"], equal_nan=True) and a["miou"] == pytest.approx(b["miou"])
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return trained_run(tmp_path_factory.getbasetemp())

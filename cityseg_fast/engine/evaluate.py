@@ -1,7 +1,10 @@
-"""Evaluation: a bincount confusion matrix on the device, summed across ranks, official-format export.
+"""Evaluation: a confusion matrix on the device, summed across ranks, official-format export.
 
 Each validation image is counted exactly once, also under DDP: eval loaders mark padding samples with
-`Batch.index == -1` and those never reach the matrix. The IoU follows cityscapesscripts'
+`Batch.index == -1` and `evaluate` masks them out (the one place padding is masked). Nothing in the
+loop waits for the device: no boolean-mask indexing, no CUDA bincount (it reads its input's min/max
+back to size its output), no blocking copy; the matrix is read once, after the last batch. A test
+runs it under `torch.cuda.set_sync_debug_mode("error")`. The IoU follows cityscapesscripts'
 `evalPixelLevelSemanticLabeling`: ground-truth "ignore" pixels are dropped, a class with neither
 ground truth nor prediction has IoU NaN and is left out of the mean.
 """
@@ -31,24 +34,34 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = 255) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self._bins = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)
+        self.mat = self._bins[:-1].view(num_classes, num_classes)  # the last bin collects what is not counted
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of predictions (any integer shape) against targets of the same shape. No host sync."""
+    def update(self, pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Add a batch of predictions (N x ...) against targets of the same shape, without a host sync.
+
+        keep: bool N (on the matrix's device), False for samples that must not count (padding).
+        Every pixel goes to bin target * C + pred, or to one spare bin C * C when its target is
+        ignore (255) or out of range or its sample is not kept; a scatter-add into C * C + 1 bins
+        then needs no data-dependent shape (which is what makes bincount and mask indexing sync).
+        """
         n = self.num_classes
-        target = target.to(self.mat.device).reshape(-1)
-        pred = pred.to(self.mat.device).reshape(-1)
-        keep = (target >= 0) & (target < n)  # drops ignore_index (255) and anything else out of range
-        idx = target[keep] * n + pred[keep].clamp_(0, n - 1)
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+        target = target.to(self.mat.device)
+        pred = pred.to(self.mat.device)
+        valid = (target >= 0) & (target < n)  # drops ignore_index (255) and anything else out of range
+        if keep is not None:
+            valid &= keep.reshape(-1, *([1] * (target.dim() - 1)))
+        idx = torch.where(valid, target * n + pred.clamp(0, n - 1), n * n).reshape(-1)
+        ones = torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.numel())
+        self._bins.scatter_add_(0, idx, ones)
 
     def reduce(self) -> None:
         """Sum the matrices of all ranks (every rank ends with the global matrix)."""
         dist.all_reduce_sum(self.mat)
 
     def reset(self) -> None:
-        self.mat.zero_()
+        self._bins.zero_()
 
     def compute(self) -> dict[str, Any]:
         """{"miou": mean over classes with a defined IoU, "iou": [19, NaN where undefined], "acc": pixel accuracy}."""
@@ -61,6 +74,15 @@ class ConfusionMatrix:
         total = float(m.sum())
         acc = float(tp.sum()) / total if total > 0 else float("nan")
         return {"miou": miou, "iou": [float(v) for v in iou], "acc": acc, "pixels": int(total)}
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device` without a blocking copy (pinned, then non-blocking)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def export_prediction(pred: np.ndarray, stem: str, export_dir: str | os.PathLike) -> Path:
@@ -102,12 +124,13 @@ def evaluate(
     task = progress.add_task("eval", total=len(loader), stats="") if progress is not None else None
     for batch in loader:
         pred = eval_step(model, batch, cfg)
-        if batch.index is None:  # a loader without padding: every sample is real
-            keep = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
+        keep = None
+        if batch.index is not None:  # a loader without padding (index None): every sample is real
+            keep = _to_device(batch.index, pred.device) >= 0
+            images += keep.sum()
         else:
-            keep = batch.index.to(pred.device) >= 0
-        cm.update(pred[keep], batch.target[keep])
-        images += keep.sum()
+            images += pred.shape[0]
+        cm.update(pred, batch.target, keep)
         if export_dir is not None:
             if samples is None or batch.index is None:
                 raise ValueError("export needs a loader with `samples` and batches with `index`")
