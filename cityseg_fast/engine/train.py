@@ -154,6 +154,12 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     from cityseg_fast.data.factory import build_loader
 
     t = cfg.train
+    if t.sync_bn and info.world_size > 1 and cfg.precision.compile != "off":
+        raise UserError(
+            "train.sync_bn=true with precision.compile under DDP: dynamo graph-breaks at every "
+            "SyncBatchNorm (pytorch#161302) and compile + DDP + SyncBN fails in open reports "
+            "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
+        )
     out = Path(t.out_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +179,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     model = None
     if t.sync_bn and info.world_size > 1:
         from cityseg_fast.models import model_from_config
+
 
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
     state = build_train_state(cfg, info.device, model)
