@@ -42,7 +42,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_train_ids_equal_the_official_mapping_at_every_pixel(src, tmp_path):
     out = tmp_path / "out"
-    summary = prepare_dataset(src, out, image_format="png", workers=1, progress=False)
+    summary = prepare_dataset(src, out, image_format="png", workers=1, progress=False, label_format="png")
     assert summary["written"] == 6 and summary["skipped"] == 0
     for split in ("train", "val"):
         raw, prep = find_samples(src, split), find_samples(out, split)
@@ -58,8 +58,8 @@ def test_train_ids_equal_the_official_mapping_at_every_pixel(src, tmp_path):
 
 def test_npy_labels_hold_the_same_train_ids_as_png(src, tmp_path, capsys):
     png, npy = tmp_path / "png", tmp_path / "npy"
-    prepare_dataset(src, png, workers=1, progress=False, scale=0.5)
-    assert main(["prepare", "--src", str(src), "--out", str(npy), "--label-format", "npy",
+    prepare_dataset(src, png, workers=1, progress=False, scale=0.5, label_format="png")
+    assert main(["prepare", "--src", str(src), "--out", str(npy),  # npy: the default for a new --out
                  "--scale", "0.5", "--workers", "1", "--no-progress"]) == 0  # fmt: skip
     assert read_manifest(npy)["label_format"] == "npy" and read_manifest(png)["label_format"] == "png"
     for split in ("train", "val"):
@@ -71,9 +71,11 @@ def test_npy_labels_hold_the_same_train_ids_as_png(src, tmp_path, capsys):
             np.testing.assert_array_equal(arr, np.asarray(Image.open(x.label)))
             assert x.image.read_bytes() == y.image.read_bytes()
     validate_samples(find_samples(npy, "train"))  # the checks read .npy labels too
-    # a rerun with the other label format would mix outputs: refused
+    # a rerun keeps the earlier format; asking for the other one would mix outputs: refused
+    assert prepare_dataset(src, png, workers=1, progress=False, scale=0.5)["skipped"] > 0
+    assert read_manifest(png)["label_format"] == "png"
     with pytest.raises(UserError, match="label_format"):
-        prepare_dataset(src, npy, workers=1, progress=False, scale=0.5)
+        prepare_dataset(src, npy, workers=1, progress=False, scale=0.5, label_format="png")
 
 
 def test_bad_npy_label_is_a_clear_error(tmp_path):
@@ -100,7 +102,7 @@ def test_manifest(src, tmp_path):
 @pytest.mark.parametrize("kw, hw", [({"size": (32, 48)}, (32, 48)), ({"scale": 0.5}, (32, 64))])
 def test_jpeg_output_decodes_at_the_requested_size(src, tmp_path, kw, hw):
     out = tmp_path / "out"
-    prepare_dataset(src, out, workers=2, progress=False, **kw)
+    prepare_dataset(src, out, workers=2, progress=False, label_format="png", **kw)
     for split in ("train", "val"):
         for raw, p in zip(find_samples(src, split), find_samples(out, split), strict=True):
             assert p.image.suffix == ".jpg"
@@ -231,9 +233,9 @@ def test_rerun_with_other_settings_is_refused(src, tmp_path):
 
 def test_interrupted_run_completes_to_identical_output(src, tmp_path):
     ref = tmp_path / "ref"
-    prepare_dataset(src, ref, scale=0.5, workers=1, progress=False)
+    prepare_dataset(src, ref, scale=0.5, workers=1, progress=False, label_format="png")
     out = tmp_path / "out"
-    prepare_dataset(src, out, scale=0.5, workers=1, progress=False)
+    prepare_dataset(src, out, scale=0.5, workers=1, progress=False, label_format="png")
     # What a kill leaves behind: no manifest, some pairs missing one or both files, a stray temp file.
     (out / "manifest.json").unlink()
     train = sorted((out / "train" / "images").iterdir())
@@ -241,7 +243,7 @@ def test_interrupted_run_completes_to_identical_output(src, tmp_path):
     (out / "train" / "labels" / (train[1].stem + ".png")).unlink()
     shutil.rmtree(out / "val")
     (out / "train" / "images" / f".{train[2].name}.tmp12345").write_bytes(b"half a JPEG")
-    summary = prepare_dataset(src, out, scale=0.5, workers=2, progress=False)
+    summary = prepare_dataset(src, out, scale=0.5, workers=2, progress=False, label_format="png")
     assert summary["written"] == 4 and summary["skipped"] == 2 and summary["stray_temps_removed"] == 1
     assert _files(out) == _files(ref)
 
@@ -249,8 +251,8 @@ def test_interrupted_run_completes_to_identical_output(src, tmp_path):
 def test_sigkill_midway_then_rerun_gives_identical_output(tmp_path):
     src = tmp_path / "src"
     write_synthetic(src, train=30, val=0, test=0, size=(256, 512), seed=5, workers=2, progress=False)
-    prepare_dataset(src, tmp_path / "ref", splits=("train",), workers=2, progress=False)
-    args = ["prepare", "--src", str(src), "--splits", "train", "--workers", "1", "--no-progress"]
+    prepare_dataset(src, tmp_path / "ref", splits=("train",), workers=2, progress=False, label_format="png")
+    args = ["prepare", "--src", str(src), "--splits", "train", "--workers", "1", "--no-progress", "--label-format", "png"]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "cityseg_fast", *args, "--out", str(out)], env=env)

@@ -25,9 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label-format",
         choices=["png", "npy"],
-        default="png",
-        help="png: small, decoded on the CPU every time (default); npy: raw uint8 arrays (2 MB per "
-        "1024x2048 frame), a crop reads only its window: the cheapest label path for the loaders",
+        default=None,
+        help="npy (default for a new --out): raw uint8 arrays (2 MB per 1024x2048 frame), a crop reads "
+        "only its window: the cheapest label path for every loader, on the CPU and feeding a GPU; "
+        "png: 100x smaller on disk, decoded on the CPU every time. A rerun keeps the earlier format",
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--size", default=None, metavar="HxW", help="resize every frame to HxW")
