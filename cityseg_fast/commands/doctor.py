@@ -1,8 +1,9 @@
 """Report what this machine has and what cityseg_fast can do on it.
 
-Versions (Python, torch, torchvision, DALI, CUDA), the CPU, each GPU via NVML, whether a DALI CPU
-pipeline builds and GPU (`mixed`) decoding works, whether torch.compile can work (a C++ compiler),
-and which distributed backends are available. A missing GPU or DALI is reported, never a crash.
+Versions (Python, torch, torchvision, DALI, CUDA), the CPU, each GPU via NVML, whether one batch of
+the DALI loader's real train and eval graphs runs on the CPU and (with a GPU) through the `mixed`
+decoder, whether torch.compile can work (a C++ compiler), and which distributed backends are
+available. A missing GPU or DALI is reported, never a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _yes(v: bool) -> str:
     return "[green]yes[/]" if v else "[red]no[/]"
+
+
+def _graphs(g: dict | None) -> str:
+    """'train yes, eval yes' for one batch of each real graph."""
+    if not g:
+        return _yes(False)
+    return ", ".join(f"{mode} graph {_yes(bool(g.get(mode)))}" for mode in ("train", "eval"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
         t.add_row("GPU", f"none ({info['nvml_error'] or 'NVML reports no devices'})")
     d = info["dali_probe"]
     t.add_row("DALI", d["version"] or "[red]not installed[/]")
-    t.add_row("DALI CPU pipeline", _yes(d["cpu_pipeline"]))
-    t.add_row("DALI GPU (mixed) decode", _yes(d["gpu_decode"]) + ("" if info["cuda_available"] else " (no GPU)"))
+    t.add_row("DALI CPU pipeline", _graphs(d.get("cpu_graphs")))
+    gpu = _graphs(d.get("gpu_graphs")) if info["cuda_available"] else _yes(False) + " (no GPU)"
+    t.add_row("DALI GPU (mixed) decode", gpu)
     if d["error"]:
         t.add_row("DALI note", d["error"])
     c = info["compile"]
