@@ -266,3 +266,26 @@ def test_palette_labels_are_indices_or_a_clear_error(tmp_path):
         all_batches(root, "dali", "val", "loader.eval_batch_size=1")
     msg = str(err.value)
     assert str(samples[0].label) in msg and "palette" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("resampler", ["torch", "dali"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_uint8_hand_off_gives_the_same_batches(tmp_path, monkeypatch, resampler, split):
+    """DALI on the CPU feeding a GPU ships uint8 crops (pinned) with their valid sizes and lets
+    handoff.finish normalize and zero the padding on the device. Here on the CPU, with the two CUDA
+    pieces (pinned buffers, the side-stream prefetcher) stood in for: the batches must equal the
+    float path's, padding included."""
+    from cityseg_fast.data.dali import loader as dali_loader
+
+    root = write_raw(tmp_path, {split: 4}, pattern="texture")
+    extra = (f"loader.resampler={resampler}", "data.scale_range=[0.4,1.2]", "data.crop=[48,96]")
+    float_path = all_batches(root, "dali", split, *extra)
+    monkeypatch.setattr(dali_loader, "_ships_uint8", lambda on_gpu, device: True)
+    monkeypatch.setattr(dali_loader, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(dali_loader, "_prefetcher", lambda items, fin, device: map(fin, items))
+    uint8_path = all_batches(root, "dali", split, *extra)
+    assert len(float_path) == len(uint8_path) > 0
+    for a, b in zip(float_path, uint8_path, strict=True):
+        check_batch(b, "cpu")
+        assert torch.equal(a.index, b.index) and torch.equal(a.target, b.target)
+        assert float((a.image - b.image).abs().max()) < 1e-4  # the same normalization, other order

@@ -28,6 +28,8 @@ import torch
 
 from cityseg_fast.data.batch import Batch, to_layout
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish, pinned
+
+_prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
 from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
 
@@ -87,8 +89,7 @@ class DaliLoader(PlannedLoader):
         self._init_plan(samples, spec)
         self.dali_device, self.roi = dali_device, roi
         self.on_gpu = dali_device == "gpu"
-        # DALI on the CPU feeding a GPU: uint8 out of DALI, normalized on the GPU (handoff.py)
-        self.host_uint8 = not self.on_gpu and self.device.type == "cuda"
+        self.host_uint8 = _ships_uint8(self.on_gpu, self.device)
         self.torch_tail = spec.train and not spec.decode_only and resampler == "torch"
         from cityseg_fast.data.resample import BufferPool, Normalizer
 
@@ -125,7 +126,7 @@ class DaliLoader(PlannedLoader):
         self._feed.start(self._plan())
         self._active = True
         if self.host_uint8:
-            yield from CudaPrefetcher(self._epoch(), self._finish_host, self.device)
+            yield from _prefetcher(self._epoch(), self._finish_host, self.device)
         else:
             yield from self._epoch()
 
@@ -352,6 +353,11 @@ class DaliLoader(PlannedLoader):
             sizes = torch.tensor([(g.out_h, g.out_w) for g in geo], dtype=torch.int64)
             return HostBatch(image, target, sizes, index)
         return Batch(to_layout(image.permute(0, 3, 1, 2), self.channels_last), target, index)
+
+
+def _ships_uint8(dali_on_gpu: bool, device: torch.device) -> bool:
+    """DALI on the CPU feeding a GPU: uint8 out of DALI, copied and normalized on the GPU (handoff.py)."""
+    return not dali_on_gpu and device.type == "cuda"
 
 
 def _nchw(image: torch.Tensor, layout: str) -> torch.Tensor:
