@@ -28,10 +28,10 @@ import torch
 
 from cityseg_fast.data.batch import Batch, to_layout
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish, pinned
-
-_prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
 from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache, crop_geometry
 from cityseg_fast.errors import UserError
+
+_prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
 
 
 class _Feed:
