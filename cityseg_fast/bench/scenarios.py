@@ -82,9 +82,21 @@ def _model_keys(cfg: Config) -> dict[str, Any]:
 
 
 def _loader_keys(cfg: Config) -> dict[str, Any]:
-    keys = {"loader": cfg.loader.backend, "loader_device": resolved_loader_device(cfg)}
-    if cfg.loader.backend == "dali" and cfg.loader.resampler != "auto":
-        keys["resampler"] = cfg.loader.resampler  # named only when not the default
+    """The loader and, named only where they differ from the defaults (so existing points keep their
+    ids), the settings that change its speed: DALI's resampler, threads, hardware-decoder share (GPU
+    only) and queue depth; the torch DataLoader's workers."""
+    from cityseg_fast.config import LoaderConfig
+
+    lc, default = cfg.loader, LoaderConfig()
+    device = resolved_loader_device(cfg)
+    keys: dict[str, Any] = {"loader": lc.backend, "loader_device": device}
+    wanted = {
+        "dali": ("resampler", "num_threads", "prefetch_queue_depth") + (("hw_decoder_load",) if device == "gpu" else ()),
+        "torch": ("num_workers", "prefetch_queue_depth"),
+    }.get(lc.backend, ())
+    for name in wanted:
+        if getattr(lc, name) != getattr(default, name):
+            keys[name] = getattr(lc, name)
     return keys
 
 

@@ -77,7 +77,20 @@ MODEL_MATCH = (
     "batch_size",
     "world_size",
 )
-LOADER_MATCH = ("loader", "loader_device", "crop", "batch_size", "image_format", "quality")
+LOADER_MATCH = (
+    "loader",
+    "loader_device",
+    "crop",
+    "batch_size",
+    "image_format",
+    "quality",
+    "label_format",
+    "resampler",
+    "num_threads",
+    "hw_decoder_load",
+    "prefetch_queue_depth",
+    "num_workers",
+)
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -468,8 +481,12 @@ def run_sweep(
     *,
     retry_oom: bool = False,
     live: bool = True,
+    time_budget_s: float | None = None,
 ) -> dict[str, int]:
-    """Run every point not already done; returns counts {ok, oom, error, skipped}."""
+    """Run every point not already done; returns counts {ok, oom, error, skipped, not_started}.
+
+    time_budget_s: start no new point once this much wall time has passed (the point in flight
+    finishes, bounded by the spec's timeout_s); the rest is left for a rerun, which resumes."""
     from rich.console import Console
     from rich.live import Live
 
@@ -484,10 +501,14 @@ def run_sweep(
     prog = Progress(total=len(spec.points))
     console = Console(stderr=True)
     queue = list(spec.points)
+    t0 = time.perf_counter()
     with Live(
         prog.table(spec.name), console=console, refresh_per_second=2, transient=False, auto_refresh=live
     ) as view:
         while queue:
+            if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+                prog.counts["not_started"] = len(queue)
+                break
             sp = queue.pop(0)
             existing = list(read_rows(results))
             if any(

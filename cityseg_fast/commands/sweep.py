@@ -20,6 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the expanded points and exit")
     p.add_argument("--retry-oom", action="store_true", help="re-measure points recorded as oom")
     p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="S",
+        help="start no new point after S seconds; a rerun resumes with the rest",
+    )
+    p.add_argument(
         "--only",
         metavar="SCENARIO",
         action="append",
@@ -45,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{len(spec.points)} points ({spec.skipped_duplicates} duplicate combinations folded)")
         return 0
     console.print(f"sweep '{spec.name}': {len(spec.points)} points -> {out}/results.jsonl")
-    counts = run_sweep(spec, out, retry_oom=args.retry_oom)
+    counts = run_sweep(spec, out, retry_oom=args.retry_oom, time_budget_s=args.time_budget)
     console.print("done: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"  ({out}/results.jsonl)")
     return 1 if counts.get("error") else 0

@@ -119,9 +119,32 @@ def evaluate(
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(cfg.data.num_classes, device, cfg.data.ignore_index)
-    images = torch.zeros((), dtype=torch.int64, device=device)
-    samples = getattr(loader, "samples", None)
     task = progress.add_task("eval", total=len(loader), stats="") if progress is not None else None
+    advance = (lambda: progress.advance(task)) if task is not None else None
+    images = accumulate(model, loader, cfg, cm, export_dir, advance)
+    if task is not None:
+        progress.remove_task(task)
+    cm.reduce()
+    dist.all_reduce_sum(images)
+    result = cm.compute()  # the evaluation's one host transfer (and sync)
+    result["images"] = int(images)
+    model.train(was_training)
+    return result
+
+
+@torch.inference_mode()
+def accumulate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    cfg: Config,
+    cm: ConfusionMatrix,
+    export_dir: str | os.PathLike | None = None,
+    advance: Any = None,
+) -> torch.Tensor:
+    """Add every batch's predictions to `cm`; returns the count of real (non-padding) images, on the
+    device. Never waits for the device unless exporting (tests/gpu run it under sync debug mode)."""
+    images = torch.zeros((), dtype=torch.int64, device=cm.mat.device)
+    samples = getattr(loader, "samples", None)
     for batch in loader:
         pred = eval_step(model, batch, cfg)
         keep = None
@@ -138,16 +161,9 @@ def evaluate(
             for p, i in zip(pred.cpu().numpy(), batch.index.cpu().tolist(), strict=True):
                 if i >= 0:
                     export_prediction(p, samples[i].stem, export_dir)
-        if task is not None:
-            progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    cm.reduce()
-    dist.all_reduce_sum(images)
-    result = cm.compute()
-    result["images"] = int(images)
-    model.train(was_training)
-    return result
+        if advance is not None:
+            advance()
+    return images
 
 
 def iou_table(result: dict[str, Any], title: str = "per-class IoU"):

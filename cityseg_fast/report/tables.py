@@ -416,7 +416,20 @@ _MODEL_KEYS = (
     "compile",
     "world_size",
 )
-_LOADER_KEYS = ("loader", "loader_device", "resolution", "batch_size", "image_format", "quality")
+_LOADER_KEYS = (
+    "loader",
+    "loader_device",
+    "resolution",
+    "batch_size",
+    "image_format",
+    "quality",
+    "label_format",
+    "resampler",
+    "num_threads",
+    "hw_decoder_load",
+    "prefetch_queue_depth",
+    "num_workers",
+)
 
 
 def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[float, str]:

@@ -100,6 +100,8 @@ class DaliLoader(PlannedLoader):
         # prepared with --label-format npy: labels are fed as arrays (train: the crop window only)
         self.label_arrays = bool(self.samples) and all(s.label.suffix == ".npy" for s in self.samples)
         self._sizes = SizeCache([s.image for s in self.samples])
+        # the torch tail's DALI graph needs the crop window to slice-decode the image or a PNG label
+        self._tail_needs_window = roi == "slice" or not self.label_arrays
         self._feed = _Feed(self._inputs)
         self._active = False
         self._decoder = Decoder("mixed" if self.on_gpu else "cpu", hw_decoder_load)
@@ -175,7 +177,7 @@ class DaliLoader(PlannedLoader):
         anchor = [np.array([g.y, g.x], np.int32) for g in geo]
         shape = [np.array([g.h, g.w], np.int32) for g in geo]
         if self.torch_tail:  # size and flip are applied in torch (_tail)
-            return images, labels, anchor, shape
+            return (images, labels, anchor, shape) if self._tail_needs_window else (images, labels)
         size = [np.array([g.out_h, g.out_w], np.float32) for g in geo]
         flip = [np.array(int(g.flip), np.int32) for g in geo]
         return images, labels, anchor, shape, size, flip
@@ -227,6 +229,8 @@ class DaliLoader(PlannedLoader):
             # more slot lets DALI decode `depth` batches ahead meanwhile (reports/cpu-loaders/).
             depth += 1
         n_in = 1 if self.decode_only else (2 if not self.train else (4 if self.torch_tail else 6))
+        if self.torch_tail and not self._tail_needs_window:
+            n_in = 2
         common = {
             "decoder": self._decoder,
             "label_arrays": self.label_arrays,
@@ -251,7 +255,8 @@ class DaliLoader(PlannedLoader):
                     eval_label_resize=self.eval_label_resize, **common,
                 )  # fmt: skip
             if self.torch_tail:
-                return graphs.window_graph(*feeds, roi=self.roi, **common)
+                window = feeds[2:] if self._tail_needs_window else (None, None)
+                return graphs.window_graph(*feeds[:2], *window, roi=self.roi, **common)
             return graphs.train_graph(*feeds, out=self._out, crop=self.crop, roi=self.roi, **common)
 
         p = pipe()
