@@ -16,7 +16,6 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +120,6 @@ def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 # -- measurement --------------------------------------------------------------------------------
 
 
-def _forever(loader) -> Iterator:
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _percentiles(lat_s: list[float], variance_warn: float) -> dict[str, Any]:
     import numpy as np
 
@@ -157,6 +148,7 @@ def measure_loader(cfg: Config, iters: int, warmup: int, *, split: str | None = 
 
     from cityseg_fast.bench.env import cpu_count
     from cityseg_fast.data.factory import build_loader
+    from cityseg_fast.data.plan import endless
 
     if iters < 1 or warmup < 0:
         from cityseg_fast.errors import UserError
@@ -165,7 +157,7 @@ def measure_loader(cfg: Config, iters: int, warmup: int, *, split: str | None = 
     split = split or cfg.data.train_split
     loader = build_loader(cfg, split, train=True)
     on_gpu = loader_device(loader).type == "cuda"
-    batches = _forever(loader)
+    batches = (b for _, b in endless(loader))
     n_images, lat = 0, []
     try:
         for _ in range(warmup):

@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,22 +149,6 @@ def point_from_config(scenario: str, cfg: Config, world_size: int = 1) -> dict[s
 # helpers
 
 
-def cycle_batches(loader: Any) -> Iterator[Any]:
-    """Batches across epochs (set_epoch before each, as training does)."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise RuntimeError(
-                f"loader '{loader.description}' yielded no batch (dataset smaller than one batch?)"
-            )
-        epoch += 1
-
-
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
     """(device, DistInfo or None): under torchrun initialise the process group; the device is this
     rank's (hardware.resolve_device: cuda:LOCAL_RANK, initialised, or cpu)."""
@@ -262,6 +246,8 @@ def _train_point(
     from cityseg_fast.bench.memory import MemoryMonitor
     from cityseg_fast.bench.timing import time_steps
     from cityseg_fast.data.factory import build_loader
+    from cityseg_fast.data.plan import endless
+    from cityseg_fast.engine.dist import wrap_ddp
     from cityseg_fast.engine.precision import reset_compile_counters
     from cityseg_fast.engine.step import build_train_state, train_step
 
@@ -270,13 +256,9 @@ def _train_point(
     reset_compile_counters()
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         state = build_train_state(cfg, device)
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [device.index] if device.type == "cuda" else None
-            state.model = DDP(state.model, device_ids=ids)
+        state.model = wrap_ddp(state.model, device)
         loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
-        batches = cycle_batches(loader)
+        batches = (b for _, b in endless(loader))
         state.model.train()
 
         def step() -> None:

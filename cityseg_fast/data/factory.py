@@ -17,12 +17,11 @@ from typing import Any, Protocol
 import torch
 
 from cityseg_fast.config import Config, data_root
+from cityseg_fast.data.plan import LoaderSpec
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cores_per_rank, resolve_device
 
 BACKENDS = ("dali", "torch", "synthetic")
-SYNTHETIC_DEFAULT_BATCHES = 100  # synthetic loader without a dataset: batches per epoch
-CITYSCAPES_HW = (1024, 2048)
 
 
 class Loader(Protocol):
@@ -48,6 +47,28 @@ def dali_device(requested: str, device: torch.device) -> str:
     return requested
 
 
+def loader_spec(cfg: Config, train: bool, rank: int, world_size: int, device: torch.device) -> LoaderSpec:
+    """The LoaderSpec of a split from the config: the one place a loader's settings are read."""
+    d, lc = cfg.data, cfg.loader
+    return LoaderSpec(
+        train=train,
+        batch_size=lc.batch_size if train else lc.eval_batch_size,
+        crop=tuple(d.crop),
+        scale_range=tuple(d.scale_range),
+        flip_prob=d.flip_prob,
+        mean=d.mean,
+        std=d.std,
+        eval_size=d.eval_size,
+        eval_label_resize=d.eval_label_resize,
+        rank=rank,
+        world_size=world_size,
+        seed=lc.seed,
+        device=device,
+        channels_last=cfg.precision.channels_last,
+        decode_only=lc.decode_only,
+    )
+
+
 def build_loader(
     cfg: Config,
     split: str,
@@ -63,49 +84,27 @@ def build_loader(
     augmentation, no labels; batches carry uint8 images and an empty target. loader.roi (dali):
     "slice" decodes only the crop window, "resize" decodes the frame and resizes the window.
     """
-    backend = cfg.loader.backend
+    backend, lc = cfg.loader.backend, cfg.loader
     if backend not in BACKENDS:
         raise UserError(f"loader.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
     if train is None:
         train = split == cfg.data.train_split
-    device = device if device is not None else resolve_device()
-    d, lc = cfg.data, cfg.loader
-    batch_size = lc.batch_size if train else lc.eval_batch_size
-    if backend == "synthetic":
-        return _synthetic(cfg, split, rank, world_size, train, device, batch_size)
-
+    spec = loader_spec(cfg, train, rank, world_size, device if device is not None else resolve_device())
     from cityseg_fast.data.cityscapes import find_samples
 
-    samples = find_samples(data_root(cfg), split)
-    from cityseg_fast.data.plan import LoaderSpec
+    if backend == "synthetic":
+        from cityseg_fast.data.synthetic_loader import SyntheticLoader
 
-    spec = LoaderSpec(
-        train=train,
-        batch_size=batch_size,
-        crop=d.crop,
-        scale_range=d.scale_range,
-        flip_prob=d.flip_prob,
-        mean=d.mean,
-        std=d.std,
-        eval_size=d.eval_size,
-        eval_label_resize=d.eval_label_resize,
-        rank=rank,
-        world_size=world_size,
-        seed=lc.seed,
-        device=device,
-        channels_last=cfg.precision.channels_last,
-        decode_only=lc.decode_only,
-    )
+        # With a dataset, the synthetic loader mimics its epoch length and frame size; without, 100 batches.
+        has_data = bool(cfg.data.root or os.environ.get("CITYSCAPES_DATASET"))
+        samples = find_samples(data_root(cfg), split) if has_data else []
+        return SyntheticLoader(samples, spec, cfg.data.num_classes)
+    samples = find_samples(data_root(cfg), split)
     if backend == "torch":
         from cityseg_fast.data.torch_loader import TorchLoader
 
-        return TorchLoader(
-            samples,
-            spec,
-            num_workers=lc.num_workers,
-            prefetch_depth=lc.prefetch_queue_depth,
-            pin_memory=lc.pin_memory,
-        )
+        return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_depth=lc.prefetch_queue_depth,
+                           pin_memory=lc.pin_memory)  # fmt: skip
     from cityseg_fast.data.dali import dali_available
 
     if not dali_available():
@@ -117,46 +116,10 @@ def build_loader(
     return DaliLoader(
         samples,
         spec,
-        dali_device=dali_device(lc.device, device),
+        dali_device=dali_device(lc.device, spec.device),
         num_threads=lc.num_threads or cores_per_rank(),
         prefetch_queue_depth=lc.prefetch_queue_depth,
         hw_decoder_load=lc.hw_decoder_load,
         roi=lc.roi,
         resampler=lc.resampler,
-    )
-
-
-def _synthetic(
-    cfg: Config, split: str, rank: int, world_size: int, train: bool, device: torch.device, batch_size: int
-):
-    from cityseg_fast.data.cityscapes import find_samples, image_size
-    from cityseg_fast.data.synthetic_loader import SyntheticLoader
-
-    samples: list = []
-    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
-    if root:  # with a dataset, mimic its epoch length
-        samples = find_samples(data_root(cfg), split)
-    per_rank = -(-len(samples) // world_size) if samples else 0
-    if train:
-        hw = target_hw = cfg.data.crop
-        n = per_rank // batch_size if samples else SYNTHETIC_DEFAULT_BATCHES
-    else:
-        # Eval frames keep their size (that of a `prepare --size/--scale` output when prepared).
-        frame_hw = image_size(samples[0].image) if samples else CITYSCAPES_HW
-        hw = cfg.data.eval_size or frame_hw
-        target_hw = hw if (cfg.data.eval_size is None or cfg.data.eval_label_resize) else frame_hw
-        n = -(-per_rank // batch_size) if samples else SYNTHETIC_DEFAULT_BATCHES
-    return SyntheticLoader(
-        samples,
-        train=train,
-        batch_size=batch_size,
-        image_hw=tuple(hw),
-        target_hw=tuple(target_hw),
-        num_classes=cfg.data.num_classes,
-        num_batches=n,
-        rank=rank,
-        world_size=world_size,
-        seed=cfg.loader.seed,
-        device=device,
-        channels_last=cfg.precision.channels_last,
     )

@@ -17,7 +17,8 @@ every rank runs the same number of steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -132,7 +133,7 @@ def crop_geometry(src_hw: tuple[int, int], crop_hw: tuple[int, int], aug: Aug) -
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """What every planned backend is built from (the factory fills it from the config)."""
+    """What every backend is built from, filled once from the config (factory.loader_spec)."""
 
     train: bool
     batch_size: int
@@ -152,66 +153,55 @@ class LoaderSpec:
 
 
 class PlannedLoader:
-    """The epoch plan side of the Loader protocol, shared by the `dali` and `torch` backends.
+    """The epoch-plan side of the Loader protocol, shared by every backend: `spec`, `samples`, `len()`,
+    `num_samples`, `set_epoch`, and `_plan()` (this rank's batches of the current epoch)."""
 
-    Subclasses call `_init_plan(samples, spec)` in their constructor; the spec's fields become
-    attributes (self.train, self.crop, ...).
-    """
-
-    samples: list
-    train: bool
-    batch_size: int
-    crop: tuple[int, int]
-    scale_range: tuple[float, float]
-    flip_prob: float
-    rank: int
-    world_size: int
-    seed: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    eval_size: tuple[int, int] | None
-    eval_label_resize: bool
-    device: Any
-    channels_last: bool
-    decode_only: bool
-    epoch: int
-
-    def _init_plan(self, samples: list, spec: LoaderSpec) -> None:
-        for f in fields(spec):
-            setattr(self, f.name, getattr(spec, f.name))
-        self.samples = list(samples)
-        self.crop, self.scale_range, self.epoch = tuple(spec.crop), tuple(spec.scale_range), 0
-        if spec.train:  # fail at build, not mid-iteration
+    def __init__(self, samples: list, spec: LoaderSpec) -> None:
+        self.samples, self.spec, self.epoch = list(samples), spec, 0
+        if spec.train and self.samples:  # fail at build, not mid-iteration
             check_train_size(len(self.samples), spec.world_size, spec.batch_size)
 
+    @property
+    def device(self) -> Any:
+        return self.spec.device
+
     def __len__(self) -> int:
-        n, w, b = len(self.samples), self.world_size, self.batch_size
-        return train_len(n, w, b) if self.train else eval_len(n, w, b)
+        n, s = len(self.samples), self.spec
+        return train_len(n, s.world_size, s.batch_size) if s.train else eval_len(n, s.world_size, s.batch_size)
 
     @property
     def num_samples(self) -> int:
-        if self.train:
-            return len(self) * self.batch_size
-        return eval_num_samples(len(self.samples), self.rank, self.world_size)
+        if self.spec.train:
+            return len(self) * self.spec.batch_size
+        return eval_num_samples(len(self.samples), self.spec.rank, self.spec.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def close(self) -> None:
+        """Release workers / pipelines (backends that hold any override this)."""
+
     def _plan(self) -> list[list[Item]]:
-        """This rank's batches of the current epoch."""
-        n = len(self.samples)
-        if self.train:
-            return train_batches(
-                n,
-                self.rank,
-                self.world_size,
-                self.epoch,
-                self.seed,
-                self.batch_size,
-                self.scale_range,
-                self.flip_prob,
-            )
-        return eval_batches(n, self.rank, self.world_size, self.batch_size)
+        s, n = self.spec, len(self.samples)
+        if s.train:
+            return train_batches(n, s.rank, s.world_size, self.epoch, s.seed, s.batch_size, tuple(s.scale_range), s.flip_prob)
+        return eval_batches(n, s.rank, s.world_size, s.batch_size)
+
+
+def endless(loader: Any, epoch: int = 0, skip: int = 0) -> Iterator[tuple[int, Any]]:
+    """(epoch, batch) across epochs, `set_epoch` before each, from `epoch`, skipping its first `skip`
+    batches (an exact resume). The one endless iterator: training, benchmarks and the loader bench."""
+    while True:
+        loader.set_epoch(epoch)
+        n = 0
+        for i, batch in enumerate(loader):
+            n += 1
+            if i >= skip:
+                yield epoch, batch
+        if n == 0:
+            raise RuntimeError(f"loader '{loader.description}' yielded no batch (dataset smaller than one batch?)")
+        skip = 0
+        epoch += 1
 
 
 class SizeCache:

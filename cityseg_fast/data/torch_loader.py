@@ -24,29 +24,18 @@ import torch
 
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish
-from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, SizeCache, crop_geometry
+from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometry
 from cityseg_fast.errors import UserError
 
 
 class PlanDataset(torch.utils.data.Dataset):
     """Reads one plan Item: decode with PIL, crop-before-resize, flip; returns uint8 arrays."""
 
-    def __init__(
-        self,
-        samples: list,
-        *,
-        train: bool,
-        crop: tuple[int, int],
-        eval_size: tuple[int, int] | None,
-        eval_label_resize: bool,
-        decode_only: bool = False,
-    ) -> None:
+    def __init__(self, samples: list, spec: LoaderSpec) -> None:
         from cityseg_fast.data.labels import ID_TO_TRAINID
 
-        self.samples, self.train, self.crop = samples, train, tuple(crop)
-        self.eval_size, self.eval_label_resize, self.decode_only = eval_size, eval_label_resize, decode_only
+        self.samples, self.spec = samples, spec
         self.lut = np.asarray(ID_TO_TRAINID, dtype=np.uint8)
-        self.sizes = SizeCache([s.image for s in samples])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,7 +71,8 @@ class PlanDataset(torch.utils.data.Dataset):
 
         s = self.samples[item.source]
         img = self._open(s.image, "RGB")
-        if self.decode_only:
+        spec = self.spec
+        if spec.decode_only:
             return _tensor(img), None, item.index
         lab = self._open_array(s.label) if s.label.suffix == ".npy" else self._open(s.label, "L")
         lab_hw = tuple(lab.shape) if isinstance(lab, np.ndarray) else (lab.height, lab.width)
@@ -90,8 +80,8 @@ class PlanDataset(torch.utils.data.Dataset):
             from cityseg_fast.data.cityscapes import label_size_error
 
             raise _DecodeError(label_size_error(s.label, lab_hw, s.image, (img.height, img.width)))
-        if self.train:
-            g = crop_geometry((img.height, img.width), self.crop, item.aug)
+        if spec.train:
+            g = crop_geometry((img.height, img.width), spec.crop, item.aug)
             box = (g.x, g.y, g.x + g.w, g.y + g.h)  # convert only the window: crop before resize
             image = resize_image(_tensor(img.crop(box)), (g.out_h, g.out_w))
             if isinstance(lab, np.ndarray):  # a memory-mapped array: read the window's rows only
@@ -103,10 +93,10 @@ class PlanDataset(torch.utils.data.Dataset):
                 image, label = image.flip(1), label.flip(1)
         else:
             image, label = _tensor(img), _tensor(lab)
-            if self.eval_size is not None:
-                image = resize_image(image, self.eval_size)
-                if self.eval_label_resize:
-                    label = resize_label(label, self.eval_size)
+            if spec.eval_size is not None:
+                image = resize_image(image, spec.eval_size)
+                if spec.eval_label_resize:
+                    label = resize_label(label, spec.eval_size)
         if s.label_kind == "labelIds":  # after the geometry: map crop-sized labels, not frames
             label = torch.from_numpy(self.lut[label.numpy()])
         return image, label, item.index
@@ -185,18 +175,11 @@ class TorchLoader(PlannedLoader):
     ) -> None:
         from cityseg_fast.data.resample import BufferPool, Normalizer
 
-        self._init_plan(samples, spec)
+        super().__init__(samples, spec)
         on_gpu = spec.device.type == "cuda"
         self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
         self._pool = BufferPool(prefetch_depth + 2) if not on_gpu else None  # GPU: caching allocator
-        dataset = PlanDataset(
-            self.samples,
-            train=spec.train,
-            crop=self.crop,
-            eval_size=spec.eval_size,
-            eval_label_resize=spec.eval_label_resize,
-            decode_only=spec.decode_only,
-        )
+        dataset = PlanDataset(self.samples, spec)
         kw: dict[str, Any] = {}
         if num_workers > 0:
             kw = {
@@ -210,7 +193,7 @@ class TorchLoader(PlannedLoader):
             num_workers=num_workers,
             # training batches always have the crop's shape, even when every frame was scaled smaller
             collate_fn=functools.partial(
-                collate, pad_to=self.crop if spec.train and not spec.decode_only else (0, 0)
+                collate, pad_to=spec.crop if spec.train and not spec.decode_only else (0, 0)
             ),
             pin_memory=pin_memory and on_gpu,  # pinning only pays for a host -> GPU copy
             **kw,
@@ -241,7 +224,7 @@ class TorchLoader(PlannedLoader):
     def _finish(self, b: HostBatch) -> Batch:
         """uint8 N x H x W x 3 on the host -> the Batch on the device (handoff.finish)."""
         if self.device.type != "cpu":
-            return finish(b, self.device, self._norm, self.channels_last)
+            return finish(b, self.device, self._norm, self.spec.channels_last)
         from cityseg_fast.data.resample import one_thread
 
         image_out = target_out = None
@@ -249,7 +232,7 @@ class TorchLoader(PlannedLoader):
             image_out = self._pool.get((*b.image.shape[:3], 3))
             target_out = self._pool.get(tuple(b.target.shape), torch.int64)
         with one_thread():  # the workers hold the cores: no spinning OpenMP pool
-            return finish(b, self.device, self._norm, self.channels_last, image_out, target_out)
+            return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
 
 
 def _worker_context():

@@ -102,6 +102,14 @@ def cleanup(failed: bool = False) -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` in DistributedDataParallel when several ranks run (gradients averaged across them), else as is."""
+    if not is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def fingerprint(module: torch.nn.Module) -> torch.Tensor:
     """Two float64 numbers per parameter/buffer (plain sum, position-weighted sum): equal on every rank
     iff the replicas agree, up to a collision no real divergence produces."""

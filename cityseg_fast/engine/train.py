@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from cityseg_fast.config import Config, dump_config, to_dict
-from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist
 from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
@@ -61,17 +60,6 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(row)) + "\n")
             f.flush()
-
-
-def batches(loader: Any, epoch: int, skip: int) -> Iterator[tuple[int, Batch]]:
-    """Endless (epoch, batch) stream starting at `epoch`, skipping its first `skip` batches (resume)."""
-    while True:
-        loader.set_epoch(epoch)
-        for i, batch in enumerate(loader):
-            if i >= skip:
-                yield epoch, batch
-        skip = 0
-        epoch += 1
 
 
 def make_checkpoint(state: TrainState, iteration: int) -> dict[str, Any]:
@@ -130,13 +118,6 @@ def _healthy(bad_checks: int, model: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def _wrap_ddp(model: nn.Module, info: dist.DistInfo) -> nn.Module:
-    if info.world_size <= 1:
-        return model
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
 def train(cfg: Config) -> dict[str, Any]:
     """Train per `cfg` (single process, or DDP when launched by torchrun); returns a summary dict."""
     info = dist.init_distributed(cfg.train.dist_timeout_s)
@@ -187,7 +168,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     # Rank 0 decides (its view of out_dir is the one that has the checkpoints); every rank loads that file.
     resume_from = dist.broadcast_object(resolve_resume(cfg) if info.is_main else None)
     start = restore(state, resume_from) if resume_from is not None else 0
-    state.model = _wrap_ddp(net, info)
+    state.model = dist.wrap_ddp(net, info.device)
 
     log = MetricsLog(out / "metrics.jsonl", info.is_main)
     if resume_from is None and info.is_main:
@@ -203,7 +184,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
             images_per_epoch=train_loader.num_samples * info.world_size,
         )
     steps_per_epoch = len(train_loader)
-    stream = batches(train_loader, start // steps_per_epoch, start % steps_per_epoch)
+    stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
     global_batch = cfg.loader.batch_size * info.world_size
 
     last_ckpt: Path | None = resume_from

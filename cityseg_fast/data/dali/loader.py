@@ -86,7 +86,7 @@ class DaliLoader(PlannedLoader):
             raise UserError(
                 f"loader.resampler: expected auto, dali or torch (torch only with DALI on the CPU), got '{resampler}'"
             )
-        self._init_plan(samples, spec)
+        super().__init__(samples, spec)
         self.dali_device, self.roi = dali_device, roi
         self.on_gpu = dali_device == "gpu"
         self.host_uint8 = _ships_uint8(self.on_gpu, self.device)
@@ -159,9 +159,9 @@ class DaliLoader(PlannedLoader):
     def _inputs(self, items: list) -> tuple:
         srcs = [self.samples[it.source] for it in items]
         images = [_read_bytes(s.image) for s in srcs]
-        if self.decode_only:
+        if self.spec.decode_only:
             return (images,)
-        geo = [self._geometry(it) for it in items] if self.train else [None] * len(items)
+        geo = [self._geometry(it) for it in items] if self.spec.train else [None] * len(items)
         if self.label_arrays:
             labels = [
                 _label_array(s.label, g, s.image, self._sizes[it.source])
@@ -172,7 +172,7 @@ class DaliLoader(PlannedLoader):
                 _check_label_png(s.label, _read_bytes(s.label), s.image, self._sizes[it.source])
                 for s, it in zip(srcs, items, strict=True)
             ]
-        if not self.train:
+        if not self.spec.train:
             return images, labels
         anchor = [np.array([g.y, g.x], np.int32) for g in geo]
         shape = [np.array([g.h, g.w], np.int32) for g in geo]
@@ -183,7 +183,7 @@ class DaliLoader(PlannedLoader):
         return images, labels, anchor, shape, size, flip
 
     def _geometry(self, item):
-        return crop_geometry(self._sizes[item.source], self.crop, item.aug)
+        return crop_geometry(self._sizes[item.source], self.spec.crop, item.aug)
 
     def _abandon(self) -> None:
         """Finish an epoch the consumer stopped reading: stop feeding, drop what was prefetched."""
@@ -228,7 +228,7 @@ class DaliLoader(PlannedLoader):
             # The batch being finished in torch holds its DALI outputs until the tail is done; one
             # more slot lets DALI decode `depth` batches ahead meanwhile (reports/cpu-loaders/).
             depth += 1
-        n_in = 1 if self.decode_only else (2 if not self.train else (4 if self.torch_tail else 6))
+        n_in = 1 if self.spec.decode_only else (2 if not self.spec.train else (4 if self.torch_tail else 6))
         if self.torch_tail and not self._tail_needs_window:
             n_in = 2
         common = {
@@ -238,26 +238,26 @@ class DaliLoader(PlannedLoader):
         }
 
         @pipeline_def(
-            batch_size=self.batch_size,
+            batch_size=self.spec.batch_size,
             num_threads=num_threads,
             device_id=device_id,
             prefetch_queue_depth=depth,
             exec_dynamic=True,
-            seed=self.seed,
+            seed=self.spec.seed,
         )
         def pipe():
             feeds = fn.external_source(source=self._feed, num_outputs=n_in, batch=True, no_copy=True)
-            if self.decode_only:
+            if self.spec.decode_only:
                 return graphs.decode(feeds[0], self._decoder)
-            if not self.train:
+            if not self.spec.train:
                 return graphs.eval_graph(
-                    *feeds, out=self._out, eval_size=self.eval_size,
-                    eval_label_resize=self.eval_label_resize, **common,
+                    *feeds, out=self._out, eval_size=self.spec.eval_size,
+                    eval_label_resize=self.spec.eval_label_resize, **common,
                 )  # fmt: skip
             if self.torch_tail:
                 window = feeds[2:] if self._tail_needs_window else (None, None)
                 return graphs.window_graph(*feeds[:2], *window, roi=self.roi, **common)
-            return graphs.train_graph(*feeds, out=self._out, crop=self.crop, roi=self.roi, **common)
+            return graphs.train_graph(*feeds, out=self._out, crop=self.spec.crop, roi=self.roi, **common)
 
         p = pipe()
         p.build()
@@ -275,35 +275,35 @@ class DaliLoader(PlannedLoader):
         if self.on_gpu:
             return self._gpu_batch(outs, index)
         image = torch.from_dlpack(outs[0].as_tensor())  # zero copy (the dynamic executor keeps it alive)
-        target = None if self.decode_only else torch.from_dlpack(outs[1].as_tensor())
+        target = None if self.spec.decode_only else torch.from_dlpack(outs[1].as_tensor())
         if self.host_uint8:
             return HostBatch(image, target, self._valid_sizes(items), index)
-        if self.decode_only:
+        if self.spec.decode_only:
             return finish(HostBatch(image, None, None, index), self.device, None, True)
         target = self._pool.get(tuple(target.shape), torch.int64).copy_(target)
-        return Batch(to_layout(_nchw(image, self._out.layout), self.channels_last), target, index)
+        return Batch(to_layout(_nchw(image, self._out.layout), self.spec.channels_last), target, index)
 
     def _gpu_batch(self, outs, index: torch.Tensor) -> Batch:
         with torch.cuda.device(self.device):
             image = torch.from_dlpack(outs[0].as_tensor())  # a view of DALI's buffer: no copy
-            if self.decode_only:
+            if self.spec.decode_only:
                 empty = torch.empty((image.shape[0], 0, 0), dtype=torch.int64, device=image.device)
                 return Batch(image.permute(0, 3, 1, 2), empty, index)
             target = torch.from_dlpack(outs[1].as_tensor()).long()  # uint8 widened on the GPU
-        return Batch(to_layout(_nchw(image, self._out.layout), self.channels_last), target, index)
+        return Batch(to_layout(_nchw(image, self._out.layout), self.spec.channels_last), target, index)
 
     def _finish_host(self, hb: HostBatch) -> Batch:
-        return finish(hb, self.device, self._normalizer, self.channels_last)
+        return finish(hb, self.device, self._normalizer, self.spec.channels_last)
 
     def _valid_sizes(self, items: list) -> torch.Tensor | None:
         """(h, w) of each uint8 sample's content before padding: the crop's resized window in
         training, the (resized) frame in evaluation; None for decode-only (nothing padded)."""
-        if self.decode_only:
+        if self.spec.decode_only:
             return None
-        if self.train:
+        if self.spec.train:
             hw = [(g.out_h, g.out_w) for g in map(self._geometry, items)]
         else:
-            hw = [self.eval_size or self._sizes[it.source] for it in items]
+            hw = [self.spec.eval_size or self._sizes[it.source] for it in items]
         return torch.tensor(hw, dtype=torch.int64)
 
     def _tail(self, images, labels, items: list, index: torch.Tensor) -> Batch | HostBatch:
@@ -313,7 +313,7 @@ class DaliLoader(PlannedLoader):
         this part runs in torch)."""
         from cityseg_fast.data.resample import resize_image, resize_label
 
-        n, (ch, cw) = len(items), self.crop
+        n, (ch, cw) = len(items), self.spec.crop
         if self.host_uint8:
             image, target = pinned((n, ch, cw, 3)), pinned((n, ch, cw))
         else:
@@ -357,7 +357,7 @@ class DaliLoader(PlannedLoader):
         if self.host_uint8:
             sizes = torch.tensor([(g.out_h, g.out_w) for g in geo], dtype=torch.int64)
             return HostBatch(image, target, sizes, index)
-        return Batch(to_layout(image.permute(0, 3, 1, 2), self.channels_last), target, index)
+        return Batch(to_layout(image.permute(0, 3, 1, 2), self.spec.channels_last), target, index)
 
 
 def _ships_uint8(dali_on_gpu: bool, device: torch.device) -> bool:
