@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--crop", metavar="HxW", help="training crop, e.g. 512x1024; sets data.crop")
     p.add_argument("--batch-size", type=int, metavar="N", help="sets loader.batch_size")
-    p.add_argument("--iters", type=int, metavar="K", help="timed batches (default bench.iters)")
-    p.add_argument("--warmup", type=int, metavar="W", help="untimed batches first (default bench.warmup)")
+    p.add_argument("--iters", type=int, metavar="K", help="timed batches; sets bench.iters")
+    p.add_argument("--warmup", type=int, metavar="W", help="untimed batches first; sets bench.warmup")
     p.add_argument("--split", help="split to read (default data.train_split)")
     p.add_argument(
         "--decode-only", action="store_true", help="full-frame decode only: no augmentation, no labels"
@@ -60,10 +60,11 @@ def _config(args: argparse.Namespace) -> Config:
     if args.crop:
         from cityseg_fast.config import parse_hw
 
-        h, w = parse_hw(args.crop)
+        h, w = parse_hw(args.crop, "--crop")
         extra.append(f"data.crop=[{h},{w}]")
-    if args.batch_size:
-        extra.append(f"loader.batch_size={args.batch_size}")
+    # `is not None`: a 0 must reach the config's range check, not fall back to the default silently
+    given = {"loader.batch_size": args.batch_size, "bench.iters": args.iters, "bench.warmup": args.warmup}
+    extra += [f"{key}={value}" for key, value in given.items() if value is not None]
     return config_from_args(args, extra)
 
 
@@ -232,8 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from cityseg_fast.config import config_hash, to_dict
 
     cfg = _config(args)
-    iters = args.iters if args.iters is not None else cfg.bench.iters
-    warmup = args.warmup if args.warmup is not None else cfg.bench.warmup
+    iters, warmup = cfg.bench.iters, cfg.bench.warmup
     m = measure_loader(cfg, iters, warmup, args.decode_only, split=args.split, roi=args.roi)
     desc = m.pop("description")
     point = point_of(cfg, args.decode_only, args.roi)
