@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="slice",
         help="dali: decode only the crop window (slice) or resize it from the full frame",
     )
-    p.add_argument("--out", metavar="JSONL", help="also append the result row to this file")
+    p.add_argument(
+        "--append", "--out", dest="append", metavar="FILE", help="also append the result row to this .jsonl"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     add_config_args(p)
 
@@ -237,14 +239,14 @@ def run(args: argparse.Namespace) -> int:
     m = measure_loader(cfg, iters, warmup, args.decode_only, split=args.split, roi=args.roi)
     desc = m.pop("description")
     point = point_of(cfg, args.decode_only, args.roi)
-    if args.out:
+    if args.append:
         from cityseg_fast.bench.env import collect_env
         from cityseg_fast.report.schema import append_row, make_row
 
         row = make_row(
             "loader", point, m, config=to_dict(cfg), config_hash=config_hash(cfg), env=collect_env()
         )
-        append_row(args.out, row)
+        append_row(args.append, row)
     if args.json:
         print(json.dumps({**point, "decode_only": args.decode_only, **m, "description": desc}))
         return 0

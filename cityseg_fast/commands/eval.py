@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from cityseg_fast.data.factory import build_loader
     from cityseg_fast.engine import dist
     from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+    from cityseg_fast.paths import check_out_dir
 
+    if args.export_dir:
+        check_out_dir(args.export_dir, "--export-dir")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from cityseg_fast.commands.eval import load_for_inference
     from cityseg_fast.data.labels import TRAINID_TO_ID, train_palette
     from cityseg_fast.errors import UserError
+    from cityseg_fast.paths import check_out_dir
 
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha {args.alpha}: must be between 0 and 1")
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     for p in paths:  # fail before loading the model if any input is missing
         if not p.is_file():
             raise UserError(f"{p}: image not found")
+    check_out_dir(args.out, "--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model = load_for_inference(args.checkpoint, [], device)
     out = Path(args.out)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import compare, plots, tables
 from cityseg_fast.report.runs import Run, load_runs
 
@@ -95,10 +95,8 @@ def build_report(
     run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str | None = None
 ) -> Path:
     """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md."""
+    out = check_out_dir(out, "--out")
     runs = load_runs(run_dirs)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     # Plots from an earlier build of this directory would be linked by nothing and mislead: remove ours.
     for name in plots.PLOT_FILES:
