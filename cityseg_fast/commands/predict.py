@@ -43,6 +43,24 @@ def read_rgb(path: Path):
         raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
+def unique_inputs(paths: list[Path]) -> list[Path]:
+    """The inputs, each file once; two files whose outputs would share a name are a UserError naming both."""
+    from cityseg_fast.errors import UserError
+
+    by_stem: dict[str, Path] = {}
+    kept = []
+    for p in paths:
+        seen = by_stem.setdefault(p.stem, p)
+        if seen is p:
+            kept.append(p)
+        elif seen.resolve() != p.resolve():
+            raise UserError(
+                f"{seen} and {p}: both would be written as {p.stem}_overlay.png / {p.stem}_labelIds.png; "
+                "rename one or predict them into separate --out folders"
+            )
+    return kept
+
+
 def predict_image(model, rgb, cfg, device):
     """H x W int64 trainIds for one H x W x 3 uint8 image."""
     import torch
@@ -84,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha {args.alpha}: must be between 0 and 1")
-    paths = [Path(p) for p in args.images]
+    paths = unique_inputs([Path(p) for p in args.images])
     for p in paths:  # fail before loading the model if any input is missing
         if not p.is_file():
             raise UserError(f"{p}: image not found")
