@@ -138,7 +138,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types on foreign bytes (UnpicklingError, KeyError, ...)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0][:120] if text else type(e).__name__  # its first sentence
         raise UserError(f"{p}: not a readable checkpoint ({first})") from None
     if (
         not isinstance(ckpt, dict)
