@@ -175,6 +175,8 @@ def prepare_dataset(
     _check_args(image_format, quality, size, scale, label_format)
     if src.resolve() == out.resolve():
         raise UserError(f"{out}: --out must differ from --src")
+    if out.resolve().is_relative_to(src.resolve()):
+        raise UserError(f"{out}: --out lies inside --src {src}; put the prepared copy outside the source")
     samples = {split: find_samples(src, split) for split in splits}  # structure errors before any write
     settings = {
         "format_version": FORMAT_VERSION,
