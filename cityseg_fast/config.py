@@ -97,7 +97,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max grad norm; 0 = off
     sync_bn: bool = False
     seed: int = 0
-    resume: str = "auto"  # auto (latest checkpoint in out_dir, if any) | never | path to a checkpoint
+    resume: str = "auto"  # auto (latest readable checkpoint in out_dir) | never (start afresh) | a path
     dist_timeout_s: int = 300  # a dead rank makes the others fail within this many seconds
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
 
