@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_fixtures import tiny_overrides, trained_run, write_tiny_cityscapes
+from PIL import Image
 
 from cityseg_fast.cli import main
 from cityseg_fast.config import RANGES, Config, Range, load_config
+from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.report.schema import append_row, make_row
 
@@ -91,6 +94,29 @@ def _missing_label(c: Ctx) -> list[str]:
     src = c.copy(c.data, "src")
     next((src / "gtFine" / "val").rglob("*_labelIds.png")).unlink()
     return ["prepare", "--src", str(src), "--out", str(c.tmp / "out"), "--no-progress"]
+
+
+def _damaged(c: Ctx, which: str, damage: Callable[[Path], None]) -> list[str]:
+    """prepare of a copy of the shared data whose first val image or label was damaged (named `bad_*`)."""
+    src = c.copy(c.data, "src")
+    suffix = "_leftImg8bit.png" if which == "image" else "_gtFine_labelIds.png"
+    victim = sorted((src / ("leftImg8bit" if which == "image" else "gtFine") / "val").rglob(f"*{suffix}"))[0]
+    damage(victim)
+    return ["prepare", "--src", str(src), "--out", str(c.tmp / "out"), "--no-progress", "--workers", "1"]
+
+
+def _label_edit(edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    return lambda p: Image.fromarray(edit(np.asarray(Image.open(p)).copy())).save(p)
+
+
+def _set_77(a: np.ndarray) -> np.ndarray:
+    a[0, 0] = 77  # not a Cityscapes labelId
+    return a
+
+
+def _prepared_once(c: Ctx) -> list[str]:
+    prepare_dataset(c.data, c.tmp / "o", workers=1, progress=False)
+    return _prepare(c, "--quality", "80", "--no-progress")
 
 
 def _no_val(c: Ctx) -> str:
@@ -199,6 +225,15 @@ CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
      ("must differ from --src",)),
     ("prepare-label-dir-unreadable", _unreadable_labels, ("gtFine/val/bochum", "permission denied")),
     ("prepare-image-without-label", _missing_label, ("has no label",)),
+    ("prepare-truncated-image", lambda c: _damaged(c, "image", _truncate),
+     ("leftImg8bit.png", "truncated")),
+    ("prepare-label-size-differs", lambda c: _damaged(c, "label", _label_edit(lambda a: a[:32])),
+     ("labelIds.png", "32x128")),
+    ("prepare-label-invalid-id", lambda c: _damaged(c, "label", _label_edit(_set_77)),
+     ("labelIds.png", "77")),
+    ("prepare-label-16-bit", lambda c: _damaged(c, "label", _label_edit(lambda a: a.astype(np.uint16))),
+     ("labelIds.png", "16-bit")),
+    ("prepare-rerun-other-settings", _prepared_once, (".prepare.json", "other settings")),
     ("prepare-foreign-out-dir",
      lambda c: (c.file("full/mine.txt"), ["prepare", "--src", str(c.data), "--out", str(c.tmp / "full")])[1],
      ("full", "not empty")),
@@ -245,6 +280,8 @@ CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
      ("'train.lr'", "section.key=value")),
     ("train-wrong-type", lambda c: c.train(c.tmp / "r", "loader.batch_size=eight"),
      ("loader.batch_size", "integer")),
+    ("train-batch-above-the-split", lambda c: c.train(c.tmp / "r", "loader.batch_size=64"),
+     ("8 samples", "batch_size 64")),
     ("train-unknown-optimizer", lambda c: c.train(c.tmp / "r", "train.optimizer=adam"),
      ("train.optimizer", "adam")),
     # -- predict, synth, sweep, bench, report -------------------------------------------------------------
