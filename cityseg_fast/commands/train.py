@@ -6,7 +6,7 @@
 
 A run directory holds config.yaml, env.json, metrics.jsonl and ckpt_*.pt; running the same command again
 resumes from its latest readable checkpoint (train.resume=auto), also with a higher train.iters to train
-on (the poly schedule then stretches to the new length: see the README). A rerun with another config
+on (the poly lr then jumps back up and decays to the new length: see the README). A rerun with another config
 (another model, lr, crop...) is refused, naming the keys that differ; --fresh starts afresh there instead,
 removing the previous run's checkpoints and metrics. Keys that do not change what is trained may differ:
 train.iters, the log/eval/checkpoint intervals, keep_ckpts, data.root, loader workers/threads/queue depth.
