@@ -3,8 +3,9 @@
     cfg = load_config(["configs/train/unet_cpu.yaml"], ["train.iters=200", "data.crop=[256,512]"])
     dump_config(cfg, "run/config.yaml")             # reloads to the same value
 
-Every key is type-checked; an unknown key or a wrong type raises a one-line `UserError` that names
-the key and the closest valid keys. Sizes are always (H, W).
+Every key is type-checked and, where a range is obvious, range-checked (`RANGES`, one table); an unknown
+key, a wrong type or a value out of range raises a one-line `UserError` that names the key (and the YAML
+file it came from, if any) and the closest valid keys. Sizes are always (H, W).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max grad norm; 0 = off
     sync_bn: bool = False
     seed: int = 0
-    resume: str = "auto"  # auto (latest checkpoint in out_dir, if any) | never | path to a checkpoint
+    resume: str = "auto"  # auto (latest readable checkpoint in out_dir) | never (start afresh) | a path
     dist_timeout_s: int = 300  # a dead rank makes the others fail within this many seconds
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
 
@@ -214,10 +215,117 @@ def _check_key(section: str, key: str | None, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# range checking: one table, read by build_config
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number (of every element, for a tuple); None = unbounded; lo is excluded if `open_lo`."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+
+    def holds(self, v: float) -> bool:
+        above_lo = self.lo is None or (v > self.lo if self.open_lo else v >= self.lo)
+        return above_lo and (self.hi is None or v <= self.hi)
+
+    def __str__(self) -> str:
+        lo = self.lo if self.lo is None or self.lo != int(self.lo) else int(self.lo)
+        hi = self.hi if self.hi is None or self.hi != int(self.hi) else int(self.hi)
+        if hi is None:
+            return f"{'>' if self.open_lo else '>='} {lo}"
+        return f"in {'(' if self.open_lo else '['}{lo}, {hi}]"
+
+
+POSITIVE = Range(0, open_lo=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)  # a probability or share
+
+# 'section.key' -> the values it may take. Keys not listed are free (or checked where used: names, paths).
+RANGES: dict[str, Range] = {
+    "data.num_classes": AT_LEAST_1,
+    "data.ignore_index": Range(0, 255),  # labels are uint8
+    "data.crop": AT_LEAST_1,
+    "data.scale_range": POSITIVE,
+    "data.flip_prob": FRACTION,
+    "data.eval_size": AT_LEAST_1,
+    "data.std": POSITIVE,  # normalisation divides by it
+    "loader.batch_size": AT_LEAST_1,
+    "loader.eval_batch_size": AT_LEAST_1,
+    "loader.num_workers": NON_NEGATIVE,  # 0 = load in the main process
+    "loader.num_threads": NON_NEGATIVE,  # 0 is kept free to mean "auto" later
+    "loader.prefetch_queue_depth": AT_LEAST_1,
+    "loader.hw_decoder_load": FRACTION,
+    "loader.seed": NON_NEGATIVE,  # numpy seeds are non-negative
+    "model.base_width": AT_LEAST_1,
+    "train.iters": AT_LEAST_1,
+    "train.eval_interval": AT_LEAST_1,
+    "train.log_interval": AT_LEAST_1,
+    "train.ckpt_interval": AT_LEAST_1,
+    "train.keep_ckpts": AT_LEAST_1,
+    "train.lr": POSITIVE,
+    "train.momentum": FRACTION,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.warmup_iters": NON_NEGATIVE,
+    "train.warmup_factor": Range(0, 1, open_lo=True),  # lr multiplier at iteration 0 of the warm-up
+    "train.poly_power": NON_NEGATIVE,
+    "train.min_lr": NON_NEGATIVE,
+    "train.aux_weight": NON_NEGATIVE,
+    "train.grad_clip": NON_NEGATIVE,  # 0 = off
+    "train.seed": NON_NEGATIVE,
+    "train.dist_timeout_s": AT_LEAST_1,
+    "train.max_nonfinite": AT_LEAST_1,
+    "bench.warmup": NON_NEGATIVE,
+    "bench.iters": AT_LEAST_1,
+    "bench.sample_interval_s": POSITIVE,
+    "bench.variance_warn": NON_NEGATIVE,
+}
+# Relations between values: tuples read as (low, high), and keys that must not exceed another key.
+ORDERED: tuple[str, ...] = ("data.scale_range",)
+AT_MOST: dict[str, str] = {"train.min_lr": "train.lr"}  # the poly schedule decays from lr down to min_lr
+
+
+def _check_range(key: str, value: Any) -> None:
+    rng = RANGES.get(key)
+    if rng is None or value is None:
+        return
+    items = value if isinstance(value, tuple) else (value,)
+    if not all(rng.holds(v) for v in items):
+        what = "every value" if isinstance(value, tuple) else "value"
+        shown = list(value) if isinstance(value, tuple) else value
+        raise UserError(f"config key '{key}': {what} must be {rng}, got {shown}")
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), key)
+
+
+def _check_relations(cfg: Config, origins: Mapping[str, str]) -> None:
+    for key in ORDERED:
+        lo, hi = _value(cfg, key)
+        if lo > hi:
+            raise UserError(f"{origins.get(key, '')}config key '{key}': low {lo} exceeds high {hi}")
+    for key, bound in AT_MOST.items():
+        if _value(cfg, key) > _value(cfg, bound):
+            raise UserError(
+                f"{origins.get(key, '')}config key '{key}' = {_value(cfg, key)} exceeds "
+                f"'{bound}' = {_value(cfg, bound)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # building
 
 
-def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], where: str) -> None:
+def _merge(
+    base: dict[str, dict[str, Any]],
+    layer: Mapping[str, Any],
+    where: str,
+    origins: dict[str, str] | None = None,
+) -> None:
     if not isinstance(layer, Mapping):
         raise UserError(f"{where}expected a mapping of sections (data:, loader:, ...), got {type(layer).__name__}")
     for section, values in layer.items():
@@ -229,6 +337,8 @@ def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], where: str
         for key, value in values.items():
             _check_key(section, str(key), where)
             base.setdefault(section, {})[key] = value
+            if origins is not None:
+                origins[f"{section}.{key}"] = where
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -244,19 +354,30 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def build_config(values: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
-    """Build a Config from {section: {key: value}}, type-checking every value."""
-    values = values or {}
+def build_config(
+    values: Mapping[str, Mapping[str, Any]] | None = None, origins: Mapping[str, str] | None = None
+) -> Config:
+    """Build a Config from {section: {key: value}}, type- and range-checking every value.
+
+    `origins` maps 'section.key' to the "FILE: " prefix of the layer that set it, so an error names the file.
+    """
+    values, origins = values or {}, origins or {}
     sections = {}
     for section, cls in _SECTION_TYPES.items():
-        given = dict(values.get(section, {}))
         hints = _section_fields(section)
         kwargs = {}
-        for key, value in given.items():
-            _check_key(section, key, "")
-            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        for key, value in dict(values.get(section, {})).items():
+            dotted = f"{section}.{key}"
+            try:
+                _check_key(section, key, "")
+                kwargs[key] = _coerce(value, hints[key], dotted)
+                _check_range(dotted, kwargs[key])
+            except UserError as e:
+                raise UserError(f"{origins.get(dotted, '')}{e}") from None
         sections[section] = cls(**kwargs)
-    return Config(**sections)
+    cfg = Config(**sections)
+    _check_relations(cfg, origins)
+    return cfg
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -279,13 +400,15 @@ def load_config(
 ) -> Config:
     """Defaults (or `base`) <- each YAML file in order <- each `section.key=value` override."""
     merged: dict[str, dict[str, Any]] = to_dict(base) if base is not None else {}
+    origins: dict[str, str] = {}  # 'section.key' -> "FILE: " of the layer that set it last
     for f in files:
-        _merge(merged, load_yaml(f), f"{f}: ")
+        _merge(merged, load_yaml(f), f"{f}: ", origins)
     for text in overrides:
         section, key, value = parse_override(text)
         _check_key(section, key, "")
         merged.setdefault(section, {})[key] = value
-    return build_config(merged)
+        origins.pop(f"{section}.{key}", None)  # an override names its key itself
+    return build_config(merged, origins)
 
 
 def replace(cfg: Config, **changes: Mapping[str, Any]) -> Config:
@@ -334,12 +457,12 @@ def data_root(cfg: Config) -> Path:
     return Path(root).expanduser()
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-    """'512x1024' -> (512, 1024): sizes are (H, W) everywhere."""
+def parse_hw(text: str, option: str = "size") -> tuple[int, int]:
+    """'512x1024' -> (512, 1024): sizes are (H, W) everywhere; `option` names the flag in an error."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UserError(f"size '{text}' is not HxW (e.g. 512x1024)") from None
+        raise UserError(f"{option} '{text}' is not HxW (e.g. 512x1024)") from None
     if h <= 0 or w <= 0:
-        raise UserError(f"size '{text}' must be positive")
+        raise UserError(f"{option} '{text}' must be positive")
     return h, w

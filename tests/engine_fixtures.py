@@ -8,6 +8,7 @@ Cityscapes colour, so a small network learns them in a few dozen iterations on t
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,24 +110,35 @@ def env() -> dict[str, str]:
     return e
 
 
-def _run(cmd: list[str], timeout: float, check: bool) -> subprocess.CompletedProcess:
-    """Run `cmd` from the repo root with the test environment; a timeout or (with check) a non-zero exit
-    fails the test with the tail of both streams."""
+def _start(cmd: list[str]) -> subprocess.Popen:
+    """Start `cmd` from the repo root with the test environment, both streams captured."""
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float, check: bool) -> subprocess.CompletedProcess:
+    """Wait for `proc`; a timeout or (with check) a non-zero exit fails the test with both streams' tails."""
     try:
-        p = subprocess.run(
-            cmd,
-            cwd=REPO,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"{cmd[2]} timed out\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}") from None
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args[2]} timed out\nstdout:\n{out}\nstderr:\n{err}") from None
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
     return p
+
+
+def _run(cmd: list[str], timeout: float, check: bool) -> subprocess.CompletedProcess:
+    return _finish(_start(cmd), timeout, check)
 
 
 def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
@@ -134,10 +146,36 @@ def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.
     return _run([PY, "-m", "cityseg_fast", *args], timeout, check)
 
 
+TORCHRUN = [PY, "-m", "torch.distributed.run"]
+
+
 def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N -m cityseg_fast ARGS` (--standalone: a free port, no hang)."""
-    cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", "-m", "cityseg_fast"]
+    cmd = [*TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", "-m", "cityseg_fast"]
     return _run([*cmd, *args], timeout, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_nodes(nnodes: int, *args: str, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """`nnodes` torchrun launchers on this machine, one process each, started as on `nnodes` hosts:
+    `--nnodes=N --node_rank=i`, the static rendezvous at master 127.0.0.1 on a free port (node 0 hosts it,
+    so node 0 holds rank 0). Each node's result, in node order."""
+    port = free_port()
+    launch = [f"--nnodes={nnodes}", "--nproc_per_node=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
+    cmds = [[*TORCHRUN, *launch, f"--node_rank={i}", "-m", "cityseg_fast", *args] for i in range(nnodes)]
+    procs = [_start(cmd) for cmd in cmds]
+    try:
+        return [_finish(p, timeout, check=True) for p in procs]
+    finally:
+        for p in procs:  # a node that failed leaves the others waiting for it
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def trained_run(base: Path) -> tuple[Path, Path]:

@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--crop", metavar="HxW", help="training crop, e.g. 512x1024; sets data.crop")
     p.add_argument("--batch-size", type=int, metavar="N", help="sets loader.batch_size")
-    p.add_argument("--iters", type=int, metavar="K", help="timed batches (default bench.iters)")
-    p.add_argument("--warmup", type=int, metavar="W", help="untimed batches first (default bench.warmup)")
+    p.add_argument("--iters", type=int, metavar="K", help="timed batches; sets bench.iters")
+    p.add_argument("--warmup", type=int, metavar="W", help="untimed batches first; sets bench.warmup")
     p.add_argument("--split", help="split to read (default data.train_split)")
     p.add_argument(
         "--decode-only",
@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["slice", "resize"],
         help="dali: decode only the crop window (slice) or resize it from the full frame; sets loader.roi",
     )
-    p.add_argument("--out", metavar="JSONL", help="also append the result row to this file")
+    p.add_argument(
+        "--append", "--out", dest="append", metavar="FILE", help="also append the result row to this .jsonl"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     add_config_args(p)
 
@@ -60,10 +62,11 @@ def _config(args: argparse.Namespace) -> Config:
     if args.crop:
         from cityseg_fast.config import parse_hw
 
-        h, w = parse_hw(args.crop)
+        h, w = parse_hw(args.crop, "--crop")
         extra.append(f"data.crop=[{h},{w}]")
-    if args.batch_size:
-        extra.append(f"loader.batch_size={args.batch_size}")
+    # `is not None`: a 0 must reach the config's range check, not fall back to the default silently
+    given = {"loader.batch_size": args.batch_size, "bench.iters": args.iters, "bench.warmup": args.warmup}
+    extra += [f"{key}={value}" for key, value in given.items() if value is not None]
     if args.decode_only:
         extra.append("loader.decode_only=true")
     if args.roi:
@@ -146,9 +149,9 @@ def measure_loader(cfg: Config, iters: int, warmup: int, *, split: str | None = 
     """
     import torch
 
-    from cityseg_fast.bench.env import cpu_count
     from cityseg_fast.data.factory import build_loader
     from cityseg_fast.data.plan import endless
+    from cityseg_fast.hardware import cpu_count
 
     if iters < 1 or warmup < 0:
         from cityseg_fast.errors import UserError
@@ -217,19 +220,18 @@ def run(args: argparse.Namespace) -> int:
     from cityseg_fast.config import config_hash, to_dict
 
     cfg = _config(args)
-    iters = args.iters if args.iters is not None else cfg.bench.iters
-    warmup = args.warmup if args.warmup is not None else cfg.bench.warmup
+    iters, warmup = cfg.bench.iters, cfg.bench.warmup
     m = measure_loader(cfg, iters, warmup, split=args.split)
     desc = m.pop("description")
     point = point_of(cfg)
-    if args.out:
+    if args.append:
         from cityseg_fast.bench.env import collect_env
         from cityseg_fast.report.schema import append_row, make_row
 
         row = make_row(
             "loader", point, m, config=to_dict(cfg), config_hash=config_hash(cfg), env=collect_env()
         )
-        append_row(args.out, row)
+        append_row(args.append, row)
     if args.json:
         print(json.dumps({**point, "decode_only": cfg.loader.decode_only, **m, "description": desc}))
         return 0

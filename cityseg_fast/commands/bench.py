@@ -5,6 +5,9 @@ model     train step (and inference) on a synthetic on-device batch
 e2e       the real loader feeding the same train step
 infer     latency at batch 1 and throughput at batch N
 accuracy  train K iterations, then evaluate mIoU
+
+Every scenario takes `--append FILE`: the result row is appended to that results.jsonl (checked before
+measuring: a directory, or a file that is not JSON lines, is refused).
 """
 
 from __future__ import annotations
@@ -35,4 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cityseg_fast.paths import check_append_file
+
+    if args.append:  # before measuring: a point measured and then not written is time thrown away
+        check_append_file(args.append, "--append/--out" if args.scenario == "loader" else "--append")
     return args.scenario_func(args)

@@ -36,10 +36,15 @@ def load_for_inference(path: str, overrides: list[str], device):
     from cityseg_fast.config import build_config, load_config
     from cityseg_fast.engine import checkpoint as ckpt_io
     from cityseg_fast.engine import precision
+    from cityseg_fast.errors import UserError
     from cityseg_fast.models import model_from_config
 
     ck = ckpt_io.load_checkpoint(path)
-    cfg = load_config([], overrides, base=build_config(ck["config"]))
+    try:
+        base = build_config(ck["config"])
+    except UserError as e:
+        raise UserError(f"{path}: its config: {e}") from None
+    cfg = load_config([], overrides, base=base)
     model = model_from_config(cfg)
     ckpt_io.load_model_state(model, ck["model"], path)
     precision.setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
@@ -48,13 +53,31 @@ def load_for_inference(path: str, overrides: list[str], device):
     return cfg, model
 
 
-def run(args: argparse.Namespace) -> int:
+def dataset_root(cfg, args: argparse.Namespace):
+    """data.root, checked: if it came from the checkpoint's config, an error says so and how to override."""
     from cityseg_fast.config import data_root
+    from cityseg_fast.errors import UserError
+
+    root = data_root(cfg)
+    given = args.data or any(o.split("=", 1)[0].strip() == "data.root" for o in args.overrides)
+    if cfg.data.root and not given and not root.is_dir():
+        relative = "" if root.is_absolute() else ", read relative to the current directory"
+        raise UserError(
+            f"{root}: dataset root does not exist (it is data.root from the checkpoint's config{relative}); "
+            "pass --data DIR to name the dataset"
+        )
+    return root
+
+
+def run(args: argparse.Namespace) -> int:
     from cityseg_fast.data.cityscapes import find_samples
     from cityseg_fast.data.factory import build_loader
     from cityseg_fast.engine import dist
     from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+    from cityseg_fast.paths import check_out_dir
 
+    if args.export_dir:
+        check_out_dir(args.export_dir, "--export-dir")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")
@@ -63,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     info = dist.init_distributed()
     try:
         cfg, model = load_for_inference(args.checkpoint, overrides, info.device)
-        find_samples(data_root(cfg), cfg.data.val_split)  # a clear error for a missing split, before any work
+        find_samples(dataset_root(cfg, args), cfg.data.val_split)  # a missing split: an error before any work
         loader = build_loader(
             cfg, cfg.data.val_split, info.rank, info.world_size, train=False, device=info.device
         )

@@ -43,6 +43,24 @@ def read_rgb(path: Path):
         raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
+def unique_inputs(paths: list[Path]) -> list[Path]:
+    """The inputs, each file once; two files whose outputs would share a name are a UserError naming both."""
+    from cityseg_fast.errors import UserError
+
+    by_stem: dict[str, Path] = {}
+    kept = []
+    for p in paths:
+        seen = by_stem.setdefault(p.stem, p)
+        if seen is p:
+            kept.append(p)
+        elif seen.resolve() != p.resolve():
+            raise UserError(
+                f"{seen} and {p}: both would be written as {p.stem}_overlay.png / {p.stem}_labelIds.png; "
+                "rename one or predict them into separate --out folders"
+            )
+    return kept
+
+
 def predict_image(model, rgb, cfg, device):
     """H x W int64 trainIds for one H x W x 3 uint8 image."""
     import torch
@@ -74,20 +92,22 @@ def predict_image(model, rgb, cfg, device):
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from cityseg_fast.commands.eval import load_for_inference
     from cityseg_fast.data.labels import TRAINID_TO_ID, train_palette
     from cityseg_fast.errors import UserError
+    from cityseg_fast.hardware import resolve_device
+    from cityseg_fast.paths import check_out_dir
 
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha {args.alpha}: must be between 0 and 1")
-    paths = [Path(p) for p in args.images]
+    paths = unique_inputs([Path(p) for p in args.images])
     for p in paths:  # fail before loading the model if any input is missing
         if not p.is_file():
             raise UserError(f"{p}: image not found")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_out_dir(args.out, "--out")
+    device = resolve_device()
     cfg, model = load_for_inference(args.checkpoint, [], device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--splits is empty")
     summary = prepare_dataset(
         src, args.out, image_format=args.image_format, quality=args.quality,
-        size=parse_hw(args.size) if args.size else None, scale=args.scale, splits=splits,
+        size=parse_hw(args.size, "--size") if args.size else None, scale=args.scale, splits=splits,
         workers=args.workers, progress=not args.no_progress, label_format=args.label_format,
     )
     if args.json:

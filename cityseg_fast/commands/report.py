@@ -25,10 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from cityseg_fast.report.build import build_report
 
     first = Path(args.runs[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
-    report = build_report(args.runs, out, title=args.title)
+    report = build_report(
+        args.runs, out, title=args.title, warn=lambda line: print(f"warning: {line}", file=sys.stderr)
+    )
     print(f"report: {report}")
     return 0

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from cityseg_fast.data.synthetic import write_synthetic
     from cityseg_fast.errors import UserError
 
-    size = parse_hw(args.size)
+    size = parse_hw(args.size, "--size")
     if min(size) < 16:
         raise UserError(f"--size {args.size}: frames must be at least 16x16")
     for name in ("train", "val", "test"):

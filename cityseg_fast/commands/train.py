@@ -5,7 +5,11 @@
   torchrun --nproc_per_node=8 -m cityseg_fast train --config configs/train/fcn_r50_d8_512x1024_80k.yaml
 
 A run directory holds config.yaml, env.json, metrics.jsonl and ckpt_*.pt; running the same command again
-resumes from its latest checkpoint (train.resume=auto).
+resumes from its latest readable checkpoint (train.resume=auto), also with a higher train.iters to train
+on (the poly lr then jumps back up and decays to the new length: see the README). A rerun with another config
+(another model, lr, crop...) is refused, naming the keys that differ; --fresh starts afresh there instead,
+removing the previous run's checkpoints and metrics. Keys that do not change what is trained may differ:
+train.iters, the log/eval/checkpoint intervals, keep_ckpts, data.root, loader workers/threads/queue depth.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--data", metavar="DIR", help="dataset root (shortcut for data.root=DIR)")
     p.add_argument("--out", metavar="DIR", help="run directory (shortcut for train.out_dir=DIR)")
-    p.add_argument(
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
         "--resume", metavar="PATH", help="resume from this checkpoint (shortcut for train.resume=PATH)"
+    )
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start afresh in --out even if it holds a run (of this or another config): its checkpoints "
+        "and metrics.jsonl are removed (shortcut for train.resume=never)",
     )
     p.add_argument("--json", action="store_true", help="print the final summary as one JSON line")
 
@@ -37,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         extra.append(f"train.out_dir={args.out}")
     if args.resume:
         extra.append(f"train.resume={args.resume}")
+    if args.fresh:
+        extra.append("train.resume=never")
     cfg = config_from_args(args, extra)
     summary = train(cfg)
     if summary.get("world_size", 1) == 1 or _is_rank0():

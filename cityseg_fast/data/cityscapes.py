@@ -19,6 +19,7 @@ Decoding is shared with `prepare` and the loaders: `read_image_rgb` (any PNG/JPE
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def _find_raw(root: Path, split: str) -> list[Sample]:
     for d in (img_dir, gt_dir):
         if not d.is_dir():
             raise UserError(f"{d}: missing directory (split '{split}')")
+        _check_listable(d, depth=1)
     images = {p.name[: -len(IMAGE_SUFFIX)]: p for p in sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
     labels: dict[str, dict[str, Path]] = {k: {} for k in LABEL_SUFFIXES}
     for kind, suffix in LABEL_SUFFIXES.items():
@@ -93,6 +95,16 @@ def _find_raw(root: Path, split: str) -> list[Sample]:
     return [Sample(images[s], found[s], s, kind) for s in sorted(images)]
 
 
+def _check_listable(d: Path, depth: int = 0) -> None:
+    """`glob` silently skips a directory it may not read, which would turn a permission problem into "image
+    has no label": name the directory instead (its subdirectories too, `depth` levels down)."""
+    if not os.access(d, os.R_OK | os.X_OK):
+        raise UserError(f"{d}: cannot read this directory (permission denied)")
+    if depth > 0:
+        for sub in sorted(c for c in d.iterdir() if c.is_dir()):
+            _check_listable(sub, depth - 1)
+
+
 def _find_prepared(root: Path, split: str) -> list[Sample]:
     manifest = read_manifest(root)
     split_info = manifest.get("splits", {}).get(split)
@@ -100,6 +112,9 @@ def _find_prepared(root: Path, split: str) -> list[Sample]:
         raise UserError(f"{root / MANIFEST}: split '{split}' was not prepared (have: {', '.join(manifest.get('splits', {})) or 'none'})")
     ext = ".jpg" if manifest.get("image_format") == "jpeg" else ".png"
     lab_ext = ".npy" if manifest.get("label_format") == "npy" else ".png"
+    for d in (root / split / "images", root / split / "labels"):
+        if d.is_dir():
+            _check_listable(d)
     out = []
     for stem in split_info["files"]:
         img = root / split / "images" / f"{stem}{ext}"

@@ -30,6 +30,7 @@ from PIL import Image
 from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, open_pair
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.errors import UserError
+from cityseg_fast.paths import check_out_dir
 
 FORMAT_VERSION = 1
 SETTINGS = ".prepare.json"
@@ -183,11 +184,13 @@ def prepare_dataset(
     """
     from cityseg_fast.hardware import cpu_count
 
-    src, out = Path(src).expanduser(), Path(out).expanduser()
+    src, out = Path(src).expanduser(), check_out_dir(out, "--out")
     label_format = label_format or _earlier_label_format(out) or "npy"
     _check_args(image_format, quality, size, scale, label_format)
     if src.resolve() == out.resolve():
         raise UserError(f"{out}: --out must differ from --src")
+    if out.resolve().is_relative_to(src.resolve()):
+        raise UserError(f"{out}: --out lies inside --src {src}; put the prepared copy outside the source")
     samples = {split: find_samples(src, split) for split in splits}  # structure errors before any write
     settings = {
         "format_version": FORMAT_VERSION,

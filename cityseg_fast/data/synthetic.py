@@ -31,6 +31,7 @@ from PIL import Image, ImageFilter
 
 from cityseg_fast.data import labels as L
 from cityseg_fast.data.parallel import run_parallel
+from cityseg_fast.paths import check_out_dir
 
 # Real Cityscapes city names per split (the synthetic frames cycle through them).
 CITIES: dict[str, tuple[str, ...]] = {
@@ -582,7 +583,7 @@ def write_synthetic(
 
     from cityseg_fast.hardware import cpu_count
 
-    out = Path(out)
+    out = check_out_dir(out, "--out")
     counts = {"train": train, "val": val, "test": test}
     if any(n < 0 for n in counts.values()):
         raise ValueError(f"frame counts must be >= 0, got {counts}")

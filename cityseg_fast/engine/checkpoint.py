@@ -23,6 +23,7 @@ from cityseg_fast.errors import UserError
 FORMAT = "cityseg_fast.checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
+_TEMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp\d*$")  # save_checkpoint's temporary name
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -41,6 +42,30 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     ckpts = list_checkpoints(out_dir)
     return ckpts[-1] if ckpts else None
+
+
+def latest_readable(out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """(path, loaded checkpoint, errors of the newer ones that did not load) of the newest checkpoint in
+    `out_dir` that loads; None when there is none; a UserError when there are some and none loads."""
+    errors: list[str] = []
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            return path, load_checkpoint(path), errors
+        except UserError as e:
+            errors.append(str(e))
+    if errors:
+        raise UserError(f"{out_dir}: none of its {len(errors)} checkpoints loads (newest: {errors[0]})")
+    return None
+
+
+def remove_stale_temps(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a kill mid-write); returns them.
+    Only where no write can be under way: rank 0, before training starts."""
+    d = Path(out_dir)
+    stale = sorted(p for p in d.iterdir() if _TEMP.match(p.name)) if d.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -138,7 +163,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types on foreign bytes (UnpicklingError, KeyError, ...)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0][:120] if text else type(e).__name__  # its first sentence
         raise UserError(f"{p}: not a readable checkpoint ({first})") from None
     if (
         not isinstance(ckpt, dict)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,21 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def run_on_main(fn: Callable[[], T]) -> T | None:
+    """`fn()` on rank 0 only (None on the others). A UserError there is raised on every rank, so the others
+    never wait, until the timeout, for a collective rank 0 will not join."""
+    result, error = None, None
+    if get_rank() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 def cleanup(failed: bool = False) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 from cityseg_fast.config import Config, dump_config, to_dict
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
-from cityseg_fast.engine import dist
+from cityseg_fast.engine import dist, rundir
 from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.errors import UserError
@@ -32,19 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def resolve_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from: train.resume = auto (latest in out_dir, if any) | never | a path."""
-    mode = cfg.train.resume
-    if mode in ("", "never", "none"):
-        return None
-    if mode == "auto":
-        return ckpt_io.latest_checkpoint(cfg.train.out_dir)
-    p = Path(mode)
-    if not p.is_file():
-        raise UserError(f"{p}: checkpoint to resume from not found (train.resume)")
-    return p
 
 
 class MetricsLog:
@@ -76,9 +64,10 @@ def make_checkpoint(state: TrainState, iteration: int) -> dict[str, Any]:
     }
 
 
-def restore(state: TrainState, path: Path) -> int:
-    """Load a checkpoint into `state`; returns the iteration to continue from."""
-    ck = ckpt_io.load_checkpoint(path)
+def restore(state: TrainState, path: Path, ck: dict[str, Any] | None = None) -> int:
+    """Load the checkpoint at `path` (or `ck`, already loaded from it) into `state`; returns the iteration
+    to continue from."""
+    ck = ck if ck is not None else ckpt_io.load_checkpoint(path)
     ckpt_io.load_model_state(state.model, ck["model"], path)
     state.optimizer.load_state_dict(ck["optimizer"])
     state.scheduler.load_state_dict(ck["scheduler"])
@@ -142,10 +131,11 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
             "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
         )
     out = Path(t.out_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
-        (out / "env.json").write_text(json.dumps(collect_env(), indent=1, default=str) + "\n")
+    # Rank 0 decides (its view of out_dir is the one with the checkpoints); a refusal there stops every rank.
+    claim = dist.run_on_main(lambda: rundir.claim_run_dir(cfg))  # None on the other ranks
+    for note in claim.notes if claim else ():
+        print(note, file=sys.stderr, flush=True)
+    resume_from = dist.broadcast_object(claim.resume if claim else None)  # every rank loads that file
     seed_everything(t.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
 
     train_loader = build_loader(
@@ -165,16 +155,20 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
     state = build_train_state(cfg, info.device, model)
     net = state.model  # prepared (compiled) module, used for evaluation
-    # Rank 0 decides (its view of out_dir is the one that has the checkpoints); every rank loads that file.
-    resume_from = dist.broadcast_object(resolve_resume(cfg) if info.is_main else None)
-    start = restore(state, resume_from) if resume_from is not None else 0
+    start = 0
+    if resume_from is not None:
+        start = restore(state, resume_from, claim.ckpt if claim else None)
+    claim = None  # its checkpoint is in the model and optimizer now: do not hold a second copy
     state.model = dist.wrap_ddp(net, info.device)
+    if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
+        dump_config(cfg, out / rundir.CONFIG_FILE)
+        (out / "env.json").write_text(json.dumps(collect_env(), indent=1, default=str) + "\n")
 
-    log = MetricsLog(out / "metrics.jsonl", info.is_main)
-    if resume_from is None and info.is_main:
-        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run (resume=never) starts a fresh log
+    log = MetricsLog(out / rundir.METRICS_FILE, info.is_main)
     if resume_from is not None:
         log.write(event="resume", iter=start, checkpoint=str(resume_from))
+        if info.is_main:
+            print(f"resuming from {resume_from} at iteration {start} of {t.iters}", flush=True)
     else:
         log.write(
             event="start",

@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import compare, plots, tables
 from cityseg_fast.report.runs import Run, load_runs
 
@@ -36,6 +36,15 @@ def _section(title: str, body: str, missing: str) -> str:
     return f"## {title}\n\n{body.strip() if body.strip() else '_' + missing + '_'}\n\n"
 
 
+def _skipped_lines(runs: Sequence[Run]) -> str:
+    """A warning paragraph naming the lines of the results files that were left out ('' when none)."""
+    notes = [f"- `{run.path}`: {run.skipped_note()}\n" for run in runs if run.bad_lines]
+    if not notes:
+        return ""
+    head = "**Warning: lines of these results files are unreadable (torn, or not a valid row) and left out:**"
+    return head + "\n\n" + "".join(notes) + "\n"
+
+
 def render_markdown(
     runs: Sequence[Run], figures: Sequence[plots.Plot], title: str = "cityseg_fast benchmark report"
 ) -> str:
@@ -44,6 +53,7 @@ def render_markdown(
         f"# {title}\n\n",
         f"Built {now} by `cityseg report` from {len(runs)} results file(s). Every number below comes from "
         "those JSON lines; `results.csv` holds the same rows flattened (one column per point key and metric).\n\n",
+        _skipped_lines(runs),
         _section("Runs", tables.runs_section(runs), "no runs"),
         _section("Environment", tables.env_section(runs), "no environment recorded"),
         _section(
@@ -92,13 +102,20 @@ def render_markdown(
 
 
 def build_report(
-    run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, title: str | None = None
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    title: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md."""
+    """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md.
+
+    `warn` gets one line per results file with unreadable lines (REPORT.md lists them too)."""
+    out = check_out_dir(out, "--out")
     runs = load_runs(run_dirs)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
+    for run in runs:
+        if run.bad_lines and warn is not None:
+            good = run.lines - run.skipped
+            warn(f"{run.path}: {run.skipped_note()}; the report keeps its {good} good rows")
     out.mkdir(parents=True, exist_ok=True)
     # Plots from an earlier build of this directory would be linked by nothing and mislead: remove ours.
     for name in plots.PLOT_FILES:

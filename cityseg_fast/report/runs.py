@@ -1,4 +1,4 @@
-"""Loading runs for reports: a run is one results.jsonl; rows are read with schema.read_rows only.
+"""Loading runs for reports: a run is one results.jsonl; rows are read with schema.scan_rows only.
 
 Also the small helpers every table and plot shares: a point's resolution, which point keys vary
 within a set of rows (so tables show only those), and a compact label for a point.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.errors import UserError
-from cityseg_fast.report.schema import read_rows
+from cityseg_fast.report.schema import scan_rows
 
 RESULTS_FILE = "results.jsonl"
 # Point keys in the order tables show them; keys not listed here follow, alphabetically.
@@ -41,9 +41,21 @@ class Run:
     path: Path
     rows: list[dict[str, Any]]
     lines: int = 0  # non-empty lines in the file
-    skipped: int = 0  # lines read_rows rejected (torn or invalid)
+    bad_lines: list[int] = field(default_factory=list)  # line numbers scan_rows rejected (torn or invalid)
     superseded: int = 0  # older rows of a point that was measured again
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad_lines)
+
+    def skipped_note(self) -> str:
+        """'2 unreadable lines skipped (7, 12)'; '' when none."""
+        if not self.bad_lines:
+            return ""
+        shown = ", ".join(map(str, self.bad_lines[:10])) + (", ..." if len(self.bad_lines) > 10 else "")
+        n = len(self.bad_lines)
+        return f"{n} unreadable line{'s' if n > 1 else ''} skipped (line{'s' if n > 1 else ''} {shown})"
 
 
 def results_path(run: str | os.PathLike) -> Path:
@@ -77,19 +89,19 @@ def _latest_per_point(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
 def load_run(run: str | os.PathLike, name: str | None = None) -> Run:
     path = results_path(run)
     try:
-        lines = sum(1 for line in path.read_text().splitlines() if line.strip())
+        rows, bad = scan_rows(path)
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
+    lines = len(rows) + len(bad)
     if lines == 0:
         raise UserError(f"{path}: empty, no result rows to report")
-    rows = list(read_rows(path))
     if not rows:
         raise UserError(
             f"{path}: none of its {lines} lines is a valid result row (see cityseg_fast/report/schema.py)"
         )
     kept, superseded = _latest_per_point(rows)
     label = name or (path.parent.name if path.name == RESULTS_FILE else path.stem)
-    return Run(label, path, kept, lines=lines, skipped=lines - len(rows), superseded=superseded)
+    return Run(label, path, kept, lines=lines, bad_lines=bad, superseded=superseded)
 
 
 def load_runs(runs: Sequence[str | os.PathLike]) -> list[Run]:

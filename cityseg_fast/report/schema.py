@@ -19,7 +19,8 @@ A row:
 
 Rows are appended atomically: the whole line in one write under an exclusive lock, then flush and
 fsync, so a killed writer leaves either the whole line or none of it; a torn last line (a crash
-inside the write) is skipped by `read_rows`, never silently merged with the next.
+inside the write) is skipped by `read_rows`, never silently merged with the next, and `scan_rows`
+says which lines it skipped.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def make_row(
 
 def validate_row(row: dict[str, Any]) -> None:
     """Raise ValueError naming the first field that breaks the schema."""
+    if not isinstance(row, dict):
+        raise ValueError(f"result row: a JSON object expected, got {type(row).__name__}")
     for key, tp in _REQUIRED.items():
         if key not in row:
             raise ValueError(f"result row: missing field '{key}'")
@@ -128,20 +131,26 @@ def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def scan_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """(valid rows, 1-based numbers of the non-empty lines that are not: torn, garbage or off-schema)."""
+    rows, bad = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            validate_row(row)
+        except ValueError:  # json.JSONDecodeError is one
+            bad.append(number)
+            continue
+        rows.append(row)
+    return rows, bad
+
+
 def read_rows(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict[str, Any]]:
-    """Rows of one or more results.jsonl files; torn or invalid lines are skipped."""
+    """Rows of one or more results.jsonl files; torn or invalid lines are skipped (`scan_rows` names them)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            continue
-        for line in p.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                validate_row(row)
-            except (json.JSONDecodeError, ValueError):
-                continue
-            yield row
+        if Path(path).is_file():
+            yield from scan_rows(path)[0]

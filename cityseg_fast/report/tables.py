@@ -198,7 +198,7 @@ def runs_section(runs: Sequence[Run]) -> str:
         scen = sorted({r["scenario"] for r in run.rows})
         notes = []
         if run.skipped:
-            notes.append(f"{run.skipped} unreadable line(s) skipped")
+            notes.append(run.skipped_note())
         if run.superseded:
             notes.append(f"{run.superseded} older result(s) of re-measured points ignored")
         body.append(
