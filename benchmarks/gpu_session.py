@@ -112,43 +112,39 @@ def _text(b: bytes | str | None) -> str:
 
 
 def done_points(results: Path) -> set[str]:
-    from cityseg_fast.report.schema import read_rows
+    from cityseg_fast.results import read_rows
 
     return {r["point_id"] for r in read_rows(results) if r["status"] in ("ok", "oom")}
 
 
 def measure_loaders(ctx: Ctx, points: list[list[str]]) -> str:
     """Each loader point in this process, priority order, skipping measured ones, until the deadline."""
-    from cityseg_fast.bench.env import collect_env
     from cityseg_fast.bench.loader_bench import measure_loader
-    from cityseg_fast.bench.scenarios import point_from_config
-    from cityseg_fast.config import config_hash, load_config, to_dict
-    from cityseg_fast.report.schema import append_row, make_row, point_id
+    from cityseg_fast.config import load_config
+    from cityseg_fast.environment import collect_env
+    from cityseg_fast.results import append_row, point_for, point_id, row_for
 
     env, done = collect_env(), done_points(ctx.results)
     iters, warmup = (3, 1) if ctx.smoke else (25, 5)
     n_new = n_left = 0
     for over in points:
         cfg = load_config([], ctx.base() + over)
-        point = point_from_config("loader", cfg)
-        if point_id("loader", point) in done:
+        if point_id("loader", point_for("loader", cfg)) in done:
             continue
         if ctx.left() <= 0:
             n_left += 1
             continue
-        status, error, metrics = "ok", None, {}
+        metrics, failure = {}, None
         try:
             metrics = measure_loader(cfg, iters, warmup)
-            metrics.pop("description", None)
         except Exception as e:  # a failed point is a result, and the next point still runs
-            status, error = "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-        row = make_row("loader", point, metrics, status=status, error=error, config=to_dict(cfg),
-                       config_hash=config_hash(cfg), env=env)  # fmt: skip
+            failure = e
+        row = row_for("loader", cfg, metrics, error=failure, env=env)
         append_row(ctx.results, row)
         done.add(row["point_id"])
         n_new += 1
         ips = metrics.get("images_per_s")
-        print(f"  {status:5s} {' '.join(over):90s} {ips:8.1f} img/s" if ips else f"  {status:5s} {over} {error}")
+        print(f"  {row['status']:5s} {' '.join(over):90s} {ips:8.1f} img/s" if ips else f"  {row['status']:5s} {over} {row['error']}")
     if n_left:
         raise Budget(f"{n_new} points measured, {n_left} left for a rerun")
     return f"{n_new} points measured"

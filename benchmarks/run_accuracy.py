@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process run several times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from cityseg_fast.bench.env import collect_env  # noqa: E402
-from cityseg_fast.config import config_hash, load_config, to_dict  # noqa: E402
-from cityseg_fast.report.schema import append_row, make_row  # noqa: E402
+from cityseg_fast.bench.scenarios import run_scenario  # noqa: E402
+from cityseg_fast.config import load_config  # noqa: E402
+from cityseg_fast.environment import collect_env  # noqa: E402
+from cityseg_fast.results import append_row, row_for  # noqa: E402
 
 DEFAULT_CONFIGS = ["configs/train/unet_cpu_synth.yaml", "configs/train/fcn_cpu_synth.yaml"]
 
@@ -31,19 +32,6 @@ def ensure_data(root: Path, size: tuple[int, int], train: int, val: int, seed: i
     if not (root / "gtFine" / "val").is_dir():
         write_synthetic(root, train=train, val=val, test=0, size=size, seed=seed, progress=False)
     return root
-
-
-def colour_baseline(root: Path) -> dict:
-    from cityseg_fast.data.cityscapes import find_samples, read_pair
-    from cityseg_fast.data.labels import TRAINID_TO_ID
-    from cityseg_fast.data.synthetic import colour_baseline_miou
-
-    def frames(split):
-        for s in find_samples(root, split):
-            rgb, train_ids = read_pair(s)
-            yield rgb, TRAINID_TO_ID[train_ids]  # the baseline takes labelIds (255 -> 0, ignored)
-
-    return colour_baseline_miou(frames("train"), frames("val"))
 
 
 def main() -> int:
@@ -61,7 +49,6 @@ def main() -> int:
     args = p.parse_args()
 
     from cityseg_fast.config import parse_hw
-    from cityseg_fast.engine.train import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,12 +56,10 @@ def main() -> int:
     data = ensure_data(Path(args.data), parse_hw(args.size), args.train, args.val, seed=0)
     env = collect_env()
 
-    base = colour_baseline(data)
-    point = {"model": "colour_baseline", "resolution": list(parse_hw(args.size)), "world_size": 1}
-    append_row(
-        results, make_row("accuracy", point, {"miou": base["miou"], "per_class_iou": base["iou"]}, env=env)
-    )
-    print(f"colour baseline: mIoU {100 * base['miou']:.2f}")
+    base_cfg = load_config([], [f"data.root={data}"])
+    base = row_for("baseline", base_cfg, run_scenario("baseline", base_cfg), env=env)
+    append_row(results, base)
+    print(f"colour baseline: mIoU {100 * base['metrics']['miou']:.2f}")
 
     for f in args.configs:
         name = Path(f).stem
@@ -82,45 +67,19 @@ def main() -> int:
         cfg = load_config(
             [f], [f"data.root={data}", f"train.out_dir={run_dir}", "train.resume=never", *args.overrides]
         )
-        point = {
-            "model": cfg.model.name,
-            "config": name,
-            "crop": list(cfg.data.crop),
-            "batch_size": cfg.loader.batch_size,
-            "dtype": cfg.precision.dtype,
-            "loader": cfg.loader.backend,
-            "optimizer": cfg.train.optimizer,
-            "lr": cfg.train.lr,
-            "iters": cfg.train.iters,
-            "world_size": 1,
-        }
+        metrics, failure = {}, None
         try:
-            s = train(cfg)
+            metrics = run_scenario("accuracy", cfg)
         except Exception as e:  # a failed config is a result too (status error), the others still run
-            append_row(
-                results,
-                make_row(
-                    "accuracy",
-                    point,
-                    {},
-                    status="error",
-                    error=f"{type(e).__name__}: {e}",
-                    config=to_dict(cfg),
-                    config_hash=config_hash(cfg),
-                    env=env,
-                ),
-            )
+            failure = e
             print(f"{name}: error {e}", file=sys.stderr)
-            continue
-        metrics = {"miou": s["miou"], "per_class_iou": s["per_class_iou"], "train_wall_s": s["wall_s"]}
-        append_row(
-            results,
-            make_row("accuracy", point, metrics, config=to_dict(cfg), config_hash=config_hash(cfg), env=env),
-        )
-        print(
-            f"{name}: mIoU {100 * s['miou']:.2f} in {s['wall_s']:.0f} s ({s['iters']} iterations); "
-            f"colour baseline {100 * base['miou']:.2f}"
-        )
+        row = row_for("accuracy", cfg, metrics, error=failure, env=env, point={"config": name})
+        append_row(results, row)
+        if failure is None:
+            print(
+                f"{name}: mIoU {100 * metrics['miou']:.2f} in {metrics['train_wall_s']:.0f} s "
+                f"({metrics['iters_done']} iterations); colour baseline {100 * base['metrics']['miou']:.2f}"
+            )
     return 0
 
 

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from dali_stages import STAGES, stage_costs  # noqa: E402  (benchmarks/ is on the path)
 
-from cityseg_fast.bench.env import collect_env  # noqa: E402
-from cityseg_fast.bench.loader_bench import MIN_CPU_WINDOW_S, measure_loader, point_of  # noqa: E402
-from cityseg_fast.config import config_hash, load_config, to_dict  # noqa: E402
+from cityseg_fast.bench.loader_bench import MIN_CPU_WINDOW_S, measure_loader  # noqa: E402
+from cityseg_fast.config import load_config  # noqa: E402
 from cityseg_fast.data.plan import crop_geometry, train_batches  # noqa: E402
 from cityseg_fast.data.prepare import LABEL_PNG_LEVEL  # noqa: E402
-from cityseg_fast.report.schema import append_row, make_row, read_rows  # noqa: E402
+from cityseg_fast.environment import collect_env  # noqa: E402
+from cityseg_fast.results import append_row, read_rows, row_for  # noqa: E402
 
 H, W = 1024, 2048
 # trainIds: road 0, sidewalk 1, building 2, vegetation 8, sky 10, car 13, person 11, pole 5
@@ -180,17 +180,7 @@ def main() -> int:
         for name, overrides in points(frames, args.batch_size, args.threads, args.workers):
             cfg = load_config([], overrides)
             m = measure_loader(cfg, args.iters, args.warmup)
-            m.pop("description")
-            point = {
-                **point_of(cfg),
-                "image_format": "jpeg",
-                "quality": 95,
-                "round": r,
-            }
-            append_row(
-                jsonl,
-                make_row("loader", point, m, config=to_dict(cfg), config_hash=config_hash(cfg), env=env),
-            )
+            append_row(jsonl, row_for("loader", cfg, m, env=env, point={"round": r}))
             results.setdefault(name, []).append(m)
             if m["cpu_cores_used"] is None:
                 raise SystemExit(
@@ -336,7 +326,7 @@ What this says about the targets:
   crop + flip + normalize without a resize and without labels, against a PIL loader that resized
   with PIL; that baseline is gone (see `results_v1.jsonl`: 38 images/s for the old torch backend).
 
-Raw rows (one per measurement, schema in `cityseg_fast/report/schema.py`): `results.jsonl`.
+Raw rows (one per measurement, schema in `cityseg_fast/results/rows.py`): `results.jsonl`.
 Rows of the earlier implementation (DALI's own CPU resize, PIL resize in the torch baseline) are
 kept in `results_v1.jsonl`.
 """

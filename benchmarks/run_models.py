@@ -7,7 +7,7 @@ The step is a minimal local SGD step (forward, cross-entropy with ignore 255, Sc
 step), because the shared `engine.step.train_step` had not landed when this was written. Variants of
 one model are timed interleaved (round-robin, `--steps` steps each per round) so they see the same
 background load; per-step times are medians over all rounds. One JSON row per variant goes to
-OUT/results.jsonl (report.schema rows, scenario "model"); OUT/README.md gets a table.
+OUT/results.jsonl (cityseg_fast.results rows, scenario "model"); OUT/README.md gets a table.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cityseg_fast.bench.env import collect_env
 from cityseg_fast.bench.flops import count_flops
+from cityseg_fast.config import load_config
 from cityseg_fast.engine.precision import (
     ScalerStep,
     autocast,
@@ -33,8 +33,9 @@ from cityseg_fast.engine.precision import (
     setup_precision,
     to_channels_last,
 )
+from cityseg_fast.environment import collect_env
 from cityseg_fast.models import create_model
-from cityseg_fast.report.schema import append_row, make_row, read_rows
+from cityseg_fast.results import append_row, read_rows, row_for
 
 # name -> (dtype, channels_last, compile)
 VARIANTS: dict[str, tuple[str, bool, str]] = {
@@ -111,17 +112,10 @@ def bench_model(
             "mfu": None,  # no honest peak for a CPU
             "timed_steps": len(r.times),
         }
-        point = {
-            "model": name,
-            "crop": list(crop),
-            "batch_size": batch,
-            "dtype": r.dtype,
-            "channels_last": r.channels_last,
-            "compile": r.compile,
-            "loader": "synthetic",
-            "variant": v,
-        }
-        rows.append(make_row("model", point, metrics, env=env))
+        cfg = load_config([], [f"model.name={name}", f"data.crop=[{crop[0]},{crop[1]}]", f"loader.batch_size={batch}",
+                               f"precision.dtype={r.dtype}", f"precision.channels_last={str(r.channels_last).lower()}",
+                               f"precision.compile={r.compile}"])  # fmt: skip
+        rows.append(row_for("model", cfg, metrics, env=env, point={"variant": v}))
     return rows
 
 

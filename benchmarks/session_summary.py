@@ -12,9 +12,9 @@ DASH = "—"
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:
-    from cityseg_fast.report.schema import read_rows
+    from cityseg_fast.results import merge, read_rows
 
-    return [r for r in read_rows(out / "results.jsonl") if r["status"] == "ok"]
+    return [r for r in merge(read_rows(out / "results.jsonl")) if r["status"] == "ok"]
 
 
 def _ips(r: dict[str, Any] | None) -> float | None:
@@ -43,20 +43,20 @@ def _setting(r: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
 
 def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, verdict) for the four goals of the GPU issue."""
-    crop = [512, 1024]
+    res = [512, 1024]
     loader = [r for r in rows if r["scenario"] == "loader"]
-    train = _best(loader, loader="dali", loader_device="gpu", crop=crop, decode_only=None)
+    train = _best(loader, loader="dali", loader_device="gpu", resolution=res, decode_only=None)
     e2e = [r for r in rows if r["scenario"] == "e2e"]
-    e_dali = _best(e2e, loader="dali", loader_device="gpu", crop=crop)
-    e_torch = _best(e2e, loader="torch", crop=crop)
+    e_dali = _best(e2e, loader="dali", loader_device="gpu", resolution=res)
+    e_torch = _best(e2e, loader="torch", resolution=res)
     model = [r for r in rows if r["scenario"] == "model"]
-    head = _best(model, model="fcn_resnet50", dtype="bf16", channels_last=True, compile="default", crop=crop)
+    head = _best(model, model="fcn_resnet50", dtype="bf16", channels_last=True, compile="default", resolution=res)
     out = []
     ips = _ips(train)
     out.append(("DALI GPU train loader, 1024x2048 JPEG -> 512x1024 crops", "> 1500 img/s",
                 f"{_fmt(ips)} img/s ({_setting(train, ('batch_size', 'hw_decoder_load', 'num_threads'))})" if train else DASH,
                 _verdict(ips, lambda v: v > 1500)))  # fmt: skip
-    eff = e_dali["metrics"].get("e2e_efficiency") if e_dali else None
+    eff = e_dali["derived"].get("e2e_efficiency") if e_dali else None
     out.append(("e2e with DALI on the GPU vs min(loader, model)", ">= 95 %",
                 f"{_fmt(None if eff is None else 100 * eff)} % ({_fmt(_ips(e_dali))} img/s)" if e_dali else DASH,
                 _verdict(eff, lambda v: v >= 0.95)))  # fmt: skip

@@ -111,7 +111,6 @@ class BenchConfig:
     iters: int = 50  # timed iterations
     split_phases: bool = False  # model scenario: time forward / backward / optimizer separately
     sample_interval_s: float = 0.1  # NVML / host memory sampling period
-    max_batch_search: bool = False  # on OOM, halve the batch until it fits and record it
     variance_warn: float = 0.15  # warn when IQR / median exceeds this
 
 

@@ -27,7 +27,7 @@ from cityseg_fast.cli import main
 from cityseg_fast.config import RANGES, Config, Range, load_config
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
-from cityseg_fast.report.schema import append_row, make_row
+from cityseg_fast.results import append_row, row_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,7 +168,7 @@ CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
      ("taken", "not a directory")),
     ("bench-loader-out-is-a-dir",
      lambda c: _bench_loader(c, "--out", str(c.tmp)),
-     ("is a directory", "--append/--out")),
+     ("is a directory", "--append")),
     ("bench-loader-append-to-an-image",
      lambda c: _bench_loader(c, "--append", c.file("a.png", PNG)),
      ("a.png", "not a results file")),
@@ -378,8 +378,8 @@ def test_the_table_is_big_and_its_ids_unique():
 def test_report_keeps_good_rows_and_names_bad_lines(tmp_path, capsys):
     run = tmp_path / "run"
     for b in (1, 2, 4):
-        row = make_row("loader", {"loader": "torch", "batch_size": b}, {"images_per_s": 9.0})
-        append_row(run / "results.jsonl", row)
+        cfg = load_config([], ["loader.backend=torch", f"loader.batch_size={b}"])
+        append_row(run / "results.jsonl", row_for("loader", cfg, {"images_per_s": 9.0}, env={}))
     lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
     torn = lines[2][: len(lines[2]) // 2]  # a writer killed mid-line
     (run / "results.jsonl").write_text(lines[0] + "garbage in the middle\n" + lines[1] + torn)

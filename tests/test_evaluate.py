@@ -37,10 +37,10 @@ def test_confusion_matrix_matches_numpy_reference():
     tp = np.diag(ref).astype(float)
     fp, fn = ref.sum(0) - tp, ref.sum(1) - tp
     iou = [tp[c] / (tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else math.nan for c in range(19)]
-    assert math.isnan(res["iou"][7]) and not math.isnan(
-        res["iou"][5]
+    assert math.isnan(res["per_class_iou"][7]) and not math.isnan(
+        res["per_class_iou"][5]
     )  # 5 is predicted, so it is a defined 0-ish IoU
-    assert res["iou"][5] == 0.0
+    assert res["per_class_iou"][5] == 0.0
     assert math.isclose(res["miou"], np.nanmean(iou), rel_tol=1e-12)
     assert res["pixels"] == int(keep.sum())
 
@@ -62,7 +62,7 @@ def test_padding_samples_are_masked_by_evaluate():
     real = [Batch(image, target, torch.tensor([0, 1, 2]))]
     a, b = evaluate(model, padded, cfg, "cpu"), evaluate(model, real, cfg, "cpu")
     assert a["images"] == b["images"] == 3 and a["pixels"] == b["pixels"] == 3 * 8 * 16
-    assert np.allclose(a["iou"], b["iou"], equal_nan=True) and a["miou"] == pytest.approx(b["miou"])
+    assert np.allclose(a["per_class_iou"], b["per_class_iou"], equal_nan=True) and a["miou"] == pytest.approx(b["miou"])
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,19 @@ def test_smoke_session_measures_reports_and_resumes(tmp_path: Path):
     args = ("--smoke", "--out", str(out), "--work", str(work), "--budget-s", "200", "--only", "data,dali,e2e,report")
     p = session(*args)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    from cityseg_fast.results import merge, read_rows
+
+    rows = merge(read_rows(out / "results.jsonl"))
     assert {r["status"] for r in rows} == {"ok"}
     assert {r["scenario"] for r in rows} == {"loader", "model", "e2e"}
     assert any(r["point"].get("decode_only") for r in rows)  # the grid's decode-only points
-    assert all(r["metrics"].get("e2e_efficiency") for r in rows if r["scenario"] == "e2e")
+    assert all(r["derived"].get("e2e_efficiency") for r in rows if r["scenario"] == "e2e")
     record = json.loads((out / "session.json").read_text())
     assert {k: v["status"] for k, v in record["steps"].items()} == dict.fromkeys(("data", "dali", "e2e", "report"), "done")
     summary = (out / "SESSION.md").read_text()
     assert "## Goals" in summary and "| dali | " in summary and (out / "REPORT.md").is_file()
+    n_lines = len((out / "results.jsonl").read_text().splitlines())
     again = session(*args)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)  # nothing measured twice
+    assert len((out / "results.jsonl").read_text().splitlines()) == n_lines  # nothing measured twice
     assert "[dali]" not in again.stdout and "[e2e]" not in again.stdout  # finished steps are skipped

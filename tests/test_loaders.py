@@ -235,10 +235,11 @@ def test_bench_loader_cli_json(prepared, capsys, extra):
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(out) == 1
     row = json.loads(out[0])
-    assert row["images_per_s"] > 0 and row["latency_ms_p50"] > 0
+    m = row["metrics"]
+    assert row["scenario"] == "loader" and m["images_per_s"] > 0 and m["latency_ms_p50"] > 0
     # CPU utilisation only over a window long enough for /proc's 10 ms ticks; 3 tiny batches are not.
-    assert row["cpu_util"] is None if row["wall_s"] < 0.5 else 0 <= row["cpu_util"]
-    assert row["decode_only"] == ("--decode-only" in extra) and row["loader"] == extra[1]
+    assert m["cpu_util"] is None if m["wall_s"] < 0.5 else 0 <= m["cpu_util"]
+    assert row["point"].get("decode_only", False) == ("--decode-only" in extra) and row["point"]["loader"] == extra[1]
 
 
 def test_bench_loader_cli_bad_input(tmp_path, capsys):

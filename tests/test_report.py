@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 
 from cityseg_fast.cli import main
+from cityseg_fast.config import load_config
 from cityseg_fast.errors import UserError
 from cityseg_fast.report import compare
 from cityseg_fast.report.build import build_report
+from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_pct
 from cityseg_fast.report.plots import PLOT_FILES, pareto_front
 from cityseg_fast.report.runs import load_run
-from cityseg_fast.report.schema import append_row, make_row, read_rows
-from cityseg_fast.report.tables import fmt_mib, fmt_num, fmt_pct
+from cityseg_fast.results import append_row, read_rows, row_for
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_fixture.jsonl"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +47,7 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_fixture_covers_every_scenario_and_status(fixture_rows):
-    assert {r["scenario"] for r in fixture_rows} == {"loader", "model", "e2e", "infer", "accuracy"}
+    assert {r["scenario"] for r in fixture_rows} == {"loader", "model", "e2e", "infer", "accuracy", "baseline"}
     assert {r["status"] for r in fixture_rows} == {"ok", "oom", "error"}
 
 
@@ -75,14 +76,15 @@ def test_report_has_every_section(report):
     assert "**error**: FloatingPointError: loss is NaN" in md
     assert re.search(r"\| \d+\.\d\d GiB \|", md)
     assert "| sidewalk |" in md  # per-class rows named by cityscapesscripts' classes
-    # The bottleneck table: torch is loader-bound and loses 25% on top; DALI GPU is model-bound; the
-    # dali-cpu row's efficiency (not recorded) is computed the sweep's way and starred.
+    # The bottleneck table, derived by results.merge from the rows each e2e row names: torch is
+    # loader-bound and loses 25% on top; DALI GPU and CPU are model-bound.
     assert (
         "| torch → unet 512x1024 bs8 bf16 | 120 | 247 | 120 (min) | 90.0 | 75% | loader + overlap loss (75% of the limit) |"
         in md
     )
     assert "| dali (gpu) → unet 512x1024 bs8 bf16 | 1,450 | 247 | 247 (min) | 235 | 95% | model |" in md
-    assert "| dali (cpu) → unet 512x1024 bs8 bf16 | 310 | 247 | 247 (min) | 240 | 97% * | model |" in md
+    assert "| dali (cpu) → unet 512x1024 bs8 bf16 | 310 | 247 | 247 (min) | 240 | 97% | model |" in md
+    assert "| colour_baseline |" in md  # the colour baseline beside the trained models
     assert "Not drawn" not in md  # the fixture has data for every plot
     # Every image the Markdown links exists next to it.
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
@@ -184,11 +186,11 @@ def test_comparison_marks_planted_regression_not_noise(tmp_path, fixture_rows):
 
 
 def test_retried_point_keeps_its_ok_result(tmp_path):
-    point = {"model": "unet", "crop": [64, 128], "batch_size": 2}
+    cfg = load_config([], ["model.name=unet", "data.crop=[64,128]", "loader.batch_size=2"])
     rows = [
-        make_row("model", point, status="error", error="killed"),
-        make_row("model", point, {"images_per_s": 10.0}),
-        make_row("model", {**point, "batch_size": 4}, {"images_per_s": 12.0}),
+        row_for("model", cfg, error="killed", env={}),
+        row_for("model", cfg, {"images_per_s": 10.0}, env={}),
+        row_for("model", load_config([], ["model.name=unet", "loader.batch_size=4"]), {"images_per_s": 12.0}, env={}),
     ]
     run = load_run(_run_dir(tmp_path, "r", rows))
     assert [r["status"] for r in run.rows] == ["ok", "ok"]

@@ -1,55 +1,80 @@
-"""Scenarios run for real on a tiny model: every row validates, keys are the schema's, points are stable."""
+"""The scenario table and its runners, for real on tiny points: every scenario's rows validate and carry
+the metrics the report reads; points keep only what changes the measurement; runners and table agree."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from loader_fixtures import write_prepared
 
-from cityseg_fast.bench.scenarios import point_from_config, run_scenario
-from cityseg_fast.config import load_config, to_dict
-from cityseg_fast.report.schema import make_row
+from cityseg_fast.bench.scenarios import RUNNERS, run_scenario
+from cityseg_fast.config import load_config
+from cityseg_fast.results import SCENARIOS, point_for, row_for
 
-TINY = ["model.name=unet_s16", "data.crop=[32,64]", "loader.batch_size=2", "bench.iters=2", "bench.warmup=1"]
-
-
-def _row(scenario, cfg, metrics):
-    return make_row(scenario, point_from_config(scenario, cfg), metrics, config=to_dict(cfg))
-
-
-def test_model_scenario_times_train_step_inference_and_phases():
-    cfg = load_config([], TINY + ["bench.split_phases=true"])
-    m = run_scenario("model", cfg)
-    _row("model", cfg, m)  # validates
-    assert m["images_per_s"] > 0 and m["timed_iters"] == 2 and m["warmup_iters"] == 1
-    assert m["latency_ms_p50"] <= m["latency_ms_p90"] <= m["latency_ms_p99"]
-    assert m["infer_images_per_s"] > 0 and m["loader_description"]
-    assert m["fwd_ms"] > 0 and m["bwd_ms"] > 0 and m["opt_ms"] > 0
-    assert m["compile_s"] is None and m["steady_recompiles"] == 0
-    assert m["mem_host_peak_rss_mib"] > 0 and m["mem_torch_peak_allocated_mib"] is None  # CPU run
-    assert m["mfu"] is None  # no honest CPU peak
-    json.dumps(m)
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["model.name=unet_s16", "model.base_width=4", "data.crop=[32,64]", "loader.batch_size=2",
+        "bench.iters=2", "bench.warmup=1", "loader.num_workers=1", "loader.num_threads=1"]  # fmt: skip
+EXTRA = {  # what each scenario needs on top of TINY
+    "loader": ["loader.backend=torch"],
+    "e2e": ["loader.backend=dali"],
+    "accuracy": ["loader.backend=torch", "train.iters=2", "train.log_interval=1", "train.eval_interval=2",
+                 "train.ckpt_interval=2", "loader.eval_batch_size=2"],  # fmt: skip
+    "model": ["bench.split_phases=true"],
+}
 
 
-def test_e2e_on_the_synthetic_loader_and_infer_rows_validate():
-    cfg = load_config([], TINY + ["loader.backend=synthetic"])
-    m = run_scenario("e2e", cfg)
-    _row("e2e", cfg, m)
-    assert m["images_per_s"] > 0 and m["device"] == "cpu"
-    i = run_scenario("infer", cfg)
-    _row("infer", cfg, i)
-    assert i["latency_ms_p50"] > 0 and i["images_per_s_batch1"] > 0 and i["images_per_s"] > 0
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_prepared(tmp_path_factory.mktemp("scen"), {"train": 4, "val": 2})
+
+
+def test_every_scenario_has_one_runner():
+    assert list(RUNNERS) == list(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_scenarios_rows_carry_the_metrics_the_report_reads(name, data, tmp_path):
+    s = SCENARIOS[name]
+    cfg = load_config([], [*TINY, *EXTRA.get(name, []), f"train.out_dir={tmp_path / 'run'}"]
+                      + ([f"data.root={data}"] if s.reads_data else []))  # fmt: skip
+    metrics = run_scenario(name, cfg)
+    row = row_for(name, cfg, metrics)
+    json.dumps(row, allow_nan=False)  # strict JSON
+    missing = [k for k in s.metrics if k not in row["metrics"]]
+    assert not missing, f"{name} rows lack {missing}"
+    assert row["point"] == point_for(name, cfg) and row["status"] == "ok"
+    if name in ("model", "infer", "e2e", "loader"):
+        m = row["metrics"]
+        assert m["images_per_s"] > 0 and m["latency_ms_p50"] <= m["latency_ms_p90"] <= m["latency_ms_p99"]
+    if name == "model":  # inference and the forward / backward / optimizer split come with it
+        assert row["metrics"]["infer_images_per_s"] > 0 and row["metrics"]["fwd_ms"] > 0
+        assert row["metrics"]["mfu"] is None  # no honest CPU peak
+    if s.kind == "accuracy":
+        assert 0 <= row["metrics"]["miou"] <= 1 and len(row["metrics"]["per_class_iou"]) == 19
 
 
 def test_points_keep_only_what_changes_the_measurement():
     a = load_config([], TINY + ["loader.backend=torch"])
     b = load_config([], TINY + ["loader.backend=dali", "loader.device=cpu"])
-    assert point_from_config("model", a) == point_from_config("model", b)
-    assert point_from_config("e2e", a) != point_from_config("e2e", b)
-    assert point_from_config("e2e", b)["loader_device"] == "cpu"
-    assert point_from_config("e2e", a)["loader_device"] is None
-    assert point_from_config("infer", a)["resolution"] == [32, 64]
-    acc = point_from_config("accuracy", load_config([], TINY + ["train.lr=0.05", "train.optimizer=adamw"]))
+    assert point_for("model", a) == point_for("model", b)
+    assert point_for("e2e", a) != point_for("e2e", b)
+    assert point_for("e2e", b)["loader_device"] == "cpu" and point_for("e2e", a)["loader_device"] is None
+    assert point_for("infer", a)["resolution"] == [32, 64]
+    acc = point_for("accuracy", load_config([], TINY + ["train.lr=0.05", "train.optimizer=adamw"]))
     assert acc["lr"] == 0.05 and acc["optimizer"] == "adamw"
+    # loader settings are named only where they differ from the defaults
+    assert "num_workers" not in point_for("loader", load_config([], ["loader.backend=torch"]))
+    assert point_for("loader", load_config([], ["loader.backend=torch", "loader.num_workers=8"]))["num_workers"] == 8
     with pytest.raises(ValueError):
-        point_from_config("nope", a)
+        point_for("nope", a)
+
+
+def test_failures_are_rows_classified_in_one_place():
+    cfg = load_config([], TINY)
+    oom = row_for("model", cfg, error=RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), env={})
+    err = row_for("model", cfg, error=ValueError("bad\nthing"), env={})
+    assert (oom["status"], err["status"]) == ("oom", "error")
+    assert err["error"] == "ValueError: bad thing" and oom["metrics"] == {}
+    nan = row_for("model", cfg, {"images_per_s": float("nan"), "per": (1.0, float("inf"))}, env={})
+    assert nan["metrics"] == {"images_per_s": None, "per": [1.0, None]}

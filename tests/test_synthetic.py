@@ -123,7 +123,7 @@ def test_a_per_pixel_colour_classifier_is_weak(train20):
     res = colour_baseline_miou(train, val)
     print(f"per-pixel colour baseline: val mIoU {res['miou']:.3f}")
     assert res["miou"] < 0.3
-    assert len(res["iou"]) == L.NUM_CLASSES
+    assert len(res["per_class_iou"]) == L.NUM_CLASSES
 
 
 def test_colour_baseline_can_succeed_when_colour_decides():

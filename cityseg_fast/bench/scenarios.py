@@ -1,152 +1,29 @@
-"""Benchmark scenarios `model`, `e2e`, `infer`, `accuracy`: each measures one point and returns schema metrics.
+"""The runner of every benchmark scenario: each measures one point and returns its metrics.
 
-    metrics = run_scenario("model", cfg)             # one process (or one rank under torchrun)
-    point = point_from_config("model", cfg)           # the parameters that identify the point
+    metrics = run_scenario("model", cfg)      # one process (or one rank under torchrun)
 
-Every training-side scenario times `engine.step.train_step`, the same function `cityseg train` runs:
+What identifies a point, and what each scenario's rows record, is the scenario table's
+(cityseg_fast/results/scenarios.py); `RUNNERS` has one entry per row of it (a test checks). Every
+training-side scenario times `engine.step.train_step`, the same function `cityseg train` runs:
+- loader:   the data loader alone (bench/loader_bench.py);
 - model:    synthetic on-device batches (the I/O-free upper bound), then inference on the same batch;
             with bench.split_phases, a separate diagnostic loop times forward / backward / optimizer;
-- e2e:      the real loader (cfg.loader) feeding the same train step;
 - infer:    eval-mode forward at data.crop: latency at batch 1, throughput at batch loader.batch_size;
-- accuracy: engine.train.train for train.iters iterations, then its final evaluation (mIoU).
-
-`cityseg bench model|e2e|infer|accuracy [--config ...] [overrides] [--json] [--append FILE]` is `run`.
+- e2e:      the real loader (cfg.loader) feeding the same train step;
+- accuracy: engine.train.train for train.iters iterations, then its final evaluation (mIoU);
+- baseline: the per-pixel colour classifier on the same data (what colour alone can do).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import tempfile
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.config import Config, config_hash, replace, to_dict
-
-TRAIN_SCENARIOS = ("model", "e2e", "accuracy")
-SCENARIOS = ("model", "e2e", "infer", "accuracy")
-
-
-# ---------------------------------------------------------------------------------------------
-# points
-
-
-def resolved_loader_device(cfg: Config) -> str | None:
-    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), else None."""
-    if cfg.loader.backend != "dali":
-        return None
-    if cfg.loader.device != "auto":
-        return cfg.loader.device
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def dataset_tags(cfg: Config) -> dict[str, Any]:
-    """What identifies the data a point read: a prepared dataset's image_format / quality / size / scale
-    (the JPEG study's axes) from its manifest.json, else the root path itself; {} with no data root."""
-    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
-    if not root:
-        return {}
-    manifest = Path(root) / "manifest.json"
-    try:
-        m = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"data_root": root}
-    tags = {"image_format": m.get("image_format"), "quality": m.get("quality")}
-    if m.get("size") is not None:
-        tags["data_size"] = m["size"]
-    if m.get("scale") is not None:
-        tags["data_scale"] = m["scale"]
-    if m.get("label_format", "png") != "png":
-        tags["label_format"] = m["label_format"]  # named only when not the default
-    return tags
-
-
-def _model_keys(cfg: Config) -> dict[str, Any]:
-    p: dict[str, Any] = {"model": cfg.model.name}
-    if cfg.model.base_width is not None:
-        p["base_width"] = cfg.model.base_width
-    if cfg.model.upsample is not None:
-        p["upsample"] = cfg.model.upsample
-    if cfg.model.aux_loss:
-        p["aux_loss"] = True
-    p.update(
-        dtype=cfg.precision.dtype, channels_last=cfg.precision.channels_last, compile=cfg.precision.compile
-    )
-    return p
-
-
-def _loader_keys(cfg: Config) -> dict[str, Any]:
-    """The loader and, named only where they differ from the defaults (so existing points keep their
-    ids), the settings that change its speed: DALI's resampler, threads, hardware-decoder share (GPU
-    only) and queue depth; the torch DataLoader's workers."""
-    from cityseg_fast.config import LoaderConfig
-
-    lc, default = cfg.loader, LoaderConfig()
-    device = resolved_loader_device(cfg)
-    keys: dict[str, Any] = {"loader": lc.backend, "loader_device": device}
-    wanted = {
-        "dali": ("resampler", "num_threads", "prefetch_queue_depth") + (("hw_decoder_load",) if device == "gpu" else ()),
-        "torch": ("num_workers", "prefetch_queue_depth"),
-    }.get(lc.backend, ())
-    for name in wanted:
-        if getattr(lc, name) != getattr(default, name):
-            keys[name] = getattr(lc, name)
-    return keys
-
-
-def point_from_config(scenario: str, cfg: Config, world_size: int = 1) -> dict[str, Any]:
-    """The swept parameters of a point, flat and JSON-plain (lists, not tuples): what identifies it.
-
-    Only keys that change the scenario's measurement are included, so a sweep grid that varies,
-    say, the loader produces one `model` point, not one per loader.
-    """
-    crop = list(cfg.data.crop)
-    bs = cfg.loader.batch_size
-    if scenario == "loader":
-        point = {**_loader_keys(cfg), "crop": crop, "batch_size": bs, **dataset_tags(cfg)}
-        if cfg.loader.decode_only:
-            point["decode_only"] = True  # named only when set, like every non-default key below
-        elif cfg.loader.backend == "dali" and cfg.loader.roi != "slice":
-            point["roi"] = cfg.loader.roi
-        return point
-    if scenario == "model":
-        return {**_model_keys(cfg), "crop": crop, "batch_size": bs, "world_size": world_size}
-    if scenario == "e2e":
-        return {
-            **_model_keys(cfg),
-            **_loader_keys(cfg),
-            "crop": crop,
-            "batch_size": bs,
-            "world_size": world_size,
-            **dataset_tags(cfg),
-        }
-    if scenario == "infer":
-        return {**_model_keys(cfg), "resolution": crop, "batch_size": bs}
-    if scenario == "accuracy":
-        t = cfg.train
-        return {
-            **_model_keys(cfg),
-            **_loader_keys(cfg),
-            "crop": crop,
-            "batch_size": bs,
-            "world_size": world_size,
-            "iters": t.iters,
-            "lr": t.lr,
-            "optimizer": t.optimizer,
-            "seed": t.seed,
-            **dataset_tags(cfg),
-        }
-    raise ValueError(f"unknown scenario '{scenario}'")
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
+from cityseg_fast.config import Config, replace
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
@@ -188,7 +65,7 @@ def _flops_metrics(
         "mfu": None,
     }
     try:
-        from cityseg_fast.bench.flops import count_flops, peak_flops
+        from cityseg_fast.bench.flops import count_flops, mfu
         from cityseg_fast.models import model_from_config
 
         model = model_from_config(cfg).to(device)
@@ -203,8 +80,7 @@ def _flops_metrics(
     per_image = fc.train_step_per_image if train else fc.forward_per_image
     achieved = per_image * images_per_s
     m["achieved_tflops"] = achieved / 1e12
-    peak = peak_flops(_gpu_name(device), cfg.precision.dtype)
-    m["mfu"] = achieved / (peak * world) if peak else None
+    m["mfu"] = mfu(achieved / world, _gpu_name(device), cfg.precision.dtype)  # per GPU
     return m
 
 
@@ -401,7 +277,8 @@ def run_infer(cfg: Config) -> dict[str, Any]:
 
 
 def run_accuracy(cfg: Config) -> dict[str, Any]:
-    """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its mIoU."""
+    """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its val mIoU
+    (a fraction), per-class IoU, pixel accuracy and its median training throughput."""
     from cityseg_fast.bench.memory import MemoryMonitor
     from cityseg_fast.engine.train import train
     from cityseg_fast.hardware import resolve_device
@@ -411,129 +288,72 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         summary = train(cfg)
     wall = time.perf_counter() - t0
-    per_class = summary.get("per_class_iou", summary.get("iou"))
     metrics = {
-        "miou": summary.get("miou"),
-        "per_class_iou": list(per_class) if per_class is not None else None,
+        "miou": summary["miou"],
+        "per_class_iou": list(summary["per_class_iou"]),
+        "acc": summary["acc"],
+        "images_per_s": _train_images_per_s(Path(summary["out_dir"])),
+        "final_loss": summary.get("final_loss"),
         "train_wall_s": summary.get("wall_s", wall),
         "process_wall_s": wall,
         "iters_done": summary.get("iters"),
-        "out_dir": str(summary.get("out_dir", cfg.train.out_dir)),
+        "out_dir": str(summary["out_dir"]),
         "device": device.type,
     }
     metrics.update(mon.metrics())
     return metrics
 
 
+def _train_images_per_s(out_dir: Path) -> float | None:
+    """Median training throughput over the run's log intervals (metrics.jsonl 'train' events)."""
+    import json
+
+    try:
+        events = [json.loads(ln) for ln in (out_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    except (OSError, ValueError):
+        return None
+    ips = [e["images_per_s"] for e in events if e.get("event") == "train" and e.get("images_per_s")]
+    return statistics.median(ips) if ips else None
+
+
+def run_loader(cfg: Config) -> dict[str, Any]:
+    """The training loader alone for bench.warmup + bench.iters batches (loader.decode_only: its decoder's limit)."""
+    from cityseg_fast.bench.loader_bench import measure_loader
+
+    return measure_loader(cfg, cfg.bench.iters, cfg.bench.warmup)
+
+
+def run_baseline(cfg: Config) -> dict[str, Any]:
+    """The best per-pixel colour classifier, fitted on the train split, scored on the val split."""
+    from cityseg_fast.config import data_root
+    from cityseg_fast.data.cityscapes import find_samples, read_pair
+    from cityseg_fast.data.labels import TRAINID_TO_ID
+    from cityseg_fast.data.synthetic import colour_baseline_miou
+
+    root = data_root(cfg)
+
+    def frames(split: str):
+        for s in find_samples(root, split):
+            rgb, train_ids = read_pair(s)
+            yield rgb, TRAINID_TO_ID[train_ids]  # the baseline takes labelIds (255 -> 0, ignored)
+
+    t0 = time.perf_counter()
+    res = colour_baseline_miou(frames(cfg.data.train_split), frames(cfg.data.val_split))
+    return {**res, "wall_s": time.perf_counter() - t0}
+
+
 RUNNERS: dict[str, Callable[[Config], dict[str, Any]]] = {
+    "loader": run_loader,
     "model": run_model,
-    "e2e": run_e2e,
     "infer": run_infer,
+    "e2e": run_e2e,
     "accuracy": run_accuracy,
+    "baseline": run_baseline,
 }
 
 
-def run_scenario(name: str, cfg: Config, **kw: Any) -> dict[str, Any]:
-    """Measure one point of scenario `name` under `cfg`; returns the schema metrics dict."""
+def run_scenario(name: str, cfg: Config) -> dict[str, Any]:
+    """Measure one point of scenario `name` under `cfg`; returns its metrics."""
     if name not in RUNNERS:
         raise ValueError(f"unknown scenario '{name}' (have: {', '.join(RUNNERS)})")
-    return RUNNERS[name](cfg, **kw)
-
-
-# ---------------------------------------------------------------------------------------------
-# command
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cityseg_fast.commands.common import add_config_args
-
-    add_config_args(p)
-    p.add_argument("--data", metavar="DIR", help="dataset root (sets data.root)")
-    p.add_argument("--json", action="store_true", help="print the result row as one JSON line")
-    p.add_argument("--append", metavar="FILE", help="append the result row to this results.jsonl (atomic)")
-
-
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
-
-
-def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.bench.env import collect_env
-    from cityseg_fast.commands.common import config_from_args
-    from cityseg_fast.report.schema import append_row, make_row
-
-    scenario = args.scenario
-    cfg = config_from_args(args, [f"data.root={args.data}"] if args.data else [])
-    if scenario == "accuracy" and cfg.train.out_dir == "runs/default":
-        cfg = replace(cfg, train={"out_dir": tempfile.mkdtemp(prefix="cityseg-accuracy-")})
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    point = point_from_config(scenario, cfg, world)
-    from cityseg_fast.engine.dist import cleanup
-
-    status, error, metrics, exc = "ok", None, {}, None
-    try:
-        metrics = run_scenario(scenario, cfg)
-    except Exception as e:
-        exc = e
-        status = "oom" if _is_oom(e) else "error"
-        error = _one_line(e)
-    cleanup(failed=exc is not None)  # under torchrun: leave the process group before the interpreter exits
-    row = make_row(
-        scenario,
-        point,
-        _plain(metrics),
-        status=status,
-        error=error,
-        config=to_dict(cfg),
-        config_hash=config_hash(cfg),
-        env=collect_env(),
-    )
-    if rank == 0:
-        if args.append:
-            append_row(args.append, row)
-        if args.json:
-            print(json.dumps(row, sort_keys=True, default=str))
-        else:
-            _print_human(row)
-    if exc is not None and not isinstance(exc, (KeyboardInterrupt,)):
-        if status == "oom":
-            print(f"cityseg bench {scenario}: out of memory: {error}", file=sys.stderr)
-            return 3
-        raise exc
-    return 0
-
-
-def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics as JSON-plain values (floats stay floats; NaN becomes None)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, float) and v != v:
-            v = None
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[k] = v
-    return out
-
-
-def _print_human(row: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"cityseg bench {row['scenario']}  [{row['status']}]", show_header=False)
-    for k, v in row["point"].items():
-        t.add_row(f"[dim]{k}[/dim]", str(v))
-    if row["error"]:
-        t.add_row("[red]error[/red]", row["error"])
-    for k, v in row["metrics"].items():
-        if v is None or isinstance(v, (list, dict)):
-            continue
-        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    Console().print(t)
+    return RUNNERS[name](cfg)

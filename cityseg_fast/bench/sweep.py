@@ -18,13 +18,14 @@ A spec (see configs/sweeps/*.yaml for commented examples):
           loader.batch_size: [2, 4]
           world_size: [1]
 
-Each point is identified by `scenarios.point_from_config`, which keeps only the keys that change
-that scenario's measurement, so axes irrelevant to a scenario (the loader for `model`) do not
-multiply its points. Points run in scenario order loader, model, infer, e2e, accuracy and in
-ascending world size, so the rows `e2e_efficiency` and `scaling_efficiency` need exist first.
+Each point is identified by the scenario table (`results.point_for`), which keeps only the keys that
+change that scenario's measurement, so axes irrelevant to a scenario (the loader for `model`) do not
+multiply its points. Points run in the table's order (loader, model, infer, e2e, accuracy, baseline)
+and in ascending world size, so the rows an e2e or a multi-GPU row's derived metrics need (its
+companions) exist first; `results.merge` derives them when the rows are read.
 
 Guarantees:
-- the parent alone appends to results.jsonl (schema.append_row: atomic, fsync); a point's child
+- the parent alone appends to results.jsonl (results.append_row: atomic, fsync); a point's child
   writes to its own scratch file, so a killed sweep loses at most the point in flight, never a row;
 - rerunning skips points already `ok` (and `oom`, unless --retry-oom), so an interrupted sweep
   resumes without duplicate rows; `error` points are retried;
@@ -41,7 +42,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ import yaml
 from cityseg_fast.config import Config, dump_config, load_config, load_yaml
 from cityseg_fast.errors import UserError
 
-SCENARIO_ORDER = ("loader", "model", "infer", "e2e", "accuracy")
 SPEC_KEYS = {
+    "demo",  # read by `cityseg demo` only (the dataset it makes), ignored here
     "name",
     "description",
     "config",
@@ -64,33 +65,6 @@ SPEC_KEYS = {
     "grid",
 }
 RUN_KEYS = {"scenarios", "grid", "overrides", "config", "name"}
-# Point keys that must agree for a model / loader row to describe the same work as an e2e row.
-MODEL_MATCH = (
-    "model",
-    "base_width",
-    "upsample",
-    "aux_loss",
-    "dtype",
-    "channels_last",
-    "compile",
-    "crop",
-    "batch_size",
-    "world_size",
-)
-LOADER_MATCH = (
-    "loader",
-    "loader_device",
-    "crop",
-    "batch_size",
-    "image_format",
-    "quality",
-    "label_format",
-    "resampler",
-    "num_threads",
-    "hw_decoder_load",
-    "prefetch_queue_depth",
-    "num_workers",
-)
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -140,9 +114,15 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def load_spec(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> SweepSpec:
-    """Parse and expand a sweep YAML into concrete points (configs resolved and type-checked)."""
-    from cityseg_fast.bench.scenarios import point_from_config
+def load_spec(
+    path: str | os.PathLike, out_dir: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+) -> SweepSpec:
+    """Parse and expand a sweep YAML into concrete points (configs resolved and type-checked).
+
+    overrides: `section.key=value` applied to every point, after the spec's own (e.g. the demo's --quick).
+    A config file named in the spec is found relative to the working directory, else to the spec's
+    folder, else to the repository root (so a shipped spec runs from anywhere)."""
+    from cityseg_fast.results import SCENARIOS, point_for
 
     p = Path(path)
     raw = load_yaml(p)
@@ -156,8 +136,9 @@ def load_spec(path: str | os.PathLike, out_dir: str | os.PathLike | None = None)
         runs = [{k: raw[k] for k in ("scenarios", "grid") if k in raw}]
     if not isinstance(runs, list) or not runs:
         raise UserError(f"{p}: 'runs' must be a non-empty list of {{scenarios, grid, overrides}} blocks")
-    base_files = [os.path.expandvars(str(f)) for f in _as_list(raw.get("config") or [])]
+    base_files = [_config_path(f, p) for f in _as_list(raw.get("config") or [])]
     base_over = _as_overrides(raw.get("overrides"), f"{p}: overrides")
+    extra = list(overrides)
     spec = SweepSpec(
         name=str(raw.get("name") or p.stem),
         points=[],
@@ -171,13 +152,13 @@ def load_spec(path: str | os.PathLike, out_dir: str | os.PathLike | None = None)
         if not isinstance(run, dict) or set(run) - RUN_KEYS:
             raise UserError(f"{where}: expected keys {sorted(RUN_KEYS)}, got {run!r:.200}")
         scenarios = _as_list(run.get("scenarios") or [])
-        bad = [s for s in scenarios if s not in SCENARIO_ORDER]
+        bad = [s for s in scenarios if s not in SCENARIOS]
         if not scenarios or bad:
-            raise UserError(f"{where}: scenarios must be a list from {list(SCENARIO_ORDER)}, got {scenarios}")
+            raise UserError(f"{where}: scenarios must be a list from {list(SCENARIOS)}, got {scenarios}")
         grid = run.get("grid") or {}
         if not isinstance(grid, dict):
             raise UserError(f"{where}: grid must be a mapping of section.key: [values]")
-        files = base_files + [os.path.expandvars(str(f)) for f in _as_list(run.get("config") or [])]
+        files = base_files + [_config_path(f, p) for f in _as_list(run.get("config") or [])]
         over = base_over + _as_overrides(run.get("overrides"), f"{where}.overrides")
         axes = [(k, _as_list(v)) for k, v in grid.items()]
         for combo in itertools.product(*[vals for _, vals in axes]):
@@ -185,11 +166,11 @@ def load_spec(path: str | os.PathLike, out_dir: str | os.PathLike | None = None)
             world = _world_size(values.pop("world_size", 1), where)
             point_over = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
             try:
-                cfg = load_config(files, over + point_over)
+                cfg = load_config(files, over + point_over + extra)
             except UserError as e:
                 raise UserError(f"{where}: {e}") from None
             for scenario in scenarios:
-                point = point_from_config(scenario, cfg, world)
+                point = point_for(scenario, cfg, world)
                 key = _key(scenario, point)
                 if key in seen:
                     spec.skipped_duplicates += 1
@@ -197,10 +178,20 @@ def load_spec(path: str | os.PathLike, out_dir: str | os.PathLike | None = None)
                 seen.add(key)
                 label = " ".join(f"{k}={_short(v)}" for k, v in values.items())
                 spec.points.append(SweepPoint(scenario, point, cfg, world, label + f" ws={world}"))
-    spec.points.sort(key=lambda sp: (SCENARIO_ORDER.index(sp.scenario), sp.world_size))
+    order = list(SCENARIOS)  # the table's order: loader and model points before the e2e they explain
+    spec.points.sort(key=lambda sp: (order.index(sp.scenario), sp.world_size))
     if out_dir is not None:
         _place_accuracy_runs(spec, Path(out_dir))
     return spec
+
+
+def _config_path(name: Any, spec: Path) -> str:
+    """A config file of a spec: as given, else beside the spec, else under the repository root."""
+    text = os.path.expandvars(str(name))
+    for cand in (Path(text), spec.parent / text, Path(PACKAGE_ROOT) / text):
+        if cand.is_file():
+            return str(cand)
+    return text  # load_config names it as not found
 
 
 def _world_size(v: Any, where: str) -> int:
@@ -223,7 +214,7 @@ def _key(scenario: str, point: dict[str, Any]) -> str:
 def _place_accuracy_runs(spec: SweepSpec, out: Path) -> None:
     """Each accuracy point trains into its own out_dir under the sweep folder (not the default runs/)."""
     from cityseg_fast.config import replace
-    from cityseg_fast.report.schema import point_id
+    from cityseg_fast.results import point_id
 
     for sp in spec.points:
         if sp.scenario == "accuracy":
@@ -232,110 +223,12 @@ def _place_accuracy_runs(spec: SweepSpec, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# matching and derived metrics
-
-
-def point_matches(row_point: dict[str, Any], point: dict[str, Any]) -> bool:
-    """A row describes `point` if it has every key of `point` with an equal value (it may have more)."""
-    return all(row_point.get(k) == v for k, v in point.items())
-
-
-def _agree(a: dict[str, Any], b: dict[str, Any], keys: Sequence[str]) -> bool:
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
-def _ok(rows: Iterable[dict[str, Any]], scenario: str) -> list[dict[str, Any]]:
-    return [
-        r
-        for r in rows
-        if r["scenario"] == scenario
-        and r["status"] == "ok"
-        and isinstance(r["metrics"].get("images_per_s"), (int, float))
-    ]
-
-
-def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[float, str]:
-    """The throughput an e2e run could reach: min() when loader and model use different resources (model on a
-    GPU), the harmonic combination 1/(1/l + 1/m) when both take turns on the same CPU cores."""
-    if model_on_gpu:
-        return min(loader_ips, model_ips), "min"
-    return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
-
-
-def e2e_efficiency(e2e_row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """e2e images/s over the limit from the MATCHING loader and model points only; {} if either is missing.
-
-    Only world_size 1: a loader point measures one process's loader, which is the e2e limit of one rank only.
-    """
-    p = e2e_row["point"]
-    if p.get("world_size", 1) != 1 or e2e_row["status"] != "ok":
-        return {}
-    loaders = [
-        r
-        for r in _ok(rows, "loader")
-        if _agree(r["point"], p, LOADER_MATCH) and not r["point"].get("decode_only")
-    ]
-    models = [r for r in _ok(rows, "model") if _agree(r["point"], p, MODEL_MATCH)]
-    if not loaders or not models:
-        return {}
-    lo, mo = loaders[-1], models[-1]  # the latest measurement of each
-    limit, kind = e2e_limit(
-        lo["metrics"]["images_per_s"],
-        mo["metrics"]["images_per_s"],
-        e2e_row["metrics"].get("device") == "cuda",
-    )
-    return {
-        "e2e_efficiency": e2e_row["metrics"]["images_per_s"] / limit,
-        "e2e_limit_images_per_s": limit,
-        "e2e_limit_kind": kind,
-        "e2e_loader_point_id": lo["point_id"],
-        "e2e_model_point_id": mo["point_id"],
-    }
-
-
-def scaling_efficiency(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """throughput(N) / (N x throughput(1)) against the same point at world_size 1; {} if N == 1 or no match."""
-    p = row["point"]
-    n = p.get("world_size", 1)
-    if n <= 1 or row["status"] != "ok":
-        return {}
-    keys = [k for k in p if k != "world_size"]
-    base = [
-        r
-        for r in _ok(rows, row["scenario"])
-        if r["point"].get("world_size", 1) == 1 and _agree(r["point"], p, keys)
-    ]
-    if not base:
-        return {}
-    one = base[-1]["metrics"]["images_per_s"]
-    return {
-        "scaling_efficiency": row["metrics"]["images_per_s"] / (n * one),
-        "scaling_base_point_id": base[-1]["point_id"],
-    }
-
-
-def derive_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """point_id -> {e2e_efficiency, scaling_efficiency, ...} for every row where they can be computed."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        d = {}
-        if r["scenario"] == "e2e":
-            d.update(e2e_efficiency(r, rows))
-        d.update(scaling_efficiency(r, rows))
-        if d:
-            out[r["point_id"]] = d
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # running one point
 
 
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
     """The child's command line: `cityseg bench SCENARIO --config POINT.yaml`, writing its row to row_path."""
-    # bench loader (loader_bench.py) appends its row with --out; the other scenarios take --append.
-    sink = ["--out", str(row_path)] if sp.scenario == "loader" else ["--json", "--append", str(row_path)]
-    bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), *sink]
+    bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), "--json", "--append", str(row_path)]
     if sp.world_size > 1:
         return [
             sys.executable,
@@ -371,9 +264,7 @@ def _last_line(text: str) -> str:
 
 def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
     """Run one point in a fresh subprocess; always returns a schema row (ok, oom or error)."""
-    from cityseg_fast.bench.env import collect_env
-    from cityseg_fast.config import config_hash, to_dict
-    from cityseg_fast.report.schema import make_row, point_id, read_rows
+    from cityseg_fast.results import point_id, read_rows, row_for
 
     pid = point_id(sp.scenario, sp.point)
     cfg_path = work / f"{sp.scenario}-{pid}.yaml"
@@ -407,18 +298,7 @@ def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     rows = list(read_rows(row_path))
     if rows and not timed_out:
-        row = rows[-1]
-        point = {**row["point"], **sp.point}  # the sweep's identity wins; scenario extras are kept
-        row = make_row(
-            sp.scenario,
-            point,
-            row["metrics"],
-            status=row["status"],
-            error=row["error"],
-            config=row["config"],
-            config_hash=row["config_hash"],
-            env=row["env"],
-        )
+        row = rows[-1]  # the child built it with row_for: the same point as sp.point
     else:
         if timed_out:
             msg = f"timeout: point ran longer than {timeout_s:.0f} s"
@@ -427,17 +307,7 @@ def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
             msg += "; " + _last_line(err) if _last_line(err) else ""
         else:
             msg = _last_line(err) or f"exit code {proc.returncode} and no result row"
-        status = "oom" if "out of memory" in msg.lower() else "error"
-        row = make_row(
-            sp.scenario,
-            sp.point,
-            {},
-            status=status,
-            error=msg,
-            config=to_dict(sp.cfg),
-            config_hash=config_hash(sp.cfg),
-            env=collect_env(),
-        )
+        row = row_for(sp.scenario, sp.cfg, error=msg, world_size=sp.world_size)
     row["metrics"]["point_wall_s"] = wall
     if sp.search_from is not None:
         row["metrics"]["max_batch_search_from"] = sp.search_from
@@ -490,7 +360,7 @@ def run_sweep(
     from rich.console import Console
     from rich.live import Live
 
-    from cityseg_fast.report.schema import append_row, read_rows
+    from cityseg_fast.results import append_row, point_id, read_rows
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -510,13 +380,8 @@ def run_sweep(
                 prog.counts["not_started"] = len(queue)
                 break
             sp = queue.pop(0)
-            existing = list(read_rows(results))
-            if any(
-                r["scenario"] == sp.scenario
-                and r["status"] in done_status
-                and point_matches(r["point"], sp.point)
-                for r in existing
-            ):
+            done = {r["point_id"] for r in read_rows(results) if r["status"] in done_status}
+            if point_id(sp.scenario, sp.point) in done:
                 prog.counts["skipped"] += 1
                 prog.rows.append((sp.scenario, sp.label, "skipped", "", ""))
                 view.update(prog.table(spec.name))
@@ -524,7 +389,6 @@ def run_sweep(
             prog.rows.append((sp.scenario, sp.label, "running", "", ""))
             view.update(prog.table(spec.name))
             row = run_point(sp, work, spec.timeout_s)
-            row["metrics"].update(_derived(row, existing))
             append_row(results, row)
             ips = row["metrics"].get("images_per_s")
             prog.rows[-1] = (
@@ -544,24 +408,16 @@ def run_sweep(
     return prog.counts
 
 
-def _derived(row: dict[str, Any], existing: list[dict[str, Any]]) -> dict[str, Any]:
-    d: dict[str, Any] = {}
-    if row["scenario"] == "e2e":
-        d.update(e2e_efficiency(row, existing))
-    d.update(scaling_efficiency(row, existing))
-    return d
-
-
 def _halved(sp: SweepPoint) -> SweepPoint | None:
     """The same point at half the batch size (max-batch search), or None below batch 1."""
-    from cityseg_fast.bench.scenarios import point_from_config
     from cityseg_fast.config import replace
+    from cityseg_fast.results import point_for
 
     bs = sp.cfg.loader.batch_size // 2
     if bs < 1:
         return None
     cfg = replace(sp.cfg, loader={"batch_size": bs})
-    point = point_from_config(sp.scenario, cfg, sp.world_size)
+    point = point_for(sp.scenario, cfg, sp.world_size)
     return SweepPoint(
         sp.scenario,
         point,

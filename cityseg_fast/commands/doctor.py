@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,9 +28,35 @@ def _graphs(g: dict | None) -> str:
     return ", ".join(f"{mode} graph {_yes(bool(g.get(mode)))}" for mode in ("train", "eval"))
 
 
-def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.bench.env import doctor_report
+def distributed_backends() -> dict[str, bool]:
+    import torch
+    import torch.distributed as dist
 
+    if not dist.is_available():
+        return {"gloo": False, "nccl": False}
+    # NCCL needs both the build and a visible GPU.
+    return {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available() and torch.cuda.is_available()}
+
+
+def doctor_report() -> dict[str, Any]:
+    """Everything `cityseg doctor` shows: collect_env() plus GPUs in detail and capability probes."""
+    from cityseg_fast.data.dali import probe
+    from cityseg_fast.environment import collect_env, compiler, nvml_gpus
+
+    env = collect_env()
+    gpus, nvml_error = nvml_gpus()
+    cxx = compiler()
+    return {
+        **env,
+        "gpus": gpus,
+        "nvml_error": nvml_error,
+        "dali_probe": probe(),
+        "compile": {"cxx": cxx, "possible": cxx is not None or env["cuda_available"]},
+        "distributed": distributed_backends(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
     info = doctor_report()
     if args.json:
         print(json.dumps(info, sort_keys=True))

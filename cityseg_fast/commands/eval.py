@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             row = json_safe(
                 {
                     "miou": result["miou"],
-                    "per_class_iou": result["iou"],
+                    "per_class_iou": result["per_class_iou"],
                     "classes": list(CLASS_NAMES),
                     "acc": result["acc"],
                     "images": result["images"],

@@ -37,12 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cityseg_fast.bench.sweep import SCENARIO_ORDER, default_out_dir, load_spec, run_sweep
+    from cityseg_fast.bench.sweep import default_out_dir, load_spec, run_sweep
     from cityseg_fast.errors import UserError
+    from cityseg_fast.results import SCENARIOS
 
-    unknown = [s for s in args.only if s not in SCENARIO_ORDER]
+    unknown = [s for s in args.only if s not in SCENARIOS]
     if unknown:
-        raise UserError(f"--only {unknown[0]}: unknown scenario; valid: {', '.join(SCENARIO_ORDER)}")
+        raise UserError(f"--only {unknown[0]}: unknown scenario; valid: {', '.join(SCENARIOS)}")
     spec = load_spec(args.spec)
     out = args.out or str(default_out_dir(spec))
     spec = load_spec(args.spec, out)

@@ -278,11 +278,3 @@ def _size_histogram(sizes) -> dict[str, int]:
         hist[f"{h}x{w}"] = hist.get(f"{h}x{w}", 0) + 1
     return hist
 
-
-def encode_jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """JPEG-encode in memory (used by the prepare benchmark to measure the per-core encode rate)."""
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

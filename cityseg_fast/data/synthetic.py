@@ -613,7 +613,8 @@ def colour_baseline_miou(
     train: Iterable[tuple[np.ndarray, np.ndarray]], val: Iterable[tuple[np.ndarray, np.ndarray]], bins: int = 32
 ) -> dict:
     """Fit the Bayes-optimal per-pixel colour classifier (class histogram per quantised RGB cell,
-    argmax) on `train` (rgb, labelIds) frames; return {"miou", "iou"} on `val` over the 19 classes.
+    argmax) on `train` (rgb, labelIds) frames; return {"miou", "per_class_iou", "acc"} on `val` over
+    the 19 classes (fractions; None for a class in neither labels nor predictions).
 
     With `bins` levels per channel this is the best any classifier that sees one pixel's colour
     can do (up to quantisation), so a model that beats it is using spatial context.
@@ -645,4 +646,8 @@ def colour_baseline_miou(
     union = conf.sum(0) + conf.sum(1) - inter
     present = conf.sum(1) > 0
     iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    return {"miou": float(np.nanmean(np.where(present, iou, np.nan))), "iou": [None if np.isnan(v) else float(v) for v in iou]}
+    return {
+        "miou": float(np.nanmean(np.where(present, iou, np.nan))),
+        "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+        "acc": float(inter.sum() / max(1, conf.sum())),
+    }

@@ -64,7 +64,7 @@ class ConfusionMatrix:
         self._bins.zero_()
 
     def compute(self) -> dict[str, Any]:
-        """{"miou": mean over classes with a defined IoU, "iou": [19, NaN where undefined], "acc": pixel accuracy}."""
+        """{"miou": mean over classes with a defined IoU, "per_class_iou": [19, NaN where undefined], "acc": pixel accuracy}."""
         m = self.mat.double().cpu()  # the one host transfer per evaluation
         tp = m.diag()
         denom = m.sum(0) + m.sum(1) - tp
@@ -73,7 +73,7 @@ class ConfusionMatrix:
         miou = float(iou[valid].mean()) if bool(valid.any()) else float("nan")
         total = float(m.sum())
         acc = float(tp.sum()) / total if total > 0 else float("nan")
-        return {"miou": miou, "iou": [float(v) for v in iou], "acc": acc, "pixels": int(total)}
+        return {"miou": miou, "per_class_iou": [float(v) for v in iou], "acc": acc, "pixels": int(total)}
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -113,7 +113,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """mIoU of `model` over every sample of `loader` (this rank's shard), reduced across ranks.
 
-    Returns {"miou", "iou", "acc", "pixels", "images"}. With `export_dir`, each prediction is also written
+    Returns {"miou", "per_class_iou", "acc", "pixels", "images"}. With `export_dir`, each prediction is also written
     as a labelId PNG named after its frame (each rank writes the frames it evaluated).
     """
     was_training = model.training
@@ -175,7 +175,7 @@ def iou_table(result: dict[str, Any], title: str = "per-class IoU"):
     )
     table.add_column("class")
     table.add_column("IoU %", justify="right")
-    for name, v in zip(CLASS_NAMES, result["iou"], strict=True):
+    for name, v in zip(CLASS_NAMES, result["per_class_iou"], strict=True):
         table.add_row(name, "n/a" if math.isnan(v) else f"{100 * v:.2f}")
     return table
 

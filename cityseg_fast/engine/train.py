@@ -120,8 +120,8 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
-    from cityseg_fast.bench.env import collect_env
     from cityseg_fast.data.factory import build_loader
+    from cityseg_fast.environment import collect_env
 
     t = cfg.train
     if t.sync_bn and info.world_size > 1 and cfg.precision.compile != "off":
@@ -235,7 +235,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                     event="eval",
                     iter=it,
                     miou=result["miou"],
-                    per_class_iou=result["iou"],
+                    per_class_iou=result["per_class_iou"],
                     acc=result["acc"],
                     images=result["images"],
                 )
@@ -261,7 +261,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     val_loader.close()
     summary = {
         "miou": result["miou"],
-        "per_class_iou": result["iou"],
+        "per_class_iou": result["per_class_iou"],
         "acc": result["acc"],
         "iters": it,
         "start_iter": start,

@@ -2,7 +2,7 @@
 
     build_report(["runs/a", "runs/b"], "reports/x")  ->  reports/x/REPORT.md
 
-Reads nothing but the result rows (cityseg_fast/report/schema.py), so a report can be rebuilt
+Reads nothing but the result rows (cityseg_fast/results/), so a report can be rebuilt
 anywhere from committed JSONL files.
 """
 
@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cityseg_fast.paths import check_out_dir
-from cityseg_fast.report import compare, plots, tables
-from cityseg_fast.report.runs import Run, load_runs
+from cityseg_fast.report import bottleneck, compare, plots, tables
+from cityseg_fast.report.runs import Run, load_runs, tagged_rows
+from cityseg_fast.results import SCENARIOS
 
 REPORT_FILE = "REPORT.md"
 
-_SCENARIO_ORDER = ("model", "infer", "e2e", "loader")
 
 
 def write_csv(runs: Sequence[Run], path: Path) -> None:
-    columns, records = tables.flat_records(runs)
+    columns, records = flat_records(runs)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
@@ -46,7 +48,10 @@ def _skipped_lines(runs: Sequence[Run]) -> str:
 
 
 def render_markdown(
-    runs: Sequence[Run], figures: Sequence[plots.Plot], title: str = "cityseg_fast benchmark report"
+    runs: Sequence[Run],
+    figures: Sequence[plots.Plot],
+    title: str = "cityseg_fast benchmark report",
+    extra: Sequence[tuple[str, str]] = (),
 ) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     parts = [
@@ -63,7 +68,7 @@ def render_markdown(
         ),
         _section(
             "Bottleneck: loader vs model vs end to end",
-            tables.bottleneck_section(runs),
+            bottleneck.bottleneck_section(runs),
             "no end-to-end (e2e) rows: run `cityseg bench e2e` (or a sweep with e2e points) to see where the time goes",
         ),
     ]
@@ -73,11 +78,11 @@ def render_markdown(
         "percentiles; spread is IQR ÷ median of the batch times (⚠ = above the benchmark's variance threshold).\n\n"
     )
     any_scenario = False
-    for scenario in _SCENARIO_ORDER:
-        body = tables.scenario_section(runs, scenario)
+    for s in (s for s in SCENARIOS.values() if s.kind == "speed"):
+        body = tables.scenario_section(runs, s.name)
         if body:
             any_scenario = True
-            parts.append(f"### {tables.SCENARIO_TITLES[scenario]}\n\n{body}\n")
+            parts.append(f"### {s.title}\n\n{body}\n")
     if not any_scenario:
         parts.append("_No loader, model, inference or end-to-end rows._\n\n")
     parts.append(
@@ -98,6 +103,7 @@ def render_markdown(
         parts.append("\n")
     if len(runs) > 1:
         parts.append(_section("Comparison", compare.compare_section(runs), "nothing to compare"))
+    parts += [_section(heading, body, "") for heading, body in extra]
     return "".join(parts)
 
 
@@ -106,10 +112,12 @@ def build_report(
     out: str | os.PathLike,
     title: str | None = None,
     warn: Callable[[str], None] | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md.
 
-    `warn` gets one line per results file with unreadable lines (REPORT.md lists them too)."""
+    `warn` gets one line per results file with unreadable lines (REPORT.md lists them too); `extra`:
+    (heading, Markdown) sections appended at the end (the demo's timeline)."""
     out = check_out_dir(out, "--out")
     runs = load_runs(run_dirs)
     for run in runs:
@@ -128,5 +136,31 @@ def build_report(
     else:
         (out / "comparison.csv").unlink(missing_ok=True)
     report = out / REPORT_FILE
-    report.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report"))
+    report.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report", extra))
     return report
+
+
+def flat_records(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys."""
+    base = ["run", "scenario", "status", "error", "point_id", "time", "config_hash"]
+    pkeys: list[str] = []
+    mkeys: list[str] = []
+    records = []
+    for row in tagged_rows(runs):
+        p = {k: v for k, v in row["point"].items()}
+        rec = {"run": row["_run"], **{k: row.get(k) for k in base[1:]}}
+        for k, v in p.items():
+            if k not in pkeys:
+                pkeys.append(k)
+            rec[k] = v
+        for k, v in row["metrics"].items():
+            col = k if k not in p and k not in base else f"metric.{k}"
+            if col not in mkeys:
+                mkeys.append(col)
+            rec[col] = v
+        records.append(rec)
+    for rec in records:
+        for k, v in rec.items():
+            if isinstance(v, (list, dict)):
+                rec[k] = json.dumps(v)
+    return base + pkeys + mkeys, records

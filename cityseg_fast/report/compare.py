@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.report.format import DASH, fmt_num, md_table, miou_pct
 from cityseg_fast.report.runs import Run, flat_point, metric, point_label, split_keys
-from cityseg_fast.report.tables import DASH, fmt_num, md_table, miou_pct
 
 DEFAULT_BAND = 0.05
 MIN_BAND = 0.02

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.report.bottleneck import bottleneck_rows
+from cityseg_fast.report.format import fmt_num, miou_pct
 from cityseg_fast.report.runs import (
     Run,
     flat_point,
@@ -23,7 +25,6 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
-from cityseg_fast.report.tables import bottleneck_rows, fmt_num, miou_pct
 
 DPI = 110
 LOADER_COLORS = {
@@ -318,23 +319,14 @@ def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
     """[{label, miou (%), ips, row}] from ok accuracy rows, and what the throughput axis measures."""
     pts, sources = [], set()
     for run in runs:
-        models = [r for r in run.rows if r["scenario"] == "model" and metric(r, "images_per_s") is not None]
         acc = [r for r in run.rows if r["scenario"] == "accuracy" and metric(r, "miou") is not None]
         varying, _ = split_keys(acc) if acc else ([], {})
         for r in acc:
             p = flat_point(r)
-            ips, src = metric(r, "images_per_s"), "training throughput of the accuracy run"
-            if ips is None:
-                same = [m for m in models if m["point"].get("model") == p.get("model")]
-                same_res = [m for m in same if flat_point(m).get("resolution") == p.get("resolution")] or same
-                if same_res:
-                    ips, src = (
-                        max(metric(m, "images_per_s") for m in same_res),
-                        "best model-only train throughput",
-                    )
+            ips = metric(r, "images_per_s")  # every accuracy row records its training throughput
             if ips is None:
                 continue
-            sources.add(src)
+            sources.add("training throughput of the accuracy run")
             label = point_label(p, ["model"] + [k for k in varying if k != "model"])
             pts.append(
                 {

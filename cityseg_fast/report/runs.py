@@ -1,4 +1,5 @@
-"""Loading runs for reports: a run is one results.jsonl; rows are read with schema.scan_rows only.
+"""Loading runs for reports: a run is one results.jsonl, read and merged by cityseg_fast.results only
+(the latest row per point, with its derived metrics); the report computes no number of its own.
 
 Also the small helpers every table and plot shares: a point's resolution, which point keys vary
 within a set of rows (so tables show only those), and a compact label for a point.
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.errors import UserError
-from cityseg_fast.report.schema import scan_rows
+from cityseg_fast.results import merge, scan_rows
 
 RESULTS_FILE = "results.jsonl"
 # Point keys in the order tables show them; keys not listed here follow, alphabetically.
@@ -72,20 +73,6 @@ def results_path(run: str | os.PathLike) -> Path:
     return p
 
 
-def _latest_per_point(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Keep one row per point_id: the last ok one if any, else the last one; order of first appearance."""
-    order: dict[str, int] = {}
-    chosen: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        pid = row["point_id"]
-        order.setdefault(pid, len(order))
-        prev = chosen.get(pid)
-        if prev is None or row["status"] == "ok" or prev["status"] != "ok":
-            chosen[pid] = row
-    kept = sorted(chosen.values(), key=lambda r: order[r["point_id"]])
-    return kept, len(rows) - len(kept)
-
-
 def load_run(run: str | os.PathLike, name: str | None = None) -> Run:
     path = results_path(run)
     try:
@@ -97,9 +84,10 @@ def load_run(run: str | os.PathLike, name: str | None = None) -> Run:
         raise UserError(f"{path}: empty, no result rows to report")
     if not rows:
         raise UserError(
-            f"{path}: none of its {lines} lines is a valid result row (see cityseg_fast/report/schema.py)"
+            f"{path}: none of its {lines} lines is a valid result row (see cityseg_fast/results/rows.py)"
         )
-    kept, superseded = _latest_per_point(rows)
+    kept = merge(rows)
+    superseded = len(rows) - len(kept)
     label = name or (path.parent.name if path.name == RESULTS_FILE else path.stem)
     return Run(label, path, kept, lines=lines, bad_lines=bad, superseded=superseded)
 
@@ -122,8 +110,8 @@ def load_runs(runs: Sequence[str | os.PathLike]) -> list[Run]:
 
 
 def resolution(point: dict[str, Any]) -> str | None:
-    """'512x1024' (H x W) from point['crop'] or point['resolution'] (a [H, W] list or a string)."""
-    v = point.get("crop", point.get("resolution"))
+    """'512x1024' (H x W) from point['resolution'] (a [H, W] list)."""
+    v = point.get("resolution")
     if v is None:
         return None
     if isinstance(v, (list, tuple)) and len(v) == 2:
@@ -141,11 +129,10 @@ def res_pixels(res: str | None) -> int:
 
 
 def flat_point(row: dict[str, Any]) -> dict[str, Any]:
-    """The row's point with crop/resolution folded into one 'resolution' string key."""
-    p = {k: v for k, v in row["point"].items() if k not in ("crop", "resolution")}
-    res = resolution(row["point"])
-    if res is not None:
-        p["resolution"] = res
+    """The row's point with its resolution as an 'HxW' string (how tables and labels show it)."""
+    p = dict(row["point"])
+    if p.get("resolution") is not None:
+        p["resolution"] = resolution(p)
     return p
 
 

@@ -7,10 +7,22 @@ MiB/GiB, fractions are percentages, and a failed point shows its status and erro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cityseg_fast.report.format import (
+    DASH,
+    _cell,
+    constants_line,
+    fmt_mib,
+    fmt_num,
+    fmt_pct,
+    fmt_s,
+    md_table,
+    miou_pct,
+    sort_rows,
+    status_cell,
+)
 from cityseg_fast.report.runs import (
     Run,
     flat_point,
@@ -22,114 +34,6 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
-
-DASH = "–"
-SCENARIO_TITLES = {
-    "model": "Model only (train step on a synthetic on-device batch)",
-    "infer": "Inference",
-    "e2e": "End to end (real loader + the same train step)",
-    "loader": "Loaders alone",
-    "accuracy": "Accuracy runs",
-}
-
-# ---------------------------------------------------------------- number formatting
-
-
-def fmt_num(v: float | None, sig: int = 3) -> str:
-    """3 significant figures, thousands separated: 1,234 / 56.7 / 0.912."""
-    if v is None:
-        return DASH
-    v = float(v)
-    if v == 0:
-        return "0"
-    if abs(v) >= 10 ** (sig - 1):
-        return f"{v:,.0f}"
-    digits = sig - 1 - int(f"{abs(v):e}".split("e")[1])
-    return f"{v:.{max(digits, 0)}f}"
-
-
-def fmt_mib(v: float | None) -> str:
-    if v is None:
-        return DASH
-    return f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"
-
-
-def fmt_pct(v: float | None, digits: int = 1) -> str:
-    return DASH if v is None else f"{100 * v:.{digits}f}%"
-
-
-def fmt_s(v: float | None) -> str:
-    if v is None:
-        return DASH
-    if v >= 120:
-        return f"{v / 60:.1f} min"
-    return f"{fmt_num(v)} s"
-
-
-def miou_pct(v: float | None) -> float | None:
-    """mIoU as a percentage whether the row stored a fraction (0..1) or a percentage already."""
-    if v is None:
-        return None
-    return v if v > 1.0 else 100.0 * v
-
-
-def status_cell(row: dict[str, Any], width: int = 90) -> str:
-    if row["status"] == "ok":
-        return "ok"
-    msg = " ".join(str(row.get("error") or "").split())
-    if len(msg) > width:
-        msg = msg[: width - 1] + "…"
-    tag = "OOM" if row["status"] == "oom" else "error"
-    return f"**{tag}**: {msg}" if msg else f"**{tag}**"
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return DASH
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def md_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None
-) -> str:
-    """A GitHub Markdown table; cells are escaped ('|'); `right` marks right-aligned (numeric) columns."""
-    right = list(right) if right is not None else [False] * len(headers)
-
-    def esc(x: Any) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---:" if r else "---" for r in right) + "|")
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _sort_value(k: str, v: Any) -> tuple:
-    if k == "resolution":
-        return (0, res_pixels(v), str(v))
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return (0, v, "")
-    return (1, 0, str(v))
-
-
-def sort_rows(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    def key(r: dict[str, Any]) -> tuple:
-        p = flat_point(r)
-        return (r.get("_run", ""),) + tuple(_sort_value(k, p.get(k)) for k in keys)
-
-    return sorted(rows, key=key)
-
-
-def constants_line(constant: dict[str, Any]) -> str:
-    if not constant:
-        return ""
-    items = ", ".join(f"{k}={_cell(v)}" for k, v in constant.items())
-    return f"Same in every row: {items}.\n\n"
-
 
 # ---------------------------------------------------------------- environment
 
@@ -400,164 +304,15 @@ def best_section(runs: Sequence[Run]) -> str:
     )
 
 
-# ---------------------------------------------------------------- bottleneck: loader vs model vs e2e
-
-# Point keys that must agree for a model / loader row to describe the same work as an e2e row
-# (the sweep's MODEL_MATCH / LOADER_MATCH; keys a row does not define are not compared).
-_MODEL_KEYS = (
-    "model",
-    "base_width",
-    "upsample",
-    "aux_loss",
-    "resolution",
-    "batch_size",
-    "dtype",
-    "channels_last",
-    "compile",
-    "world_size",
-)
-_LOADER_KEYS = (
-    "loader",
-    "loader_device",
-    "resolution",
-    "batch_size",
-    "image_format",
-    "quality",
-    "label_format",
-    "resampler",
-    "num_threads",
-    "hw_decoder_load",
-    "prefetch_queue_depth",
-    "num_workers",
-)
-
-
-def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[float, str]:
-    """The throughput end to end can reach: the slower stage when the model runs on a GPU (the stages
-    overlap); 1/(1/l + 1/m) when loader and model take turns on the same CPU cores."""
-    if model_on_gpu:
-        return min(loader_ips, model_ips), "min"
-    return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
-
-
-def _match(
-    point: dict[str, Any], candidates: list[dict[str, Any]], keys: Sequence[str]
-) -> dict[str, Any] | None:
-    """The fastest ok candidate agreeing with `point` on every key both define."""
-    best = None
-    for c in candidates:
-        cp = flat_point(c)
-        if cp.get("decode_only"):
-            continue
-        if all(cp[k] == point[k] for k in keys if k in cp and k in point):
-            if best is None or metric(c, "images_per_s") > metric(best, "images_per_s"):
-                best = c
-    return best
-
-
-def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
-    """One record per ok e2e point: loader-only and model-only throughputs, the limit, efficiency, verdict.
-
-    e2e_efficiency is the row's own (the sweep derives it) or, where absent, computed the same way:
-    e2e images/s ÷ e2e_limit(loader, model).
-    """
-    ok = [r for r in run.rows if metric(r, "images_per_s") is not None]
-    loaders = [r for r in ok if r["scenario"] == "loader"]
-    models = [r for r in ok if r["scenario"] == "model"]
-    out = []
-    for e in (r for r in ok if r["scenario"] == "e2e"):
-        p = flat_point(e)
-        lrow, mrow = _match(p, loaders, _LOADER_KEYS), _match(p, models, _MODEL_KEYS)
-        e2e = metric(e, "images_per_s")
-        loader_ips = metric(lrow, "images_per_s") if lrow else None
-        model_ips = metric(mrow, "images_per_s") if mrow else None
-        limit, kind = metric(e, "e2e_limit_images_per_s"), e["metrics"].get("e2e_limit_kind")
-        if limit is None and loader_ips and model_ips:
-            limit, kind = e2e_limit(loader_ips, model_ips, e["metrics"].get("device") == "cuda")
-        eff, computed = metric(e, "e2e_efficiency"), False
-        if eff is None and limit:
-            eff, computed = e2e / limit, True
-        verdict = DASH
-        if loader_ips is not None and model_ips is not None:
-            verdict = "loader" if loader_ips < model_ips else "model"
-            if eff is not None and eff < 0.9:
-                verdict += f" + overlap loss ({eff:.0%} of the limit)"
-            elif eff is not None and eff > 1.1:
-                # Cannot happen with steady measurements: say so rather than present it as a result.
-                verdict += " (⚠ e2e above its limit: the runs were too noisy to compare)"
-        out.append(
-            {
-                "row": e,
-                "point": p,
-                "loader": loader_ips,
-                "model": model_ips,
-                "e2e": e2e,
-                "limit": limit,
-                "limit_kind": kind,
-                "efficiency": eff,
-                "computed": computed,
-                "verdict": verdict,
-            }
-        )
-    return out
-
-
-def bottleneck_section(runs: Sequence[Run]) -> str:
-    body = []
-    multi = len(runs) > 1
-    for run in runs:
-        recs = bottleneck_rows(run)
-        if not recs:
-            continue
-        varying, _ = split_keys([r["row"] for r in recs])
-        keys = [k for k in varying if k not in ("loader", "loader_device")] or [
-            "model",
-            "resolution",
-            "batch_size",
-            "dtype",
-        ]
-        for rec in recs:
-            label = f"{loader_label(rec['point'])} → {point_label(rec['point'], keys)}".strip()
-            kind = {"min": "min", "shared_cpu": "shared"}.get(rec["limit_kind"] or "", "")
-            body.append(
-                ([run.name] if multi else [])
-                + [
-                    label,
-                    fmt_num(rec["loader"]),
-                    fmt_num(rec["model"]),
-                    fmt_num(rec["limit"]) + (f" ({kind})" if kind and rec["limit"] is not None else ""),
-                    fmt_num(rec["e2e"]),
-                    fmt_pct(rec["efficiency"], 0) + (" *" if rec["computed"] else ""),
-                    rec["verdict"],
-                ]
-            )
-    if not body:
-        return ""
-    head = (["run"] if multi else []) + [
-        "end-to-end point",
-        "loader only (img/s)",
-        "model only (img/s)",
-        "limit (img/s)",
-        "end to end (img/s)",
-        "e2e efficiency",
-        "bottleneck",
-    ]
-    right = ([False] if multi else []) + [False, True, True, True, True, True, False]
-    note = (
-        "\n\nlimit = the throughput end to end could reach from the loader alone and the model alone at the same "
-        "point: the slower of the two when the model runs on a GPU (min: the stages overlap), 1/(1/loader + "
-        "1/model) when both take turns on the same CPU cores (shared). e2e efficiency = end to end ÷ limit "
-        "(100% = nothing lost to the combination; * = computed here, the row did not record it). The bottleneck "
-        "is the slower stage; 'overlap loss' marks end to end below 90% of the limit.\n"
-    )
-    return md_table(head, body, right) + note
-
-
 # ---------------------------------------------------------------- accuracy
 
 
 def accuracy_section(runs: Sequence[Run]) -> str:
-    rows = tagged_rows(runs, "accuracy")
+    """mIoU, pixel accuracy, train img/s of every accuracy-kind row (training runs and the colour
+    baseline side by side), then per-class IoU."""
+    from cityseg_fast.results import SCENARIOS
+
+    rows = [r for name, s in SCENARIOS.items() if s.kind == "accuracy" for r in tagged_rows(runs, name)]
     if not rows:
         return ""
     with_run = len(runs) > 1
@@ -600,35 +355,6 @@ def per_class_table(rows: Sequence[dict[str, Any]], keys: Sequence[str], with_ru
         for r in rows:
             ious = r["metrics"]["per_class_iou"]
             v = ious[i] if i < len(ious) else None
-            cells.append(DASH if v is None or v != v else f"{miou_pct(v) if v > 1 else 100 * v:.1f}")
+            cells.append(DASH if v is None or v != v else f"{miou_pct(v):.1f}")
         body.append([name] + cells)
     return md_table(["class"] + labels, body, [False] + [True] * len(rows))
-
-
-# ---------------------------------------------------------------- CSV
-
-
-def flat_records(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys."""
-    base = ["run", "scenario", "status", "error", "point_id", "time", "config_hash"]
-    pkeys: list[str] = []
-    mkeys: list[str] = []
-    records = []
-    for row in tagged_rows(runs):
-        p = {k: v for k, v in row["point"].items()}
-        rec = {"run": row["_run"], **{k: row.get(k) for k in base[1:]}}
-        for k, v in p.items():
-            if k not in pkeys:
-                pkeys.append(k)
-            rec[k] = v
-        for k, v in row["metrics"].items():
-            col = k if k not in p and k not in base else f"metric.{k}"
-            if col not in mkeys:
-                mkeys.append(col)
-            rec[col] = v
-        records.append(rec)
-    for rec in records:
-        for k, v in rec.items():
-            if isinstance(v, (list, dict)):
-                rec[k] = json.dumps(v)
-    return base + pkeys + mkeys, records

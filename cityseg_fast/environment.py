@@ -1,7 +1,8 @@
 """The environment a result was measured in: host, CPU, GPUs (via NVML), library versions, git commit.
 
-`collect_env()` is cheap enough for every benchmark row; `doctor` adds the slower capability probes.
-Nothing here raises because a GPU, NVML, DALI or git is missing: those are reported as absent.
+`collect_env()` is cheap enough for every result row and every run's env.json; `cityseg doctor` adds
+the slower capability probes. Nothing here raises because a GPU, NVML, DALI or git is missing: those
+are reported as absent.
 """
 
 from __future__ import annotations
@@ -111,35 +112,4 @@ def collect_env() -> dict[str, Any]:
         "gpu_count": len(gpus),
         "driver": gpus[0]["driver"] if gpus else None,
         "git_commit": git_commit(),
-    }
-
-
-def distributed_backends() -> dict[str, bool]:
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return {"gloo": False, "nccl": False}
-    import torch
-
-    return {
-        "gloo": dist.is_gloo_available(),
-        # NCCL needs both the build and a visible GPU.
-        "nccl": dist.is_nccl_available() and torch.cuda.is_available(),
-    }
-
-
-def doctor_report() -> dict[str, Any]:
-    """Everything `cityseg doctor` shows: collect_env() plus GPUs in detail and capability probes."""
-    from cityseg_fast.data.dali import probe
-
-    env = collect_env()
-    gpus, nvml_error = nvml_gpus()
-    cxx = compiler()
-    return {
-        **env,
-        "gpus": gpus,
-        "nvml_error": nvml_error,
-        "dali_probe": probe(),
-        "compile": {"cxx": cxx, "possible": cxx is not None or env["cuda_available"]},
-        "distributed": distributed_backends(),
     }

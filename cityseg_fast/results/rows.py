@@ -1,31 +1,30 @@
-"""The result row: one JSON line per measured point. Benchmarks write them; reports read only them.
+"""The result row on disk: one JSON line per measured point, appended atomically, read back validated.
 
-A row:
+A row (schema 2):
     {
-      "schema": 1,
-      "scenario": "loader" | "model" | "e2e" | "infer" | "accuracy",
+      "schema": 2,
+      "scenario": "loader" | "model" | "infer" | "e2e" | "accuracy" | "baseline",   (scenarios.py)
       "status": "ok" | "oom" | "error",
       "error": null | "one-line message",
       "point_id": "3f2a...",          # stable id of (scenario, point): a sweep skips ids already ok
-      "point": {...},                 # the swept parameters, flat: model, crop [H, W], batch_size,
-                                      # dtype, channels_last, compile, loader, loader_device,
-                                      # world_size, decode_only, ... (whatever the scenario varies)
-      "metrics": {...},               # flat numbers: images_per_s, latency_ms_p50/p90/p99, iqr_ms,
-                                      # compile_s, recompiles, mem_*_mib, flops_per_image, mfu, miou ...
+      "point": {...},                 # what identifies the point, flat: model, resolution [H, W],
+                                      # batch_size, dtype, channels_last, compile, loader, world_size, ...
+      "metrics": {...},               # flat values: images_per_s, latency_ms_p50, miou (a fraction),
+                                      # per_class_iou, mem_*_mib, mfu ... (NaN is stored as null)
+      "companions": {"loader": id, "model": id, "base": id},   # rows the derived metrics divide by
       "config": {...}, "config_hash": "...",
-      "env": {...},                   # bench.env.collect_env()
+      "env": {...},                   # environment.collect_env()
       "time": "2026-11-24T19:00:00+00:00"
     }
 
 Rows are appended atomically: the whole line in one write under an exclusive lock, then flush and
 fsync, so a killed writer leaves either the whole line or none of it; a torn last line (a crash
 inside the write) is skipped by `read_rows`, never silently merged with the next, and `scan_rows`
-says which lines it skipped.
+says which lines it skipped. Schema-1 rows (before this module) are upgraded as they are read.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import fcntl
 import hashlib
 import json
@@ -34,8 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-SCENARIOS = ("loader", "model", "e2e", "infer", "accuracy")
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "error")
 _REQUIRED = {
     "schema": int,
@@ -49,6 +47,16 @@ _REQUIRED = {
     "env": dict,
     "time": str,
 }
+# Metrics a schema-1 sweep stored on its rows; schema 2 derives them when rows are merged (derive.py).
+_V1_DERIVED = (
+    "e2e_efficiency",
+    "e2e_limit_images_per_s",
+    "e2e_limit_kind",
+    "e2e_loader_point_id",
+    "e2e_model_point_id",
+    "scaling_efficiency",
+    "scaling_base_point_id",
+)
 
 
 def point_id(scenario: str, point: dict[str, Any]) -> str:
@@ -57,45 +65,17 @@ def point_id(scenario: str, point: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def make_row(
-    scenario: str,
-    point: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    *,
-    status: str = "ok",
-    error: str | None = None,
-    config: dict[str, Any] | None = None,
-    config_hash: str = "",
-    env: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    row = {
-        "schema": SCHEMA_VERSION,
-        "scenario": scenario,
-        "status": status,
-        "error": error,
-        "point_id": point_id(scenario, point),
-        "point": dict(point),
-        "metrics": dict(metrics or {}),
-        "config": dict(config or {}),
-        "config_hash": config_hash,
-        "env": dict(env or {}),
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    validate_row(row)
-    return row
-
-
-def validate_row(row: dict[str, Any]) -> None:
+def validate_row(row: Any) -> None:
     """Raise ValueError naming the first field that breaks the schema."""
+    from cityseg_fast.results.scenarios import SCENARIOS
+
     if not isinstance(row, dict):
         raise ValueError(f"result row: a JSON object expected, got {type(row).__name__}")
     for key, tp in _REQUIRED.items():
         if key not in row:
             raise ValueError(f"result row: missing field '{key}'")
         if not isinstance(row[key], tp):
-            raise ValueError(
-                f"result row: field '{key}' must be {tp.__name__}, got {type(row[key]).__name__}"
-            )
+            raise ValueError(f"result row: field '{key}' must be {tp.__name__}, got {type(row[key]).__name__}")
     if row["schema"] != SCHEMA_VERSION:
         raise ValueError(f"result row: schema {row['schema']} (this version reads {SCHEMA_VERSION})")
     if row["scenario"] not in SCENARIOS:
@@ -109,10 +89,35 @@ def validate_row(row: dict[str, Any]) -> None:
             raise ValueError(f"result row: metric '{k}' has type {type(v).__name__}")
 
 
+def upgrade(row: Any) -> Any:
+    """A schema-1 row in schema 2: `crop` -> `resolution`, `iou` -> `per_class_iou`, mIoU and pixel
+    accuracy as fractions (some producers wrote percentages), the derived metrics it stored kept under
+    `derived` (no companions to derive them again), a new point_id for the renamed point."""
+    if not isinstance(row, dict) or row.get("schema") != 1:
+        return row
+    row = {**row, "schema": SCHEMA_VERSION}
+    point = dict(row.get("point") or {})
+    if "crop" in point:
+        point["resolution"] = point.pop("crop")
+    metrics = dict(row.get("metrics") or {})
+    if "iou" in metrics and "per_class_iou" not in metrics:
+        metrics["per_class_iou"] = metrics.pop("iou")
+    for key in ("miou", "acc"):
+        if isinstance(metrics.get(key), (int, float)) and metrics[key] > 1:
+            metrics[key] = metrics[key] / 100.0
+    row["derived"] = {k: metrics.pop(k) for k in _V1_DERIVED if k in metrics}
+    row["point"], row["metrics"] = point, metrics
+    if isinstance(row.get("scenario"), str):
+        row["point_id"] = point_id(row["scenario"], point)
+    row.setdefault("companions", {})
+    return row
+
+
 def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row atomically (one write of the whole line under an exclusive lock, then fsync)."""
     validate_row(row)
-    line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode()
+    stored = {k: v for k, v in row.items() if k != "derived"}  # derived metrics are computed on read
+    line = (json.dumps(stored, sort_keys=True, default=str) + "\n").encode()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -138,7 +143,7 @@ def scan_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = upgrade(json.loads(line))
             validate_row(row)
         except ValueError:  # json.JSONDecodeError is one
             bad.append(number)

@@ -1,0 +1,34 @@
+"""Results: the row every benchmark writes and every report reads, below both bench/ and report/.
+
+    row = row_for("model", cfg, metrics)        # or error=exc: failures are rows too (row.py)
+    append_row("results.jsonl", row)            # atomic (rows.py)
+    rows = merge(read_rows("results.jsonl"))    # latest per point, derived metrics attached (derive.py)
+    SCENARIOS["e2e"].title                      # the scenario table (scenarios.py)
+"""
+
+from cityseg_fast.results.derive import e2e_limit, latest_per_point, merge
+from cityseg_fast.results.row import classify, clean, is_oom, one_line, row_for
+from cityseg_fast.results.rows import SCHEMA_VERSION, append_row, point_id, read_rows, scan_rows, validate_row
+from cityseg_fast.results.scenarios import SCENARIOS, Scenario, companions_for, point_for, scenario
+
+__all__ = [
+    "SCENARIOS",
+    "SCHEMA_VERSION",
+    "Scenario",
+    "append_row",
+    "classify",
+    "clean",
+    "companions_for",
+    "e2e_limit",
+    "is_oom",
+    "latest_per_point",
+    "merge",
+    "one_line",
+    "point_for",
+    "point_id",
+    "read_rows",
+    "row_for",
+    "scan_rows",
+    "scenario",
+    "validate_row",
+]

@@ -1,0 +1,88 @@
+"""Derived metrics, computed when rows are merged: e2e efficiency and scaling efficiency, one rule each.
+
+    rows = merge(read_rows(paths))      # latest result per point, each with row["derived"]
+
+The rule: a row names its companions when it is written (row_for: the loader-alone and model-alone
+points of an e2e point, the world-size-1 point of a multi-GPU one), so matching is exact (same point
+id), never "the latest row with similar keys". The report and the sweep read `row["derived"]` and
+compute nothing themselves.
+
+    e2e_limit = min(loader, model)            the model on a GPU: the stages overlap
+              = 1 / (1/loader + 1/model)      both on the CPU: they take turns on the same cores
+    e2e_efficiency = e2e / e2e_limit
+    scaling_efficiency = throughput(N) / (N x throughput(1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def latest_per_point(rows: Iterable[Row]) -> tuple[list[Row], int]:
+    """One row per point_id: the last ok one if any, else the last one; in order of first appearance.
+    Returns (rows, how many older rows were superseded)."""
+    order: dict[str, int] = {}
+    chosen: dict[str, Row] = {}
+    n = 0
+    for row in rows:
+        n += 1
+        pid = row["point_id"]
+        order.setdefault(pid, len(order))
+        prev = chosen.get(pid)
+        if prev is None or row["status"] == "ok" or prev["status"] != "ok":
+            chosen[pid] = row
+    kept = sorted(chosen.values(), key=lambda r: order[r["point_id"]])
+    return kept, n - len(kept)
+
+
+def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[float, str]:
+    """The throughput end to end can reach from its two stages, and which rule gave it."""
+    if model_on_gpu:
+        return min(loader_ips, model_ips), "min"
+    return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
+
+
+def _ips(row: Row | None) -> float | None:
+    if row is None or row["status"] != "ok":
+        return None
+    v = row["metrics"].get("images_per_s")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+
+
+def derived(row: Row, by_id: dict[str, Row]) -> dict[str, Any]:
+    """The derived metrics of one row, from its companions among `by_id`; {} where they are missing."""
+    comp = row.get("companions") or {}
+    if not comp:
+        return dict(row.get("derived") or {})  # a schema-1 row: what its sweep stored
+    out: dict[str, Any] = {}
+    me = _ips(row)
+    if me is None:
+        return out
+    loader, model = by_id.get(comp.get("loader", "")), by_id.get(comp.get("model", ""))
+    lo, mo = _ips(loader), _ips(model)
+    if row["scenario"] == "e2e" and lo and mo:
+        limit, kind = e2e_limit(lo, mo, row["metrics"].get("device") == "cuda")
+        out.update(
+            e2e_loader_images_per_s=lo,
+            e2e_model_images_per_s=mo,
+            e2e_limit_images_per_s=limit,
+            e2e_limit_kind=kind,
+            e2e_efficiency=me / limit,
+            e2e_loader_point_id=loader["point_id"],
+            e2e_model_point_id=model["point_id"],
+        )
+    base = by_id.get(comp.get("base", ""))
+    n = row["point"].get("world_size", 1)
+    if _ips(base) and n > 1:
+        out.update(scaling_efficiency=me / (n * _ips(base)), scaling_base_point_id=base["point_id"])
+    return out
+
+
+def merge(rows: Iterable[Row]) -> list[Row]:
+    """The latest row of each point, each with row["derived"] (see the module docstring)."""
+    kept, _ = latest_per_point(rows)
+    by_id = {r["point_id"]: r for r in kept}
+    return [{**r, "derived": derived(r, by_id)} for r in kept]

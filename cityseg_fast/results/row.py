@@ -1,0 +1,104 @@
+"""`row_for`: the one way a result row is built, from a measurement or from the failure that prevented it.
+
+    row = row_for("model", cfg, metrics)                      # ok
+    row = row_for("model", cfg, error=exc)                    # oom or error, classified here
+    row = row_for("e2e", cfg, error="timeout: point ran longer than 600 s", world_size=2)
+
+Like timm's benchmark `_try_run`, failures become results in one place: `classify` decides oom vs
+error and makes the one-line message, `clean` makes metrics strict JSON (NaN and inf are null), and
+the point, its id and its companions come from the scenario table.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import TYPE_CHECKING, Any
+
+from cityseg_fast.results.rows import point_id, validate_row
+from cityseg_fast.results.scenarios import companions_for, point_for
+
+if TYPE_CHECKING:
+    from cityseg_fast.config import Config
+
+
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """'Type: first line of the message' (or the text given), whitespace collapsed, at most `limit`."""
+    if isinstance(error, BaseException):
+        text = " ".join(str(error).split())
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    else:
+        text = " ".join(str(error).split())
+    return text[:limit]
+
+
+def is_oom(error: BaseException | str) -> bool:
+    """An out-of-memory failure (torch's exception, or its message seen through a subprocess)."""
+    try:
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return "out of memory" in str(error).lower()
+
+
+def classify(error: BaseException | str) -> tuple[str, str]:
+    """(status, one-line message) of a failed measurement: 'oom' or 'error'."""
+    return ("oom" if is_oom(error) else "error"), one_line(error)
+
+
+def clean(value: Any) -> Any:
+    """Strict-JSON values: NaN / inf -> None, tuples -> lists, numpy and 0-d torch scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if callable(getattr(value, "item", None)) and not getattr(value, "shape", (1,)):
+        value = value.item()  # a numpy scalar or a 0-d array / tensor (shape () is empty)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def row_for(
+    scenario: str,
+    cfg: Config,
+    metrics: dict[str, Any] | None = None,
+    *,
+    error: BaseException | str | None = None,
+    world_size: int = 1,
+    env: dict[str, Any] | None = None,
+    point: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The validated row of one measurement of `scenario` under `cfg` (see the module docstring).
+
+    point: extra identity keys merged over the table's (e.g. a benchmark's `round`); env defaults to
+    environment.collect_env()."""
+    from cityseg_fast.config import config_hash, to_dict
+
+    if env is None:
+        from cityseg_fast.environment import collect_env
+
+        env = collect_env()
+    p = {**point_for(scenario, cfg, world_size), **(point or {})}
+    status, message = ("ok", None) if error is None else classify(error)
+    row = {
+        "schema": 2,
+        "scenario": scenario,
+        "status": status,
+        "error": message,
+        "point_id": point_id(scenario, p),
+        "point": clean(p),
+        "metrics": clean(dict(metrics or {})),
+        "companions": {
+            role: point_id(s, q) for role, (s, q) in companions_for(scenario, cfg, world_size).items()
+        },
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "env": clean(env),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    validate_row(row)
+    return row

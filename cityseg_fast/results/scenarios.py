@@ -1,0 +1,204 @@
+"""The scenario table: every benchmark scenario's name, title, identity, metrics and companions, in one place.
+
+Like timm's `_registry.py`: one table, and everything else asks it. The sweep runs scenarios in table
+order (a loader and a model point before the e2e point they explain), the report shows them in that
+order with these titles, `cityseg bench` offers these names, and `bench/scenarios.py` holds one runner
+per entry (a test checks both sides agree, and that every scenario's rows carry its metrics).
+
+    SCENARIOS["e2e"].point(cfg, world_size)      -> the keys that identify an e2e point
+    point_for("e2e", cfg)                        -> the same, by name
+    companions_for("e2e", cfg)                   -> {"loader": point, "model": point}: what derive.py
+                                                    divides by to get e2e_efficiency
+
+A point holds only the settings that change that scenario's measurement (a `model` point ignores the
+loader), named only where they differ from the default for the optional ones, so points stay stable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cityseg_fast.config import Config
+
+Point = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str  # the report's section title
+    what: str  # one line for `cityseg bench --help`
+    point: Callable[[Config, int], Point]  # (config, world size) -> identity keys
+    metrics: tuple[str, ...]  # recorded by every ok row of this scenario (the report reads them)
+    reads_data: bool  # needs a dataset root (model and infer run on synthetic on-device batches)
+    companions: Callable[[Config, int], dict[str, Point]] | None = None  # rows derived metrics use
+    kind: str = "speed"  # the report section: "speed" (throughput tables) or "accuracy" (mIoU tables)
+
+
+# ---------------------------------------------------------------------------------------------
+# point keys
+
+
+def resolved_loader_device(cfg: Config) -> str | None:
+    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), else None."""
+    if cfg.loader.backend != "dali":
+        return None
+    if cfg.loader.device != "auto":
+        return cfg.loader.device
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def dataset_tags(cfg: Config) -> Point:
+    """What identifies the data a point read: a prepared dataset's image_format / quality / size / scale
+    / label_format (from its manifest.json), else the root path itself; {} with no data root."""
+    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
+    if not root:
+        return {}
+    try:
+        m = json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"data_root": root}
+    tags = {"image_format": m.get("image_format"), "quality": m.get("quality")}
+    if m.get("size") is not None:
+        tags["data_size"] = m["size"]
+    if m.get("scale") is not None:
+        tags["data_scale"] = m["scale"]
+    if m.get("label_format", "png") != "png":
+        tags["label_format"] = m["label_format"]  # named only when not the default
+    return tags
+
+
+def model_keys(cfg: Config) -> Point:
+    p: Point = {"model": cfg.model.name}
+    if cfg.model.base_width is not None:
+        p["base_width"] = cfg.model.base_width
+    if cfg.model.upsample is not None:
+        p["upsample"] = cfg.model.upsample
+    if cfg.model.aux_loss:
+        p["aux_loss"] = True
+    p.update(dtype=cfg.precision.dtype, channels_last=cfg.precision.channels_last, compile=cfg.precision.compile)
+    return p
+
+
+def loader_keys(cfg: Config) -> Point:
+    """The loader and, named only where they differ from the defaults (so existing points keep their
+    ids), the settings that change its speed: DALI's resampler, threads, hardware-decoder share (GPU
+    only), queue depth and ROI mode; the torch DataLoader's workers and queue depth."""
+    from cityseg_fast.config import LoaderConfig
+
+    lc, default = cfg.loader, LoaderConfig()
+    device = resolved_loader_device(cfg)
+    keys: Point = {"loader": lc.backend, "loader_device": device}
+    wanted = {
+        "dali": ("resampler", "num_threads", "prefetch_queue_depth", "roi")
+        + (("hw_decoder_load",) if device == "gpu" else ()),
+        "torch": ("num_workers", "prefetch_queue_depth"),
+    }.get(lc.backend, ())
+    for name in wanted:
+        if getattr(lc, name) != getattr(default, name):
+            keys[name] = getattr(lc, name)
+    return keys
+
+
+def _shape(cfg: Config) -> Point:
+    return {"resolution": list(cfg.data.crop), "batch_size": cfg.loader.batch_size}
+
+
+def _loader(cfg: Config, world_size: int = 1) -> Point:
+    p = {**loader_keys(cfg), **_shape(cfg), **dataset_tags(cfg)}
+    if cfg.loader.decode_only:
+        p["decode_only"] = True
+        p.pop("roi", None)  # no crop window is decoded
+    return p
+
+
+def _model(cfg: Config, world_size: int = 1) -> Point:
+    return {**model_keys(cfg), **_shape(cfg), "world_size": world_size}
+
+
+def _infer(cfg: Config, world_size: int = 1) -> Point:
+    return {**model_keys(cfg), **_shape(cfg)}
+
+
+def _e2e(cfg: Config, world_size: int = 1) -> Point:
+    return {**model_keys(cfg), **loader_keys(cfg), **_shape(cfg), "world_size": world_size, **dataset_tags(cfg)}
+
+
+def _accuracy(cfg: Config, world_size: int = 1) -> Point:
+    t = cfg.train
+    return {**_e2e(cfg, world_size), "iters": t.iters, "lr": t.lr, "optimizer": t.optimizer, "seed": t.seed}
+
+
+def _baseline(cfg: Config, world_size: int = 1) -> Point:
+    return {"model": "colour_baseline", **dataset_tags(cfg)}
+
+
+def _e2e_companions(cfg: Config, world_size: int) -> dict[str, Point]:
+    """The loader alone and the model alone at the same point: e2e_efficiency's denominator. Loader
+    rows measure one process's loader, so the loader companion is only meaningful at world size 1."""
+    out = {"model": _model(cfg, world_size)}
+    if world_size == 1:
+        out["loader"] = _loader(cfg)
+    else:
+        out["base"] = _e2e(cfg, 1)
+    return out
+
+
+def _base_companion(point: Callable[[Config, int], Point]) -> Callable[[Config, int], dict[str, Point]]:
+    """The same point at world size 1: scaling_efficiency's reference."""
+    return lambda cfg, world_size: {"base": point(cfg, 1)} if world_size > 1 else {}
+
+
+THROUGHPUT = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr")
+MEMORY = ("mem_host_peak_rss_mib", "cpu_util")
+ACCURACY = ("miou", "per_class_iou", "acc")
+
+_TABLE = (
+    Scenario("loader", "Loaders alone", "the data loader alone: images/s, batch latency, CPU ms per image",
+             _loader, THROUGHPUT + ("cpu_ms_per_image", "mem_host_peak_rss_mib"), reads_data=True),
+    Scenario("model", "Model only (train step on a synthetic on-device batch)",
+             "engine.step.train_step on synthetic on-device batches, then eval-mode inference",
+             _model, THROUGHPUT + MEMORY + ("timed_iters", "first_step_s", "device", "flops_per_image", "mfu"),
+             reads_data=False, companions=_base_companion(_model)),
+    Scenario("infer", "Inference", "eval-mode forward: latency at batch 1, throughput at loader.batch_size",
+             _infer, THROUGHPUT + MEMORY + ("images_per_s_batch1", "device", "flops_per_image", "mfu"),
+             reads_data=False),
+    Scenario("e2e", "End to end (real loader + the same train step)",
+             "the real loader (loader.backend) feeding the same train_step",
+             _e2e, THROUGHPUT + MEMORY + ("device", "loader_description"), reads_data=True,
+             companions=_e2e_companions),
+    Scenario("accuracy", "Accuracy runs", "engine.train.train for train.iters iterations, then val mIoU",
+             _accuracy, ACCURACY + ("images_per_s", "train_wall_s", "device"), reads_data=True, kind="accuracy"),
+    Scenario("baseline", "Per-pixel colour baseline",
+             "the best per-pixel colour classifier fitted on the train split (what colour alone can do)",
+             _baseline, ACCURACY, reads_data=True, kind="accuracy"),
+)  # fmt: skip
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in _TABLE}
+
+
+def scenario(name: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario '{name}' (have: {', '.join(SCENARIOS)})")
+    return SCENARIOS[name]
+
+
+def point_for(name: str, cfg: Config, world_size: int = 1) -> Point:
+    """The identity of scenario `name`'s point under `cfg`: flat, JSON-plain (lists, not tuples)."""
+    return scenario(name).point(cfg, world_size)
+
+
+def companions_for(name: str, cfg: Config, world_size: int = 1) -> dict[str, tuple[str, Point]]:
+    """{role: (scenario, point)} of the rows this point's derived metrics are computed from."""
+    s = scenario(name)
+    if s.companions is None:
+        return {}
+    roles = s.companions(cfg, world_size)
+    return {role: ({"loader": "loader", "model": "model"}.get(role, name), p) for role, p in roles.items()}

@@ -1,0 +1,82 @@
+"""results: derived metrics from exact companions (e2e efficiency, scaling), one row per point, schema-1
+rows upgraded on read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cityseg_fast.config import load_config
+from cityseg_fast.results import append_row, e2e_limit, merge, read_rows, row_for
+
+BASE = ["model.name=unet_s16", "data.crop=[64,128]", "loader.batch_size=4", "loader.backend=dali",
+        "loader.device=cpu"]  # fmt: skip
+
+
+def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: str = "cpu", error=None):
+    cfg = load_config([], [*BASE, *extra])
+    metrics = {} if ips is None else {"images_per_s": ips, "device": device}
+    return row_for(scenario, cfg, metrics, error=error, world_size=world, env={})
+
+
+def derived(rows, target):
+    return next(r for r in merge(rows) if r["point_id"] == target["point_id"])["derived"]
+
+
+def test_e2e_efficiency_divides_by_its_own_loader_and_model_rows_only():
+    loader, model = row("loader", 100.0), row("model", 50.0)
+    others = [
+        row("loader", 1.0, "data.crop=[128,256]"),  # another crop
+        row("loader", 5000.0, "loader.decode_only=true"),  # decode-only is not the loader e2e runs
+        row("loader", 2.0, "loader.backend=torch"),  # another backend
+        row("model", 3.0, "precision.dtype=bf16"),  # another precision
+        row("model", 9999.0, "loader.batch_size=8"),
+        row("loader", 7.0, "loader.num_threads=1"),  # another DALI setting: another point
+    ]
+    e2e = row("e2e", 30.0)
+    d = derived([*others, loader, model, e2e], e2e)
+    shared = 1 / (1 / 100 + 1 / 50)  # both on the same CPU cores
+    assert d["e2e_limit_kind"] == "shared_cpu" and d["e2e_efficiency"] == pytest.approx(30.0 / shared)
+    assert d["e2e_loader_point_id"] == loader["point_id"] and d["e2e_model_point_id"] == model["point_id"]
+    gpu = row("e2e", 30.0, device="cuda")
+    assert derived([loader, model, gpu], gpu)["e2e_efficiency"] == pytest.approx(30.0 / 50.0)  # min
+    alone = row("e2e", 30.0, "data.crop=[32,64]")
+    assert derived([loader, model, alone], alone) == {}  # no companions measured: no number
+    failed = row("model", None, error="boom")
+    assert derived([loader, failed, e2e], e2e) == {}  # a failed companion gives no number either
+    assert e2e_limit(10.0, 10.0, model_on_gpu=False)[0] == pytest.approx(5.0)
+    assert e2e_limit(10.0, 20.0, model_on_gpu=True) == (10.0, "min")
+
+
+def test_scaling_efficiency_against_world_size_one():
+    one, four = row("model", 100.0), row("model", 360.0, world=4)
+    assert derived([one, four], four)["scaling_efficiency"] == pytest.approx(0.9)
+    assert derived([one, four], one) == {}
+    assert derived([four], four) == {}  # no world-size-1 row yet
+
+
+def test_merge_keeps_the_latest_ok_row_of_each_point():
+    a, b = row("model", None, error="killed"), row("model", 10.0)
+    c = row("model", 12.0, "loader.batch_size=2")
+    merged = merge([a, b, c, row("model", None, error="again")])
+    assert [r["status"] for r in merged] == ["ok", "ok"] and merged[0]["metrics"]["images_per_s"] == 10.0
+
+
+def test_schema_1_rows_are_upgraded_on_read(tmp_path):
+    """Rows written before the results module: crop -> resolution, iou -> per_class_iou, mIoU in percent
+    -> a fraction, and the efficiency their sweep stored kept as their derived metrics."""
+    old = {
+        "schema": 1, "scenario": "e2e", "status": "ok", "error": None, "point_id": "x",
+        "point": {"model": "unet", "crop": [64, 128], "batch_size": 4}, "config": {}, "config_hash": "",
+        "env": {}, "time": "2026-11-24T18:00:00+00:00",
+        "metrics": {"images_per_s": 30.0, "e2e_efficiency": 0.8, "miou": 31.5, "iou": [0.5]},
+    }  # fmt: skip
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    append_row(path, row("model", 1.0))
+    first, second = read_rows(path)
+    assert first["point"] == {"model": "unet", "resolution": [64, 128], "batch_size": 4}
+    assert first["metrics"]["per_class_iou"] == [0.5] and first["metrics"]["miou"] == pytest.approx(0.315)
+    assert first["point_id"] != "x" and second["schema"] == 2
+    assert merge([first])[0]["derived"] == {"e2e_efficiency": 0.8}
