@@ -70,6 +70,7 @@ class ModelConfig:
     aux_loss: bool = False  # fcn_resnet*: auxiliary head on layer3
     base_width: int | None = None  # unet: width of the first stage (None = the variant's default)
     upsample: str | None = None  # unet: bilinear | transposed (None = the variant's default)
+    depth: int | None = None  # unet: down (and up) stages (None = 4, the paper's); the input pads to 2**depth
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ RANGES: dict[str, Range] = {
     "loader.hw_decoder_load": FRACTION,
     "loader.seed": NON_NEGATIVE,  # numpy seeds are non-negative
     "model.base_width": AT_LEAST_1,
+    "model.depth": Range(1, 8),
     "train.iters": AT_LEAST_1,
     "train.eval_interval": AT_LEAST_1,
     "train.log_interval": AT_LEAST_1,

@@ -127,6 +127,16 @@ def test_unet_options(upsample):
     assert model(torch.randn(2, 3, 17, 30)).shape == (2, 19, 17, 30)
 
 
+@pytest.mark.parametrize("depth", [1, 3, 5])
+def test_unet_depth(depth):
+    model = create_model("unet_s16", base_width=4, depth=depth)
+    assert len(model.downs) == len(model.ups) == depth and model.stride == 2**depth
+    assert model.downs[-1][1][0].out_channels == 4 * 2**depth  # the bottleneck doubles once per stage
+    assert model(torch.randn(2, 3, 17, 30)).shape == (2, 19, 17, 30)  # padded to 2**depth and cropped back
+    shallow = sum(p.numel() for p in create_model("unet_s16", depth=3).parameters())
+    assert shallow < sum(p.numel() for p in create_model("unet_s16").parameters()) / 3  # depth 4 is the default
+
+
 def test_registry_errors():
     with pytest.raises(UserError, match="unet_s16"):
         create_model("unet_s61")
@@ -134,20 +144,24 @@ def test_registry_errors():
         create_model("unet", aux_loss=True)
     with pytest.raises(UserError, match="upsample"):
         create_model("unet", upsample="nearest")
+    with pytest.raises(UserError, match="depth"):
+        create_model("unet", depth=0)
 
 
 def test_model_from_config():
     cfg = replace(
         Config(),
-        model={"name": "unet_s16", "base_width": 8, "upsample": "transposed"},
+        model={"name": "unet_s16", "base_width": 8, "upsample": "transposed", "depth": 3},
         data={"num_classes": 7},
     )
     model = model_from_config(cfg)
-    assert model.stem[0][0].out_channels == 8
+    assert model.stem[0][0].out_channels == 8 and len(model.downs) == 3
     assert isinstance(model.ups[0].up, torch.nn.ConvTranspose2d)
     assert model.head.out_channels == 7
     assert model_from_config(replace(Config(), model={"name": "unet_s32"})).stem[0][0].out_channels == 32
     with pytest.raises(UserError, match="model.upsample"):
         model_from_config(replace(Config(), model={"name": "fcn_resnet50", "upsample": "bilinear"}))
+    with pytest.raises(UserError, match="model.depth"):
+        model_from_config(replace(Config(), model={"name": "fcn_resnet50", "depth": 3}))
     with pytest.raises(UserError, match="did you mean"):
         model_from_config(replace(Config(), model={"name": "fcn_resnet"}))

@@ -81,6 +81,7 @@ def model_from_config(cfg: Config) -> nn.Module:
         "aux_loss": m.aux_loss or None,
         "base_width": m.base_width,
         "upsample": m.upsample,
+        "depth": m.depth,
     }
     overrides = {k: v for k, v in candidates.items() if v is not None}
     bad = set(overrides) - takes
@@ -111,9 +112,9 @@ def _fcn_resnet101(num_classes: int = 19, aux_loss: bool = False, pretrained: st
 
 def _unet_builder(default_width: int, default_upsample: str = "bilinear") -> Callable[..., nn.Module]:
     def build(
-        num_classes: int = 19, base_width: int = default_width, upsample: str = default_upsample
+        num_classes: int = 19, base_width: int = default_width, upsample: str = default_upsample, depth: int = 4
     ) -> nn.Module:
-        return unet.UNet(num_classes, base_width=base_width, upsample=upsample)
+        return unet.UNet(num_classes, base_width=base_width, upsample=upsample, depth=depth)
 
     return build
 

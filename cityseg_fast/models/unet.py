@@ -1,10 +1,10 @@
 """U-Net (Ronneberger et al., 2015) with 'same' convolutions and BatchNorm, for any input size.
 
-Four down stages and four up stages; widths base, 2b, 4b, 8b in the encoder and 16b at the bottleneck.
-Differences from the paper, all standard in modern re-implementations: 3x3 convs are padded (so no
-border cropping of the skips is needed), BatchNorm follows every conv, and the input is zero-padded
-internally to a multiple of 16 (four 2x poolings) and the logits cropped back, so the output is the
-input size for any H, W.
+`depth` down stages and as many up stages (the paper's is 4): widths base, 2b, 4b, 8b in the encoder and
+16b at the bottleneck for depth 4 (base * 2**depth at the bottleneck in general). Differences from the
+paper, all standard in modern re-implementations: 3x3 convs are padded (so no border cropping of the skips
+is needed), BatchNorm follows every conv, and the input is zero-padded internally to a multiple of
+2**depth (one 2x pooling per stage) and the logits cropped back, so the output is the input size for any H, W.
 """
 
 from __future__ import annotations
@@ -43,19 +43,26 @@ class UNet(nn.Module):
     """U-Net returning N x num_classes x H x W logits at the input size."""
 
     def __init__(
-        self, num_classes: int = 19, in_channels: int = 3, base_width: int = 64, upsample: str = "bilinear"
+        self,
+        num_classes: int = 19,
+        in_channels: int = 3,
+        base_width: int = 64,
+        upsample: str = "bilinear",
+        depth: int = 4,
     ) -> None:
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if base_width < 1:
             raise ValueError(f"base_width must be >= 1, got {base_width}")
-        w = [base_width * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024 for the paper's width
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        w = [base_width * 2**i for i in range(depth + 1)]  # 64, 128, 256, 512, 1024 for the paper's U-Net
         self.stem = DoubleConv(in_channels, w[0])
-        self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(4))
-        self.ups = nn.ModuleList(Up(w[i + 1], w[i], upsample) for i in reversed(range(4)))
+        self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(Up(w[i + 1], w[i], upsample) for i in reversed(range(depth)))
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
-        self.stride = 16
+        self.stride = 2**depth
         self._init_weights()
 
     def _init_weights(self) -> None:

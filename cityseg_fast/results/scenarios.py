@@ -82,6 +82,8 @@ def model_keys(cfg: Config) -> Point:
         p["base_width"] = cfg.model.base_width
     if cfg.model.upsample is not None:
         p["upsample"] = cfg.model.upsample
+    if cfg.model.depth is not None:
+        p["depth"] = cfg.model.depth
     if cfg.model.aux_loss:
         p["aux_loss"] = True
     p.update(dtype=cfg.precision.dtype, channels_last=cfg.precision.channels_last, compile=cfg.precision.compile)
