@@ -63,6 +63,9 @@ def test_points_keep_only_what_changes_the_measurement():
     assert point_for("infer", a)["resolution"] == [32, 64]
     acc = point_for("accuracy", load_config([], TINY + ["train.lr=0.05", "train.optimizer=adamw"]))
     assert acc["lr"] == 0.05 and acc["optimizer"] == "adamw"
+    assert "loader_seed" not in acc  # named only when set: both seeds are part of an accuracy point
+    reseeded = point_for("accuracy", load_config([], TINY + ["loader.seed=1"]))
+    assert reseeded["loader_seed"] == 1 and reseeded["seed"] == 0
     # loader settings are named only where they differ from the defaults
     assert "num_workers" not in point_for("loader", load_config([], ["loader.backend=torch"]))
     assert point_for("loader", load_config([], ["loader.backend=torch", "loader.num_workers=8"]))["num_workers"] == 8

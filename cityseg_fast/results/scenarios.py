@@ -135,8 +135,13 @@ def _e2e(cfg: Config, world_size: int = 1) -> Point:
 
 
 def _accuracy(cfg: Config, world_size: int = 1) -> Point:
+    """seed: train.seed (initial weights); loader_seed: loader.seed (data order and augmentation), named
+    when set, so two runs that differ only in their data order are two points."""
     t = cfg.train
-    return {**_e2e(cfg, world_size), "iters": t.iters, "lr": t.lr, "optimizer": t.optimizer, "seed": t.seed}
+    p = {**_e2e(cfg, world_size), "iters": t.iters, "lr": t.lr, "optimizer": t.optimizer, "seed": t.seed}
+    if cfg.loader.seed != 0:
+        p["loader_seed"] = cfg.loader.seed
+    return p
 
 
 def _baseline(cfg: Config, world_size: int = 1) -> Point:
