@@ -52,6 +52,15 @@ def test_every_scenarios_rows_carry_the_metrics_the_report_reads(name, data, tmp
         assert row["metrics"]["mfu"] is None  # no honest CPU peak
     if s.kind == "accuracy":
         assert 0 <= row["metrics"]["miou"] <= 1 and len(row["metrics"]["per_class_iou"]) == 19
+    if name == "accuracy":  # its curves (from metrics.jsonl), its size and its example predictions
+        m = row["metrics"]
+        assert m["curves"]["train"]["iter"] == [1, 2] and m["curves"]["eval"]["iter"] == [2]
+        assert m["curves"]["eval"]["miou"] == [m["miou"]] and m["curves"]["eval"]["wall_s"][0] > 0
+        assert m["params"] > 0 and m["train_flops_per_image"] > m["flops_per_image"] > 0
+        assert len(m["val_predictions"]) == 2  # the split has two val frames
+        for example in m["val_predictions"]:
+            for key in ("input", "label", "pred"):
+                assert (tmp_path / "run" / example[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_points_keep_only_what_changes_the_measurement():

@@ -17,7 +17,6 @@ training-side scenario times `engine.step.train_step`, the same function `cityse
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,11 +53,13 @@ def _gpu_name(device: Any) -> str | None:
 
 
 def _flops_metrics(
-    cfg: Config, device: Any, hw: tuple[int, int], images_per_s: float, world: int, train: bool
+    cfg: Config, device: Any, hw: tuple[int, int], images_per_s: float | None, world: int, train: bool
 ) -> dict[str, Any]:
-    """FLOPs per image (forward and train step) of a fresh, uncompiled copy of the model; MFU where honest."""
+    """Parameters and FLOPs per image (forward and train step) of a fresh, uncompiled copy of the model;
+    MFU where honest."""
 
     m: dict[str, Any] = {
+        "params": None,
         "flops_per_image": None,
         "train_flops_per_image": None,
         "achieved_tflops": None,
@@ -69,6 +70,7 @@ def _flops_metrics(
         from cityseg_fast.models import model_from_config
 
         model = model_from_config(cfg).to(device)
+        m["params"] = sum(p.numel() for p in model.parameters())
         fc = count_flops(model, hw, batch=1)
     except Exception as e:  # FLOPs are context, not the measurement: say why they are missing
         m["flops_error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -77,6 +79,8 @@ def _flops_metrics(
     m["train_flops_per_image"] = fc.train_step_per_image
     if fc.uncounted_ops:
         m["flops_uncounted_ops"] = list(fc.uncounted_ops)
+    if not images_per_s:
+        return m
     per_image = fc.train_step_per_image if train else fc.forward_per_image
     achieved = per_image * images_per_s
     m["achieved_tflops"] = achieved / 1e12
@@ -278,7 +282,10 @@ def run_infer(cfg: Config) -> dict[str, Any]:
 
 def run_accuracy(cfg: Config) -> dict[str, Any]:
     """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its val mIoU
-    (a fraction), per-class IoU, pixel accuracy and its median training throughput."""
+    (a fraction), per-class IoU, pixel accuracy, median training throughput, peak memory, parameters and
+    FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl) and, on rank 0, predictions of
+    the first val frames written under out_dir/predictions (bench/accuracy.py)."""
+    from cityseg_fast.bench import accuracy
     from cityseg_fast.bench.memory import MemoryMonitor
     from cityseg_fast.engine.train import train
     from cityseg_fast.hardware import resolve_device
@@ -288,32 +295,29 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         summary = train(cfg)
     wall = time.perf_counter() - t0
+    out = Path(summary["out_dir"])
+    events = accuracy.read_events(out)
+    ips = accuracy.train_images_per_s(events)
     metrics = {
         "miou": summary["miou"],
         "per_class_iou": list(summary["per_class_iou"]),
         "acc": summary["acc"],
-        "images_per_s": _train_images_per_s(Path(summary["out_dir"])),
+        "images_per_s": ips,
         "final_loss": summary.get("final_loss"),
         "train_wall_s": summary.get("wall_s", wall),
         "process_wall_s": wall,
         "iters_done": summary.get("iters"),
-        "out_dir": str(summary["out_dir"]),
+        "out_dir": str(out),
         "device": device.type,
+        "curves": accuracy.curves(events),
+        **accuracy.data_counts(events),
     }
     metrics.update(mon.metrics())
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics["val_predictions"] = accuracy.save_predictions(cfg, summary.get("checkpoint"), out)
+    world = summary.get("world_size", 1)
+    metrics.update(_flops_metrics(cfg, device, tuple(cfg.data.crop), ips, world, train=True))
     return metrics
-
-
-def _train_images_per_s(out_dir: Path) -> float | None:
-    """Median training throughput over the run's log intervals (metrics.jsonl 'train' events)."""
-    import json
-
-    try:
-        events = [json.loads(ln) for ln in (out_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    except (OSError, ValueError):
-        return None
-    ips = [e["images_per_s"] for e in events if e.get("event") == "train" and e.get("images_per_s")]
-    return statistics.median(ips) if ips else None
 
 
 def run_loader(cfg: Config) -> dict[str, Any]:

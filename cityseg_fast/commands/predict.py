@@ -61,41 +61,13 @@ def unique_inputs(paths: list[Path]) -> list[Path]:
     return kept
 
 
-def predict_image(model, rgb, cfg, device):
-    """H x W int64 trainIds for one H x W x 3 uint8 image."""
-    import torch
-    import torch.nn.functional as F
-
-    from cityseg_fast.engine.precision import autocast
-
-    h, w = rgb.shape[:2]
-    x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div_(255)[None]
-    mean = torch.tensor(cfg.data.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.data.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    if cfg.data.eval_size is not None:
-        x = F.interpolate(x, size=tuple(cfg.data.eval_size), mode="bilinear", align_corners=False)
-    xh, xw = x.shape[-2:]
-    ph, pw = (-xh) % 32, (-xw) % 32  # encoder-decoders need sizes divisible by their total stride
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(cfg.precision.dtype, device.type):
-        logits = model(x)
-    if isinstance(logits, dict):
-        logits = logits["out"]
-    logits = logits[..., :xh, :xw].float()
-    if (xh, xw) != (h, w):
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0]
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
     from cityseg_fast.commands.eval import load_for_inference
     from cityseg_fast.data.labels import TRAINID_TO_ID, train_palette
+    from cityseg_fast.engine.evaluate import predict_image
     from cityseg_fast.errors import UserError
     from cityseg_fast.hardware import resolve_device
     from cityseg_fast.paths import check_out_dir

@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cityseg_fast.config import Config
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.labels import CLASS_NAMES, TRAINID_TO_ID
 from cityseg_fast.engine import dist
+from cityseg_fast.engine.precision import autocast
 from cityseg_fast.engine.step import eval_step
 
 
@@ -164,6 +166,30 @@ def accumulate(
         if advance is not None:
             advance()
     return images
+
+
+def predict_image(model: nn.Module, rgb: np.ndarray, cfg: Config, device: torch.device) -> torch.Tensor:
+    """H x W int64 trainIds for one H x W x 3 uint8 image (`cityseg predict`, a study's example frames)."""
+    h, w = rgb.shape[:2]
+    x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).float().div_(255)[None]
+    mean = torch.tensor(cfg.data.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.std, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if cfg.data.eval_size is not None:
+        x = F.interpolate(x, size=tuple(cfg.data.eval_size), mode="bilinear", align_corners=False)
+    xh, xw = x.shape[-2:]
+    ph, pw = (-xh) % 32, (-xw) % 32  # encoder-decoders need sizes divisible by their total stride
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(cfg.precision.dtype, device.type):
+        logits = model(x)
+    if isinstance(logits, dict):
+        logits = logits["out"]
+    logits = logits[..., :xh, :xw].float()
+    if (xh, xw) != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0]
 
 
 def iou_table(result: dict[str, Any], title: str = "per-class IoU"):

@@ -167,6 +167,11 @@ def _base_companion(point: Callable[[Config, int], Point]) -> Callable[[Config, 
 THROUGHPUT = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr")
 MEMORY = ("mem_host_peak_rss_mib", "cpu_util")
 ACCURACY = ("miou", "per_class_iou", "acc")
+# What a training run records besides its accuracy (bench/accuracy.py): speed, size, peak memory, its loss and
+# val-mIoU curves ({"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}) and example predictions
+# ([{stem, input, label, pred}]: PNG names relative to out_dir).
+TRAINING_RUN = ("images_per_s", "train_wall_s", "device", "out_dir", "params", "flops_per_image",
+                "train_flops_per_image", "mem_host_peak_rss_mib", "curves", "val_predictions")  # fmt: skip
 
 _TABLE = (
     Scenario("loader", "Loaders alone", "the data loader alone: images/s, batch latency, CPU ms per image",
@@ -183,7 +188,7 @@ _TABLE = (
              _e2e, THROUGHPUT + MEMORY + ("device", "loader_description"), reads_data=True,
              companions=_e2e_companions),
     Scenario("accuracy", "Accuracy runs", "engine.train.train for train.iters iterations, then val mIoU",
-             _accuracy, ACCURACY + ("images_per_s", "train_wall_s", "device"), reads_data=True, kind="accuracy"),
+             _accuracy, ACCURACY + TRAINING_RUN, reads_data=True, kind="accuracy"),
     Scenario("baseline", "Per-pixel colour baseline",
              "the best per-pixel colour classifier fitted on the train split (what colour alone can do)",
              _baseline, ACCURACY, reads_data=True, kind="accuracy"),
