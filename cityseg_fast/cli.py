@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmark one scenario: loader, model, e2e, infer, accuracy"),
     "sweep": ("sweep", "run a benchmark grid from a sweep YAML, resumable, one subprocess per point"),
     "report": ("report", "build a Markdown report with plots from results.jsonl files"),
+    "study": ("study", "train a study's points once per seed (resumable), then STUDY.md with tested conclusions"),
     "demo": ("demo", "run the whole product end to end on a small synthetic dataset"),
 }
 

@@ -20,7 +20,9 @@ from typing import Any
 from cityseg_fast.config import Config, replace
 
 MAX_POINTS = 100
-EXAMPLES = 3  # val frames a run predicts for the study's figure: the first ones by name, the same in every run
+EXAMPLES = (
+    3  # val frames a run predicts for the study's figure: the first ones by name, the same in every run
+)
 EXAMPLE_WIDTH = 512
 
 
@@ -69,7 +71,10 @@ def curves(events: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
         elif kind == "eval" and t0 is not None:
             last = offset + e["time"] - t0
             evals.append((e["iter"], e.get("miou"), round(last, 2)))
-    return {"train": _columns(("iter", "loss", "wall_s"), train), "eval": _columns(("iter", "miou", "wall_s"), evals)}
+    return {
+        "train": _columns(("iter", "loss", "wall_s"), train),
+        "eval": _columns(("iter", "miou", "wall_s"), evals),
+    }
 
 
 def _columns(names: tuple[str, ...], points: list[tuple]) -> dict[str, list[Any]]:
@@ -96,9 +101,12 @@ def _palette_png(ids: Any, size: tuple[int, int], path: Path) -> None:
     img.resize(size, Image.NEAREST).save(path, optimize=True)
 
 
-def save_predictions(cfg: Config, checkpoint: str | None, out_dir: Path, n: int = EXAMPLES) -> list[dict[str, str]]:
+def save_predictions(
+    cfg: Config, checkpoint: str | None, out_dir: Path, n: int = EXAMPLES
+) -> list[dict[str, str]]:
     """Predict the first `n` val frames with the weights of `checkpoint`; write input, ground truth and
-    prediction PNGs under out_dir/predictions; return their names relative to out_dir ([] without a checkpoint)."""
+    prediction PNGs under out_dir/predictions; return their names relative to out_dir and the frame's size
+    [H, W] ([] without a checkpoint)."""
     if not checkpoint:
         return []
     from PIL import Image
@@ -127,5 +135,5 @@ def save_predictions(cfg: Config, checkpoint: str | None, out_dir: Path, n: int 
         Image.fromarray(rgb).resize(size, Image.BILINEAR).save(out_dir / names["input"])
         _palette_png(label, size, out_dir / names["label"])
         _palette_png(pred, size, out_dir / names["pred"])
-        examples.append({"stem": sample.stem, **names})
+        examples.append({"stem": sample.stem, "size": [h, w], **names})
     return examples

@@ -1,0 +1,325 @@
+"""A study: a sweep of training runs, each point once per seed, on data the study makes, with a time estimate.
+
+    study = load_study("configs/studies/cpu_synth.yaml", "runs/study")   # the sweep spec, seeds expanded
+    plan(study)            # [PlannedRun]: every run with its seed, estimated seconds and whether it is done
+    make_data(study)       # synthesize and prepare the datasets of `study.data` (skipped where present)
+    run_sweep(study.spec, study.out)                                      # resumable: bench/sweep.py
+
+A study config is a sweep spec (bench/sweep.py: config, overrides, runs of scenarios x grid) plus a
+`study:` block, read here and nowhere else:
+
+    study:
+      seeds: [0, 1, 2]          # every point runs once per seed: train.seed = loader.seed = s
+      data:                     # optional: made under OUT/data, which $STUDY_DATA names in the spec
+        synth: {train: 80, val: 30, size: [128, 256], seed: 0}    # or source: ${CITYSCAPES_DATASET}
+        prepare: {q95: {image_format: jpeg, quality: 95}, png: {image_format: png}}
+      estimate: {gflop_per_s: 100, overhead_s: 8}   # the --dry-run's prior; finished runs calibrate it
+
+The seed sets both the initial weights (train.seed) and the data order, crops and flips (loader.seed), so
+the spread over seeds is the whole run-to-run variation; both are in the accuracy point. Every run starts
+afresh (train.resume=never): a run killed half-way is trained again from iteration 0, so its wall time and
+throughput are one run's. The expanded spec is written to OUT/study_sweep.yaml: `cityseg sweep` runs it too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cityseg_fast.bench.sweep import SweepPoint, SweepSpec, load_spec
+from cityseg_fast.config import Config, load_yaml
+from cityseg_fast.errors import UserError
+
+STUDY_KEYS = {"seeds", "data", "estimate", "title"}
+DATA_KEYS = {"synth", "source", "prepare"}
+SWEEP_FILE = "study_sweep.yaml"
+FORCED = ["train.resume=never"]  # a killed run restarts from iteration 0: its timings stay one run's
+SEED_KEYS = ("train.seed", "loader.seed")
+CITYSCAPES_VAL = (500, (1024, 2048))  # val frames and their size, when neither the spec nor a manifest says
+
+
+@dataclass(frozen=True)
+class Estimate:
+    gflop_per_s: float = 100.0  # effective training FLOP rate of one device (a 2-core AVX2 CPU: ~100)
+    overhead_s: float = 10.0  # per run: process start, loader and model build, FLOP count, predictions
+
+
+@dataclass
+class Study:
+    name: str
+    title: str
+    source: Path
+    out: Path
+    seeds: list[int]
+    spec: SweepSpec
+    data: dict[str, Any] = field(default_factory=dict)
+    estimate: Estimate = field(default_factory=Estimate)
+    description: str = ""
+
+
+@dataclass
+class PlannedRun:
+    index: int
+    scenario: str
+    label: str
+    seed: int | None
+    point_id: str
+    estimate_s: float
+    done: bool
+    calibrated: bool  # the estimate's rate was measured by finished runs of this study
+
+
+# ---------------------------------------------------------------------------------------------
+# the config
+
+
+def _seeds(block: dict[str, Any], where: str) -> list[int]:
+    seeds = block.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise UserError(f"{where}: study.seeds must be a list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}: study.seeds has a repeated seed: {seeds}")
+    return seeds
+
+
+def _study_block(raw: dict[str, Any], where: Path) -> dict[str, Any]:
+    block = raw.pop("study", None)
+    if not isinstance(block, dict):
+        raise UserError(
+            f"{where}: a study config needs a `study:` block (seeds, data, estimate); see configs/studies/"
+        )
+    unknown = set(block) - STUDY_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown study key(s) {sorted(unknown)}; valid: {sorted(STUDY_KEYS)}")
+    data = block.get("data") or {}
+    if not isinstance(data, dict) or set(data) - DATA_KEYS or ("synth" in data) == ("source" in data):
+        raise UserError(
+            f"{where}: study.data needs one of synth: or source:, and prepare: (keys {sorted(DATA_KEYS)})"
+        )
+    return block
+
+
+def _beside(name: Any, study_file: Path) -> Any:
+    """A config file named relative to the study file, made absolute (the expanded spec lives elsewhere)."""
+    if isinstance(name, list):
+        return [_beside(n, study_file) for n in name]
+    text = os.path.expandvars(str(name))
+    here = study_file.parent / text
+    return str(here.resolve()) if not Path(text).is_file() and here.is_file() else name
+
+
+def expand_seeds(raw: dict[str, Any], seeds: list[int], where: Path) -> dict[str, Any]:
+    """The sweep spec with every run block repeated per seed (seed-major: one seed of every point first,
+    so a study stopped early has one whole seed), each copy's grid setting train.seed and loader.seed."""
+    runs = raw.get("runs")
+    if runs is None:
+        runs = [{k: raw.pop(k) for k in ("scenarios", "grid") if k in raw}]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise UserError(f"{where}: 'runs' must be a list of {{scenarios, grid, overrides}} blocks")
+    for i, run in enumerate(runs):
+        clash = [k for k in SEED_KEYS if k in (run.get("grid") or {}) or k in (run.get("overrides") or {})]
+        if clash:
+            raise UserError(f"{where}: runs[{i}] sets {clash[0]}; a study's seeds come from study.seeds")
+        if "config" in run:
+            run["config"] = _beside(run["config"], where)
+    expanded = [
+        {**run, "grid": {**(run.get("grid") or {}), **{k: [s] for k in SEED_KEYS}}}
+        for s in seeds
+        for run in runs
+    ]
+    out = {**raw, "runs": expanded}
+    if "config" in out:
+        out["config"] = _beside(out["config"], where)
+    return out
+
+
+def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Study:
+    """Read a study config, expand its seeds and load the sweep it is (written to OUT/study_sweep.yaml)."""
+    src = Path(path)
+    raw = load_yaml(src)
+    if not isinstance(raw, dict):
+        raise UserError(f"{src}: a study config must be a mapping (name:, study:, config:, runs:)")
+    block = _study_block(raw, src)
+    seeds = _seeds(block, str(src))
+    name = str(raw.get("name") or src.stem)
+    out_dir = Path(out) if out is not None else Path("runs") / "studies" / name
+    if block.get("data"):
+        os.environ["STUDY_DATA"] = str((out_dir / "data").resolve())  # the spec's data.root values name it
+    os.environ.setdefault("NGPU", str(_visible_gpus()))  # a GPU study's world_size: every GPU, unless said
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_file = out_dir / SWEEP_FILE
+    sweep_file.write_text(
+        f"# written by `cityseg study {src}`: the sweep it runs ({len(seeds)} seeds expanded)\n"
+        + yaml.safe_dump(expand_seeds(raw, seeds, src), sort_keys=False)
+    )
+    spec = load_spec(sweep_file, out_dir, FORCED)
+    est = block.get("estimate") or {}
+    try:
+        estimate = Estimate(**{k: float(v) for k, v in est.items()})
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{src}: study.estimate takes gflop_per_s and overhead_s (numbers), got {est!r}"
+        ) from None
+    return Study(name, str(block.get("title") or name), src, out_dir, seeds, spec, dict(block.get("data") or {}),
+                 estimate, str(raw.get("description") or "").strip())  # fmt: skip
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+# ---------------------------------------------------------------------------------------------
+# the data
+
+
+def make_data(study: Study, progress: bool = True) -> list[str]:
+    """Synthesize (or take) the source frames and prepare each dataset of study.data.prepare under OUT/data;
+    work already done is skipped (prepare skips finished pairs). Returns one line per step."""
+    from cityseg_fast.data.prepare import prepare_dataset
+
+    if not study.data:
+        return []
+    root = Path(os.environ["STUDY_DATA"])
+    lines = []
+    if "synth" in study.data:
+        src, line = _synthesize(root / "synth", study.data["synth"], progress)
+        lines.append(line)
+    else:
+        src = Path(os.path.expandvars(str(study.data["source"]))).expanduser()
+    for name, options in (study.data.get("prepare") or {}).items():
+        try:
+            s = prepare_dataset(src, root / name, progress=progress, **(options or {}))
+        except TypeError as e:
+            raise UserError(f"{study.source}: study.data.prepare.{name}: {e}") from None
+        lines.append(
+            f"{root / name}: {s['pairs']} pairs ({s['written']} written, {s['skipped']} already there)"
+        )
+    return lines
+
+
+def _synthesize(out: Path, synth: dict[str, Any], progress: bool) -> tuple[Path, str]:
+    from cityseg_fast.data.synthetic import write_synthetic
+
+    settings = {"train": 80, "val": 30, "size": [128, 256], "seed": 0, **synth}
+    marker = out / ".study-synth.json"
+    if marker.is_file() and json.loads(marker.read_text()) == settings:
+        return out, f"{out}: synthetic frames already there"
+    h, w = settings["size"]
+    s = write_synthetic(
+        out, settings["train"], settings["val"], 0, (h, w), settings["seed"], progress=progress
+    )
+    marker.write_text(json.dumps(settings) + "\n")
+    return (
+        out,
+        f"{out}: {settings['train']} train + {settings['val']} val synthetic frames of {h}x{w} ({s['wall_s']:.0f} s)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan and its time estimate
+
+
+def _train_gflop(cfg: Config, cache: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """(train step, forward) GFLOP per image at the crop, counted on the meta device (no weights made)."""
+    import torch
+
+    from cityseg_fast.bench.flops import count_flops
+    from cityseg_fast.models import model_from_config
+
+    key = json.dumps([vars(cfg.model), cfg.data.crop, cfg.data.num_classes], default=str)
+    if key not in cache:
+        with torch.device("meta"):
+            model = model_from_config(cfg)
+        fc = count_flops(model, tuple(cfg.data.crop))
+        cache[key] = (fc.train_step_per_image / 1e9, fc.forward_per_image / 1e9)
+    return cache[key]
+
+
+def _val_frames(study: Study, cfg: Config) -> tuple[int, tuple[int, int]]:
+    """(val frames, evaluated size) from the study's synth block, else the dataset's manifest, else Cityscapes'."""
+    n, size = CITYSCAPES_VAL
+    synth = study.data.get("synth")
+    if synth:
+        n, size = synth.get("val", 30), tuple(synth.get("size", (128, 256)))
+    else:
+        try:
+            n = json.loads((Path(cfg.data.root) / "manifest.json").read_text())["splits"][cfg.data.val_split][
+                "count"
+            ]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return n, tuple(cfg.data.eval_size or size)
+
+
+def work_gflop(study: Study, sp: SweepPoint, cache: dict[str, tuple[float, float]]) -> float:
+    """GFLOP a run computes on one device: its training steps and its evaluations (forward FLOPs scaled
+    from the crop to the evaluated frame by pixels)."""
+    cfg = sp.cfg
+    if sp.scenario != "accuracy":
+        return 0.0
+    train, fwd = _train_gflop(cfg, cache)
+    t = cfg.train
+    evals = len({*range(t.eval_interval, t.iters + 1, t.eval_interval), t.iters})
+    n_val, (h, w) = _val_frames(study, cfg)
+    per_frame = fwd * (h * w) / (cfg.data.crop[0] * cfg.data.crop[1])
+    return t.iters * cfg.loader.batch_size * train + evals * per_frame * n_val / sp.world_size
+
+
+def _measured_rates(study: Study, rows: list[dict[str, Any]], cache: dict) -> dict[str, float]:
+    """GFLOP/s per model (and '*' over all) of this study's finished runs: work / (point wall - overhead)."""
+    by_id = {sp_id: sp for sp_id, sp in _ids(study)}
+    rates: dict[str, list[float]] = {}
+    for row in rows:
+        sp, wall = by_id.get(row["point_id"]), row["metrics"].get("point_wall_s")
+        if sp is None or row["status"] != "ok" or sp.scenario != "accuracy" or not wall:
+            continue
+        rate = work_gflop(study, sp, cache) / max(wall - study.estimate.overhead_s, 1.0)
+        rates.setdefault(sp.cfg.model.name, []).append(rate)
+        rates.setdefault("*", []).append(rate)
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def _ids(study: Study) -> list[tuple[str, SweepPoint]]:
+    from cityseg_fast.results import point_id
+
+    return [(point_id(sp.scenario, sp.point), sp) for sp in study.spec.points]
+
+
+def plan(study: Study) -> list[PlannedRun]:
+    """Every run of the study in order, with its seed, whether it is done (an ok row in OUT/results.jsonl)
+    and its estimated seconds: its GFLOP over the rate finished runs of the same model measured (any
+    model's, else the config's prior), plus the per-run overhead."""
+    from cityseg_fast.results import read_rows
+
+    rows = list(read_rows(study.out / "results.jsonl"))
+    done = {r["point_id"] for r in rows if r["status"] == "ok"}
+    cache: dict[str, tuple[float, float]] = {}
+    rates = _measured_rates(study, rows, cache)
+    runs = []
+    for i, (pid, sp) in enumerate(_ids(study), 1):
+        rate = rates.get(sp.cfg.model.name) or rates.get("*")
+        gflop_per_s = rate or study.estimate.gflop_per_s
+        est = study.estimate.overhead_s + work_gflop(study, sp, cache) / gflop_per_s
+        seed = sp.point.get("seed") if sp.scenario == "accuracy" else None
+        runs.append(PlannedRun(i, sp.scenario, _label(sp), seed, pid, est, pid in done, rate is not None))
+    return runs
+
+
+def _label(sp: SweepPoint) -> str:
+    """The point's grid values without the seeds (the seed has its own column)."""
+    parts = [p for p in sp.label.split(" ") if p and not p.startswith(SEED_KEYS) and not p.startswith("ws=")]
+    ws = f" ws={sp.world_size}" if sp.world_size > 1 else ""
+    return (" ".join(parts) or "(the spec's own settings)") + ws
+
+
+def total_s(runs: list[PlannedRun], todo_only: bool = True) -> float:
+    return math.fsum(r.estimate_s for r in runs if not (todo_only and r.done))

@@ -1,0 +1,85 @@
+"""Run a study: every point of a study config once per seed, one fresh process each, then OUT/report/STUDY.md.
+
+A study config (configs/studies/*.yaml) is a sweep spec of `accuracy` (and `baseline`) points plus a
+`study:` block: the seeds, the data to make, a time estimate's prior. The command
+
+  1. makes the data (synthesizes and prepares each image format under OUT/data; skipped where present),
+  2. runs every point not already done, once per seed (OUT/results.jsonl, one row per run; train.seed and
+     loader.seed both take the seed), one process each, resumable: a killed study goes on where it
+     stopped, never repeating a finished run; a run killed half-way restarts from iteration 0,
+  3. builds OUT/report/STUDY.md from the rows only: methodology, a table per axis (mIoU mean ± std over
+     seeds, img/s, memory), the speed/accuracy front, effect plots, learning curves, per-class IoU,
+     example predictions, and conclusions that call a difference a difference only when Welch's t-test
+     says it exceeds the seed spread (p < 0.05).
+
+  cityseg study configs/studies/cpu_synth.yaml --dry-run        # every run, its seed and estimated time
+  cityseg study configs/studies/cpu_synth.yaml --out runs/study # run it (rerun the same to resume)
+  cityseg study configs/studies/cpu_synth.yaml --out runs/study --report-only
+
+Exit status: 0 when every run is ok, 1 when any failed (the report still shows the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="STUDY.yaml", help="study config (see configs/studies/)")
+    p.add_argument("--out", metavar="DIR", help="data, results and report (default runs/studies/<name>)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list every run with its seed and estimated time; run nothing"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild OUT/report/STUDY.md from OUT/results.jsonl only"
+    )
+
+
+def print_plan(study, console) -> None:
+    from rich.table import Table
+
+    from cityseg_fast.bench.study import plan, total_s
+    from cityseg_fast.report.format import fmt_s
+
+    runs = plan(study)
+    t = Table(title=f"study '{study.name}': {len(runs)} runs, seeds {study.seeds}")
+    for col in ("#", "scenario", "point", "seed", "estimate", "status"):
+        t.add_column(col, justify="right" if col in ("#", "seed", "estimate") else "left")
+    for r in runs:
+        seed = "-" if r.seed is None else str(r.seed)
+        t.add_row(str(r.index), r.scenario, r.label, seed, fmt_s(r.estimate_s) + ("" if r.calibrated else "*"),
+                  "[green]done[/]" if r.done else "to run")  # fmt: skip
+    console.print(t)
+    done = sum(r.done for r in runs)
+    est = study.estimate
+    console.print(
+        f"{done}/{len(runs)} done; {fmt_s(total_s(runs))} estimated for the rest ({fmt_s(total_s(runs, False))} "
+        f"for all). * = at the config's prior {est.gflop_per_s:g} GFLOP/s + {est.overhead_s:g} s per run; the "
+        "others at the rate this study's finished runs of that model measured."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cityseg_fast.bench.study import load_study, make_data
+    from cityseg_fast.bench.sweep import run_sweep
+    from cityseg_fast.report.study import build_study_report
+
+    console = Console(stderr=True)
+    study = load_study(args.config, args.out)
+    if args.dry_run:
+        print_plan(study, console)
+        return 0
+    counts: dict[str, int] = {}
+    if not args.report_only:
+        for line in make_data(study, progress=console.is_terminal):
+            console.print(line)
+        console.print(f"study '{study.name}': {len(study.spec.points)} runs -> {study.out}/results.jsonl")
+        counts = run_sweep(study.spec, study.out, live=console.is_terminal)
+        console.print("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    report = build_study_report(
+        study.out, study.out / "report", title=study.title, description=study.description
+    )
+    console.print(f"report: {report}")
+    return 1 if counts.get("error") else 0

@@ -1,0 +1,172 @@
+"""STUDY.md: a study's Methodology, Results and Conclusions, built from its results.jsonl only.
+
+    build_study_report("runs/study", "runs/study/report")   # -> runs/study/report/STUDY.md + PNGs
+
+The rows are read and merged by cityseg_fast.results (the latest row per point); runs are grouped into
+settings and axes by report/study_design.py, summarized over seeds by report/stats.py, put in words by
+report/study_text.py and drawn by report/study_plots.py. Nothing is measured or derived here: every
+number is a row's, or a mean, standard deviation or test over rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from cityseg_fast.paths import check_out_dir
+from cityseg_fast.report import study_text as text
+from cityseg_fast.report.format import fmt_mib, fmt_s, md_table
+from cityseg_fast.report.plots import Plot, pareto_front
+from cityseg_fast.report.runs import Run, load_run
+from cityseg_fast.report.study_design import Axis, Design, Setting, design, model_label, value_label
+from cityseg_fast.report.study_plots import make_plots
+from cityseg_fast.report.tables import env_section
+
+STUDY_FILE = "STUDY.md"
+
+
+def _cells(s: Setting, ref: Setting | None, anchor: Setting) -> list[str]:
+    ips, mem, wall = s.summary("images_per_s"), s.summary("memory"), s.summary("train_wall_s")
+    tags = [t for t, on in (("reference", s is ref), ("compared with", s is anchor and s is not ref)) if on]
+    return [
+        f"{len(s.runs)}" + (f" (+{len(s.failed)} failed)" if s.failed else ""),
+        text.pm(s.summary("miou")),
+        text.pm(s.summary("acc")),
+        text.pm(ips, 1.0, 1) if ips else "–",
+        fmt_mib(mem.mean) if mem else "–",
+        fmt_s(wall.mean) if wall else "–",
+        ", ".join(tags),
+    ]
+
+
+HEAD = ["seeds", "mIoU (%)", "pixel acc (%)", "train img/s", "peak memory", "train wall", ""]
+
+
+def axis_table(axis: Axis, ref: Setting | None) -> str:
+    first = (["model"] if axis.per_model else []) + [axis.title.lower()]
+    body = []
+    for s in axis.settings:
+        lead = [model_label(s.point)] if axis.per_model else []
+        body.append(lead + [value_label(axis.name, s.point)] + _cells(s, ref, axis.anchor))
+    right = [False] * len(first) + [True] * 6 + [False]
+    return md_table(first + HEAD, body, right)
+
+
+def other_table(settings: list[Setting], d: Design) -> str:
+    body = [[model_label(s.point), text._short(d, s)] + _cells(s, d.reference, s) for s in settings]
+    return md_table(
+        ["model", "differs from the reference in"] + HEAD, body, [False, False] + [True] * 6 + [False]
+    )
+
+
+def failed_table(d: Design) -> str:
+    body = []
+    for r in d.failed:
+        p = r["point"]
+        body.append(
+            [
+                r["scenario"],
+                model_label(p),
+                str(p.get("seed", "–")),
+                r["status"],
+                str(r.get("error") or "")[:160],
+            ]
+        )
+    return md_table(["scenario", "model", "seed", "status", "error"], body)
+
+
+def _figure(fig: Plot) -> str:
+    if fig.path is None:
+        return f"_{fig.title}: not drawn ({fig.reason})._\n\n"
+    return f"### {fig.title}\n\n![{fig.title}]({fig.name})\n\n{fig.caption}\n\n"
+
+
+def methodology(d: Design, run: Run) -> str:
+    rows = [r for s in d.settings for r in s.runs + s.failed]
+    ref = d.reference
+    parts = [
+        "## Methodology\n\n",
+        f"### Data\n\n{text.data_text(d, rows)}\n\n" if rows else "",
+        f"### Models\n\n{text.models_table(d)}\n\n",
+        f"### Recipe\n\n{text.recipe(rows)}\n\n",
+        f"Reference setting (what every axis changes one thing of): {model_label(ref.point)}, "
+        f"{', '.join(value_label(k, ref.point) for k in ('resolution', 'batch_size', 'lr', 'image_format'))}, "
+        f"{ref.point.get('iters')} iterations.\n\n"
+        if ref
+        else "",
+        f"### Seeds and statistics\n\n{text.seeds_text(d)}\n\n",
+        f"### Measurements\n\n{text.MEASUREMENTS}\n\n",
+        f"### Hardware and software\n\n{env_section([run])}\n",
+    ]
+    return "".join(parts)
+
+
+def results(d: Design, figures: list[Plot]) -> str:
+    parts = ["## Results\n\n"]
+    for axis in d.axes:
+        parts.append(f"### {axis.title}\n\n{axis_table(axis, d.reference)}\n\n")
+    if d.others:
+        parts.append(f"### Other settings\n\n{other_table(d.others, d)}\n\n")
+    if d.baselines:
+        best = max(d.baselines, key=lambda r: r["metrics"]["miou"])
+        parts.append(f"Per-pixel colour baseline (the best classifier of one pixel's colour, fitted on the train "
+                     f"split): {100 * best['metrics']['miou']:.1f} mIoU.\n\n")  # fmt: skip
+    parts += [_figure(f) for f in figures]
+    if d.failed:
+        parts.append(f"### Failed runs\n\n{failed_table(d)}\n\n")
+    return "".join(parts)
+
+
+def front(d: Design) -> list[Setting]:
+    pts = [{"ips": s.summary("images_per_s").mean, "miou": s.summary("miou").mean, "s": s}  # type: ignore[union-attr]
+           for s in d.settings if s.summary("miou") and s.summary("images_per_s")]  # fmt: skip
+    return [p["s"] for p in pareto_front(pts)]
+
+
+def conclusions(d: Design) -> str:
+    from cityseg_fast.data.labels import CLASS_NAMES
+
+    parts = [f"## Conclusions\n\nEvery sentence is computed from the rows; differences are tested with "
+             f"{text.TEST_NAME} over the seeds.\n\n"]  # fmt: skip
+    for line in (text.baseline_conclusion(d), text.front_conclusion(front(d), d),
+                 text.per_class_conclusion(text.family_pair(d), CLASS_NAMES)):  # fmt: skip
+        if line:
+            parts.append(f"- {line}\n")
+    for axis in d.axes:
+        lines = text.axis_conclusions(axis)
+        if lines:
+            anchor = text.setting_name(axis, axis.anchor)
+            parts.append(
+                f"\n**{axis.title}** (each against {anchor}):\n\n" + "".join(f"- {x}\n" for x in lines)
+            )
+    return "".join(parts) + "\n"
+
+
+def render(run: Run, d: Design, figures: list[Plot], title: str, description: str) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    ok = sum(len(s.runs) for s in d.settings)
+    head = (f"# {title}\n\nBuilt {now} by `cityseg study` from `{run.path.name}`: {ok} finished training runs of "
+            f"{len(d.settings)} settings, {len(d.failed)} failed row(s). Every number below is a row's, or a mean, "
+            "standard deviation or test over rows.\n\n")  # fmt: skip
+    if run.bad_lines:
+        head += f"**Warning:** {run.skipped_note()} in {run.path}.\n\n"
+    if description:
+        head += description + "\n\n"
+    if not d.settings:
+        return head + "_No accuracy rows yet: run the study first._\n"
+    return head + methodology(d, run) + results(d, figures) + conclusions(d)
+
+
+def build_study_report(
+    results_dir: str | os.PathLike, out: str | os.PathLike, title: str = "Study", description: str = ""
+) -> Path:
+    """Write OUT/STUDY.md and its PNGs from RESULTS_DIR/results.jsonl (and the PNGs its rows reference)."""
+    out = check_out_dir(out, "--out")
+    run = load_run(results_dir)
+    d = design(run.rows)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = make_plots(d, out, run.path.parent) if d.settings else []
+    path = out / STUDY_FILE
+    path.write_text(render(run, d, figures, title, description))
+    return path
