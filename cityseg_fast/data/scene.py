@@ -358,7 +358,7 @@ class _Scene:
         np.clip(img, 0, 255, out=img)
         out = Image.fromarray(img.astype(np.uint8), "RGB")
         radius = rng.uniform(0.3, 1.0) * max(h, w) / 1024  # optics blur scales with resolution
-        return np.asarray(out.filter(ImageFilter.BoxBlur(radius)))  # one box pass: ~3x cheaper than Gaussian
+        return np.asarray(out.filter(ImageFilter.BoxBlur(radius)))  # one box pass: cheaper than a Gaussian
 
 
 def render_frame(seed: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
