@@ -163,24 +163,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise UserError(f"config key '{key}': expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp in (int, float):
+        ok = (int,) if tp is int else (int, float)
+        if isinstance(value, ok) and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        raise UserError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}': expected a number, got {value!r}")
+        raise UserError(f"config key '{key}': expected {'an integer' if tp is int else 'a number'}, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value

@@ -267,7 +267,7 @@ def validate_samples(samples: list[Sample], *, check_values: bool = True) -> Non
 
     Checks: readable and not truncated, image and label the same size, 8-bit single-channel labels,
     and (with `check_values`) label values valid for the sample's label kind. This decodes every
-    pixel (about 60 ms per 1024x2048 pair per core): run it once per dataset, not per epoch.
+    pixel: run it once per dataset (prepare does), not per epoch.
     """
     for s in samples:
         if check_values:

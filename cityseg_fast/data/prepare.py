@@ -35,10 +35,10 @@ from cityseg_fast.paths import check_out_dir
 FORMAT_VERSION = 1
 SETTINGS = ".prepare.json"
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
-# png: small (~20 KB a frame), decoded on the CPU (~2 ms a 1024x2048 frame, whole frame even for a
-# crop). npy: raw uint8 (2 MB a frame), memory-mapped: a crop window costs a copy of its rows.
+# png: small on disk, decoded on the CPU (the whole frame, even for a crop). npy: raw uint8 (2 MB a
+# 1024x2048 frame), memory-mapped: a crop window costs a copy of its rows (reports/cpu-loaders/).
 LABEL_EXTENSIONS = {"png": ".png", "npy": ".npy"}
-LABEL_PNG_LEVEL = 1  # labels are low-entropy: level 1 is ~as small as 6 and several times faster
+LABEL_PNG_LEVEL = 1  # labels are low-entropy: level 1 is about as small as 6, and faster (reports/cpu-data/)
 IMAGE_PNG_LEVEL = 1
 
 

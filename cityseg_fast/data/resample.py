@@ -1,11 +1,11 @@
 """The training transform's CPU tail in torch: resize a crop window, flip, normalize.
 
 Shared by the `torch` backend (in its workers and main process) and by the `dali` backend when
-DALI runs on the CPU. Why torch and not DALI's own operators there: on this CPU, resizing a
-410x819 window to a 512x1024 crop costs 10.2 ms in DALI's `fn.resize` (a generic float
-resampler) and 3.3 ms in torch's uint8 antialiased bilinear kernel (AVX2, channels_last), and
-DALI's `crop_mirror_normalize` costs 3.2 ms where the normalization below costs 1.1 ms
-(`reports/cpu-loaders/`). On a GPU, DALI's resize and normalize are nearly free and stay in DALI.
+DALI runs on the CPU. Why torch and not DALI's own operators there: DALI's CPU `fn.resize` is a
+generic float resampler and its `crop_mirror_normalize` a generic kernel, while torch has a uint8
+antialiased bilinear kernel (SIMD, channels_last) and the row-wise normalization below; measured per
+operator in `reports/cpu-loaders/` (benchmarks/dali_stages.py), DALI's CPU tail cost more than the
+decode it follows. On a GPU, DALI's resize and normalize are nearly free and stay in DALI.
 
 Semantics match DALI's `INTERP_LINEAR, antialias=True` and PIL's BILINEAR (a triangle filter
 widened when downscaling); labels use nearest-exact (pixel centres, as DALI's and PIL's nearest),
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 def one_thread():
     """Run the tail's small per-sample ops on the calling thread only. With torch's default pool,
     each op's parallel region leaves OpenMP workers spinning on the cores DALI's threads (or the
-    DataLoader workers) decode on: 6 ms of CPU per image here, and 20 % fewer images/s."""
+    DataLoader workers) decode on (CPU time and images/s lost: reports/cpu-loaders/)."""
     n = torch.get_num_threads()
     if n == 1:
         yield
@@ -41,7 +41,7 @@ def resize_image(img: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     if tuple(img.shape[:2]) == tuple(out_hw):
         return img
     # 1 x H x W x 3 permuted is channels_last with a proper batch stride; with a stride-3 batch
-    # dim (permute, then unsqueeze) torch takes it for NCHW: 2x slower and an NCHW output.
+    # dim (permute, then unsqueeze) torch takes it for NCHW: the slower kernel, and an NCHW output.
     x = img.contiguous().unsqueeze(0).permute(0, 3, 1, 2)
     y = F.interpolate(x, size=tuple(out_hw), mode="bilinear", antialias=True, align_corners=False)
     return y.permute(0, 2, 3, 1)[0].contiguous()  # a no-op: interpolate keeps channels_last
@@ -57,8 +57,8 @@ def resize_label(lab: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
 class Normalizer:
     """(x - 255 * mean) / (255 * std) for uint8 HWC images, written straight into a float buffer.
 
-    Broadcasting a 3-wide channel axis runs torch's slow path (3.6 ms per 512x1024 image here); a
-    row of H x (W * 3) values against per-column scale and bias rows vectorizes (1.1 ms).
+    Broadcasting a 3-wide channel axis runs torch's slow (non-vectorized) path; a row of H x (W * 3)
+    values against per-column scale and bias rows vectorizes (the two are compared in reports/cpu-loaders/).
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device=None) -> None:
@@ -94,8 +94,8 @@ class Normalizer:
 class BufferPool:
     """Reuses float batch tensors on the CPU once the consumer has dropped every view of them.
 
-    A fresh 16 MB batch costs its page faults on first write: 2-3 ms per 512x1024 image here, more
-    than the normalization itself. A buffer is handed out again only when nothing but the pool
+    A fresh 16 MB batch costs its page faults on first write, which cost more than the
+    normalization itself (reports/cpu-loaders/). A buffer is handed out again only when nothing but the pool
     references its storage (torch's storage use count), so a batch the caller still holds, or any
     view of it, is never overwritten. A buffer that was moved to shared memory (a batch put on a
     torch.multiprocessing queue: the receiver's reference is not counted here) is dropped, never

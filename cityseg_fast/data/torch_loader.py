@@ -8,7 +8,7 @@ than float) collated straight into shared memory, normalization and channels_las
 training device, batches are pinned and copied non-blocking, and on a GPU a side-stream prefetcher
 overlaps the copy and the normalization of batch k+1 with the step on batch k (handoff.py). Workers are
 persistent. PIL decodes (libjpeg-turbo, and palette label PNGs keep their indices); the resizes and
-the normalization are torch's SIMD uint8 kernels (resample.py), 2-3x faster than PIL's resize here.
+the normalization are torch's SIMD uint8 kernels (resample.py), faster than PIL's resize (reports/cpu-loaders/).
 
 Workers start from a forkserver (see `_worker_context`), so, as with `spawn`, a script that builds
 this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CLI has it).

@@ -244,16 +244,19 @@ def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
     log = _hbar(ax, labels, [metric(r, "images_per_s") for r in rows], colors, hatches)
+    return _bar_plot(
+        fig, ax, out, name, log, ("Loader comparison", "Loader throughput, no model (hatched = decode only, no augmentation)"),
+        "Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
+    )  # fmt: skip
+
+
+def _bar_plot(fig, ax, out: Path, name: str, log: bool, titles: tuple[str, str], caption: str) -> Plot:
+    """Finish a horizontal images/s bar chart: axis label (log or not), title, saved Plot."""
     ax.set_xlabel("images/s (higher is better" + ("; log scale)" if log else ")"))
-    ax.set_title("Loader throughput, no model (hatched = decode only, no augmentation)")
+    ax.set_title(titles[1])
     ax.grid(axis="y", visible=False)
     fig.tight_layout()
-    return Plot(
-        name,
-        "Loader comparison",
-        _save(fig, out / name),
-        caption="Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
-    )
+    return Plot(name, titles[0], _save(fig, out / name), caption=caption)
 
 
 def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
@@ -303,16 +306,10 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
         ax.set_xlim(low / 3, top * 12)
     else:
         ax.set_xlim(0, top * 1.45)
-    ax.set_xlabel("images/s (higher is better" + ("; log scale)" if log else ")"))
-    ax.set_title("Where the time goes: loader alone vs model alone vs end to end")
-    ax.grid(axis="y", visible=False)
-    fig.tight_layout()
-    return Plot(
-        name,
-        "End-to-end efficiency",
-        _save(fig, out / name),
-        caption="The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table).",
-    )
+    return _bar_plot(
+        fig, ax, out, name, log, ("End-to-end efficiency", "Where the time goes: loader alone vs model alone vs end to end"),
+        "The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table).",
+    )  # fmt: skip
 
 
 def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:

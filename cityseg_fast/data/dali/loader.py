@@ -80,7 +80,7 @@ class DaliLoader(PlannedLoader):
             raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
         if roi not in ("slice", "resize"):
             raise UserError(f"loader.roi: expected slice or resize, got '{roi}'")
-        if resampler == "auto":  # DALI's CPU resampler is ~3x slower than torch's (resample.py)
+        if resampler == "auto":  # DALI's CPU resampler is slower than torch's (resample.py says why)
             resampler = "dali" if dali_device == "gpu" else "torch"
         if resampler not in ("dali", "torch") or (resampler == "torch" and dali_device == "gpu"):
             raise UserError(
