@@ -75,6 +75,10 @@ def test_points_keep_only_what_changes_the_measurement():
     assert "loader_seed" not in acc  # named only when set: both seeds are part of an accuracy point
     reseeded = point_for("accuracy", load_config([], TINY + ["loader.seed=1"]))
     assert reseeded["loader_seed"] == 1 and reseeded["seed"] == 0
+    fcn = ["model.name=fcn_resnet50", "model.aux_loss=true"]
+    assert {"pretrained", "aux_weight"}.isdisjoint(point_for("accuracy", load_config([], fcn)))
+    init = point_for("accuracy", load_config([], [*fcn, "model.pretrained=torchvision", "train.aux_weight=0.2"]))
+    assert init["pretrained"] == "torchvision" and init["aux_weight"] == 0.2  # what the weights start from
     # loader settings are named only where they differ from the defaults
     assert "num_workers" not in point_for("loader", load_config([], ["loader.backend=torch"]))
     assert point_for("loader", load_config([], ["loader.backend=torch", "loader.num_workers=8"]))["num_workers"] == 8

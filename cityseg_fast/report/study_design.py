@@ -23,7 +23,7 @@ from cityseg_fast.report.runs import metric, peak_memory, res_pixels, resolution
 from cityseg_fast.report.stats import Summary, summarize
 
 SEED_KEYS = ("seed", "loader_seed")
-MODEL_KEYS = frozenset({"model", "base_width", "upsample", "depth", "aux_loss"})
+MODEL_KEYS = frozenset({"model", "base_width", "upsample", "depth", "aux_loss", "aux_weight", "pretrained"})
 DATA_KEYS = frozenset({"image_format", "quality", "data_root", "data_size", "data_scale", "label_format"})
 TITLES = {
     "architecture": "Architecture",
@@ -45,6 +45,8 @@ def model_label(point: dict[str, Any]) -> str:
             parts.append(fmt.format(point[key]))
     if point.get("aux_loss"):
         parts.append("+aux")
+    if point.get("pretrained"):
+        parts.append("pretrained")
     return " ".join(parts)
 
 

@@ -135,12 +135,19 @@ def _e2e(cfg: Config, world_size: int = 1) -> Point:
 
 
 def _accuracy(cfg: Config, world_size: int = 1) -> Point:
-    """seed: train.seed (initial weights); loader_seed: loader.seed (data order and augmentation), named
-    when set, so two runs that differ only in their data order are two points."""
+    """seed: train.seed (initial weights); loader_seed: loader.seed (data order and augmentation); the
+    initial weights (model.pretrained) and the aux head's weight: each named when set (not the default),
+    so two runs that differ only in one of them are two points."""
+    from cityseg_fast.config import TrainConfig
+
     t = cfg.train
     p = {**_e2e(cfg, world_size), "iters": t.iters, "lr": t.lr, "optimizer": t.optimizer, "seed": t.seed}
     if cfg.loader.seed != 0:
         p["loader_seed"] = cfg.loader.seed
+    if cfg.model.pretrained:
+        p["pretrained"] = cfg.model.pretrained
+    if cfg.model.aux_loss and t.aux_weight != TrainConfig.aux_weight:
+        p["aux_weight"] = t.aux_weight
     return p
 
 
