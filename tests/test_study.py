@@ -33,7 +33,8 @@ TINY = {
     "name": "tiny",
     "study": {
         "seeds": [0, 1],
-        "data": {"synth": {"train": 4, "val": 2, "size": [64, 128]}, "prepare": {"q95": {"image_format": "jpeg"}}},
+        "data": {"synth": {"train": 4, "val": 2, "size": [64, 128]},
+                 "prepare": {"q95": {"image_format": "jpeg"}}},
         "estimate": {"gflop_per_s": 20, "overhead_s": 4},
     },
     "overrides": {
@@ -172,7 +173,7 @@ def test_conclusions_call_a_real_difference_one_and_noise_none(tmp_path):
     conclusions = md.split("## Conclusions", 1)[1]
     fcn = next(line for line in conclusions.splitlines() if line.startswith("- fcn_resnet50 reaches"))
     assert "20.5 ± 0.5 mIoU, 0.66x unet_s16 (31.0 ± 1.0" in fcn and ": a difference (Welch's t" in fcn
-    assert "at 0.25x its training throughput" in fcn
+    assert "training throughput 0.25x (5.03 vs 20.0 img/s)" in fcn
     lr = next(line for line in conclusions.splitlines() if line.startswith("- lr 0.02 reaches"))
     assert "no measurable difference (Welch's t" in lr and "a difference" not in lr
     assert "3 of 3 settings beat the per-pixel colour baseline (10.0 mIoU)" in conclusions

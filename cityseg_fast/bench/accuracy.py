@@ -1,7 +1,7 @@
 """What an accuracy run leaves besides its mIoU: its curves, its size, and example predictions.
 
     events = read_events(out_dir)               # the run's metrics.jsonl (engine/train.py writes it)
-    curves(events)                              # {"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}
+    curves(events)                              # {"train": {iter, loss, wall_s}, "eval": {iter, miou, ...}}
     save_predictions(cfg, checkpoint, out_dir)  # [{stem, input, label, pred}]: PNGs under out_dir/predictions
 
 The curves are read from metrics.jsonl, never from the training loop, and thinned to at most

@@ -18,7 +18,8 @@ A study config is a sweep spec (bench/sweep.py: config, overrides, runs of scena
 The seed sets both the initial weights (train.seed) and the data order, crops and flips (loader.seed), so
 the spread over seeds is the whole run-to-run variation; both are in the accuracy point. Every run starts
 afresh (train.resume=never): a run killed half-way is trained again from iteration 0, so its wall time and
-throughput are one run's. The expanded spec is written to OUT/study_sweep.yaml: `cityseg sweep` runs it too.
+throughput are one run's. `write_sweep` saves the expanded spec as OUT/study_sweep.yaml (`cityseg sweep`
+runs it too).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class Study:
     data: dict[str, Any] = field(default_factory=dict)
     estimate: Estimate = field(default_factory=Estimate)
     description: str = ""
+    sweep: dict[str, Any] = field(default_factory=dict)  # the sweep spec with the seeds expanded
 
 
 @dataclass
@@ -141,7 +144,7 @@ def expand_seeds(raw: dict[str, Any], seeds: list[int], where: Path) -> dict[str
 
 
 def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Study:
-    """Read a study config, expand its seeds and load the sweep it is (written to OUT/study_sweep.yaml)."""
+    """Read a study config, expand its seeds and load the sweep it is (nothing is written: `write_sweep`)."""
     src = Path(path)
     raw = load_yaml(src)
     if not isinstance(raw, dict):
@@ -153,22 +156,32 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
     if block.get("data"):
         os.environ["STUDY_DATA"] = str((out_dir / "data").resolve())  # the spec's data.root values name it
     os.environ.setdefault("NGPU", str(_visible_gpus()))  # a GPU study's world_size: every GPU, unless said
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sweep_file = out_dir / SWEEP_FILE
-    sweep_file.write_text(
-        f"# written by `cityseg study {src}`: the sweep it runs ({len(seeds)} seeds expanded)\n"
-        + yaml.safe_dump(expand_seeds(raw, seeds, src), sort_keys=False)
-    )
-    spec = load_spec(sweep_file, out_dir, FORCED)
+    expanded = expand_seeds(raw, seeds, src)
+    with tempfile.TemporaryDirectory() as tmp:  # load_spec reads a file; OUT's copy is `write_sweep`'s
+        (Path(tmp) / SWEEP_FILE).write_text(yaml.safe_dump(expanded, sort_keys=False))
+        spec = load_spec(Path(tmp) / SWEEP_FILE, out_dir, FORCED)
+    title, description = str(block.get("title") or name), str(raw.get("description") or "").strip()
+    data = dict(block.get("data") or {})
+    study = Study(name, title, src, out_dir, seeds, spec, data, _estimate(block, src))
+    study.description, study.sweep = description, expanded
+    return study
+
+
+def _estimate(block: dict[str, Any], src: Path) -> Estimate:
     est = block.get("estimate") or {}
     try:
-        estimate = Estimate(**{k: float(v) for k, v in est.items()})
+        return Estimate(**{k: float(v) for k, v in est.items()})
     except (TypeError, ValueError):
-        raise UserError(
-            f"{src}: study.estimate takes gflop_per_s and overhead_s (numbers), got {est!r}"
-        ) from None
-    return Study(name, str(block.get("title") or name), src, out_dir, seeds, spec, dict(block.get("data") or {}),
-                 estimate, str(raw.get("description") or "").strip())  # fmt: skip
+        raise UserError(f"{src}: study.estimate takes gflop_per_s and overhead_s, not {est!r}") from None
+
+
+def write_sweep(study: Study) -> Path:
+    """OUT/study_sweep.yaml: the sweep the study runs, seeds expanded (`cityseg sweep` runs it too)."""
+    path = study.out / SWEEP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = f"# written by `cityseg study {study.source}`: its sweep, {len(study.seeds)} seeds expanded\n"
+    path.write_text(head + yaml.safe_dump(study.sweep, sort_keys=False))
+    return path
 
 
 def _visible_gpus() -> int:
@@ -213,15 +226,10 @@ def _synthesize(out: Path, synth: dict[str, Any], progress: bool) -> tuple[Path,
     marker = out / ".study-synth.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return out, f"{out}: synthetic frames already there"
-    h, w = settings["size"]
-    s = write_synthetic(
-        out, settings["train"], settings["val"], 0, (h, w), settings["seed"], progress=progress
-    )
+    (h, w), n_train, n_val = settings["size"], settings["train"], settings["val"]
+    s = write_synthetic(out, n_train, n_val, 0, (h, w), settings["seed"], progress=progress)
     marker.write_text(json.dumps(settings) + "\n")
-    return (
-        out,
-        f"{out}: {settings['train']} train + {settings['val']} val synthetic frames of {h}x{w} ({s['wall_s']:.0f} s)",
-    )
+    return out, f"{out}: {n_train} train + {n_val} val synthetic frames of {h}x{w} ({s['wall_s']:.0f} s)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ def _train_gflop(cfg: Config, cache: dict[str, tuple[float, float]]) -> tuple[fl
 
 
 def _val_frames(study: Study, cfg: Config) -> tuple[int, tuple[int, int]]:
-    """(val frames, evaluated size) from the study's synth block, else the dataset's manifest, else Cityscapes'."""
+    """(val frames, evaluated size): from the synth block, else the dataset's manifest, else Cityscapes'."""
     n, size = CITYSCAPES_VAL
     synth = study.data.get("synth")
     if synth:

@@ -47,32 +47,35 @@ def print_plan(study, console) -> None:
         t.add_column(col, justify="right" if col in ("#", "seed", "estimate") else "left")
     for r in runs:
         seed = "-" if r.seed is None else str(r.seed)
-        t.add_row(str(r.index), r.scenario, r.label, seed, fmt_s(r.estimate_s) + ("" if r.calibrated else "*"),
-                  "[green]done[/]" if r.done else "to run")  # fmt: skip
+        est = fmt_s(r.estimate_s) + ("" if r.calibrated else "*")
+        t.add_row(str(r.index), r.scenario, r.label, seed, est, "[green]done[/]" if r.done else "to run")
     console.print(t)
-    done = sum(r.done for r in runs)
-    est = study.estimate
+    done, prior = sum(r.done for r in runs), study.estimate
     console.print(
-        f"{done}/{len(runs)} done; {fmt_s(total_s(runs))} estimated for the rest ({fmt_s(total_s(runs, False))} "
-        f"for all). * = at the config's prior {est.gflop_per_s:g} GFLOP/s + {est.overhead_s:g} s per run; the "
-        "others at the rate this study's finished runs of that model measured."
+        f"{done}/{len(runs)} done; {fmt_s(total_s(runs))} estimated for the rest "
+        f"({fmt_s(total_s(runs, todo_only=False))} for all). * = at the config's prior "
+        f"({prior.gflop_per_s:g} GFLOP/s + {prior.overhead_s:g} s per run); the others at the rate that "
+        "this study's finished runs of the same model measured."
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cityseg_fast.bench.study import load_study, make_data
+    from cityseg_fast.bench.study import load_study, make_data, write_sweep
     from cityseg_fast.bench.sweep import run_sweep
+    from cityseg_fast.paths import check_out_dir
     from cityseg_fast.report.study import build_study_report
 
     console = Console(stderr=True)
     study = load_study(args.config, args.out)
+    check_out_dir(study.out, "--out")
     if args.dry_run:
         print_plan(study, console)
         return 0
     counts: dict[str, int] = {}
     if not args.report_only:
+        write_sweep(study)
         for line in make_data(study, progress=console.is_terminal):
             console.print(line)
         console.print(f"study '{study.name}': {len(study.spec.points)} runs -> {study.out}/results.jsonl")

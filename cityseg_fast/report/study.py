@@ -19,11 +19,20 @@ from cityseg_fast.report import study_text as text
 from cityseg_fast.report.format import fmt_mib, fmt_s, md_table
 from cityseg_fast.report.plots import Plot, pareto_front
 from cityseg_fast.report.runs import Run, load_run
-from cityseg_fast.report.study_design import Axis, Design, Setting, design, model_label, value_label
+from cityseg_fast.report.study_design import (
+    Axis,
+    Design,
+    Setting,
+    design,
+    differs_in,
+    model_label,
+    value_label,
+)
 from cityseg_fast.report.study_plots import make_plots
 from cityseg_fast.report.tables import env_section
 
 STUDY_FILE = "STUDY.md"
+REFERENCE_FACTORS = ("resolution", "batch_size", "lr", "image_format")  # how Methodology names the reference
 
 
 def _cells(s: Setting, ref: Setting | None, anchor: Setting) -> list[str]:
@@ -54,7 +63,7 @@ def axis_table(axis: Axis, ref: Setting | None) -> str:
 
 
 def other_table(settings: list[Setting], d: Design) -> str:
-    body = [[model_label(s.point), text._short(d, s)] + _cells(s, d.reference, s) for s in settings]
+    body = [[model_label(s.point), differs_in(d.reference, s)] + _cells(s, d.reference, s) for s in settings]
     return md_table(
         ["model", "differs from the reference in"] + HEAD, body, [False, False] + [True] * 6 + [False]
     )
@@ -82,19 +91,22 @@ def _figure(fig: Plot) -> str:
     return f"### {fig.title}\n\n![{fig.title}]({fig.name})\n\n{fig.caption}\n\n"
 
 
+def _reference_line(ref: Setting | None) -> str:
+    if ref is None:
+        return ""
+    factors = ", ".join(value_label(k, ref.point) for k in REFERENCE_FACTORS)
+    return (f"Reference setting (what every axis changes one thing of): {model_label(ref.point)}, {factors}, "
+            f"{ref.point.get('iters')} iterations.\n\n")  # fmt: skip
+
+
 def methodology(d: Design, run: Run) -> str:
     rows = [r for s in d.settings for r in s.runs + s.failed]
-    ref = d.reference
     parts = [
         "## Methodology\n\n",
-        f"### Data\n\n{text.data_text(d, rows)}\n\n" if rows else "",
+        f"### Data\n\n{text.data_text(d, rows)}\n\n",
         f"### Models\n\n{text.models_table(d)}\n\n",
         f"### Recipe\n\n{text.recipe(rows)}\n\n",
-        f"Reference setting (what every axis changes one thing of): {model_label(ref.point)}, "
-        f"{', '.join(value_label(k, ref.point) for k in ('resolution', 'batch_size', 'lr', 'image_format'))}, "
-        f"{ref.point.get('iters')} iterations.\n\n"
-        if ref
-        else "",
+        _reference_line(d.reference),
         f"### Seeds and statistics\n\n{text.seeds_text(d)}\n\n",
         f"### Measurements\n\n{text.MEASUREMENTS}\n\n",
         f"### Hardware and software\n\n{env_section([run])}\n",
@@ -110,8 +122,8 @@ def results(d: Design, figures: list[Plot]) -> str:
         parts.append(f"### Other settings\n\n{other_table(d.others, d)}\n\n")
     if d.baselines:
         best = max(d.baselines, key=lambda r: r["metrics"]["miou"])
-        parts.append(f"Per-pixel colour baseline (the best classifier of one pixel's colour, fitted on the train "
-                     f"split): {100 * best['metrics']['miou']:.1f} mIoU.\n\n")  # fmt: skip
+        parts.append("Per-pixel colour baseline (the best classifier of one pixel's colour, fitted on the "
+                     f"train split): {100 * best['metrics']['miou']:.1f} mIoU.\n\n")  # fmt: skip
     parts += [_figure(f) for f in figures]
     if d.failed:
         parts.append(f"### Failed runs\n\n{failed_table(d)}\n\n")
@@ -119,9 +131,9 @@ def results(d: Design, figures: list[Plot]) -> str:
 
 
 def front(d: Design) -> list[Setting]:
-    pts = [{"ips": s.summary("images_per_s").mean, "miou": s.summary("miou").mean, "s": s}  # type: ignore[union-attr]
-           for s in d.settings if s.summary("miou") and s.summary("images_per_s")]  # fmt: skip
-    return [p["s"] for p in pareto_front(pts)]
+    """The settings no other one beats on both mean throughput and mean mIoU (report/plots.pareto_front)."""
+    pts = [{"ips": s.mean("images_per_s"), "miou": s.mean("miou"), "s": s} for s in d.settings]
+    return [p["s"] for p in pareto_front([p for p in pts if p["ips"] is not None and p["miou"] is not None])]
 
 
 def conclusions(d: Design) -> str:
@@ -146,9 +158,9 @@ def conclusions(d: Design) -> str:
 def render(run: Run, d: Design, figures: list[Plot], title: str, description: str) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     ok = sum(len(s.runs) for s in d.settings)
-    head = (f"# {title}\n\nBuilt {now} by `cityseg study` from `{run.path.name}`: {ok} finished training runs of "
-            f"{len(d.settings)} settings, {len(d.failed)} failed row(s). Every number below is a row's, or a mean, "
-            "standard deviation or test over rows.\n\n")  # fmt: skip
+    head = (f"# {title}\n\nBuilt {now} by `cityseg study` from `{run.path.name}`: {ok} finished training "
+            f"runs of {len(d.settings)} settings, {len(d.failed)} failed row(s). Every number below is a "
+            "row's, or a mean, standard deviation or test over rows.\n\n")  # fmt: skip
     if run.bad_lines:
         head += f"**Warning:** {run.skipped_note()} in {run.path}.\n\n"
     if description:

@@ -93,6 +93,10 @@ class Setting:
     def summary(self, key: str) -> Summary | None:
         return summarize(self.values(key))
 
+    def mean(self, key: str) -> float | None:
+        s = self.summary(key)
+        return None if s is None else s.mean
+
 
 def diff(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
     """The factors in which two points differ (model keys count as one, format keys as one)."""
@@ -113,6 +117,14 @@ class Axis:
     def per_model(self) -> bool:
         """Whether the axis has lines for more than one architecture."""
         return len({model_label(s.point) for s in self.settings}) > 1 and self.name != "architecture"
+
+
+def differs_in(ref: Setting | None, s: Setting) -> str:
+    """'lr 0.002, 96x192': the factors in which `s` differs from the reference, its architecture aside."""
+    if ref is None or s is ref:
+        return "the reference"
+    factors = sorted(f for f in diff(ref.point, s.point) if f != "architecture")
+    return ", ".join(value_label(f, s.point) for f in factors) or "the reference recipe"
 
 
 @dataclass

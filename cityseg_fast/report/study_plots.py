@@ -1,4 +1,4 @@
-"""The figures of STUDY.md: the speed/accuracy front, effect plots, learning curves, per-class IoU, predictions.
+"""STUDY.md's figures: the speed/accuracy front, effect plots, learning curves, per-class IoU, predictions.
 
 Each `plot_*` takes the study's design (report/study_design.py) and the output folder and returns a
 plots.Plot: the PNG it wrote, or the reason it drew nothing. Points are means over seeds, error bars
@@ -7,6 +7,7 @@ one standard deviation. The prediction figure reads the PNGs the rows reference 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,24 @@ from typing import Any
 from cityseg_fast.report.format import fmt_num
 from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front
 from cityseg_fast.report.stats import summarize
-from cityseg_fast.report.study_design import Axis, Design, Setting, family, model_label, value_label
-from cityseg_fast.report.study_text import _short, family_pair
+from cityseg_fast.report.study_design import (
+    Axis,
+    Design,
+    Setting,
+    differs_in,
+    family,
+    model_label,
+    value_label,
+)
+from cityseg_fast.report.study_text import class_iou, family_pair
 
 FAMILY_COLOURS = {"U-Net": "#1f77b4", "FCN": "#d62728"}
-AXIS_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 EFFECT_AXES = ("resolution", "lr", "batch_size", "image_format", "iters", "optimizer")
+LOG_AXES = {"lr": 10, "batch_size": 2, "resolution": 2}  # factor -> log base of its x axis
 MAX_MODELS = 6  # columns of model predictions in the figure
+PLOT_FILES = ("study_front.png", "study_effects.png", "study_curves.png", "study_per_class.png",
+              "study_predictions.png")  # fmt: skip
 
 
 def _mean_std(s: Setting, key: str, scale: float = 1.0) -> tuple[float, float] | None:
@@ -38,6 +50,9 @@ def _baseline_line(ax: Any, d: Design) -> None:
         ax.axhline(base, color="black", linestyle=":", linewidth=1, label=f"colour baseline ({base:.1f})")
 
 
+# ---------------------------------------------------------------- the front
+
+
 def plot_front(d: Design, out: Path) -> Plot:
     name, title = "study_front.png", "Speed/accuracy front"
     pts = [(s, _mean_std(s, "miou", 100), _mean_std(s, "images_per_s")) for s in d.settings]
@@ -45,75 +60,72 @@ def plot_front(d: Design, out: Path) -> Plot:
     if len(pts) < 2:
         return Plot(name, title, None, f"needs two settings with mIoU and throughput (found {len(pts)})")
     front = pareto_front([{"ips": x[0], "miou": y[0], "s": s} for s, y, x in pts])
+    on_front = {id(p["s"]) for p in front}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 6.5))
-    on_front = {id(p["s"]) for p in front}
     for s, (y, ys), (x, xs) in pts:
-        ax.errorbar(x, y, xerr=xs, yerr=ys, fmt="o", color=_colour(s), ms=7 if id(s) in on_front else 5,
-                    mec="black" if id(s) in on_front else _colour(s), capsize=2, elinewidth=0.8)  # fmt: skip
+        edge = "black" if id(s) in on_front else _colour(s)
+        style = {"color": _colour(s), "mec": edge, "ms": 7 if edge == "black" else 5, "capsize": 2}
+        ax.errorbar(x, y, xerr=xs, yerr=ys, fmt="o", elinewidth=1, **style)
     fx = sorted((p["ips"], p["miou"]) for p in front)
-    ax.plot(
-        [p[0] for p in fx], [p[1] for p in fx], "--", color="black", linewidth=1, label="front (on means)"
-    )
+    ax.plot(*zip(*fx, strict=True), "--", color="black", linewidth=1, label="front (on means; ringed)")
     _baseline_line(ax, d)
     for fam, colour in FAMILY_COLOURS.items():
         ax.plot([], [], "o", color=colour, label=fam)
-    xs_all = [x for _, _, (x, _) in pts]
-    if max(xs_all) / min(xs_all) > 5:
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ticks = _nice_ticks(min(xs_all) * 0.8, max(xs_all) * 1.25)
-        ax.set_xticks(ticks, [fmt_num(t) for t in ticks])
-    ax.set_xlabel("training throughput (images/s, mean over seeds; higher is better)")
+    _log_x_if_wide(ax, [x for _, _, (x, _) in pts])
+    ax.set_xlabel("training throughput (images/s, mean ± std over seeds; higher is better)")
     ax.set_ylabel("val mIoU (%, mean ± std over seeds)")
     ax.set_title("Accuracy vs training speed: up and to the right is better")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     _place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
-    return Plot(name, title, _save(fig, out / name),
-                caption="Each point is one setting (mean over its seeds; bars: one standard deviation); the dashed "
-                        "line joins the settings no other one beats on both speed and mIoU.")  # fmt: skip
+    caption = ("Each point is one setting (mean over its seeds; bars: one standard deviation); the dashed "
+               "line joins the settings no other one beats on both mean speed and mean mIoU.")  # fmt: skip
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+def _log_x_if_wide(ax: Any, xs: list[float]) -> None:
+    """A log x axis labelled with plain numbers (1, 2, 5 x 10^k) when the values span more than 5x."""
+    lo, hi = min(xs) * 0.8, max(xs) * 1.25
+    if hi / lo <= 5 * 1.25 / 0.8:
+        return
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5) if lo <= m * 10.0**k <= hi]
+    ax.set_xticks(ticks, [fmt_num(t) for t in ticks])
 
 
 def _place_labels(ax: Any, items: list[tuple[float, float, str]], size: float = 7.0) -> None:
-    """Annotate each (x, y, text) beside its point, moving a label up or down (in points) until it overlaps
-    no label placed before it: the settings of one model cluster at one throughput."""
-    to_px = ax.transData.transform
+    """Annotate each (x, y, text) beside its point, moving a label up or down until it overlaps no label
+    placed before it (the settings of one model cluster at one throughput)."""
     scale = ax.figure.dpi / 72.0  # points -> pixels
     placed: list[tuple[float, float, float, float]] = []
     for x, y, text in sorted(items, key=lambda it: -it[1]):
-        px, py = to_px((x, y))
+        px, py = ax.transData.transform((x, y))
         w, h = 0.55 * size * len(text) * scale, 1.2 * size * scale
         for dy in (4, -11, 13, -20, 22, -29, 31, -38, 40):
             box = (px + 5 * scale, py + dy * scale, px + 5 * scale + w, py + dy * scale + h)
             if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
                 break
         placed.append(box)
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=size,
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None)  # fmt: skip
-
-
-def _nice_ticks(lo: float, hi: float) -> list[float]:
-    """1, 2, 5 x 10^k between lo and hi (a log axis's labels as plain numbers)."""
-    import math
-
-    k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    return [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5) if lo <= m * 10.0**k <= hi]
+        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=size, arrowprops=arrow)
 
 
 def _point_name(d: Design, s: Setting) -> str:
-    short = _short(d, s)
+    short = differs_in(d.reference, s)
     return model_label(s.point) if short in ("the reference", "the reference recipe") else short
 
 
-def _effect_axes(d: Design) -> list[Axis]:
-    return [a for a in d.axes if a.name in EFFECT_AXES and len(a.settings) > 1]
+# ---------------------------------------------------------------- effects
 
 
 def _x(axis: Axis, s: Setting, categories: list[str]) -> float:
+    """Where a setting sits on its factor's x axis: pixels for a crop, the value, or a category's index."""
     v = s.point.get(axis.name)
-    if axis.name == "resolution":
-        return float(v[0] * v[1]) if isinstance(v, list) else 0.0
+    if axis.name == "resolution" and isinstance(v, list):
+        return float(v[0] * v[1])
     if isinstance(v, (int, float)) and not isinstance(v, bool) and axis.name != "image_format":
         return float(v)
     return float(categories.index(value_label(axis.name, s.point)))
@@ -123,19 +135,18 @@ def _effect_panel(ax: Any, axis: Axis, d: Design) -> None:
     categories = list(dict.fromkeys(value_label(axis.name, s.point) for s in axis.settings))
     lines: dict[str, list[Setting]] = {}
     for s in axis.settings:
-        lines.setdefault(model_label(s.point), []).append(s)
+        if s.mean("miou") is not None:
+            lines.setdefault(model_label(s.point), []).append(s)
     for i, (label, members) in enumerate(lines.items()):
-        pts = sorted(
-            (_x(axis, s, categories), _mean_std(s, "miou", 100), s) for s in members if s.summary("miou")
-        )
-        colour = AXIS_COLOURS[i % len(AXIS_COLOURS)] if len(lines) > 1 else _colour(members[0])
-        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], fmt="-o",
-                    color=colour, capsize=3, label=label)  # fmt: skip
-    ticks = sorted({_x(axis, s, categories) for s in axis.settings})
-    names = {_x(axis, s, categories): value_label(axis.name, s.point) for s in axis.settings}
-    if axis.name in ("lr", "batch_size", "resolution"):
-        ax.set_xscale("log", base=2 if axis.name != "lr" else 10)
-    ax.set_xticks(ticks, [names[t].replace("batch ", "").replace("lr ", "") for t in ticks])
+        members.sort(key=lambda s: _x(axis, s, categories))
+        stats = [_mean_std(s, "miou", 100) or (0.0, 0.0) for s in members]
+        colour = LINE_COLOURS[i % len(LINE_COLOURS)] if len(lines) > 1 else _colour(members[0])
+        ax.errorbar([_x(axis, s, categories) for s in members], [m for m, _ in stats],
+                    yerr=[e for _, e in stats], fmt="-o", color=colour, capsize=3, label=label)  # fmt: skip
+    ticks = {_x(axis, s, categories): value_label(axis.name, s.point) for s in axis.settings}
+    if axis.name in LOG_AXES:
+        ax.set_xscale("log", base=LOG_AXES[axis.name])
+    ax.set_xticks(sorted(ticks), [ticks[t].removeprefix("batch ").removeprefix("lr ") for t in sorted(ticks)])
     ax.minorticks_off()
     _baseline_line(ax, d)
     ax.set_xlabel(axis.title.lower())
@@ -146,7 +157,7 @@ def _effect_panel(ax: Any, axis: Axis, d: Design) -> None:
 
 def plot_effects(d: Design, out: Path) -> Plot:
     name, title = "study_effects.png", "Effects of the hyper-parameters"
-    axes = _effect_axes(d)
+    axes = [a for a in d.axes if a.name in EFFECT_AXES and len(a.settings) > 1]
     if not axes:
         return Plot(name, title, None, "no hyper-parameter axis with two or more settings")
     plt = _plt()
@@ -159,64 +170,64 @@ def plot_effects(d: Design, out: Path) -> Plot:
         ax.set_visible(False)
     fig.suptitle("One factor at a time from the reference (mean ± std over seeds)")
     fig.tight_layout()
-    return Plot(name, title, _save(fig, out / name),
-                caption="Each panel changes one factor of the reference setting; a line per architecture where "
-                        "the study ran that factor for more than one.")  # fmt: skip
+    caption = ("Each panel changes one factor of the reference setting; a line per architecture where the "
+               "study ran that factor for more than one.")  # fmt: skip
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+# ---------------------------------------------------------------- learning curves
 
 
 def _curve(s: Setting, part: str, y: str, x: str) -> tuple[list[float], list[float], list[float]]:
-    """Mean x, mean y and std y over seeds, point by point (runs cut to the shortest curve)."""
+    """Mean x, mean y and std y over seeds, point by point (every run cut to the shortest curve)."""
     curves = [r["metrics"].get("curves", {}).get(part, {}) for r in s.runs]
     curves = [c for c in curves if c.get(y) and c.get(x)]
-    if not curves:
-        return [], [], []
-    n = min(len(c[y]) for c in curves)
+    n = min((len(c[y]) for c in curves), default=0)
     xs = [summarize([c[x][i] for c in curves]) for i in range(n)]
     ys = [summarize([c[y][i] for c in curves]) for i in range(n)]
-    return [v.mean for v in xs], [v.mean for v in ys], [v.std for v in ys]  # type: ignore[union-attr]
+    return [v.mean for v in xs if v], [v.mean for v in ys if v], [v.std for v in ys if v]
 
 
-def _curve_settings(d: Design) -> list[Setting]:
+def _architectures(d: Design) -> list[Setting]:
+    """The architecture axis's settings (all at the reference recipe), else the reference alone."""
     arch = next((a.settings for a in d.axes if a.name == "architecture"), [])
     return arch or ([d.reference] if d.reference else [])
 
 
+CURVE_PANELS = (  # (curve, y, x, scale, y label, title)
+    ("train", "loss", "iter", 1.0, "training loss", "Training loss vs iteration"),
+    ("eval", "miou", "iter", 100.0, "val mIoU (%)", "Val mIoU vs iteration"),
+    ("eval", "miou", "wall_s", 100.0, "val mIoU (%)", "Val mIoU vs wall time"),
+)
+
+
 def plot_curves(d: Design, out: Path) -> Plot:
     name, title = "study_curves.png", "Learning curves"
-    settings = [s for s in _curve_settings(d) if _curve(s, "eval", "miou", "iter")[0]]
+    settings = [s for s in _architectures(d) if _curve(s, "eval", "miou", "iter")[0]]
     if not settings:
         return Plot(name, title, None, "no run recorded its curves")
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    panels = (("train", "loss", "iter", 1.0, "training loss"), ("eval", "miou", "iter", 100.0, "val mIoU (%)"),
-              ("eval", "miou", "wall_s", 100.0, "val mIoU (%)"))  # fmt: skip
     for i, s in enumerate(settings):
-        colour = AXIS_COLOURS[i % len(AXIS_COLOURS)] if len(settings) > 1 else _colour(s)
-        for ax, (part, y, x, scale, _) in zip(axes, panels, strict=True):
+        colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+        for ax, (part, y, x, scale, _, _) in zip(axes, CURVE_PANELS, strict=True):
             xs, ys, sd = _curve(s, part, y, x)
-            ax.plot(
-                xs,
-                [scale * v for v in ys],
-                color=colour,
-                label=model_label(s.point),
-                marker="." if part == "eval" else None,
-            )
-            ax.fill_between(xs, [scale * (v - e) for v, e in zip(ys, sd, strict=True)],
-                            [scale * (v + e) for v, e in zip(ys, sd, strict=True)], color=colour, alpha=0.15)  # fmt: skip
-    for ax, (_, _, x, _, ylabel) in zip(axes, panels, strict=True):
-        ax.set_xlabel(
-            "iteration" if x == "iter" else "wall time since the first step (s; evaluations included)"
-        )
+            marker = "." if part == "eval" else None
+            ax.plot(xs, [scale * v for v in ys], color=colour, label=model_label(s.point), marker=marker)
+            band = [(scale * (v - e), scale * (v + e)) for v, e in zip(ys, sd, strict=True)]
+            ax.fill_between(xs, [b[0] for b in band], [b[1] for b in band], color=colour, alpha=0.15)
+    for ax, (_, _, x, _, ylabel, panel_title) in zip(axes, CURVE_PANELS, strict=True):
+        ax.set_xlabel("iteration" if x == "iter" else "wall time since the first step (s; with evaluations)")
         ax.set_ylabel(ylabel)
-    axes[0].set_title("Training loss vs iteration")
-    axes[1].set_title("Val mIoU vs iteration")
-    axes[2].set_title("Val mIoU vs wall time")
+        ax.set_title(panel_title)
     _baseline_line(axes[1], d)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    return Plot(name, title, _save(fig, out / name),
-                caption="Mean over seeds; the band is one standard deviation. The architectures at the reference "
-                        "recipe.")  # fmt: skip
+    caption = "Mean over seeds; the band: one standard deviation. Each architecture at the reference recipe."
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+# ---------------------------------------------------------------- per-class IoU
 
 
 def plot_per_class(d: Design, out: Path, names: Sequence[str]) -> Plot:
@@ -224,16 +235,14 @@ def plot_per_class(d: Design, out: Path, names: Sequence[str]) -> Plot:
     pair = family_pair(d)
     if pair is None:
         return Plot(name, title, None, "needs an FCN and a U-Net setting with finished runs")
-    from cityseg_fast.report.study_text import _class_iou
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 8))
     h = 0.4
     for j, s in enumerate(pair):
-        stats = [summarize(_class_iou(s, i)) for i in range(len(names))]
-        ys = [i + (j - 0.5) * h for i in range(len(names))]
-        ax.barh(ys, [100 * v.mean if v else 0 for v in stats], height=h, xerr=[100 * v.std if v else 0 for v in stats],
-                color=_colour(s), label=f"{model_label(s.point)} ({family(s.point)})", capsize=2)  # fmt: skip
+        stats = [summarize(class_iou(s, i)) for i in range(len(names))]
+        means, stds = [100 * v.mean if v else 0 for v in stats], [100 * v.std if v else 0 for v in stats]
+        ax.barh([i + (j - 0.5) * h for i in range(len(names))], means, height=h, xerr=stds, color=_colour(s),
+                label=f"{model_label(s.point)} ({family(s.point)})", capsize=2)  # fmt: skip
     ax.set_yticks(range(len(names)), list(names))
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
@@ -242,12 +251,15 @@ def plot_per_class(d: Design, out: Path, names: Sequence[str]) -> Plot:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", visible=False)
     fig.tight_layout()
-    return Plot(name, title, _save(fig, out / name),
-                caption="The best setting of each family by mean mIoU; bars are means over seeds.")  # fmt: skip
+    caption = "The best setting of each family by mean mIoU; bars are means over seeds."
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+# ---------------------------------------------------------------- predictions
 
 
 def _artifact(row: dict[str, Any], rel: str, results_dir: Path) -> Path | None:
-    """A file a row references, relative to its run dir; found in place or under the study folder's runs/."""
+    """A file a row names relative to its run dir: in place, or under the study folder's runs/ (moved)."""
     run_dir = Path(str(row["metrics"].get("out_dir", "")))
     for base in (run_dir, results_dir / "runs" / run_dir.name):
         if (base / rel).is_file():
@@ -256,24 +268,24 @@ def _artifact(row: dict[str, Any], rel: str, results_dir: Path) -> Path | None:
 
 
 def _example_columns(d: Design) -> list[tuple[str, dict[str, Any]]]:
-    """(title, row) of each architecture's lowest-seed run with predictions, best mIoU first, at most MAX_MODELS."""
+    """(title, row) of each architecture's lowest-seed run with predictions: the MAX_MODELS best."""
     cols = []
-    for s in _curve_settings(d):
-        runs = sorted(
-            (r for r in s.runs if r["metrics"].get("val_predictions")),
-            key=lambda r: r["point"].get("seed", 0),
-        )
-        if runs:
-            m = s.summary("miou")
-            cols.append(
-                (
-                    m.mean if m else 0.0,
-                    f"{model_label(s.point)}\n{100 * m.mean:.1f} mIoU" if m else model_label(s.point),
-                    runs[0],
-                )
-            )
+    for s in _architectures(d):
+        runs = [r for r in s.runs if r["metrics"].get("val_predictions")]
+        runs.sort(key=lambda r: r["point"].get("seed", 0))
+        m = s.mean("miou")
+        if runs and m is not None:
+            cols.append((m, f"{model_label(s.point)}\n{100 * m:.1f} mIoU", runs[0]))
     cols.sort(key=lambda c: -c[0])
     return [(t, r) for _, t, r in cols[:MAX_MODELS]]
+
+
+def _example_files(cols: list[tuple[str, dict[str, Any]]], results_dir: Path) -> list[list[Path | None]]:
+    """Per val frame: its input and ground truth (the first column's run's) and each column's prediction."""
+    first = cols[0][1]
+    return [[_artifact(first, e["input"], results_dir), _artifact(first, e["label"], results_dir)]
+            + [_artifact(r, e["pred"], results_dir) for _, r in cols]
+            for e in first["metrics"]["val_predictions"]]  # fmt: skip
 
 
 def plot_predictions(
@@ -283,48 +295,38 @@ def plot_predictions(
     cols = _example_columns(d)
     if not cols:
         return Plot(name, title, None, "no run references its prediction PNGs")
+    files = _example_files(cols, results_dir)
+    if any(f is None for row in files for f in row):
+        return Plot(name, title, None, "the prediction PNGs the rows name are missing (moved without them?)")
+    images = [[_rgb(f) for f in row] for row in files]
+    h, w = images[0][0].shape[:2]
+    heads = ["input", "ground truth"] + [t for t, _ in cols]
+    plt = _plt()
+    pw = 2.6  # inches per panel
+    size = (pw * len(heads), pw * h / w * len(images) + 1.2)
+    fig, grid = plt.subplots(len(images), len(heads), figsize=size, squeeze=False)
+    for i, row in enumerate(images):
+        for j, img in enumerate(row):
+            grid[i][j].imshow(img)
+            grid[i][j].set_xticks([])
+            grid[i][j].set_yticks([])
+            if i == 0:
+                grid[i][j].set_title(heads[j], fontsize=8)
+    patches = [plt.Rectangle((0, 0), 1, 1, color=[c / 255 for c in colours[k]]) for k in range(len(names))]
+    fig.legend(patches, list(names), loc="lower center", ncol=10, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    caption = ("Rows: the first three val frames. Columns: the input, the ground truth, and each "
+               "architecture's prediction (its lowest seed) in the Cityscapes palette; black: ignored.")
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+def _rgb(path: Path | None) -> Any:
+    """An RGB array of a PNG (palette PNGs expand to their colours); the file is closed after."""
+    import numpy as np
     from PIL import Image
 
-    examples = cols[0][1]["metrics"]["val_predictions"]
-    panels = [("input", None), ("ground truth", None)] + cols
-    files = [[_artifact(cols[0][1], e["input"], results_dir), _artifact(cols[0][1], e["label"], results_dir)]
-             + [_artifact(r, e["pred"], results_dir) for _, r in cols] for e in examples]  # fmt: skip
-    if any(f is None for row in files for f in row):
-        return Plot(
-            name,
-            title,
-            None,
-            "prediction PNGs the rows reference are missing (run the study here to draw it)",
-        )
-    plt = _plt()
-    w, h = Image.open(files[0][0]).size
-    pw = 2.6
-    fig, grid = plt.subplots(
-        len(files), len(panels), figsize=(pw * len(panels), pw * h / w * len(files) + 1.2), squeeze=False
-    )
-    for i, row in enumerate(files):
-        for j, path in enumerate(row):
-            ax = grid[i][j]
-            ax.imshow(Image.open(path).convert("RGB"))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(panels[j][0], fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=[c / 255 for c in colours[k]]) for k in range(len(names))]
-    fig.legend(handles, list(names), loc="lower center", ncol=10, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return Plot(name, title, _save(fig, out / name),
-                caption="Rows: the first three val frames. Columns: the input, the ground truth, and each architecture's "
-                        "prediction (its lowest seed) in the Cityscapes palette; black = ignored.")  # fmt: skip
-
-
-PLOT_FILES = (
-    "study_front.png",
-    "study_effects.png",
-    "study_curves.png",
-    "study_per_class.png",
-    "study_predictions.png",
-)
+    with Image.open(str(path)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def make_plots(d: Design, out: Path, results_dir: Path) -> list[Plot]:
@@ -332,5 +334,6 @@ def make_plots(d: Design, out: Path, results_dir: Path) -> list[Plot]:
 
     for f in PLOT_FILES:
         (out / f).unlink(missing_ok=True)  # an earlier build's plot would be linked by nothing and mislead
-    return [plot_front(d, out), plot_effects(d, out), plot_curves(d, out), plot_per_class(d, out, CLASS_NAMES),
-            plot_predictions(d, out, results_dir, CLASS_NAMES, CLASS_COLORS)]  # fmt: skip
+    figures = [plot_front(d, out), plot_effects(d, out), plot_curves(d, out)]
+    figures.append(plot_per_class(d, out, CLASS_NAMES))
+    return figures + [plot_predictions(d, out, results_dir, CLASS_NAMES, CLASS_COLORS)]
