@@ -22,7 +22,7 @@ from cityseg_fast.config import load_config
 from cityseg_fast.errors import UserError
 from cityseg_fast.report.stats import summarize, t_two_sided_p, welch
 from cityseg_fast.report.study import build_study_report
-from cityseg_fast.report.study_design import design
+from cityseg_fast.report.study_design import design, family
 from cityseg_fast.report.study_plots import PLOT_FILES
 from cityseg_fast.results import append_row, read_rows, row_for
 
@@ -60,9 +60,9 @@ def test_dry_run_lists_every_run_with_its_seed_and_estimate(tmp_path, capsys):
     study = load_study(cfg, tmp_path / "out")
     runs = plan(study)
     acc = [r for r in runs if r.scenario == "accuracy"]
-    assert sorted((r.seed, r.label) for r in acc) == [
-        (s, f"train.lr={lr}") for s in (0, 1) for lr in (0.001, 0.005)
-    ]  # 2 points x 2 seeds, seed-major
+    assert [(r.seed, r.label) for r in acc] == [
+        (s, label) for s in (0, 1) for label in ("(reference)", "lr=0.005")
+    ]  # 2 points x 2 seeds, seed-major; each named by what it changes of the first
     assert [r.seed for r in acc] == [0, 0, 1, 1] and len(runs) == 5  # + one baseline (it has no seed)
     assert all(r.estimate_s >= 4 and not r.done and not r.calibrated for r in runs)  # 4 s overhead + FLOPs
     assert all(r.estimate_s > 4 for r in acc)
@@ -79,10 +79,11 @@ def test_study_config_errors_are_one_line(tmp_path):
         load_study(_config(tmp_path, study=None), tmp_path / "o")
     with pytest.raises(UserError, match="study.seeds"):
         load_study(_config(tmp_path, study={**TINY["study"], "seeds": [0, 0]}), tmp_path / "o")
-    with pytest.raises(UserError, match="seeds come from study.seeds"):
-        load_study(
-            _config(tmp_path, runs=[{"scenarios": ["accuracy"], "grid": {"train.seed": [3]}}]), tmp_path / "o"
-        )
+    seeded = [{"scenarios": ["accuracy"], "grid": {"train.seed": [3]}}]
+    with pytest.raises(UserError, match=r"runs\[0\] sets train.seed; a study's seeds come from study.seeds"):
+        load_study(_config(tmp_path, runs=seeded), tmp_path / "o")
+    with pytest.raises(UserError, match="overrides sets loader.seed"):
+        load_study(_config(tmp_path, overrides={**TINY["overrides"], "loader.seed": 1}), tmp_path / "o")
 
 
 def test_killed_study_resumes_without_repeating_a_run_or_losing_a_row(tmp_path):
@@ -150,6 +151,7 @@ def _planted(tmp: Path) -> Path:
         (["model.name=unet_s16"], (0.300, 0.310, 0.320), (20.0, 21.0, 19.0)),
         (["model.name=fcn_resnet50"], (0.200, 0.210, 0.205), (5.0, 5.2, 4.9)),
         (["model.name=unet_s16", "train.lr=0.02"], (0.305, 0.330, 0.300), (20.5, 19.5, 20.0)),
+        (["model.name=fcn_resnet50", "train.lr=0.02"], (0.150, 0.155, 0.160), (5.1, 5.0, 5.0)),
     ]
     for over, mious, ipss in settings:
         for seed, (m, ips) in enumerate(zip(mious, ipss, strict=True)):
@@ -174,9 +176,13 @@ def test_conclusions_call_a_real_difference_one_and_noise_none(tmp_path):
     fcn = next(line for line in conclusions.splitlines() if line.startswith("- fcn_resnet50 reaches"))
     assert "20.5 ± 0.5 mIoU, 0.66x unet_s16 (31.0 ± 1.0" in fcn and ": a difference (Welch's t" in fcn
     assert "training throughput 0.25x (5.03 vs 20.0 img/s)" in fcn
-    lr = next(line for line in conclusions.splitlines() if line.startswith("- lr 0.02 reaches"))
+    lr = next(line for line in conclusions.splitlines() if line.startswith("- unet_s16 at lr 0.02 reaches"))
     assert "no measurable difference (Welch's t" in lr and "a difference" not in lr
-    assert "3 of 3 settings beat the per-pixel colour baseline (10.0 mIoU)" in conclusions
+    fcn_lr = next(line for line in conclusions.splitlines() if line.startswith("- fcn_resnet50 at lr 0.02"))
+    assert "against 20.5 ± 0.5 for fcn_resnet50 at lr 0.01" not in fcn_lr  # a difference: the ratio form
+    assert "0.76x fcn_resnet50 at lr 0.01 (20.5 ± 0.5; -5.0 points): a difference" in fcn_lr
+    assert "4 of 4 settings beat the per-pixel colour baseline (10.0 mIoU)" in conclusions
+    assert "**Learning rate** (each against the same architecture at lr 0.01)" in conclusions
     for heading in ("## Methodology", "### Models", "### Recipe", "### Seeds and statistics", "## Results",
                     "### Architecture", "### Learning rate", "Hardware and software"):  # fmt: skip
         assert heading in md, heading
@@ -196,3 +202,17 @@ def test_welch_matches_known_t_quantiles():
     assert w.significant and w.df == pytest.approx(4.0) and w.t == pytest.approx(6.1237, abs=1e-3)
     assert not welch([0.30, 0.35, 0.32], [0.31, 0.29, 0.33]).significant
     assert welch([0.3], [0.2, 0.25]) is None and summarize([0.3]).std == 0.0
+
+
+def test_shipped_studies_expand_to_what_the_issue_asks(monkeypatch, tmp_path):
+    monkeypatch.setenv("NGPU", "8")
+    for name, world in (("cpu_synth", 1), ("cityscapes_gpu", 8)):
+        study = load_study(ROOT / "configs" / "studies" / f"{name}.yaml", tmp_path / name)
+        acc = [sp for sp in study.spec.points if sp.scenario == "accuracy"]
+        assert study.seeds == [0, 1, 2] and {sp.world_size for sp in acc} == {world}
+        rows = [row_for("accuracy", sp.cfg, {"miou": 0.1}, env={}, world_size=sp.world_size) for sp in acc]
+        d = design(rows)
+        assert len(d.settings) * 3 == len(acc), name  # every setting once per seed
+        assert {"FCN", "U-Net"} <= {family(s.point) for s in d.axes[0].settings}, name
+        axes = {a.name for a in d.axes}
+        assert {"architecture", "lr", "batch_size", "resolution", "image_format"} <= axes, (name, axes)

@@ -102,7 +102,8 @@ def _study_block(raw: dict[str, Any], where: Path) -> dict[str, Any]:
     if unknown:
         raise UserError(f"{where}: unknown study key(s) {sorted(unknown)}; valid: {sorted(STUDY_KEYS)}")
     data = block.get("data") or {}
-    if not isinstance(data, dict) or set(data) - DATA_KEYS or ("synth" in data) == ("source" in data):
+    one_source = isinstance(data, dict) and (not data or ("synth" in data) != ("source" in data))
+    if not one_source or set(data) - DATA_KEYS:
         raise UserError(
             f"{where}: study.data needs one of synth: or source:, and prepare: (keys {sorted(DATA_KEYS)})"
         )
@@ -118,6 +119,14 @@ def _beside(name: Any, study_file: Path) -> Any:
     return str(here.resolve()) if not Path(text).is_file() and here.is_file() else name
 
 
+def _no_seeds(block: dict[str, Any], where: str) -> None:
+    for part in ("grid", "overrides"):
+        keys = block.get(part) or {}
+        clash = [k for k in SEED_KEYS if isinstance(keys, dict) and k in keys]
+        if clash:
+            raise UserError(f"{where} sets {clash[0]}; a study's seeds come from study.seeds")
+
+
 def expand_seeds(raw: dict[str, Any], seeds: list[int], where: Path) -> dict[str, Any]:
     """The sweep spec with every run block repeated per seed (seed-major: one seed of every point first,
     so a study stopped early has one whole seed), each copy's grid setting train.seed and loader.seed."""
@@ -126,10 +135,9 @@ def expand_seeds(raw: dict[str, Any], seeds: list[int], where: Path) -> dict[str
         runs = [{k: raw.pop(k) for k in ("scenarios", "grid") if k in raw}]
     if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
         raise UserError(f"{where}: 'runs' must be a list of {{scenarios, grid, overrides}} blocks")
-    for i, run in enumerate(runs):
-        clash = [k for k in SEED_KEYS if k in (run.get("grid") or {}) or k in (run.get("overrides") or {})]
-        if clash:
-            raise UserError(f"{where}: runs[{i}] sets {clash[0]}; a study's seeds come from study.seeds")
+    for name, block in [("overrides", raw), *((f"runs[{i}]", run) for i, run in enumerate(runs))]:
+        _no_seeds(block, f"{where}: {name}")
+    for run in runs:
         if "config" in run:
             run["config"] = _beside(run["config"], where)
     expanded = [
@@ -313,20 +321,34 @@ def plan(study: Study) -> list[PlannedRun]:
     cache: dict[str, tuple[float, float]] = {}
     rates = _measured_rates(study, rows, cache)
     runs = []
+    labels = _labels(study.spec.points)
     for i, (pid, sp) in enumerate(_ids(study), 1):
         rate = rates.get(sp.cfg.model.name) or rates.get("*")
         gflop_per_s = rate or study.estimate.gflop_per_s
         est = study.estimate.overhead_s + work_gflop(study, sp, cache) / gflop_per_s
         seed = sp.point.get("seed") if sp.scenario == "accuracy" else None
-        runs.append(PlannedRun(i, sp.scenario, _label(sp), seed, pid, est, pid in done, rate is not None))
+        runs.append(PlannedRun(i, sp.scenario, labels[i - 1], seed, pid, est, pid in done, rate is not None))
     return runs
 
 
-def _label(sp: SweepPoint) -> str:
-    """The point's grid values without the seeds (the seed has its own column)."""
-    parts = [p for p in sp.label.split(" ") if p and not p.startswith(SEED_KEYS) and not p.startswith("ws=")]
-    ws = f" ws={sp.world_size}" if sp.world_size > 1 else ""
-    return (" ".join(parts) or "(the spec's own settings)") + ws
+def _labels(points: list[SweepPoint]) -> list[str]:
+    """Each point as what it changes of the study's first accuracy point (the reference, by the configs'
+    convention): 'model=fcn8s_vgg16_bn base_width=8 resolution=32x64'; seeds have their own column."""
+    ref = next((sp.point for sp in points if sp.scenario == "accuracy"), {})
+    labels = []
+    for sp in points:
+        if sp.scenario != "accuracy":
+            labels.append(sp.point.get("model", sp.scenario))
+            continue
+        keys = [k for k in sp.point if k not in ("seed", "loader_seed") and sp.point[k] != ref.get(k)]
+        labels.append(" ".join(f"{k}={_value(k, sp.point[k])}" for k in keys) or "(reference)")
+    return labels
+
+
+def _value(key: str, v: Any) -> str:
+    if key == "data_root":
+        return Path(str(v)).name  # a dataset without a manifest yet (a dry run before the data is made)
+    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def total_s(runs: list[PlannedRun], todo_only: bool = True) -> float:

@@ -35,7 +35,8 @@ STUDY_FILE = "STUDY.md"
 REFERENCE_FACTORS = ("resolution", "batch_size", "lr", "image_format")  # how Methodology names the reference
 
 
-def _cells(s: Setting, ref: Setting | None, anchor: Setting) -> list[str]:
+def _cells(s: Setting, ref: Setting | None, anchor: Setting | None = None) -> list[str]:
+    """Seeds, mIoU, pixel accuracy, img/s, memory, wall time (means ± std) and what the setting is for."""
     ips, mem, wall = s.summary("images_per_s"), s.summary("memory"), s.summary("train_wall_s")
     tags = [t for t, on in (("reference", s is ref), ("compared with", s is anchor and s is not ref)) if on]
     return [
@@ -148,7 +149,7 @@ def conclusions(d: Design) -> str:
     for axis in d.axes:
         lines = text.axis_conclusions(axis)
         if lines:
-            anchor = text.setting_name(axis, axis.anchor)
+            anchor = text.anchor_phrase(axis)
             parts.append(
                 f"\n**{axis.title}** (each against {anchor}):\n\n" + "".join(f"- {x}\n" for x in lines)
             )

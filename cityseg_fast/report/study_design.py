@@ -118,6 +118,15 @@ class Axis:
         """Whether the axis has lines for more than one architecture."""
         return len({model_label(s.point) for s in self.settings}) > 1 and self.name != "architecture"
 
+    def anchor_for(self, s: Setting) -> Setting:
+        """What `s` is compared with: on a per-model axis, the same architecture at the anchor's value of
+        the factor (fcn8s at 32x64 against fcn8s at 64x128, not against the reference U-Net)."""
+        if not self.per_model:
+            return self.anchor
+        same = (o for o in self.settings if model_label(o.point) == model_label(s.point))
+        value = self.anchor.point.get(self.name)
+        return next((o for o in same if o.point.get(self.name) == value), self.anchor)
+
 
 def differs_in(ref: Setting | None, s: Setting) -> str:
     """'lr 0.002, 96x192': the factors in which `s` differs from the reference, its architecture aside."""

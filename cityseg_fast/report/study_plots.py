@@ -30,7 +30,7 @@ FAMILY_COLOURS = {"U-Net": "#1f77b4", "FCN": "#d62728"}
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 EFFECT_AXES = ("resolution", "lr", "batch_size", "image_format", "iters", "optimizer")
 LOG_AXES = {"lr": 10, "batch_size": 2, "resolution": 2}  # factor -> log base of its x axis
-MAX_MODELS = 6  # columns of model predictions in the figure
+MAX_MODELS = 8  # columns of model predictions in the figure
 PLOT_FILES = ("study_front.png", "study_effects.png", "study_curves.png", "study_per_class.png",
               "study_predictions.png")  # fmt: skip
 
@@ -302,7 +302,7 @@ def plot_predictions(
     h, w = images[0][0].shape[:2]
     heads = ["input", "ground truth"] + [t for t, _ in cols]
     plt = _plt()
-    pw = 2.6  # inches per panel
+    pw = min(2.6, 22.0 / len(heads))  # inches per panel: the figure stays within ~22 inches
     size = (pw * len(heads), pw * h / w * len(images) + 1.2)
     fig, grid = plt.subplots(len(images), len(heads), figsize=size, squeeze=False)
     for i, row in enumerate(images):

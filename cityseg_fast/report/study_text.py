@@ -85,11 +85,22 @@ def compare(s: Setting, a: Setting, name_s: str, name_a: str) -> str:
 
 
 def axis_conclusions(axis: Axis) -> list[str]:
-    """Every setting of the axis against its anchor (the reference, or PNG), best first."""
-    others = [s for s in axis.settings if s is not axis.anchor and s.mean("miou") is not None]
-    others.sort(key=lambda s: -(s.mean("miou") or 0.0))
-    anchor = setting_name(axis, axis.anchor)
-    return [compare(s, axis.anchor, setting_name(axis, s), anchor) for s in others]
+    """Every setting of the axis against its anchor (the reference, PNG, or on a per-model axis the same
+    architecture at the reference's value), best first (per architecture on a per-model axis)."""
+    others = [s for s in axis.settings if s is not axis.anchor_for(s) and s.mean("miou") is not None]
+    others.sort(key=lambda s: (model_label(s.point) if axis.per_model else "", -(s.mean("miou") or 0.0)))
+    lines = []
+    for s in others:
+        anchor = axis.anchor_for(s)
+        lines.append(compare(s, anchor, setting_name(axis, s), setting_name(axis, anchor)))
+    return lines
+
+
+def anchor_phrase(axis: Axis) -> str:
+    """'unet_s16' / 'PNG' / 'the same architecture at 64x128': what an axis's sentences compare with."""
+    if axis.per_model:
+        return f"the same architecture at {value_label(axis.name, axis.anchor.point)}"
+    return setting_name(axis, axis.anchor)
 
 
 def baseline_conclusion(d: Design) -> str:
