@@ -1,0 +1,52 @@
+"""Sizing configs/studies/cpu_synth.yaml: the train-step throughput of each of its settings relative to the
+reference (a one-off measurement, kept so that the study's time estimate can be checked and redone).
+
+Each setting runs `cityseg bench model` (engine.step.train_step on synthetic batches at its crop and batch)
+in turn, round-robin, so that all of them share the same background load; one intra-op thread, so that a
+loaded machine's spinning OpenMP threads do not distort the ratios (reports/cpu-models/). Rows are appended
+to ratios.jsonl beside this file:
+    PYTHONPATH=$PWD python reports/cpu-study/sizing/ratios.py 3      # 3 rounds; ~25 min on 2 busy cores
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+CFG = ROOT / "configs" / "train" / "unet_cpu_synth.yaml"  # cpu_synth.yaml's base recipe
+FCN = ["model.name=fcn8s_vgg16_bn", "model.base_width=8"]
+POINTS = {  # cpu_synth.yaml's settings whose step cost differs (lr and image format do not change it)
+    "ref": [], "transposed": ["model.upsample=transposed"], "depth3": ["model.depth=3"],
+    "w8": ["model.base_width=8"], "fcn32s": ["model.name=fcn32s_vgg16_bn", "model.base_width=8"],
+    "fcn16s": ["model.name=fcn16s_vgg16_bn", "model.base_width=8"], "fcn8s": FCN,
+    "bs4": ["loader.batch_size=4"], "bs16": ["loader.batch_size=16"],
+    "crop32": ["data.crop=[32,64]"], "crop96": ["data.crop=[96,192]"],
+    "fcn8s_crop32": FCN + ["data.crop=[32,64]"], "fcn8s_crop96": FCN + ["data.crop=[96,192]"],
+}  # fmt: skip
+
+
+def measure(name: str, over: list[str], rnd: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cityseg_fast", "bench", "model", "--config", str(CFG), *over,
+           "bench.iters=5", "bench.warmup=2", "--json"]  # fmt: skip
+    load, t0 = open("/proc/loadavg").read().split()[0], time.time()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    rec = {"round": rnd, "name": name, "load": load, "wall": round(time.time() - t0, 1)}
+    try:
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {**rec, "error": p.stderr[-300:]}
+    m = row["metrics"]
+    return {**rec, "ips": m["images_per_s"], "p50_ms": m["latency_ms_p50"], "bs": row["point"]["batch_size"],
+            "train_gflop": (m.get("train_flops_per_image") or 0) / 1e9}  # fmt: skip
+
+
+if __name__ == "__main__":
+    with open(Path(__file__).with_name("ratios.jsonl"), "a") as out:
+        for rnd in range(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
+            for name, over in POINTS.items():
+                out.write(json.dumps(measure(name, over, rnd)) + "\n")
+                out.flush()
