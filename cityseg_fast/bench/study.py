@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from cityseg_fast.bench.sweep import SweepPoint, SweepSpec, load_spec
-from cityseg_fast.config import Config, load_yaml
+from cityseg_fast.config import Config, load_yaml, replace
 from cityseg_fast.errors import UserError
 
 STUDY_KEYS = {"seeds", "data", "estimate", "title"}
@@ -251,6 +251,7 @@ def _train_gflop(cfg: Config, cache: dict[str, tuple[float, float]]) -> tuple[fl
     from cityseg_fast.bench.flops import count_flops
     from cityseg_fast.models import model_from_config
 
+    cfg = replace(cfg, model={"pretrained": ""})  # the same FLOPs, and no weights to read or download
     key = json.dumps([vars(cfg.model), cfg.data.crop, cfg.data.num_classes], default=str)
     if key not in cache:
         with torch.device("meta"):
