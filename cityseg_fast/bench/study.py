@@ -215,7 +215,10 @@ def make_data(study: Study, progress: bool = True) -> list[str]:
         src, line = _synthesize(root / "synth", study.data["synth"], progress)
         lines.append(line)
     else:
-        src = Path(os.path.expandvars(str(study.data["source"]))).expanduser()
+        text = os.path.expandvars(str(study.data["source"]))
+        if "$" in text:
+            raise UserError(f"{study.source}: study.data.source {text!r}: its variable is not set")
+        src = Path(text).expanduser()
     for name, options in (study.data.get("prepare") or {}).items():
         try:
             s = prepare_dataset(src, root / name, progress=progress, **(options or {}))
