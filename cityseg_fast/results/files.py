@@ -32,7 +32,8 @@ def shard_of(path: str | os.PathLike) -> tuple[int, int] | None:
 def results_files(folder: str | os.PathLike) -> list[Path]:
     """The folder's results files that exist: results.jsonl first, then the shard files by (N, I)."""
     d = Path(folder)
-    shards = sorted((p for p in d.glob("results.shard-*.jsonl") if shard_of(p)), key=lambda p: shard_of(p)[::-1])
+    shards = [p for p in d.glob("results.shard-*.jsonl") if shard_of(p)]
+    shards.sort(key=lambda p: shard_of(p)[::-1])
     main = d / RESULTS_FILE
     return ([main] if main.is_file() else []) + [p for p in shards if p.is_file()]
 
