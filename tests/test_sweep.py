@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cityseg_fast.bench.sweep import load_spec, run_sweep
+from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.bench.sweep_spec import load_spec
 from cityseg_fast.errors import UserError
 from cityseg_fast.results import read_rows, validate_row
 
