@@ -100,15 +100,11 @@ def runs_section(runs: Sequence[Run]) -> str:
     for run in runs:
         counts = {s: sum(r["status"] == s for r in run.rows) for s in ("ok", "oom", "error")}
         scen = sorted({r["scenario"] for r in run.rows})
-        notes = []
-        if run.skipped:
-            notes.append(run.skipped_note())
-        if run.superseded:
-            notes.append(f"{run.superseded} older result(s) of re-measured points ignored")
+        notes = run.notes()
         body.append(
             [
                 run.name,
-                str(run.path),
+                ", ".join(str(src.path) for src in run.sources) or str(run.path),
                 len(run.rows),
                 counts["ok"],
                 counts["oom"],
