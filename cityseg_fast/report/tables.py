@@ -198,7 +198,8 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     if scenario == "loader":
         varying = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
         constant = {k: v for k, v in constant.items() if k not in ("loader", "loader_device", "decode_only")}
-    rows = sort_rows(rows, varying)
+    # by point, not by when it ran (shards merge in any order); a loader table's loader columns last
+    rows = sort_rows(rows, varying + (["loader", "loader_device", "decode_only"] if scenario == "loader" else []))
     head = (["run"] if with_run else []) + (["loader"] if scenario == "loader" else []) + varying
     out = [constants_line(constant)]
 
