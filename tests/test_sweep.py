@@ -321,6 +321,7 @@ def test_devices_give_each_child_its_own_and_points_without_data_need_no_dataset
     from cityseg_fast.results import append_row, row_for
 
     monkeypatch.delenv("NODATA", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # --devices may name any device then
     over = {**CHEAP, "bench.iters": 1, "bench.warmup": 0, "data.root": "${NODATA}"}
     path = _write(tmp_path / "d.yaml", {"name": "d", "overrides": over, "timeout_s": 240,
                                          "runs": [{"scenarios": ["infer"], "grid": {"loader.batch_size": [1, 2]}}]})  # fmt: skip

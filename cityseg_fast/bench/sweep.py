@@ -210,9 +210,9 @@ class Progress:
         return len(self.rows) - 1
 
     def finish(self, i: int, row: Row) -> None:
-        ips = row["metrics"].get("images_per_s")
+        ips, wall = row["metrics"].get("images_per_s"), row["metrics"].get("point_wall_s")
         self.rows[i][3:] = [row["status"], f"{ips:.1f}" if isinstance(ips, float) else "",
-                            f"{row['metrics']['point_wall_s']:.0f}"]  # fmt: skip
+                            f"{wall:.0f}" if isinstance(wall, float) else ""]  # fmt: skip
         self.counts[row["status"]] += 1
 
     def table(self, title: str) -> Any:

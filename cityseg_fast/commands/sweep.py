@@ -12,9 +12,12 @@ files a spec names are found beside it or under the repository root, from any wo
 Many GPUs, many nodes:
   --devices 0,1,2,3   single-GPU points run side by side, one per device (CUDA_VISIBLE_DEVICES); a
                       world-size-N point waits for N free devices and runs on them (torchrun). Each row
-                      records its devices (metrics.visible_devices).
+                      records its devices (metrics.visible_devices). `--devices all`: every visible GPU
+                      (those of CUDA_VISIBLE_DEVICES when it is set, as in a Slurm job). Points side by
+                      side share the host's CPU cores: measure loader and e2e points alone (without
+                      --devices, or in a sweep of their own) when their absolute speed matters.
   --shard I/N         run only shard I (0-based) of N: a point belongs to shard int(point_id, 16) % N, so
-                      the N shards are disjoint and complete and a point's shard never changes. Rows go to
+                      the N shards are disjoint and complete and a point's shard depends on its id alone. Rows go to
                       OUT/results.shard-I-of-N.jsonl, so shards can share OUT (or be copied into one);
                       `cityseg report OUT` reads every results file of OUT as one run, and
                       `cityseg report --merge DIR1 DIR2 ...` merges shards kept in separate folders.
@@ -22,7 +25,7 @@ Many GPUs, many nodes:
   cityseg sweep configs/sweeps/cpu_quick.yaml --out runs/cpu_quick
   cityseg sweep configs/sweeps/gpu_full.yaml --dry-run          # list the points only
   cityseg sweep configs/sweeps/gpu_full.yaml --devices 0,1,2,3,4,5,6,7 --out runs/gpu_full
-  cityseg sweep configs/sweeps/gpu_full.yaml --shard $SLURM_ARRAY_TASK_ID/4 --out runs/gpu_full   # --array=0-3
+  cityseg sweep configs/sweeps/gpu_full.yaml --shard $SLURM_ARRAY_TASK_ID/4 --devices all --out runs/gpu_full
 """
 
 from __future__ import annotations
@@ -50,23 +53,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         help="run only these scenarios (repeatable)",
     )
-    p.add_argument("--devices", metavar="IDS", help="comma-separated GPU ids (or UUIDs) to run points on side by side, e.g. 0,1,2,3")
+    p.add_argument("--devices", metavar="IDS", help="comma-separated GPU ids (or UUIDs) to run points on side by side, e.g. 0,1,2,3; all: every visible GPU")
     p.add_argument("--shard", metavar="I/N", help="run shard I (0..N-1) of N into OUT/results.shard-I-of-N.jsonl")
 
 
 def parse_devices(text: str | None) -> list[str] | None:
-    """'0,1,2' -> ['0', '1', '2'] (ids or GPU-/MIG- UUIDs, each once); None when not given."""
+    """'0,1,2' -> ['0', '1', '2'] (ids or GPU-/MIG- UUIDs, each once), 'all' -> every visible device; None
+    when not given. Under a CUDA_VISIBLE_DEVICES of its own (a Slurm job's GPUs) the sweep may use only
+    those: a child's CUDA_VISIBLE_DEVICES replaces it, so an id outside it would reach another job's GPU."""
     if text is None:
         return None
+    import os
+
     from cityseg_fast.errors import UserError
 
+    visible = [t for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
+    if text == "all":
+        ids = visible or _cuda_ids()
+        if not ids:
+            raise UserError("--devices all: no CUDA device is visible here")
+        return ids
     ids = [t.strip() for t in text.split(",")]
     if not all(re.fullmatch(r"[A-Za-z0-9_-]+", t) for t in ids):
-        raise UserError(f"--devices '{text}': expected comma-separated device ids, e.g. 0,1,2,3")
+        raise UserError(f"--devices '{text}': expected comma-separated device ids, e.g. 0,1,2,3 (or all)")
     twice = sorted({t for t in ids if ids.count(t) > 1})
     if twice:
         raise UserError(f"--devices '{text}': device {twice[0]} is listed twice")
+    outside = [t for t in ids if visible and t not in visible]
+    if outside:
+        raise UserError(
+            f"--devices '{text}': device {outside[0]} is not in CUDA_VISIBLE_DEVICES={','.join(visible)} "
+            "(the devices this process may use)"
+        )
     return ids
+
+
+def _cuda_ids() -> list[str]:
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
