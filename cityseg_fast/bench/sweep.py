@@ -302,10 +302,10 @@ def run_sweep(
     table = state.progress.table(spec.name)
     with Live(table, console=Console(stderr=True), refresh_per_second=2, transient=False, auto_refresh=live) as view:
         try:
-            while state.queue or state.slots.running:
-                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and state.queue:
-                    state.progress.counts["not_started"] = len(state.queue)
-                    state.queue.clear()
+            while state.todo or state.slots.running:
+                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and state.todo:
+                    state.progress.counts["not_started"] = len(state.todo)
+                    state.todo.clear()
                 state.start_ready()
                 view.update(state.progress.table(spec.name))
                 if state.slots.running:
@@ -329,22 +329,22 @@ class _Sweep:
         self.done_status = ("ok",) if retry_oom else ("ok", "oom")
         self.done = done_ids(out, self.done_status)
         self.slots = _Devices(devices)
-        self.queue = list(spec.points)
+        self.todo = list(spec.points)
         self.progress = Progress(total=len(spec.points), devices=bool(devices))
         self.finished: queue.Queue[tuple[SweepPoint, tuple[str, ...], int, Any]] = queue.Queue()
 
     def start_ready(self) -> None:
         """Start points in order while the next one's devices are free; skip those already done."""
-        while self.queue:
-            sp = self.queue[0]
+        while self.todo:
+            sp = self.todo[0]
             if sp.id in self.done:
-                self.queue.pop(0)
+                self.todo.pop(0)
                 self.progress.add(sp, "skipped")
                 continue
             got = self.slots.take(sp.world_size)
             if got is None:
                 return
-            self.queue.pop(0)
+            self.todo.pop(0)
             try:
                 wait = self.runner(sp, self.work, self.spec.timeout_s, got)
             except BaseException:
@@ -381,4 +381,4 @@ class _Sweep:
             nxt = halved(sp)
             if nxt is not None:
                 self.progress.total += 1
-                self.queue.insert(0, nxt)
+                self.todo.insert(0, nxt)
