@@ -144,6 +144,9 @@ def test_an_unset_variable_fails_at_load_unless_only_points_without_data_use_it(
     with_data = load_spec(path, only=["model", "infer"])
     assert [sp.id for sp in with_data.points] == [sp.id for sp in without.points]
     assert {sp.cfg.data.root for sp in with_data.points} == {str(tmp_path / "some_dataset")}
+    monkeypatch.setenv("NODATA", "")  # empty is as good as unset
+    with pytest.raises(UserError, match=r"v\.yaml: \$\{NODATA\} is empty; data\.root of 2 point"):
+        load_spec(path)
     monkeypatch.delenv("NODATA")
     other = {**spec, "runs": [{"scenarios": ["infer"], "grid": {"model.name": ["${NODATA}"]}}]}
     with pytest.raises(UserError, match=r"\$\{NODATA\} is not set \(used in runs\[0\]\.grid\.model\.name\[0\]\)"):

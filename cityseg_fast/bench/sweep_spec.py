@@ -23,8 +23,8 @@ baseline) and in ascending world size; derived metrics (e2e and scaling efficien
 rows are read (`results.merge`), so no point needs another to have run first.
 
 Variables: `${NAME}` (or `$NAME`) anywhere in a spec (overrides, grid values, config paths, world_size)
-is expanded from the environment when the spec is loaded. An unset one is an error naming it and the
-spec, before anything runs, with one exception: where it only feeds `data.root` of points that read no
+is expanded from the environment when the spec is loaded. An unset (or empty) one is an error naming it
+and the spec, before anything runs, with one exception: where it only feeds `data.root` of points that read no
 data (`SCENARIOS[name].reads_data` is false: model and infer time synthetic on-device batches), those
 points run without a dataset, so `--only model --only infer` needs none. Their point ids never depend
 on the dataset (no dataset key is part of them).
@@ -155,13 +155,17 @@ def resolve_variables(value: Any, spec: Path, where: str = "") -> Any:
 
     def expand(m: Any) -> str:
         name = m.group(1) or m.group(2)
-        if name in os.environ:
+        if os.environ.get(name):  # an empty one is a mistake too (CITYSCAPES_QUICK= cityseg sweep ...)
             return os.environ[name]
         if _feeds_data_root(where, value):
             return m.group(0)
-        raise UserError(f"{spec}: ${{{name}}} is not set (used in {where}); set it in the environment")
+        raise UserError(f"{spec}: ${{{name}}} {_unset(name)} (used in {where}); set it in the environment")
 
     return VARIABLE.sub(expand, value)
+
+
+def _unset(name: str) -> str:
+    return "is empty" if name in os.environ else "is not set"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +327,7 @@ def _needs_message(p: Path, needs: list[tuple[str, dict[str, list[str]]]], hint:
     key, names = next(iter(needs[0][1].items()))
     name = names[0]
     hit = [s for s, keys in needs if key in keys]
-    state = "is not set" if name not in os.environ else "is not expanded (variables in config files are not)"
+    state = _unset(name) if not os.environ.get(name) else "is not expanded (variables in config files are not)"
     msg = f"{p}: ${{{name}}} {state}; {key} of {len(hit)} point(s) ({', '.join(dict.fromkeys(hit))}) needs it"
     if key == DATA_ROOT and hint:
         return msg + f"; set it, or run only the points that read no data ({NO_DATA_HINT})"
