@@ -8,7 +8,17 @@ import json
 import pytest
 
 from cityseg_fast.config import load_config
-from cityseg_fast.results import append_row, e2e_limit, merge, read_rows, row_for
+from cityseg_fast.results import (
+    append_row,
+    e2e_limit,
+    latest_per_point,
+    merge,
+    read_rows,
+    row_for,
+    split_unresolved,
+    unresolved,
+    variables_in,
+)
 
 BASE = ["model.name=unet_s16", "data.crop=[64,128]", "loader.batch_size=4", "loader.backend=dali",
         "loader.device=cpu"]  # fmt: skip
@@ -80,3 +90,19 @@ def test_schema_1_rows_are_upgraded_on_read(tmp_path):
     assert first["metrics"]["per_class_iou"] == [0.5] and first["metrics"]["miou"] == pytest.approx(0.315)
     assert first["point_id"] != "x" and second["schema"] == 2
     assert merge([first])[0]["derived"] == {"e2e_efficiency": 0.8}
+
+
+def test_rows_under_an_unresolved_variable_are_never_merged_with_real_ones():
+    """An older sweep recorded infer rows with data.root=${CITYSCAPES_QUICK} unset: their point (infer reads
+    no data) is that of a real row, but they are left out, never chosen over or derived from."""
+    real = row("infer", 10.0)
+    ghost = row("infer", 99.0, "data.root=${CITYSCAPES_QUICK}")
+    assert ghost["point_id"] == real["point_id"] and unresolved(ghost) == ["CITYSCAPES_QUICK"]
+    assert unresolved(real) == [] and variables_in({"a": ["$A/x", "${B}", 3, "$A"]}) == ["A", "B"]
+    merged = merge([real, ghost])
+    assert len(merged) == 1 and merged[0]["metrics"]["images_per_s"] == 10.0
+    assert latest_per_point([ghost]) == ([], 0) and split_unresolved([ghost, real]) == ([real], [ghost])
+    loader, model = row("loader", 100.0), row("model", 50.0)
+    e2e, ghost_e2e = row("e2e", 30.0), row("e2e", 90.0, "model.name=${M}")
+    assert {r["point_id"] for r in merge([loader, ghost_e2e, model])} == {loader["point_id"], model["point_id"]}
+    assert derived([loader, model, ghost_e2e, e2e], e2e)["e2e_efficiency"] == pytest.approx(30.0 / (100 / 3))

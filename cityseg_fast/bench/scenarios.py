@@ -356,4 +356,8 @@ def run_scenario(name: str, cfg: Config) -> dict[str, Any]:
     """Measure one point of scenario `name` under `cfg`; returns its metrics."""
     if name not in RUNNERS:
         raise ValueError(f"unknown scenario '{name}' (have: {', '.join(RUNNERS)})")
-    return RUNNERS[name](cfg)
+    metrics = RUNNERS[name](cfg)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # the devices this point ran on (a sweep with --devices sets it per point)
+        metrics["visible_devices"] = visible
+    return metrics

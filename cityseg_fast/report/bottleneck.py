@@ -9,8 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cityseg_fast.report.format import DASH, fmt_num, fmt_pct, md_table
-from cityseg_fast.report.runs import Run, flat_point, loader_label, metric, point_label, split_keys
+from cityseg_fast.report.format import DASH, fmt_num, fmt_pct, md_table, sort_rows
+from cityseg_fast.report.runs import (
+    Run,
+    flat_point,
+    loader_label,
+    metric,
+    point_keys,
+    point_label,
+    split_keys,
+)
 
 
 def derived(row: dict[str, Any], key: str) -> float | None:
@@ -23,7 +31,8 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
     """One record per ok e2e point: its loader-alone and model-alone throughputs, the limit, the
     efficiency and a verdict, all as results.merge derived them (from the rows the e2e row names)."""
     out = []
-    for e in (r for r in run.rows if r["scenario"] == "e2e" and metric(r, "images_per_s") is not None):
+    rows = [r for r in run.rows if r["scenario"] == "e2e" and metric(r, "images_per_s") is not None]
+    for e in sort_rows(rows, point_keys(rows)):  # by point, not by when it ran: shards merge in any order
         loader_ips, model_ips = derived(e, "e2e_loader_images_per_s"), derived(e, "e2e_model_images_per_s")
         eff = derived(e, "e2e_efficiency")
         verdict = DASH

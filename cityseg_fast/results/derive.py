@@ -5,7 +5,8 @@
 The rule: a row names its companions when it is written (row_for: the loader-alone and model-alone
 points of an e2e point, the world-size-1 point of a multi-GPU one), so matching is exact (same point
 id), never "the latest row with similar keys". The report and the sweep read `row["derived"]` and
-compute nothing themselves.
+compute nothing themselves. Rows recorded under an unresolved variable (`rows.unresolved`) are left out
+of both: they are no measurement of the point they name.
 
     e2e_limit = min(loader, model)            the model on a GPU: the stages overlap
               = 1 / (1/loader + 1/model)      both on the CPU: they take turns on the same cores
@@ -18,16 +19,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from cityseg_fast.results.rows import unresolved
+
 Row = dict[str, Any]
+
+
+def split_unresolved(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
+    """(real rows, rows recorded under an unresolved `${VAR}`), each in order."""
+    real: list[Row] = []
+    bad: list[Row] = []
+    for row in rows:
+        (bad if unresolved(row) else real).append(row)
+    return real, bad
 
 
 def latest_per_point(rows: Iterable[Row]) -> tuple[list[Row], int]:
     """One row per point_id: the last ok one if any, else the last one; in order of first appearance.
-    Returns (rows, how many older rows were superseded)."""
+    Rows under an unresolved variable are left out. Returns (rows, how many older rows were superseded)."""
     order: dict[str, int] = {}
     chosen: dict[str, Row] = {}
     n = 0
-    for row in rows:
+    for row in split_unresolved(rows)[0]:
         n += 1
         pid = row["point_id"]
         order.setdefault(pid, len(order))
