@@ -297,6 +297,7 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
         "train_wall_s": summary.get("wall_s", wall),
         "process_wall_s": wall,
         "iters_done": summary.get("iters"),
+        "stall_fraction": summary.get("stall_fraction_mean"),
         "out_dir": str(summary["out_dir"]),
         "device": device.type,
     }
