@@ -47,6 +47,13 @@ def test_every_scenarios_rows_carry_the_metrics_the_report_reads(name, data, tmp
     if name in ("model", "infer", "e2e", "loader"):
         m = row["metrics"]
         assert m["images_per_s"] > 0 and m["latency_ms_p50"] <= m["latency_ms_p90"] <= m["latency_ms_p99"]
+    if name == "loader":  # the DataLoader worker (and its forkserver) count in host memory
+        m = row["metrics"]
+        assert m["loader_processes"] >= 1 and m["mem_host_workers_peak_rss_mib"] > 0
+        assert m["mem_host_peak_rss_mib"] > m["mem_host_workers_peak_rss_mib"]
+        assert m["mem_host_pss_mib"] is None or m["mem_host_pss_mib"] > 0
+    if name == "e2e":  # how long each step waited for its batch
+        assert 0 <= row["metrics"]["stall_fraction"] <= 1
     if name == "model":  # inference and the forward / backward / optimizer split come with it
         assert row["metrics"]["infer_images_per_s"] > 0 and row["metrics"]["fwd_ms"] > 0
         assert row["metrics"]["mfu"] is None  # no honest CPU peak

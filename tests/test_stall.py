@@ -1,12 +1,22 @@
-"""Data stall (engine/stall.py): the gap arithmetic a GPU's event timestamps go through, and the meter on the CPU."""
+"""Data stall (engine/stall.py): the gap arithmetic a GPU's event timestamps go through, the meter on the
+CPU, and e2e rows whose data wait matches a loader slowed by a known sleep; the synthetic loader barely waits."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
+from loader_fixtures import slow_loaders
 
+from cityseg_fast.bench.scenarios import run_scenario
+from cityseg_fast.config import load_config
 from cityseg_fast.engine.stall import StallMeter, StallStats, segment_stall
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["model.name=unet_s16", "model.base_width=4", "data.crop=[32,64]", "loader.batch_size=2",
+        "loader.backend=synthetic", "bench.warmup=2"]  # fmt: skip
+SLEEP_S = 0.03
 
 
 def test_gaps_from_device_timestamps():
@@ -46,3 +56,17 @@ def test_meter_on_the_cpu_counts_time_in_next_and_not_across_a_break():
     assert 0.07 <= stats.wall_s < 0.2  # 4 x (10 ms wait + 10 ms step), the break left out
     assert 0.3 < stats.stall_fraction < 0.7
     assert meter.take().waits_s == [] and meter.mean_stall_fraction() == pytest.approx(stats.stall_fraction)
+
+
+def test_e2e_data_wait_matches_a_known_sleep_per_batch(monkeypatch):
+    made = slow_loaders(monkeypatch, SLEEP_S)
+    iters = 8
+    m = run_scenario("e2e", load_config([], [*TINY, f"bench.iters={iters}"]))
+    slept_ms = 1e3 * statistics.median(made[0].slept[-iters:])  # the timed steps' sleeps, measured
+    assert abs(m["data_wait_ms_p50"] - slept_ms) <= max(0.2 * slept_ms, 5.0), (m["data_wait_ms_p50"], slept_ms)
+    assert m["data_wait_ms_p99"] >= m["data_wait_ms_p50"] and m["stall_fraction"] > 0.1  # vs < 0.05 unslowed
+
+
+def test_the_synthetic_loader_barely_stalls():
+    m = run_scenario("e2e", load_config([], [*TINY, "bench.iters=8"]))
+    assert m["stall_fraction"] < 0.05 and m["data_wait_ms_p50"] < 5.0

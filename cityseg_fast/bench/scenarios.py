@@ -117,6 +117,7 @@ def _train_point(
     """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`.
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
+    Each step's data wait is measured as training measures it (engine/stall.py).
     """
 
     from cityseg_fast.bench.memory import MemoryMonitor
@@ -125,6 +126,7 @@ def _train_point(
     from cityseg_fast.data.plan import endless
     from cityseg_fast.engine.dist import wrap_ddp
     from cityseg_fast.engine.precision import reset_compile_counters
+    from cityseg_fast.engine.stall import StallMeter
     from cityseg_fast.engine.step import build_train_state, train_step
 
     rank = dist_info.rank if dist_info else 0
@@ -136,15 +138,19 @@ def _train_point(
         loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
         batches = (b for _, b in endless(loader))
         state.model.train()
+        meter = StallMeter(device)
 
         def step() -> None:
-            train_step(state, next(batches))
+            batch = meter.next(batches)
+            with meter.step():
+                train_step(state, batch)
 
         before = None
 
         def mark_steady() -> None:
             nonlocal before
             before = _compile_counters()
+            meter.reset()  # the stall of the timed steps only
 
         times = time_steps(
             step,
@@ -157,6 +163,7 @@ def _train_point(
         )
         after = _compile_counters()
         metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
+        metrics.update(meter.take().metrics())  # time_steps synchronised at its end: every event is readable
         metrics["loader_description"] = getattr(loader, "description", cfg.loader.backend)
         metrics["recompiles"] = after.get("recompiles", 0)
         # Recompiles inside the timed region mean the steady state was not steady: report them apart.

@@ -160,6 +160,7 @@ def _base_companion(point: Callable[[Config, int], Point]) -> Callable[[Config, 
 THROUGHPUT = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr")
 MEMORY = ("mem_host_peak_rss_mib", "cpu_util")
 ACCURACY = ("miou", "per_class_iou", "acc")
+STALL = ("data_wait_ms_p50", "data_wait_ms_p99", "stall_fraction")  # engine/stall.py: how long steps waited
 
 _TABLE = (
     Scenario("loader", "Loaders alone", "the data loader alone: images/s, batch latency, CPU ms per image",
@@ -173,7 +174,7 @@ _TABLE = (
              reads_data=False),
     Scenario("e2e", "End to end (real loader + the same train step)",
              "the real loader (loader.backend) feeding the same train_step",
-             _e2e, THROUGHPUT + MEMORY + ("device", "loader_description"), reads_data=True,
+             _e2e, THROUGHPUT + MEMORY + STALL + ("device", "loader_description"), reads_data=True,
              companions=_e2e_companions),
     Scenario("accuracy", "Accuracy runs", "engine.train.train for train.iters iterations, then val mIoU",
              _accuracy, ACCURACY + ("images_per_s", "train_wall_s", "device"), reads_data=True, kind="accuracy"),
