@@ -54,7 +54,8 @@ class LoaderConfig:
     eval_batch_size: int = 1  # per rank
     num_workers: int = 2  # torch DataLoader worker processes
     num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
-    prefetch_queue_depth: int = 2  # DALI pipeline / torch prefetch depth
+    prefetch_queue_depth: int = 2  # DALI: batches the pipeline prepares ahead
+    prefetch_factor: int = 2  # torch DataLoader: batches each worker loads ahead (torch's own default)
     hw_decoder_load: float = 0.65  # DALI mixed decode: share of JPEGs sent to the hardware decoder
     resampler: str = "auto"  # DALI training resize/flip/normalize: auto (gpu: dali, cpu: torch) | dali | torch
     roi: str = "slice"  # DALI training: slice = decode only the crop's window | resize = decode frame, resize window
@@ -256,6 +257,7 @@ RANGES: dict[str, Range] = {
     "loader.num_workers": NON_NEGATIVE,  # 0 = load in the main process
     "loader.num_threads": NON_NEGATIVE,  # 0 is kept free to mean "auto" later
     "loader.prefetch_queue_depth": AT_LEAST_1,
+    "loader.prefetch_factor": AT_LEAST_1,
     "loader.hw_decoder_load": FRACTION,
     "loader.seed": NON_NEGATIVE,  # numpy seeds are non-negative
     "model.base_width": AT_LEAST_1,

@@ -276,3 +276,32 @@ def test_bottleneck_verdict_from_the_measured_stall(tmp_path, fixture_rows):
     )
     assert "| 0.100 / 0.400 | 2% | 50.1 | 12.4 | – | model-bound: the GPU waited 2% of the time |" in table
     assert "| – / – | – | 0.880 | 0.217 | 900 MiB | model |" in table  # no stall measured: the ratios say
+
+
+def _loader_row(i: int, backend: str, ips: float, *settings: str) -> dict:
+    base = [f"loader.backend={backend}", "loader.device=cpu", "data.crop=[64,128]", "loader.batch_size=4"]
+    cfg = load_config([], [*base, *settings])
+    metrics = {"images_per_s": ips, "latency_ms_p50": 4000 / ips, "latency_ms_p99": 5000 / ips,
+               "cpu_ms_per_image": 2000 / ips, "mem_host_peak_rss_mib": 300.0 + 100 * i}  # fmt: skip
+    return row_for("loader", cfg, metrics, env={})
+
+
+def test_loader_tuning_section_marks_the_best_setting_and_the_default(tmp_path):
+    rows = [
+        _loader_row(0, "dali", 100.0),  # the default: num_threads=auto, prefetch_queue_depth=2
+        _loader_row(1, "dali", 60.0, "loader.num_threads=1"),
+        _loader_row(2, "dali", 125.0, "loader.num_threads=4", "loader.prefetch_queue_depth=3"),
+        _loader_row(3, "dali", 110.0, "loader.num_threads=4"),
+        _loader_row(4, "torch", 50.0, "loader.num_workers=1"),
+        _loader_row(5, "torch", 80.0, "loader.prefetch_factor=4"),
+        _loader_row(6, "torch", 30.0, "loader.num_workers=0"),
+        _loader_row(7, "synthetic", 9000.0),  # the upper bound, not a loader to tune
+    ]
+    md = build_report([_run_dir(tmp_path, "tune", rows)], tmp_path / "out").read_text()
+    section = md.split("## Loader tuning")[1].split("\n## ")[0]
+    assert "| dali (cpu) | num_threads=4 prefetch_queue_depth=3 | 125 | 100 | 80% of the best (-20%) | 4 |" in section
+    assert "| torch | num_workers=2 prefetch_factor=4 | 80.0 | – | default not measured | 3 |" in section
+    assert "| num_threads=4 prefetch_queue_depth=3 ★ | 125 |" in section
+    assert "| num_threads=auto prefetch_queue_depth=2 (default) | 100 |" in section
+    assert "| num_workers=0 | 30.0 |" in section  # no workers: no prefetch factor to name
+    assert "synthetic" not in section

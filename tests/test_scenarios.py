@@ -73,6 +73,17 @@ def test_points_keep_only_what_changes_the_measurement():
     # loader settings are named only where they differ from the defaults
     assert "num_workers" not in point_for("loader", load_config([], ["loader.backend=torch"]))
     assert point_for("loader", load_config([], ["loader.backend=torch", "loader.num_workers=8"]))["num_workers"] == 8
+    # each backend's own tuning knobs, named only where they change its work
+    torch_pf = point_for("loader", load_config([], ["loader.backend=torch", "loader.prefetch_factor=4"]))
+    assert torch_pf["prefetch_factor"] == 4 and "prefetch_queue_depth" not in torch_pf
+    in_process = load_config([], ["loader.backend=torch", "loader.num_workers=0", "loader.prefetch_factor=4"])
+    assert "prefetch_factor" not in point_for("loader", in_process)
+    dali_cpu = load_config([], ["loader.backend=dali", "loader.device=cpu", "loader.hw_decoder_load=0.9",
+                                "loader.prefetch_queue_depth=3", "loader.prefetch_factor=4"])  # fmt: skip
+    p = point_for("loader", dali_cpu)
+    assert p["prefetch_queue_depth"] == 3 and "hw_decoder_load" not in p and "prefetch_factor" not in p
+    dali_gpu = load_config([], ["loader.backend=dali", "loader.device=gpu", "loader.hw_decoder_load=0.9"])
+    assert point_for("loader", dali_gpu)["hw_decoder_load"] == 0.9  # GPU decoding: the hardware decoder's share
     with pytest.raises(ValueError):
         point_for("nope", a)
 
