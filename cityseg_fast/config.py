@@ -111,6 +111,9 @@ class BenchConfig:
     warmup: int = 10  # iterations excluded from timing
     iters: int = 50  # timed iterations
     split_phases: bool = False  # model scenario: time forward / backward / optimizer separately
+    profile: bool = False  # model / e2e: torch.profiler over profile_steps steady steps, after the timed region
+    profile_steps: int = 3
+    trace_dir: str = ""  # where profile traces go; "" = beside `bench --append FILE` (FILE's folder/traces)
     sample_interval_s: float = 0.1  # NVML / host memory sampling period
     variance_warn: float = 0.15  # warn when IQR / median exceeds this
 
@@ -281,6 +284,7 @@ RANGES: dict[str, Range] = {
     "bench.warmup": NON_NEGATIVE,
     "bench.iters": AT_LEAST_1,
     "bench.sample_interval_s": POSITIVE,
+    "bench.profile_steps": AT_LEAST_1,
     "bench.variance_warn": NON_NEGATIVE,
 }
 # Relations between values: tuples read as (low, high), and keys that must not exceed another key.

@@ -117,7 +117,8 @@ def _train_point(
     """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`.
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
-    Each step's data wait is measured as training measures it (engine/stall.py).
+    Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py).
     """
 
     from cityseg_fast.bench.memory import MemoryMonitor
@@ -175,9 +176,15 @@ def _train_point(
             extra = _split_phases(state, next(batches), cfg, device)
         if with_inference:
             extra.update(_infer_on_batch(state.model, next(batches), cfg, device))
-        loader.close()
     metrics.update(mon.metrics())
     metrics.update(extra)
+    if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
+        from cityseg_fast.bench.profile import profile_steps, trace_path
+
+        scenario = "model" if with_inference else "e2e"
+        trace = trace_path(cfg, scenario, world, rank)
+        metrics.update(profile_steps(step, cfg.bench.profile_steps, device, trace))
+    loader.close()
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
