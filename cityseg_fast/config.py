@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -200,6 +201,7 @@ def _closest(name: str, valid: Iterable[str]) -> str:
     return ", ".join(shown[:8]) + (" ..." if not close and len(valid) > 8 else "")
 
 
+@functools.cache  # resolving the hints took most of load_config's time, once per key (callers only read)
 def _section_fields(section: str) -> dict[str, Any]:
     cls = _SECTION_TYPES[section]
     return typing.get_type_hints(cls)
