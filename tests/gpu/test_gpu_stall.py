@@ -64,8 +64,8 @@ def test_the_stall_meter_adds_no_host_sync(cuda):
         late = meter.take()  # elapsed_time and query on finished events: no sync either
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert len(early.host_wait_s) + len(late.host_wait_s) == 5
-    assert late.wall_s > 0
+    assert len(early.host_wait_s) + len(late.host_wait_s) == 5  # every step once, whichever take read it
+    assert early.wall_s + late.wall_s > 0
 
 
 def test_dali_gpu_loader_rows_record_its_gpu_memory_and_the_tuning_section(datasets, tmp_path):
