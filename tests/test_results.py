@@ -24,9 +24,9 @@ BASE = ["model.name=unet_s16", "data.crop=[64,128]", "loader.batch_size=4", "loa
         "loader.device=cpu"]  # fmt: skip
 
 
-def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: str = "cpu", error=None):
+def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: str = "cpu", error=None, **more):
     cfg = load_config([], [*BASE, *extra])
-    metrics = {} if ips is None else {"images_per_s": ips, "device": device}
+    metrics = {} if ips is None else {"images_per_s": ips, "device": device, **more}
     return row_for(scenario, cfg, metrics, error=error, world_size=world, env={})
 
 
@@ -57,6 +57,18 @@ def test_e2e_efficiency_divides_by_its_own_loader_and_model_rows_only():
     assert derived([loader, failed, e2e], e2e) == {}  # a failed companion gives no number either
     assert e2e_limit(10.0, 10.0, model_on_gpu=False)[0] == pytest.approx(5.0)
     assert e2e_limit(10.0, 20.0, model_on_gpu=True) == (10.0, "min")
+
+
+def test_cores_to_feed_the_model_from_the_loader_row():
+    """CPU ms per image of the loader alone x the model-only rate / 1000: the cores it needs to keep up."""
+    loader = row("loader", 100.0, cpu_ms_per_image=25.0, loader_gpu_mem_mib=640.0)
+    model, e2e = row("model", 300.0), row("e2e", 90.0)
+    d = derived([loader, model, e2e], e2e)
+    assert d["e2e_cores_to_feed"] == pytest.approx(25.0 * 300.0 / 1000) and d["e2e_loader_cpu_ms_per_image"] == 25.0
+    assert d["e2e_loader_gpu_mem_mib"] == 640.0
+    bare = row("loader", 100.0)  # no CPU time recorded: no cores number, the efficiency still
+    d = derived([bare, model, e2e], e2e)
+    assert "e2e_cores_to_feed" not in d and "e2e_efficiency" in d
 
 
 def test_scaling_efficiency_against_world_size_one():

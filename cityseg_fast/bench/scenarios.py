@@ -117,6 +117,8 @@ def _train_point(
     """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`.
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
+    Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py).
     """
 
     from cityseg_fast.bench.memory import MemoryMonitor
@@ -125,6 +127,7 @@ def _train_point(
     from cityseg_fast.data.plan import endless
     from cityseg_fast.engine.dist import wrap_ddp
     from cityseg_fast.engine.precision import reset_compile_counters
+    from cityseg_fast.engine.stall import StallMeter
     from cityseg_fast.engine.step import build_train_state, train_step
 
     rank = dist_info.rank if dist_info else 0
@@ -136,15 +139,19 @@ def _train_point(
         loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
         batches = (b for _, b in endless(loader))
         state.model.train()
+        meter = StallMeter(device)
 
         def step() -> None:
-            train_step(state, next(batches))
+            batch = meter.next(batches)
+            with meter.step():
+                train_step(state, batch)
 
         before = None
 
         def mark_steady() -> None:
             nonlocal before
             before = _compile_counters()
+            meter.reset()  # the stall of the timed steps only
 
         times = time_steps(
             step,
@@ -157,6 +164,7 @@ def _train_point(
         )
         after = _compile_counters()
         metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
+        metrics.update(meter.take().metrics())  # time_steps synchronised at its end: every event is readable
         metrics["loader_description"] = getattr(loader, "description", cfg.loader.backend)
         metrics["recompiles"] = after.get("recompiles", 0)
         # Recompiles inside the timed region mean the steady state was not steady: report them apart.
@@ -168,9 +176,15 @@ def _train_point(
             extra = _split_phases(state, next(batches), cfg, device)
         if with_inference:
             extra.update(_infer_on_batch(state.model, next(batches), cfg, device))
-        loader.close()
     metrics.update(mon.metrics())
     metrics.update(extra)
+    if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
+        from cityseg_fast.bench.profile import profile_steps, trace_path
+
+        scenario = "model" if with_inference else "e2e"
+        trace = trace_path(cfg, scenario, world, rank)
+        metrics.update(profile_steps(step, cfg.bench.profile_steps, device, trace))
+    loader.close()
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
@@ -297,6 +311,7 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
         "train_wall_s": summary.get("wall_s", wall),
         "process_wall_s": wall,
         "iters_done": summary.get("iters"),
+        "stall_fraction": summary.get("stall_fraction_mean"),
         "out_dir": str(summary["out_dir"]),
         "device": device.type,
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.paths import check_out_dir
-from cityseg_fast.report import bottleneck, compare, plots, tables
+from cityseg_fast.report import bottleneck, compare, plots, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
 from cityseg_fast.results import SCENARIOS
 
@@ -79,6 +79,8 @@ def render_markdown(
             "no end-to-end (e2e) rows: run `cityseg bench e2e` (or a sweep with e2e points) to see where the time goes",
         ),
     ]
+    for heading, body in (("Loader tuning", tuning.tuning_section(runs)), ("Inside a step", steps.step_section(runs))):
+        parts += [_section(heading, body, "")] if body else []  # only where the rows measured it
     parts.append("## Throughput, latency, memory and MFU per point\n\n")
     parts.append(
         "img/s is images per second over the timed iterations (warm-up excluded); p50/p90/p99 are per-batch latency "
