@@ -25,7 +25,8 @@ VARIANTS = {"png": ("png", 95), "q95": ("jpeg", 95), "q90": ("jpeg", 90), "q75":
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from cityseg_fast.bench.sweep import load_spec, run_sweep
+    from cityseg_fast.bench.sweep import run_sweep
+    from cityseg_fast.bench.sweep_spec import load_spec
     from cityseg_fast.data.prepare import prepare_dataset
     from cityseg_fast.data.synthetic import write_synthetic
 

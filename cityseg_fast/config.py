@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -54,7 +55,8 @@ class LoaderConfig:
     eval_batch_size: int = 1  # per rank
     num_workers: int = 2  # torch DataLoader worker processes
     num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
-    prefetch_queue_depth: int = 2  # DALI pipeline / torch prefetch depth
+    prefetch_queue_depth: int = 2  # DALI: batches the pipeline prepares ahead
+    prefetch_factor: int = 2  # torch DataLoader: batches each worker loads ahead (torch's own default)
     hw_decoder_load: float = 0.65  # DALI mixed decode: share of JPEGs sent to the hardware decoder
     resampler: str = "auto"  # DALI training resize/flip/normalize: auto (gpu: dali, cpu: torch) | dali | torch
     roi: str = "slice"  # DALI training: slice = decode only the crop's window | resize = decode frame, resize window
@@ -111,6 +113,9 @@ class BenchConfig:
     warmup: int = 10  # iterations excluded from timing
     iters: int = 50  # timed iterations
     split_phases: bool = False  # model scenario: time forward / backward / optimizer separately
+    profile: bool = False  # model / e2e: torch.profiler over profile_steps steady steps, after the timed region
+    profile_steps: int = 3
+    trace_dir: str = ""  # where profile traces go; "" = beside `bench --append FILE` (FILE's folder/traces)
     sample_interval_s: float = 0.1  # NVML / host memory sampling period
     variance_warn: float = 0.15  # warn when IQR / median exceeds this
 
@@ -189,6 +194,7 @@ def _closest(name: str, valid: Iterable[str]) -> str:
     return ", ".join(shown[:8]) + (" ..." if not close and len(valid) > 8 else "")
 
 
+@functools.cache  # get_type_hints is slow and never changes: a 300-point sweep asked it 13,000 times
 def _section_fields(section: str) -> dict[str, Any]:
     cls = _SECTION_TYPES[section]
     return typing.get_type_hints(cls)
@@ -249,6 +255,7 @@ RANGES: dict[str, Range] = {
     "loader.num_workers": NON_NEGATIVE,  # 0 = load in the main process
     "loader.num_threads": NON_NEGATIVE,  # 0 is kept free to mean "auto" later
     "loader.prefetch_queue_depth": AT_LEAST_1,
+    "loader.prefetch_factor": AT_LEAST_1,
     "loader.hw_decoder_load": FRACTION,
     "loader.seed": NON_NEGATIVE,  # numpy seeds are non-negative
     "model.base_width": AT_LEAST_1,
@@ -273,6 +280,7 @@ RANGES: dict[str, Range] = {
     "bench.warmup": NON_NEGATIVE,
     "bench.iters": AT_LEAST_1,
     "bench.sample_interval_s": POSITIVE,
+    "bench.profile_steps": AT_LEAST_1,
     "bench.variance_warn": NON_NEGATIVE,
 }
 # Relations between values: tuples read as (low, high), and keys that must not exceed another key.

@@ -9,6 +9,7 @@ sample k's image is one flat colour (`color_of(k)`), and its label holds only th
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,38 @@ def loader_cfg(root, backend: str, *extra: str):
 def sample_number(stem: str) -> int:
     """k back from stem_of(k)."""
     return int(stem.split("_")[1])
+
+
+class Slowed:
+    """A real loader whose every batch comes `sleep_s` late; `slept` holds each sleep as it really was."""
+
+    def __init__(self, inner, sleep_s: float) -> None:
+        self.inner, self.sleep_s, self.slept = inner, sleep_s, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        for batch in self.inner:
+            t0 = time.perf_counter()
+            time.sleep(self.sleep_s)
+            self.slept.append(time.perf_counter() - t0)
+            yield batch
+
+
+def slow_loaders(monkeypatch, sleep_s: float) -> list[Slowed]:
+    """Every loader built from now on (data.factory.build_loader) is Slowed by `sleep_s`; the list fills
+    with them as they are built."""
+    from cityseg_fast.data import factory
+
+    made, real = [], factory.build_loader
+
+    def slowed(*args, **kwargs):
+        made.append(Slowed(real(*args, **kwargs), sleep_s))
+        return made[-1]
+
+    monkeypatch.setattr(factory, "build_loader", slowed)
+    return made

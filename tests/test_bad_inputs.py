@@ -142,6 +142,20 @@ def _config_file(c: Ctx, text: str) -> list[str]:
     return c.train(c.tmp / "r", options=("--config", c.file("bad.yaml", text.encode())))
 
 
+def _sweep(c: Ctx, spec: dict | None = None) -> list[str]:
+    """`cityseg sweep SPEC` of a tiny infer spec written to sub/s.yaml (keys of `spec` replace its own)."""
+    import yaml
+
+    body = {"name": "s", "overrides": {"data.crop": [32, 64]}, "runs": [{"scenarios": ["infer"]}], **(spec or {})}
+    c.monkeypatch.delenv("CITYSEG_NO_GPUS", raising=False)
+    return ["sweep", c.file("sub/s.yaml", yaml.safe_dump(body).encode())]
+
+
+def _unset(c: Ctx, name: str, spec: str) -> list[str]:
+    c.monkeypatch.delenv(name, raising=False)
+    return ["sweep", spec]
+
+
 TINY_BENCH = ["model.name=unet_s16", "model.base_width=2", "data.crop=[32,64]", "loader.batch_size=1"]
 TINY_BENCH += ["bench.iters=1", "bench.warmup=0"]
 
@@ -297,6 +311,33 @@ CASES: list[tuple[str, Setup, tuple[str, ...]]] = [
     ("sweep-only-bogus", lambda c: ["sweep", "configs/sweeps/cpu_quick.yaml", "--only", "bogus"],
      ("--only bogus", "loader, model, infer, e2e, accuracy")),
     ("sweep-spec-missing", lambda c: ["sweep", str(c.tmp / "nope.yaml")], ("nope.yaml",)),
+    # -- sweeps: variables, paths from another working directory, shards, devices -------------------------
+    ("sweep-shipped-spec-variable-unset", lambda c: _unset(c, "CITYSCAPES_QUICK", "configs/sweeps/cpu_quick.yaml"),
+     ("cpu_quick.yaml", "${CITYSCAPES_QUICK} is not set", "data.root", "(loader, e2e)", "--only model --only infer")),
+    ("sweep-variable-unset-in-world-size", lambda c: _sweep(c, {"runs": [{"scenarios": ["model"],
+                                                                          "grid": {"world_size": ["${CITYSEG_NO_GPUS}"]}}]}),
+     ("s.yaml", "${CITYSEG_NO_GPUS} is not set", "runs[0].grid.world_size")),
+    ("sweep-variable-unset-in-config-path", lambda c: _sweep(c, {"config": ["${CITYSEG_NO_DIR}/cpu.yaml"]}),
+     ("s.yaml", "${CITYSEG_NO_DIR} is not set", "config[0]")),
+    ("sweep-variable-unset-for-accuracy", lambda c: _sweep(c, {"overrides": {"data.root": "${CITYSEG_NO_DATA}"},
+                                                              "runs": [{"scenarios": ["accuracy"]}]}),
+     ("s.yaml", "${CITYSEG_NO_DATA} is not set", "data.root of 1 point(s) (accuracy)")),
+    ("sweep-config-missing-from-another-cwd", lambda c: _sweep(c, {"config": ["configs/bench/nope.yaml"]}),
+     ("s.yaml", "'configs/bench/nope.yaml' not found", "sub/configs/bench/nope.yaml")),
+    ("sweep-spec-missing-from-another-cwd", lambda c: ["sweep", "configs/sweeps/nope.yaml"],
+     ("configs/sweeps/nope.yaml", "sweep spec not found", "nor under")),
+    ("sweep-shard-past-the-count", lambda c: [*_sweep(c), "--shard", "3/2"], ("--shard '3/2'", "0 <= I < N")),
+    ("sweep-shard-not-a-fraction", lambda c: [*_sweep(c), "--shard", "x"], ("--shard 'x'", "I/N")),
+    ("sweep-shard-of-zero", lambda c: [*_sweep(c), "--shard", "0/0"], ("--shard '0/0'",)),
+    ("sweep-devices-empty", lambda c: [*_sweep(c), "--devices", ""], ("--devices ''", "device ids")),
+    ("sweep-devices-empty-entry", lambda c: [*_sweep(c), "--devices", "0,,1"], ("--devices '0,,1'",)),
+    ("sweep-devices-twice", lambda c: [*_sweep(c), "--devices", "0,1,0"], ("--devices '0,1,0'", "listed twice")),
+    ("sweep-devices-outside-the-visible-ones",
+     lambda c: (c.monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5"), [*_sweep(c), "--devices", "0,4"])[1],
+     ("--devices '0,4'", "device 0", "CUDA_VISIBLE_DEVICES=4,5")),
+    ("sweep-devices-fewer-than-world-size",
+     lambda c: [*_sweep(c, {"runs": [{"scenarios": ["model"], "grid": {"world_size": [1, 4]}}]}), "--devices", "0,1"],
+     ("--devices 0,1", "2 device(s)", "need world_size 4")),
     ("bench-loader-data-missing",
      lambda c: ["bench", "loader", "--data", str(c.tmp / "nope"), "--loader", "dali", "--iters", "2"],
      ("nope", "does not exist")),
@@ -347,15 +388,16 @@ def _snapshot(*roots: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("setup, words", [pytest.param(s, w, id=i) for i, s, w in CASES + RANGE_CASES])
+@pytest.mark.parametrize("case, setup, words", [pytest.param(i, s, w, id=i) for i, s, w in CASES + RANGE_CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
-    setup: Setup, words: tuple[str, ...], shared, tmp_path, capsys, monkeypatch
+    case: str, setup: Setup, words: tuple[str, ...], shared, tmp_path, capsys, monkeypatch
 ) -> None:
     data, run = shared
     monkeypatch.chdir(tmp_path)
     ctx = Ctx(tmp_path, data, run, monkeypatch)
     argv = setup(ctx)
     before = _snapshot(tmp_path, data, run)
+    existing = set(tmp_path.rglob("*"))
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err
@@ -365,6 +407,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         assert w in err, (w, err)
     after = _snapshot(tmp_path, data, run)
     assert {p: after.get(p) for p in before} == before, "a file that existed before was changed or removed"
+    if case.startswith("sweep-"):  # refused before anything runs: no output folder, no scratch file
+        assert set(tmp_path.rglob("*")) == existing, "a sweep wrote something before refusing"
 
 
 def test_the_table_is_big_and_its_ids_unique():

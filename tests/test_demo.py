@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cityseg_fast.bench.sweep import load_spec
+from cityseg_fast.bench.sweep_spec import load_spec
 from cityseg_fast.cli import main
 from cityseg_fast.commands import demo
 from cityseg_fast.results import read_rows

@@ -29,7 +29,7 @@ def test_dry_run_lists_every_step_within_the_budget():
 
 def test_smoke_session_measures_reports_and_resumes(tmp_path: Path):
     out, work = tmp_path / "out", tmp_path / "work"
-    args = ("--smoke", "--out", str(out), "--work", str(work), "--budget-s", "200", "--only", "data,dali,e2e,report")
+    args = ("--smoke", "--out", str(out), "--work", str(work), "--budget-s", "900", "--only", "data,dali,e2e,report")
     p = session(*args)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     from cityseg_fast.results import merge, read_rows

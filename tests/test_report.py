@@ -77,13 +77,15 @@ def test_report_has_every_section(report):
     assert re.search(r"\| \d+\.\d\d GiB \|", md)
     assert "| sidewalk |" in md  # per-class rows named by cityscapesscripts' classes
     # The bottleneck table, derived by results.merge from the rows each e2e row names: torch is
-    # loader-bound and loses 25% on top; DALI GPU and CPU are model-bound.
+    # loader-bound and loses 25% on top; DALI GPU and CPU are model-bound. Cores to feed the model's
+    # 247 img/s: the loader's CPU ms per image x 247 / 1000 (132 ms -> 32.6 cores for torch).
     assert (
-        "| torch → unet 512x1024 bs8 bf16 | 120 | 247 | 120 (min) | 90.0 | 75% | loader + overlap loss (75% of the limit) |"
-        in md
+        "| torch → unet 512x1024 bs8 bf16 | 120 | 247 | 120 (min) | 90.0 | 75% | 132 | 32.6 | "
+        "loader + overlap loss (75% of the limit) |" in md
     )
-    assert "| dali (gpu) → unet 512x1024 bs8 bf16 | 1,450 | 247 | 247 (min) | 235 | 95% | model |" in md
-    assert "| dali (cpu) → unet 512x1024 bs8 bf16 | 310 | 247 | 247 (min) | 240 | 97% | model |" in md
+    assert "| dali (gpu) → unet 512x1024 bs8 bf16 | 1,450 | 247 | 247 (min) | 235 | 95% | 0.880 | 0.217 | model |" in md
+    assert "| dali (cpu) → unet 512x1024 bs8 bf16 | 310 | 247 | 247 (min) | 240 | 97% | 50.1 | 12.4 | model |" in md
+    assert "## Loader tuning" not in md and "## Inside a step" not in md  # nothing of either measured
     assert "| colour_baseline |" in md  # the colour baseline beside the trained models
     assert "Not drawn" not in md  # the fixture has data for every plot
     # Every image the Markdown links exists next to it.
@@ -245,3 +247,61 @@ def test_pareto_front_drops_dominated_points():
         {"label": "slow", "ips": 100, "miou": 60},
     ]
     assert [p["label"] for p in pareto_front(pts)] == ["fast", "mid", "slow"]
+
+
+def _with(row: dict, **metrics) -> dict:
+    out = copy.deepcopy(row)
+    out["metrics"].update(metrics)
+    return out
+
+
+def test_bottleneck_verdict_from_the_measured_stall(tmp_path, fixture_rows):
+    """An e2e row with a measured stall names its verdict from it, beside the ratios and the loader's cost."""
+    rows = [
+        _with(r, stall_fraction=0.37, data_wait_ms_p50=12.0, data_wait_ms_p99=30.0)
+        if r["scenario"] == "e2e" and r["point"]["loader"] == "torch"
+        else _with(r, stall_fraction=0.02, data_wait_ms_p50=0.1, data_wait_ms_p99=0.4)
+        if r["scenario"] == "e2e" and r["point"].get("loader_device") == "cpu"
+        else _with(r, loader_gpu_mem_mib=900.0)
+        if r["scenario"] == "loader" and r["point"].get("loader_device") == "gpu"
+        else r
+        for r in fixture_rows
+    ]
+    md = build_report([_run_dir(tmp_path, "stall", rows)], tmp_path / "out").read_text()
+    table = md.split("## Bottleneck")[1].split("\n## ")[0]
+    assert "| data wait p50 / p99 (ms) | stall | loader CPU ms/img | cores to feed | loader GPU mem |" in table
+    assert (
+        "| torch → unet 512x1024 bs8 bf16 | 120 | 247 | 120 (min) | 90.0 | 75% | 12.0 / 30.0 | 37% | 132 | 32.6 | – | "
+        "loader-bound: the GPU waited 37% of the time + overlap loss (75% of the limit) |" in table
+    )
+    assert "| 0.100 / 0.400 | 2% | 50.1 | 12.4 | – | model-bound: the GPU waited 2% of the time |" in table
+    assert "| – / – | – | 0.880 | 0.217 | 900 MiB | model |" in table  # no stall measured: the ratios say
+
+
+def _loader_row(i: int, backend: str, ips: float, *settings: str) -> dict:
+    base = [f"loader.backend={backend}", "loader.device=cpu", "data.crop=[64,128]", "loader.batch_size=4"]
+    cfg = load_config([], [*base, *settings])
+    metrics = {"images_per_s": ips, "latency_ms_p50": 4000 / ips, "latency_ms_p99": 5000 / ips,
+               "cpu_ms_per_image": 2000 / ips, "mem_host_peak_rss_mib": 300.0 + 100 * i}  # fmt: skip
+    return row_for("loader", cfg, metrics, env={})
+
+
+def test_loader_tuning_section_marks_the_best_setting_and_the_default(tmp_path):
+    rows = [
+        _loader_row(0, "dali", 100.0),  # the default: num_threads=auto, prefetch_queue_depth=2
+        _loader_row(1, "dali", 60.0, "loader.num_threads=1"),
+        _loader_row(2, "dali", 125.0, "loader.num_threads=4", "loader.prefetch_queue_depth=3"),
+        _loader_row(3, "dali", 110.0, "loader.num_threads=4"),
+        _loader_row(4, "torch", 50.0, "loader.num_workers=1"),
+        _loader_row(5, "torch", 80.0, "loader.prefetch_factor=4"),
+        _loader_row(6, "torch", 30.0, "loader.num_workers=0"),
+        _loader_row(7, "synthetic", 9000.0),  # the upper bound, not a loader to tune
+    ]
+    md = build_report([_run_dir(tmp_path, "tune", rows)], tmp_path / "out").read_text()
+    section = md.split("## Loader tuning")[1].split("\n## ")[0]
+    assert "| dali (cpu) | num_threads=4 prefetch_queue_depth=3 | 125 | 100 | 80% of the best (-20%) | 4 |" in section
+    assert "| torch | num_workers=2 prefetch_factor=4 | 80.0 | – | default not measured | 3 |" in section
+    assert "| num_threads=4 prefetch_queue_depth=3 ★ | 125 |" in section
+    assert "| num_threads=auto prefetch_queue_depth=2 (default) | 100 |" in section
+    assert "| num_workers=0 | 30.0 |" in section  # no workers: no prefetch factor to name
+    assert "synthetic" not in section

@@ -8,15 +8,25 @@ import json
 import pytest
 
 from cityseg_fast.config import load_config
-from cityseg_fast.results import append_row, e2e_limit, merge, read_rows, row_for
+from cityseg_fast.results import (
+    append_row,
+    e2e_limit,
+    latest_per_point,
+    merge,
+    read_rows,
+    row_for,
+    split_unresolved,
+    unresolved,
+    variables_in,
+)
 
 BASE = ["model.name=unet_s16", "data.crop=[64,128]", "loader.batch_size=4", "loader.backend=dali",
         "loader.device=cpu"]  # fmt: skip
 
 
-def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: str = "cpu", error=None):
+def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: str = "cpu", error=None, **more):
     cfg = load_config([], [*BASE, *extra])
-    metrics = {} if ips is None else {"images_per_s": ips, "device": device}
+    metrics = {} if ips is None else {"images_per_s": ips, "device": device, **more}
     return row_for(scenario, cfg, metrics, error=error, world_size=world, env={})
 
 
@@ -47,6 +57,18 @@ def test_e2e_efficiency_divides_by_its_own_loader_and_model_rows_only():
     assert derived([loader, failed, e2e], e2e) == {}  # a failed companion gives no number either
     assert e2e_limit(10.0, 10.0, model_on_gpu=False)[0] == pytest.approx(5.0)
     assert e2e_limit(10.0, 20.0, model_on_gpu=True) == (10.0, "min")
+
+
+def test_cores_to_feed_the_model_from_the_loader_row():
+    """CPU ms per image of the loader alone x the model-only rate / 1000: the cores it needs to keep up."""
+    loader = row("loader", 100.0, cpu_ms_per_image=25.0, loader_gpu_mem_mib=640.0)
+    model, e2e = row("model", 300.0), row("e2e", 90.0)
+    d = derived([loader, model, e2e], e2e)
+    assert d["e2e_cores_to_feed"] == pytest.approx(25.0 * 300.0 / 1000) and d["e2e_loader_cpu_ms_per_image"] == 25.0
+    assert d["e2e_loader_gpu_mem_mib"] == 640.0
+    bare = row("loader", 100.0)  # no CPU time recorded: no cores number, the efficiency still
+    d = derived([bare, model, e2e], e2e)
+    assert "e2e_cores_to_feed" not in d and "e2e_efficiency" in d
 
 
 def test_scaling_efficiency_against_world_size_one():
@@ -80,3 +102,19 @@ def test_schema_1_rows_are_upgraded_on_read(tmp_path):
     assert first["metrics"]["per_class_iou"] == [0.5] and first["metrics"]["miou"] == pytest.approx(0.315)
     assert first["point_id"] != "x" and second["schema"] == 2
     assert merge([first])[0]["derived"] == {"e2e_efficiency": 0.8}
+
+
+def test_rows_under_an_unresolved_variable_are_never_merged_with_real_ones():
+    """An older sweep recorded infer rows with data.root=${CITYSCAPES_QUICK} unset: their point (infer reads
+    no data) is that of a real row, but they are left out, never chosen over or derived from."""
+    real = row("infer", 10.0)
+    ghost = row("infer", 99.0, "data.root=${CITYSCAPES_QUICK}")
+    assert ghost["point_id"] == real["point_id"] and unresolved(ghost) == ["CITYSCAPES_QUICK"]
+    assert unresolved(real) == [] and variables_in({"a": ["$A/x", "${B}", 3, "$A"]}) == ["A", "B"]
+    merged = merge([real, ghost])
+    assert len(merged) == 1 and merged[0]["metrics"]["images_per_s"] == 10.0
+    assert latest_per_point([ghost]) == ([], 0) and split_unresolved([ghost, real]) == ([real], [ghost])
+    loader, model = row("loader", 100.0), row("model", 50.0)
+    e2e, ghost_e2e = row("e2e", 30.0), row("e2e", 90.0, "model.name=${M}")
+    assert {r["point_id"] for r in merge([loader, ghost_e2e, model])} == {loader["point_id"], model["point_id"]}
+    assert derived([loader, model, ghost_e2e, e2e], e2e)["e2e_efficiency"] == pytest.approx(30.0 / (100 / 3))

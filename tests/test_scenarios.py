@@ -47,6 +47,13 @@ def test_every_scenarios_rows_carry_the_metrics_the_report_reads(name, data, tmp
     if name in ("model", "infer", "e2e", "loader"):
         m = row["metrics"]
         assert m["images_per_s"] > 0 and m["latency_ms_p50"] <= m["latency_ms_p90"] <= m["latency_ms_p99"]
+    if name == "loader":  # the DataLoader worker (and its forkserver) count in host memory
+        m = row["metrics"]
+        assert m["loader_processes"] >= 1 and m["mem_host_workers_peak_rss_mib"] > 0
+        assert m["mem_host_peak_rss_mib"] > m["mem_host_workers_peak_rss_mib"]
+        assert m["mem_host_pss_mib"] is None or m["mem_host_pss_mib"] > 0
+    if name == "e2e":  # how long each step waited for its batch
+        assert 0 <= row["metrics"]["stall_fraction"] <= 1
     if name == "model":  # inference and the forward / backward / optimizer split come with it
         assert row["metrics"]["infer_images_per_s"] > 0 and row["metrics"]["fwd_ms"] > 0
         assert row["metrics"]["mfu"] is None  # no honest CPU peak
@@ -82,6 +89,17 @@ def test_points_keep_only_what_changes_the_measurement():
     # loader settings are named only where they differ from the defaults
     assert "num_workers" not in point_for("loader", load_config([], ["loader.backend=torch"]))
     assert point_for("loader", load_config([], ["loader.backend=torch", "loader.num_workers=8"]))["num_workers"] == 8
+    # each backend's own tuning knobs, named only where they change its work
+    torch_pf = point_for("loader", load_config([], ["loader.backend=torch", "loader.prefetch_factor=4"]))
+    assert torch_pf["prefetch_factor"] == 4 and "prefetch_queue_depth" not in torch_pf
+    in_process = load_config([], ["loader.backend=torch", "loader.num_workers=0", "loader.prefetch_factor=4"])
+    assert "prefetch_factor" not in point_for("loader", in_process)
+    dali_cpu = load_config([], ["loader.backend=dali", "loader.device=cpu", "loader.hw_decoder_load=0.9",
+                                "loader.prefetch_queue_depth=3", "loader.prefetch_factor=4"])  # fmt: skip
+    p = point_for("loader", dali_cpu)
+    assert p["prefetch_queue_depth"] == 3 and "hw_decoder_load" not in p and "prefetch_factor" not in p
+    dali_gpu = load_config([], ["loader.backend=dali", "loader.device=gpu", "loader.hw_decoder_load=0.9"])
+    assert point_for("loader", dali_gpu)["hw_decoder_load"] == 0.9  # GPU decoding: the hardware decoder's share
     with pytest.raises(ValueError):
         point_for("nope", a)
 

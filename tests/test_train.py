@@ -47,6 +47,14 @@ def test_run_directory(run):
     assert [r["iter"] for r in train] == [5, 10, 15, 20, 25, 30]
     assert train[-1]["loss"] < 0.7 * train[0]["loss"]
     assert all(r["images_per_s"] > 0 and r["lr"] >= 0 for r in train)
+    for r in train:  # MMSegmentation's time / data_time, the measured stall and memory, on every train line
+        assert r["time"] > 0 and 0 <= r["data_time"] < r["time"], r
+        assert 0 <= r["stall_fraction"] <= 1 and 0 <= r["data_wait_ms_p50"] <= r["data_wait_ms_p99"], r
+        assert r["mem_host_rss_mib"] > 0, r
+        assert {"mem_torch_max_allocated_mib", "mem_torch_max_reserved_mib", "mem_nvml_used_mib"} <= set(r)
+    assert all(isinstance(r["timestamp"], float) for r in _events(out))
+    (end,) = _events(out, "end")
+    assert 0 <= end["stall_fraction_mean"] <= 1
     (ev,) = _events(out, "eval")
     assert ev["iter"] == 30 and 0 < ev["miou"] <= 1 and len(ev["per_class_iou"]) == 19
     ckpts = list_checkpoints(out)

@@ -16,28 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.config import Config
+from cityseg_fast.memstats import descendants
 
 # -- CPU time of this process and its worker processes ------------------------------------------
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants (DataLoader workers hang under a forkserver, so grandchildren too)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -54,7 +35,7 @@ def cpu_seconds() -> dict[int, float]:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = {0: me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
     if Path("/proc/self/stat").exists():
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             out[pid] = _proc_cpu_s(pid)
     return out
 
@@ -90,17 +71,36 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
 
     Also returns "description" (which backend and device ran) and "batch_size".
     """
-    import torch
-
     from cityseg_fast.data.factory import build_loader
-    from cityseg_fast.data.plan import endless
-    from cityseg_fast.hardware import cpu_count
+    from cityseg_fast.hardware import resolve_device
 
     if iters < 1 or warmup < 0:
         from cityseg_fast.errors import UserError
 
         raise UserError(f"bench loader: --iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
-    loader = build_loader(cfg, cfg.data.train_split, train=True)
+    device = resolve_device()  # CUDA initialised first: its context is in the GPU memory baseline
+    gpu = GpuMemory.before_loader(device)
+    try:
+        loader = build_loader(cfg, cfg.data.train_split, train=True, device=device)
+        try:
+            metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
+            # After the timed region, the workers and the pipeline still alive: what they hold now.
+            metrics.update(host_memory())
+            metrics.update(gpu.while_loader_runs() if gpu else {})
+        finally:
+            loader.close()
+    finally:
+        if gpu:
+            gpu.close()
+    return metrics
+
+
+def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> dict[str, Any]:
+    import torch
+
+    from cityseg_fast.data.plan import endless
+    from cityseg_fast.hardware import cpu_count
+
     on_gpu = loader_device(loader).type == "cuda"
     batches = (b for _, b in endless(loader))
     n_images, lat = 0, []
@@ -123,24 +123,71 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
         cpu1 = cpu_seconds()
     finally:
         batches.close()
-        loader.close()
     cores = cpu_count() or os.cpu_count() or 1
     cpu = _cpu_used(cpu0, cpu1)
     # /proc CPU times tick at 10 ms: over a window this short (the synthetic loader) a ratio is noise.
     busy = cpu / wall if wall >= MIN_CPU_WINDOW_S else None
-    metrics: dict[str, Any] = {
+    return {
         "images_per_s": n_images / wall,
-        **_percentiles(lat, cfg.bench.variance_warn),
+        **_percentiles(lat, variance_warn),
         "cpu_util": busy / cores if busy is not None else None,
         "cpu_cores_used": busy,
         # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles)
-        "cpu_ms_per_image": 1e3 * _cpu_used(cpu0, cpu1) / max(1, n_images),
-        "mem_host_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_ms_per_image": 1e3 * cpu / max(1, n_images),
         "wall_s": wall,
         "loader_description": loader.description,
         "batch_size": int(b.image.shape[0]),
     }
-    return metrics
+
+
+def host_memory() -> dict[str, Any]:
+    """Host memory of the loader: this process's peak RSS plus each worker's (DataLoader workers and
+    their forkserver are processes of their own), and the tree's PSS (shared memory counted once)."""
+    from cityseg_fast.memstats import host_peak_rss_mib, tree_memory_mib
+
+    tree = tree_memory_mib()
+    return {
+        "mem_host_peak_rss_mib": host_peak_rss_mib() + tree["workers_peak_rss_mib"],
+        "mem_host_workers_peak_rss_mib": tree["workers_peak_rss_mib"],
+        "mem_host_pss_mib": tree["tree_pss_mib"],
+        "loader_processes": tree["workers"],
+    }
+
+
+class GpuMemory:
+    """The loader's own GPU memory: (NVML used - torch reserved) while it runs, minus the same before it
+    was built (the CUDA context, other processes on the GPU). DALI allocates outside torch's allocator,
+    so NVML sees its buffers and torch does not."""
+
+    def __init__(self, device: Any, nvml: Any) -> None:
+        from cityseg_fast.memstats import torch_memory_mib
+
+        self.device, self.nvml = device, nvml
+        self.used0 = nvml.used_mib()
+        self.reserved0 = torch_memory_mib(device)["mem_torch_reserved_mib"] or 0.0
+
+    @classmethod
+    def before_loader(cls, device: Any) -> GpuMemory | None:
+        from cityseg_fast.memstats import NvmlDevice
+
+        nvml = NvmlDevice.open(device)  # None on the CPU or without NVML
+        return None if nvml is None else cls(device, nvml)
+
+    def while_loader_runs(self) -> dict[str, float | None]:
+        from cityseg_fast.memstats import torch_memory_mib
+
+        used, torch_mem = self.nvml.used_mib(), torch_memory_mib(self.device)
+        reserved = torch_mem["mem_torch_reserved_mib"] or 0.0
+        return {
+            "mem_nvml_used_mib": used,
+            "mem_nvml_before_loader_mib": self.used0,
+            "mem_torch_reserved_mib": reserved,
+            "mem_torch_peak_reserved_mib": torch_mem["mem_torch_max_reserved_mib"],
+            "loader_gpu_mem_mib": (used - self.used0) - (reserved - self.reserved0),
+        }
+
+    def close(self) -> None:
+        self.nvml.close()
 
 
 def loader_device(loader) -> Any:

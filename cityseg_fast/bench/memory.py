@@ -16,46 +16,13 @@
 from __future__ import annotations
 
 import os
-import resource
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-MIB = 2**20
+from cityseg_fast.memstats import MIB, NvmlDevice, host_peak_rss_mib, reset_host_peak
 
-
-def host_peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    hwm = _proc_status_kib("VmHWM")
-    if hwm is not None:
-        peak = max(peak, hwm / 1024.0) if _HWM_NOT_RESET[0] else hwm / 1024.0
-    return peak
-
-
-_HWM_NOT_RESET = [True]  # once clear_refs worked, VmHWM (not the lifetime ru_maxrss) is the point's peak
-
-
-def _proc_status_kib(field_name: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def reset_host_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    _HWM_NOT_RESET[0] = False
-    return True
+__all__ = ["MIB", "MemoryMonitor", "NvmlSampler", "host_peak_rss_mib", "reset_host_peak"]
 
 
 class NvmlSampler:
@@ -69,24 +36,23 @@ class NvmlSampler:
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dev: NvmlDevice | None = None
         self._nvml: Any = None
         self._handle: Any = None
 
     def start(self) -> bool:
-        from cityseg_fast.hardware import nvml_handle
-
-        found = nvml_handle(self.device)
-        if found is None:  # no pynvml, no driver, or no NVML device with this GPU's UUID: metrics stay None
+        self._dev = NvmlDevice.open(self.device)
+        if self._dev is None:  # no pynvml, no driver, or no NVML device with this GPU's UUID: metrics stay None
             self.error = f"no NVML device matches {self.device}"
             return False
-        self._nvml, self._handle = found
+        self._nvml, self._handle = self._dev.nvml, self._dev.handle
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
         self._thread.start()
         return True
 
     def _sample(self) -> dict[str, float]:
         n, h = self._nvml, self._handle
-        s: dict[str, float] = {"mem_used_mib": n.nvmlDeviceGetMemoryInfo(h).used / MIB}
+        s: dict[str, float] = {"mem_used_mib": self._dev.used_mib()}
         for key, fn in (
             ("power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
             ("sm_clock_mhz", lambda: float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM))),
@@ -113,10 +79,7 @@ class NvmlSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self._thread = None
-        try:
-            self._nvml.nvmlShutdown()
-        except Exception:
-            pass
+        self._dev.close()
 
     def summary(self) -> dict[str, float | None]:
         def agg(key: str, fn) -> float | None:

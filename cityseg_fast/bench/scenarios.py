@@ -121,6 +121,8 @@ def _train_point(
     """Time train_step on batches from `loader_cfg`'s loader; the shared body of `model` and `e2e`.
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
+    Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py).
     """
 
     from cityseg_fast.bench.memory import MemoryMonitor
@@ -129,6 +131,7 @@ def _train_point(
     from cityseg_fast.data.plan import endless
     from cityseg_fast.engine.dist import wrap_ddp
     from cityseg_fast.engine.precision import reset_compile_counters
+    from cityseg_fast.engine.stall import StallMeter
     from cityseg_fast.engine.step import build_train_state, train_step
 
     rank = dist_info.rank if dist_info else 0
@@ -140,15 +143,19 @@ def _train_point(
         loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
         batches = (b for _, b in endless(loader))
         state.model.train()
+        meter = StallMeter(device)
 
         def step() -> None:
-            train_step(state, next(batches))
+            batch = meter.next(batches)
+            with meter.step():
+                train_step(state, batch)
 
         before = None
 
         def mark_steady() -> None:
             nonlocal before
             before = _compile_counters()
+            meter.reset()  # the stall of the timed steps only
 
         times = time_steps(
             step,
@@ -161,6 +168,7 @@ def _train_point(
         )
         after = _compile_counters()
         metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
+        metrics.update(meter.take().metrics())  # time_steps synchronised at its end: every event is readable
         metrics["loader_description"] = getattr(loader, "description", cfg.loader.backend)
         metrics["recompiles"] = after.get("recompiles", 0)
         # Recompiles inside the timed region mean the steady state was not steady: report them apart.
@@ -172,9 +180,15 @@ def _train_point(
             extra = _split_phases(state, next(batches), cfg, device)
         if with_inference:
             extra.update(_infer_on_batch(state.model, next(batches), cfg, device))
-        loader.close()
     metrics.update(mon.metrics())
     metrics.update(extra)
+    if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
+        from cityseg_fast.bench.profile import profile_steps, trace_path
+
+        scenario = "model" if with_inference else "e2e"
+        trace = trace_path(cfg, scenario, world, rank)
+        metrics.update(profile_steps(step, cfg.bench.profile_steps, device, trace))
+    loader.close()
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
@@ -307,6 +321,7 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
         "train_wall_s": summary.get("wall_s", wall),
         "process_wall_s": wall,
         "iters_done": summary.get("iters"),
+        "stall_fraction": summary.get("stall_fraction_mean"),
         "out_dir": str(out),
         "device": device.type,
         "curves": accuracy.curves(events),
@@ -360,4 +375,8 @@ def run_scenario(name: str, cfg: Config) -> dict[str, Any]:
     """Measure one point of scenario `name` under `cfg`; returns its metrics."""
     if name not in RUNNERS:
         raise ValueError(f"unknown scenario '{name}' (have: {', '.join(RUNNERS)})")
-    return RUNNERS[name](cfg)
+    metrics = RUNNERS[name](cfg)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:  # the devices this point ran on (a sweep with --devices sets it per point)
+        metrics["visible_devices"] = visible
+    return metrics

@@ -1,229 +1,58 @@
-"""Benchmark sweeps: a grid of points from a YAML spec, one fresh subprocess per point, resumable results.
+"""Running a sweep: one fresh subprocess per point, one at a time or side by side on a device list, resumable.
 
-    cityseg sweep configs/sweeps/cpu_quick.yaml --out runs/cpu_quick    # -> runs/cpu_quick/results.jsonl
+    spec = load_spec("configs/sweeps/cpu_quick.yaml")     # bench/sweep_spec.py: points, variables, shards
+    run_sweep(spec, "runs/cpu_quick")                        # -> runs/cpu_quick/results.jsonl
+    run_sweep(spec, out, devices=["0", "1", "2", "3"])       # up to four single-device points at once
 
-A spec (see configs/sweeps/*.yaml for commented examples):
-
-    name: cpu_quick
-    config: [configs/bench/cpu.yaml]          # base config layers (later wins)
-    overrides: {bench.iters: 10}              # applied to every point
-    timeout_s: 900                            # per point
-    max_batch_search: false                   # on OOM halve the batch until it fits, record each try
-    runs:                                     # one or more blocks; each is scenarios x product(grid)
-      - scenarios: [loader, model, e2e]
-        overrides: {...}                      # block-level overrides
-        grid:                                 # any config key, plus world_size (torchrun)
-          model.name: [unet_s16]
-          data.crop: [[64, 128], [128, 256]]
-          loader.batch_size: [2, 4]
-          world_size: [1]
-
-Each point is identified by the scenario table (`results.point_for`), which keeps only the keys that
-change that scenario's measurement, so axes irrelevant to a scenario (the loader for `model`) do not
-multiply its points. Points run in the table's order (loader, model, infer, e2e, accuracy, baseline)
-and in ascending world size, so the rows an e2e or a multi-GPU row's derived metrics need (its
-companions) exist first; `results.merge` derives them when the rows are read.
+Scheduling. Without a device list: one point at a time, the devices left as the sweep found them (a
+world-size-N point is torchrun on the first N visible GPUs). With one: each point gets its own devices
+through CUDA_VISIBLE_DEVICES, a single-device point one of them, a world-size-N point N of them
+(torchrun --nproc_per_node=N); points start in spec order as soon as enough devices are free, and the
+next point waits for its N devices rather than being overtaken (so a big point is never starved). The
+child records the devices it saw in `metrics.visible_devices` (a metric: not part of the point id).
+Running points side by side is sound for the bookkeeping (derived metrics are computed when rows are
+read, so a point's companions may run in any order, in any shard) but not free for the numbers: points
+side by side share the host's CPU cores, memory bandwidth and PCIe, which loader and e2e points feel most.
 
 Guarantees:
-- the parent alone appends to results.jsonl (results.append_row: atomic, fsync); a point's child
-  writes to its own scratch file, so a killed sweep loses at most the point in flight, never a row;
-- rerunning skips points already `ok` (and `oom`, unless --retry-oom), so an interrupted sweep
-  resumes without duplicate rows; `error` points are retried;
+- the parent alone appends to the results file (results.append_row: atomic, fsync); a point's child
+  writes to its own scratch file, so a killed sweep loses at most the points in flight, never a row;
+- rerunning skips points already `ok` (and `oom`, unless --retry-oom) in any results file of the out
+  folder (results.jsonl and every shard's), so an interrupted sweep resumes without duplicate rows;
+  `error` points are retried; rows recorded under an unresolved ${VAR} never count as done;
 - any failure (exception, crash, timeout) becomes an `error` row with a one-line message; an
-  out-of-memory becomes `oom`; the sweep always goes on to the next point.
+  out-of-memory becomes `oom`, and with max_batch_search the same point at half the batch runs next;
+  the sweep always goes on to the next point.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cityseg_fast.config import Config, dump_config, load_config, load_yaml
+from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, SweepPoint, SweepSpec, halved
+from cityseg_fast.config import dump_config
 from cityseg_fast.errors import UserError
 
-SPEC_KEYS = {
-    "demo",  # read by `cityseg demo` only (the dataset it makes), ignored here
-    "name",
-    "description",
-    "config",
-    "overrides",
-    "timeout_s",
-    "max_batch_search",
-    "runs",
-    "scenarios",
-    "grid",
-}
-RUN_KEYS = {"scenarios", "grid", "overrides", "config", "name"}
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+Row = dict[str, Any]
+# Starts a point's child now and returns the function that waits for it and gives its row.
+Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], Row]]
 
-
-@dataclass
-class SweepPoint:
-    scenario: str
-    point: dict[str, Any]
-    cfg: Config
-    world_size: int = 1
-    label: str = ""
-    search_from: int | None = None  # batch size this max-batch-search try halved down from
-
-
-@dataclass
-class SweepSpec:
-    name: str
-    points: list[SweepPoint]
-    timeout_s: float = 1800.0
-    max_batch_search: bool = False
-    source: str = ""
-    skipped_duplicates: int = 0
-    notes: list[str] = field(default_factory=list)
+_LIVE: set[subprocess.Popen] = set()  # children in flight, stopped together on Ctrl-C
+_LIVE_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
-# spec
-
-
-def _as_overrides(value: Any, where: str) -> list[str]:
-    """{a.b: v} or ["a.b=v"] -> ["a.b=<yaml v>"] with ${ENV} expanded in strings."""
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [f"{k}={_yaml_value(v)}" for k, v in value.items()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [os.path.expandvars(v) for v in value]
-    raise UserError(f"{where}: overrides must be a mapping of section.key: value")
-
-
-def _yaml_value(v: Any) -> str:
-    if isinstance(v, str):
-        v = os.path.expandvars(v)
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def load_spec(
-    path: str | os.PathLike, out_dir: str | os.PathLike | None = None, overrides: Iterable[str] = ()
-) -> SweepSpec:
-    """Parse and expand a sweep YAML into concrete points (configs resolved and type-checked).
-
-    overrides: `section.key=value` applied to every point, after the spec's own (e.g. the demo's --quick).
-    A config file named in the spec is found relative to the working directory, else to the spec's
-    folder, else to the repository root (so a shipped spec runs from anywhere)."""
-    from cityseg_fast.results import SCENARIOS, point_for
-
-    p = Path(path)
-    raw = load_yaml(p)
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: a sweep spec must be a mapping (name:, config:, runs:)")
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
-        raise UserError(f"{p}: unknown sweep key(s) {sorted(unknown)}; valid: {sorted(SPEC_KEYS)}")
-    runs = raw.get("runs")
-    if runs is None:
-        runs = [{k: raw[k] for k in ("scenarios", "grid") if k in raw}]
-    if not isinstance(runs, list) or not runs:
-        raise UserError(f"{p}: 'runs' must be a non-empty list of {{scenarios, grid, overrides}} blocks")
-    base_files = [_config_path(f, p) for f in _as_list(raw.get("config") or [])]
-    base_over = _as_overrides(raw.get("overrides"), f"{p}: overrides")
-    extra = list(overrides)
-    spec = SweepSpec(
-        name=str(raw.get("name") or p.stem),
-        points=[],
-        timeout_s=float(raw.get("timeout_s", 1800)),
-        max_batch_search=bool(raw.get("max_batch_search", False)),
-        source=str(p),
-    )
-    seen: set[str] = set()
-    for i, run in enumerate(runs):
-        where = f"{p}: runs[{i}]"
-        if not isinstance(run, dict) or set(run) - RUN_KEYS:
-            raise UserError(f"{where}: expected keys {sorted(RUN_KEYS)}, got {run!r:.200}")
-        scenarios = _as_list(run.get("scenarios") or [])
-        bad = [s for s in scenarios if s not in SCENARIOS]
-        if not scenarios or bad:
-            raise UserError(f"{where}: scenarios must be a list from {list(SCENARIOS)}, got {scenarios}")
-        grid = run.get("grid") or {}
-        if not isinstance(grid, dict):
-            raise UserError(f"{where}: grid must be a mapping of section.key: [values]")
-        files = base_files + [_config_path(f, p) for f in _as_list(run.get("config") or [])]
-        over = base_over + _as_overrides(run.get("overrides"), f"{where}.overrides")
-        axes = [(k, _as_list(v)) for k, v in grid.items()]
-        for combo in itertools.product(*[vals for _, vals in axes]):
-            values = dict(zip([k for k, _ in axes], combo, strict=True))
-            world = _world_size(values.pop("world_size", 1), where)
-            point_over = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
-            try:
-                cfg = load_config(files, over + point_over + extra)
-            except UserError as e:
-                raise UserError(f"{where}: {e}") from None
-            for scenario in scenarios:
-                point = point_for(scenario, cfg, world)
-                key = _key(scenario, point)
-                if key in seen:
-                    spec.skipped_duplicates += 1
-                    continue
-                seen.add(key)
-                label = " ".join(f"{k}={_short(v)}" for k, v in values.items())
-                spec.points.append(SweepPoint(scenario, point, cfg, world, label + f" ws={world}"))
-    order = list(SCENARIOS)  # the table's order: loader and model points before the e2e they explain
-    spec.points.sort(key=lambda sp: (order.index(sp.scenario), sp.world_size))
-    if out_dir is not None:
-        _place_accuracy_runs(spec, Path(out_dir))
-    return spec
-
-
-def _config_path(name: Any, spec: Path) -> str:
-    """A config file of a spec: as given, else beside the spec, else under the repository root."""
-    text = os.path.expandvars(str(name))
-    for cand in (Path(text), spec.parent / text, Path(PACKAGE_ROOT) / text):
-        if cand.is_file():
-            return str(cand)
-    return text  # load_config names it as not found
-
-
-def _world_size(v: Any, where: str) -> int:
-    text = os.path.expandvars(str(v))
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(
-            f"{where}: world_size {v!r} is not a positive integer (is its environment variable set?)"
-        )
-    return int(text)
-
-
-def _short(v: Any) -> str:
-    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
-
-
-def _key(scenario: str, point: dict[str, Any]) -> str:
-    return json.dumps({"scenario": scenario, **point}, sort_keys=True, default=str)
-
-
-def _place_accuracy_runs(spec: SweepSpec, out: Path) -> None:
-    """Each accuracy point trains into its own out_dir under the sweep folder (not the default runs/)."""
-    from cityseg_fast.config import replace
-    from cityseg_fast.results import point_id
-
-    for sp in spec.points:
-        if sp.scenario == "accuracy":
-            run_dir = out / "runs" / f"accuracy-{point_id(sp.scenario, sp.point)}"
-            sp.cfg = replace(sp.cfg, train={"out_dir": str(run_dir)})
-
-
-# ---------------------------------------------------------------------------------------------
-# running one point
+# one point
 
 
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
@@ -241,20 +70,28 @@ def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
     return [sys.executable, *bench]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(devices: tuple[str, ...] = ()) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *filter(None, [env.get("PYTHONPATH")])])
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the sweep dies, so a killed sweep leaves no point running (Linux)."""
+def _pdeathsig() -> Callable[[], None] | None:
+    """In the child: get SIGTERM if the sweep dies, so a killed sweep leaves no point running (Linux).
+    libc is loaded here, before any thread starts: the child, forked while other threads may hold the
+    import lock, only calls the function."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except Exception:
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+_DIE_WITH_PARENT = _pdeathsig()
 
 
 def _last_line(text: str) -> str:
@@ -262,13 +99,38 @@ def _last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
-def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
-    """Run one point in a fresh subprocess; always returns a schema row (ok, oom or error)."""
-    from cityseg_fast.results import point_id, read_rows, row_for
+def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[str, bool]:
+    """(stderr, timed out) of a child, stopped at the timeout (torchrun forwards SIGTERM to its workers)."""
+    try:
+        return proc.communicate(timeout=timeout_s)[1] or "", False
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            return proc.communicate(timeout=15)[1] or "", True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.communicate()[1] or "", True
+    except BaseException:  # Ctrl-C while waiting in this thread: stop the child too, then let the sweep stop
+        proc.terminate()
+        proc.wait(timeout=15)
+        raise
 
-    pid = point_id(sp.scenario, sp.point)
-    cfg_path = work / f"{sp.scenario}-{pid}.yaml"
-    row_path = work / f"{sp.scenario}-{pid}.jsonl"
+
+def _failure(returncode: int, err: str, timed_out: bool, timeout_s: float) -> str:
+    if timed_out:
+        return f"timeout: point ran longer than {timeout_s:.0f} s"
+    if returncode < 0:
+        msg = f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+        return msg + ("; " + _last_line(err) if _last_line(err) else "")
+    return _last_line(err) or f"exit code {returncode} and no result row"
+
+
+def start_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> Callable[[], Row]:
+    """Start one point in a fresh subprocess (on `devices` when given); the function returned waits for
+    it and returns its schema row (ok, oom or error). Call it from the thread that lives longest: the
+    child's parent-death signal follows the thread that started it."""
+    cfg_path = work / f"{sp.scenario}-{sp.id}.yaml"
+    row_path = work / f"{sp.scenario}-{sp.id}.jsonl"
     dump_config(sp.cfg, cfg_path)
     row_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -277,43 +139,57 @@ def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_child_env(),
-        preexec_fn=_die_with_parent,
+        env=_child_env(devices),
+        preexec_fn=_DIE_WITH_PARENT,
     )
-    timed_out = False
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+    return lambda: _finish(sp, proc, work, row_path, timeout_s, devices, t0)
+
+
+def _finish(
+    sp: SweepPoint, proc: subprocess.Popen, work: Path, row_path: Path, timeout_s: float,
+    devices: tuple[str, ...], t0: float,
+) -> Row:  # fmt: skip
+    from cityseg_fast.results import read_rows, row_for
+
     try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        proc.terminate()  # torchrun forwards SIGTERM to its workers
-        try:
-            out, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-    except BaseException:  # Ctrl-C: stop the child too, then let the sweep stop
-        proc.terminate()
-        proc.wait(timeout=15)
-        raise
+        err, timed_out = _wait(proc, timeout_s)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     wall = time.perf_counter() - t0
     rows = list(read_rows(row_path))
     if rows and not timed_out:
         row = rows[-1]  # the child built it with row_for: the same point as sp.point
     else:
-        if timed_out:
-            msg = f"timeout: point ran longer than {timeout_s:.0f} s"
-        elif proc.returncode and proc.returncode < 0:
-            msg = f"killed by signal {-proc.returncode} ({signal.Signals(-proc.returncode).name})"
-            msg += "; " + _last_line(err) if _last_line(err) else ""
-        else:
-            msg = _last_line(err) or f"exit code {proc.returncode} and no result row"
+        msg = _failure(proc.returncode, err, timed_out, timeout_s)
         row = row_for(sp.scenario, sp.cfg, error=msg, world_size=sp.world_size)
+        if devices:
+            row["metrics"]["visible_devices"] = ",".join(devices)
     row["metrics"]["point_wall_s"] = wall
     if sp.search_from is not None:
         row["metrics"]["max_batch_search_from"] = sp.search_from
     if row["status"] != "ok":
-        (work / f"{sp.scenario}-{pid}.stderr.txt").write_text((err or "")[-20000:])
+        (work / f"{sp.scenario}-{sp.id}.stderr.txt").write_text(err[-20000:])
     return row
+
+
+def run_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> Row:
+    """Run one point in a fresh subprocess and return its row."""
+    return start_point(sp, work, timeout_s, devices)()
+
+
+def _stop_children() -> None:
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,10 +199,21 @@ def run_point(sp: SweepPoint, work: Path, timeout_s: float) -> dict[str, Any]:
 @dataclass
 class Progress:
     total: int
-    rows: list[tuple[str, str, str, str, str]] = field(
-        default_factory=list
-    )  # scenario, label, status, ips, s
+    devices: bool = False  # show the devices column
+    rows: list[list[str]] = field(default_factory=list)  # scenario, point, devices, status, images/s, s
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0})
+
+    def add(self, sp: SweepPoint, status: str, devices: tuple[str, ...] = ()) -> int:
+        self.rows.append([sp.scenario, sp.label, ",".join(devices), status, "", ""])
+        if status == "skipped":
+            self.counts["skipped"] += 1
+        return len(self.rows) - 1
+
+    def finish(self, i: int, row: Row) -> None:
+        ips, wall = row["metrics"].get("images_per_s"), row["metrics"].get("point_wall_s")
+        self.rows[i][3:] = [row["status"], f"{ips:.1f}" if isinstance(ips, float) else "",
+                            f"{wall:.0f}" if isinstance(wall, float) else ""]  # fmt: skip
+        self.counts[row["status"]] += 1
 
     def table(self, title: str) -> Any:
         from rich.table import Table
@@ -335,14 +222,60 @@ class Progress:
             title=f"{title}: {sum(self.counts.values())}/{self.total}  "
             + "  ".join(f"{k} {v}" for k, v in self.counts.items())
         )
-        for col in ("scenario", "point", "status", "images/s", "s"):
+        cols = ["scenario", "point"] + (["devices"] if self.devices else []) + ["status", "images/s", "s"]
+        for col in cols:
             t.add_column(col, justify="right" if col in ("images/s", "s") else "left")
         for r in self.rows[-30:]:
-            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan"}[
-                r[2]
-            ]
-            t.add_row(r[0], r[1], f"[{color}]{r[2]}[/{color}]", r[3], r[4])
+            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan"}[r[3]]
+            cells = r[:2] + ([r[2]] if self.devices else []) + [f"[{color}]{r[3]}[/{color}]", r[4], r[5]]
+            t.add_row(*cells)
         return t
+
+
+class _Devices:
+    """The free devices; without a list, one slot (one point at a time, on whatever the child sees)."""
+
+    def __init__(self, devices: Sequence[str] | None) -> None:
+        self.all = list(devices or [])
+        self.free = list(self.all)
+        self.running = 0
+
+    def take(self, n: int) -> tuple[str, ...] | None:
+        if not self.all:
+            return None if self.running else self._took(())
+        if len(self.free) < n:
+            return None
+        got, self.free = tuple(self.free[:n]), self.free[n:]
+        return self._took(got)
+
+    def _took(self, got: tuple[str, ...]) -> tuple[str, ...]:
+        self.running += 1
+        return got
+
+    def give(self, got: tuple[str, ...]) -> None:
+        self.running -= 1
+        self.free = [d for d in self.all if d in self.free or d in got]
+
+
+def check_devices(spec: SweepSpec, devices: Sequence[str] | None) -> None:
+    """A UserError when a point needs more devices than the list has (it could never start)."""
+    if devices is None:
+        return
+    big = [sp.world_size for sp in spec.points if sp.world_size > len(devices)]
+    if big:
+        raise UserError(
+            f"--devices {','.join(devices)}: {len(devices)} device(s), but {len(big)} point(s) of {spec.source} "
+            f"need world_size {max(big)}; list more devices or leave those points out (--only)"
+        )
+
+
+def done_ids(out: Path, done_status: Sequence[str] = ("ok", "oom")) -> set[str]:
+    """Point ids already measured (with one of `done_status`) in any results file of `out`; rows under
+    an unresolved variable never count."""
+    from cityseg_fast.results import read_rows, results_files, split_unresolved
+
+    real, _ = split_unresolved(read_rows(results_files(out)))
+    return {r["point_id"] for r in real if r["status"] in done_status}
 
 
 def run_sweep(
@@ -352,81 +285,100 @@ def run_sweep(
     retry_oom: bool = False,
     live: bool = True,
     time_budget_s: float | None = None,
+    devices: Sequence[str] | None = None,
+    runner: Runner = start_point,
 ) -> dict[str, int]:
-    """Run every point not already done; returns counts {ok, oom, error, skipped, not_started}.
+    """Run every point not already done; returns counts {ok, oom, error, skipped[, not_started]}.
 
-    time_budget_s: start no new point once this much wall time has passed (the point in flight
-    finishes, bounded by the spec's timeout_s); the rest is left for a rerun, which resumes."""
+    devices: run points side by side on these (see the module docstring). time_budget_s: start no new
+    point once this much wall time has passed (points in flight finish, bounded by the spec's timeout_s);
+    the rest is left for a rerun, which resumes. runner: how a point is started (tests pass a stub)."""
     from rich.console import Console
     from rich.live import Live
 
-    from cityseg_fast.results import append_row, point_id, read_rows
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    work = out / "points"
-    work.mkdir(exist_ok=True)
-    done_status = ("ok", "oom") if not retry_oom else ("ok",)
-    prog = Progress(total=len(spec.points))
-    console = Console(stderr=True)
-    queue = list(spec.points)
+    check_devices(spec, devices)
+    state = _Sweep(spec, Path(out_dir), retry_oom, devices, runner)
     t0 = time.perf_counter()
-    with Live(
-        prog.table(spec.name), console=console, refresh_per_second=2, transient=False, auto_refresh=live
-    ) as view:
-        while queue:
-            if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
-                prog.counts["not_started"] = len(queue)
-                break
-            sp = queue.pop(0)
-            done = {r["point_id"] for r in read_rows(results) if r["status"] in done_status}
-            if point_id(sp.scenario, sp.point) in done:
-                prog.counts["skipped"] += 1
-                prog.rows.append((sp.scenario, sp.label, "skipped", "", ""))
-                view.update(prog.table(spec.name))
+    table = state.progress.table(spec.name)
+    with Live(table, console=Console(stderr=True), refresh_per_second=2, transient=False, auto_refresh=live) as view:
+        try:
+            while state.todo or state.slots.running:
+                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and state.todo:
+                    state.progress.counts["not_started"] = len(state.todo)
+                    state.todo.clear()
+                state.start_ready()
+                view.update(state.progress.table(spec.name))
+                if state.slots.running:
+                    state.collect_one()
+                    view.update(state.progress.table(spec.name))
+        except BaseException:  # Ctrl-C (or a bug): no child outlives the sweep
+            _stop_children()
+            raise
+    return state.progress.counts
+
+
+class _Sweep:
+    """The running state of run_sweep: the queue, the devices, the points in flight, the progress."""
+
+    def __init__(self, spec: SweepSpec, out: Path, retry_oom: bool, devices: Sequence[str] | None,
+                 runner: Runner) -> None:  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        self.work = out / "points"
+        self.work.mkdir(exist_ok=True)
+        self.spec, self.results, self.runner = spec, out / spec.results_file, runner
+        self.done_status = ("ok",) if retry_oom else ("ok", "oom")
+        self.done = done_ids(out, self.done_status)
+        self.slots = _Devices(devices)
+        self.todo = list(spec.points)
+        self.progress = Progress(total=len(spec.points), devices=bool(devices))
+        self.finished: queue.Queue[tuple[SweepPoint, tuple[str, ...], int, Any]] = queue.Queue()
+
+    def start_ready(self) -> None:
+        """Start points in order while the next one's devices are free; skip those already done."""
+        while self.todo:
+            sp = self.todo[0]
+            if sp.id in self.done:
+                self.todo.pop(0)
+                self.progress.add(sp, "skipped")
                 continue
-            prog.rows.append((sp.scenario, sp.label, "running", "", ""))
-            view.update(prog.table(spec.name))
-            row = run_point(sp, work, spec.timeout_s)
-            append_row(results, row)
-            ips = row["metrics"].get("images_per_s")
-            prog.rows[-1] = (
-                sp.scenario,
-                sp.label,
-                row["status"],
-                f"{ips:.1f}" if isinstance(ips, float) else "",
-                f"{row['metrics']['point_wall_s']:.0f}",
-            )
-            prog.counts[row["status"]] += 1
-            view.update(prog.table(spec.name))
-            if row["status"] == "oom" and spec.max_batch_search:
-                nxt = _halved(sp)
-                if nxt is not None:
-                    prog.total += 1
-                    queue.insert(0, nxt)
-    return prog.counts
+            got = self.slots.take(sp.world_size)
+            if got is None:
+                return
+            self.todo.pop(0)
+            try:
+                wait = self.runner(sp, self.work, self.spec.timeout_s, got)
+            except BaseException:
+                self.slots.give(got)
+                raise
+            i = self.progress.add(sp, "running", got)
+            threading.Thread(target=self._wait, args=(sp, got, i, wait), daemon=True).start()
 
+    def _wait(self, sp: SweepPoint, got: tuple[str, ...], i: int, wait: Callable[[], Row]) -> None:
+        try:
+            result: Any = wait()
+        except BaseException as e:  # handed to the main thread, which raises it
+            result = e
+        self.finished.put((sp, got, i, result))
 
-def _halved(sp: SweepPoint) -> SweepPoint | None:
-    """The same point at half the batch size (max-batch search), or None below batch 1."""
-    from cityseg_fast.config import replace
-    from cityseg_fast.results import point_for
+    def collect_one(self) -> None:
+        """Wait for a point to finish, append its row (the parent alone writes), free its devices."""
+        while True:
+            try:
+                sp, got, i, row = self.finished.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        self.slots.give(got)
+        if isinstance(row, BaseException):
+            raise row
+        from cityseg_fast.results import append_row
 
-    bs = sp.cfg.loader.batch_size // 2
-    if bs < 1:
-        return None
-    cfg = replace(sp.cfg, loader={"batch_size": bs})
-    point = point_for(sp.scenario, cfg, sp.world_size)
-    return SweepPoint(
-        sp.scenario,
-        point,
-        cfg,
-        sp.world_size,
-        sp.label + f" (search bs={bs})",
-        search_from=sp.search_from or sp.cfg.loader.batch_size,
-    )
-
-
-def default_out_dir(spec: SweepSpec) -> Path:
-    return Path("runs") / "sweeps" / spec.name
+        append_row(self.results, row)
+        self.progress.finish(i, row)
+        if row["status"] in self.done_status:  # a max-batch-search try may be a later point of the grid
+            self.done.add(row["point_id"])
+        if row["status"] == "oom" and self.spec.max_batch_search:
+            nxt = halved(sp)
+            if nxt is not None:
+                self.progress.total += 1
+                self.todo.insert(0, nxt)

@@ -10,10 +10,13 @@ Scenarios (the table in cityseg_fast/results/scenarios.py):
 
 Every option is a shortcut for a config override (`--crop 512x1024` is data.crop=[512,1024]), so a
 sweep can express any point a command line can. `--append FILE` appends the row to a results.jsonl
-(checked before measuring). Exit status: 0 ok, 3 out of memory (the row says oom), 2 bad input.
+(checked before measuring); with bench.profile=true the profile's trace goes to FILE's folder/traces/
+(unless bench.trace_dir says otherwise; without --append, runs/traces/). Exit status: 0 ok, 3 out of
+memory (the row says oom), 2 bad input.
 
   cityseg bench loader --data DIR --loader dali --decode-only --json
   cityseg bench model --config configs/bench/gpu.yaml precision.dtype=bf16 --append runs/x/results.jsonl
+  cityseg bench model bench.profile=true bench.split_phases=true --append runs/x/results.jsonl
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 # --flag -> (config key, how the value is written); a flag left out sets nothing
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if args.append:  # before measuring: a point measured and then not written is time thrown away
         check_append_file(args.append, "--append")
     cfg = config_from_args(args, shortcut_overrides(args))
+    if cfg.bench.profile and args.append and not cfg.bench.trace_dir:  # the trace beside the rows it explains
+        cfg = replace(cfg, bench={"trace_dir": str(Path(args.append).resolve().parent / "traces")})
     if scenario == "accuracy" and cfg.train.out_dir == "runs/default":
         cfg = replace(cfg, train={"out_dir": tempfile.mkdtemp(prefix="cityseg-accuracy-")})
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def demo_plan(spec_path: Path, quick: bool) -> tuple[dict[str, Any], list[str]]:
     """(frames {train, val, size}, extra overrides) from the spec's `demo:` block (its `quick:` part with --quick)."""
-    from cityseg_fast.bench.sweep import _as_overrides
+    from cityseg_fast.bench.sweep_spec import as_overrides
     from cityseg_fast.config import load_yaml
     from cityseg_fast.errors import UserError
 
@@ -45,7 +45,7 @@ def demo_plan(spec_path: Path, quick: bool) -> tuple[dict[str, Any], list[str]]:
         raise UserError(f"{spec_path}: a demo sweep needs a `demo: {{frames: {{train, val, size}}}}` block")
     part = (demo.get("quick") or {}) if quick else {}
     frames = {**demo["frames"], **part.get("frames", {})}
-    return frames, _as_overrides(part.get("overrides"), f"{spec_path}: demo.quick.overrides")
+    return frames, as_overrides(part.get("overrides"), f"{spec_path}: demo.quick.overrides")
 
 
 def _fresh(out: Path) -> None:
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from cityseg_fast.bench.sweep import PACKAGE_ROOT, load_spec, run_sweep
+    from cityseg_fast.bench.sweep import run_sweep
+    from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, load_spec
     from cityseg_fast.data.prepare import prepare_dataset
     from cityseg_fast.data.synthetic import write_synthetic
     from cityseg_fast.paths import check_out_dir

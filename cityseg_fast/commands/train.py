@@ -56,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(json_safe(summary)))
         else:
+            stall = summary.get("stall_fraction_mean")
+            waited = f", waited for data {stall:.0%} of the time" if stall is not None else ""
             print(
                 f"done: {summary['iters']} iterations, val mIoU {100 * summary['miou']:.2f}, "
-                f"{summary['wall_s']:.1f} s, run in {summary['out_dir']}"
+                f"{summary['wall_s']:.1f} s{waited}, run in {summary['out_dir']}"
             )
     return 0
 

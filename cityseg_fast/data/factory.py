@@ -103,7 +103,7 @@ def build_loader(
     if backend == "torch":
         from cityseg_fast.data.torch_loader import TorchLoader
 
-        return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_depth=lc.prefetch_queue_depth,
+        return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_factor=lc.prefetch_factor,
                            pin_memory=lc.pin_memory)  # fmt: skip
     from cityseg_fast.data.dali import dali_available
 

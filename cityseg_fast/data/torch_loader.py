@@ -170,7 +170,7 @@ class TorchLoader(PlannedLoader):
         spec: LoaderSpec,
         *,
         num_workers: int,
-        prefetch_depth: int = 2,
+        prefetch_factor: int = 2,
         pin_memory: bool = True,
     ) -> None:
         from cityseg_fast.data.resample import BufferPool, Normalizer
@@ -178,13 +178,14 @@ class TorchLoader(PlannedLoader):
         super().__init__(samples, spec)
         on_gpu = spec.device.type == "cuda"
         self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
-        self._pool = BufferPool(prefetch_depth + 2) if not on_gpu else None  # GPU: caching allocator
+        # The finished batches the consumer holds at once (a step's and the next); GPU: the caching allocator.
+        self._pool = BufferPool(4) if not on_gpu else None
         dataset = PlanDataset(self.samples, spec)
         kw: dict[str, Any] = {}
         if num_workers > 0:
             kw = {
                 "persistent_workers": True,
-                "prefetch_factor": max(1, prefetch_depth),
+                "prefetch_factor": prefetch_factor,  # batches each worker loads ahead
                 "multiprocessing_context": _worker_context(),
             }
         self._dl = torch.utils.data.DataLoader(

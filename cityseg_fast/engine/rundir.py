@@ -52,6 +52,7 @@ RESUMABLE_KEYS = frozenset(
         "loader.num_workers",
         "loader.num_threads",
         "loader.prefetch_queue_depth",
+        "loader.prefetch_factor",
         "loader.pin_memory",
     }
 )

@@ -3,7 +3,11 @@
     summary = train(cfg)   # {"miou", "per_class_iou", "iters", "wall_s", "out_dir", "checkpoint", ...}
 
 The loop calls `step.train_step` and never reads a value on the host except at log intervals, where the
-summed loss is pulled once (the one sync point per interval) and written to out_dir/metrics.jsonl.
+summed loss is pulled once (the one sync point per interval) and written to out_dir/metrics.jsonl. Each
+'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
+blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
+engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
+reserved and NVML's used). Every line has its wall-clock `timestamp`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist, rundir
 from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.errors import UserError
+from cityseg_fast.memstats import NvmlDevice
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +50,7 @@ class MetricsLog:
     def write(self, **row: Any) -> None:
         if not self.enabled:
             return
-        row = {"time": round(time.time(), 3), **row}
+        row = {"timestamp": round(time.time(), 3), **row}
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(row)) + "\n")
             f.flush()
@@ -96,6 +102,35 @@ def _progress(enabled: bool):
         disable=not enabled,
         transient=False,
     )
+
+
+def memory_fields(device: torch.device, nvml: Any) -> dict[str, float | None]:
+    """A 'train' line's memory: host RSS of this process; on a GPU torch's max allocated / reserved since the
+    run started (host-side allocator counters) and NVML's used memory (`nvml`: a memstats.NvmlDevice or None)."""
+    from cityseg_fast.memstats import host_rss_mib, torch_memory_mib
+
+    t = torch_memory_mib(device)
+    return {
+        "mem_host_rss_mib": host_rss_mib(),
+        "mem_torch_max_allocated_mib": t["mem_torch_max_allocated_mib"],
+        "mem_torch_max_reserved_mib": t["mem_torch_max_reserved_mib"],
+        "mem_nvml_used_mib": nvml.used_mib() if nvml is not None else None,
+    }
+
+
+def interval_fields(meter: StallMeter, iters: int, seconds: float) -> dict[str, float | None]:
+    """A 'train' line's timing: s per iteration, s per iteration blocked in next(), and the data wait the
+    meter measured (this rank's); called right after the interval's sync, so every step in it has ended."""
+    stats = meter.take()
+    m = stats.metrics()
+    n = len(stats.host_wait_s)
+    return {
+        "time": seconds / max(1, iters),
+        "data_time": sum(stats.host_wait_s) / n if n else None,
+        "data_wait_ms_p50": m["data_wait_ms_p50"],
+        "data_wait_ms_p99": m["data_wait_ms_p99"],
+        "stall_fraction": m["stall_fraction"],
+    }
 
 
 def _healthy(bad_checks: int, model: nn.Module) -> bool:
@@ -183,6 +218,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
 
     last_ckpt: Path | None = resume_from
     result: dict[str, Any] | None = None
+    meter = StallMeter(info.device)
+    nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
     loss_sum = torch.zeros((), device=info.device)
     n_in_sum, bad_checks, last_loss = 0, 0, float("nan")
     t0 = time.perf_counter()
@@ -191,8 +228,10 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     with _progress(info.is_main) as progress:
         task = progress.add_task("train", total=t.iters, completed=start, stats="")
         while it < t.iters:
-            epoch, batch = next(stream)
-            loss_sum += train_step(state, batch)
+            epoch, batch = meter.next(stream)
+            with meter.step():
+                loss = train_step(state, batch)
+            loss_sum += loss  # outside the step's events: the log sync waits for this add, so for the end event
             n_in_sum += 1
             it += 1
             progress.advance(task)
@@ -203,16 +242,12 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                 now = time.perf_counter()
                 ips = (it - it_log) * global_batch / max(now - t_log, 1e-9)
                 lr = state.optimizer.param_groups[0]["lr"]
-                log.write(
-                    event="train",
-                    iter=it,
-                    epoch=epoch,
-                    loss=last_loss,
-                    lr=lr,
-                    images_per_s=ips,
-                    wall_s=now - t0,
-                )
-                progress.update(task, stats=f"loss {last_loss:.4f}  lr {lr:.2e}  {ips:.1f} img/s")
+                timing = interval_fields(meter, it - it_log, now - t_log)
+                log.write(event="train", iter=it, epoch=epoch, loss=last_loss, lr=lr, images_per_s=ips,
+                          wall_s=now - t0, **timing, **memory_fields(info.device, nvml))  # fmt: skip
+                stall = timing["stall_fraction"]
+                stall_text = f"  stall {stall:.0%}" if stall is not None else ""
+                progress.update(task, stats=f"loss {last_loss:.4f}  lr {lr:.2e}  {ips:.1f} img/s{stall_text}")
                 loss_sum.zero_()
                 n_in_sum, t_log, it_log = 0, now, it
                 if math.isfinite(last_loss):
@@ -227,6 +262,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
                         )
             if it % t.eval_interval == 0 or it == t.iters or it % t.ckpt_interval == 0:
                 dist.broadcast_buffers(net)  # every rank evaluates and rank 0 saves the same BN statistics
+                meter.restart()  # the evaluation / checkpoint that follows is not a data wait
             if it % t.eval_interval == 0 or it == t.iters:
                 result = evaluate(
                     net, val_loader, cfg, info.device, progress=progress if info.is_main else None
@@ -259,6 +295,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
         Console().print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
     train_loader.close()
     val_loader.close()
+    if nvml is not None:
+        nvml.close()
     summary = {
         "miou": result["miou"],
         "per_class_iou": result["per_class_iou"],
@@ -271,6 +309,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
         "checkpoint": str(last_ckpt) if last_ckpt else None,
         "world_size": info.world_size,
         "replicas_in_sync": in_sync,
+        "stall_fraction_mean": meter.mean_stall_fraction(),  # rank 0's: waiting time / wall of every logged step
     }
     log.write(event="end", **{k: v for k, v in summary.items() if k != "per_class_iou"})
     return summary

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.paths import check_out_dir
-from cityseg_fast.report import bottleneck, compare, plots, tables
+from cityseg_fast.report import bottleneck, compare, plots, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
 from cityseg_fast.results import SCENARIOS
 
@@ -40,11 +40,17 @@ def _section(title: str, body: str, missing: str) -> str:
 
 def _skipped_lines(runs: Sequence[Run]) -> str:
     """A warning paragraph naming the lines of the results files that were left out ('' when none)."""
-    notes = [f"- `{run.path}`: {run.skipped_note()}\n" for run in runs if run.bad_lines]
+    notes = [f"- `{src.path}`: {src.skipped_note()}\n" for run in runs for src in run.sources if src.bad_lines]
     if not notes:
         return ""
     head = "**Warning: lines of these results files are unreadable (torn, or not a valid row) and left out:**"
     return head + "\n\n" + "".join(notes) + "\n"
+
+
+def _run_warnings(runs: Sequence[Run]) -> str:
+    """A warning paragraph for rows left out as unresolved and shard files missing ('' when none)."""
+    notes = [f"- `{run.path}`: {note}\n" for run in runs for note in run.warnings()]
+    return "**Warning: these runs are incomplete or partly left out:**\n\n" + "".join(notes) + "\n" if notes else ""
 
 
 def render_markdown(
@@ -59,6 +65,7 @@ def render_markdown(
         f"Built {now} by `cityseg report` from {len(runs)} results file(s). Every number below comes from "
         "those JSON lines; `results.csv` holds the same rows flattened (one column per point key and metric).\n\n",
         _skipped_lines(runs),
+        _run_warnings(runs),
         _section("Runs", tables.runs_section(runs), "no runs"),
         _section("Environment", tables.env_section(runs), "no environment recorded"),
         _section(
@@ -72,6 +79,8 @@ def render_markdown(
             "no end-to-end (e2e) rows: run `cityseg bench e2e` (or a sweep with e2e points) to see where the time goes",
         ),
     ]
+    for heading, body in (("Loader tuning", tuning.tuning_section(runs)), ("Inside a step", steps.step_section(runs))):
+        parts += [_section(heading, body, "")] if body else []  # only where the rows measured it
     parts.append("## Throughput, latency, memory and MFU per point\n\n")
     parts.append(
         "img/s is images per second over the timed iterations (warm-up excluded); p50/p90/p99 are per-batch latency "
@@ -113,17 +122,23 @@ def build_report(
     title: str | None = None,
     warn: Callable[[str], None] | None = None,
     extra: Sequence[tuple[str, str]] = (),
+    merge: bool = False,
 ) -> Path:
     """Write OUT/REPORT.md, OUT/*.png, OUT/results.csv (and OUT/comparison.csv for 2+ runs); return REPORT.md.
 
-    `warn` gets one line per results file with unreadable lines (REPORT.md lists them too); `extra`:
-    (heading, Markdown) sections appended at the end (the demo's timeline)."""
+    `warn` gets one line per results file with unreadable lines, and per run with rows left out as
+    unresolved or shard files missing (REPORT.md lists them too); `extra`: (heading, Markdown) sections
+    appended at the end (the demo's timeline); merge: all of `run_dirs` are one run (a sweep's shards)."""
     out = check_out_dir(out, "--out")
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, merge_all=merge)
     for run in runs:
-        if run.bad_lines and warn is not None:
-            good = run.lines - run.skipped
-            warn(f"{run.path}: {run.skipped_note()}; the report keeps its {good} good rows")
+        for src in run.sources:
+            if src.bad_lines and warn is not None:
+                good = src.lines - len(src.bad_lines)
+                warn(f"{src.path}: {src.skipped_note()}; the report keeps its {good} good rows")
+        for note in run.warnings():
+            if warn is not None:
+                warn(f"{run.path}: {note}")
     out.mkdir(parents=True, exist_ok=True)
     # Plots from an earlier build of this directory would be linked by nothing and mislead: remove ours.
     for name in plots.PLOT_FILES:

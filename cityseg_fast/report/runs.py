@@ -1,5 +1,7 @@
-"""Loading runs for reports: a run is one results.jsonl, read and merged by cityseg_fast.results only
-(the latest row per point, with its derived metrics); the report computes no number of its own.
+"""Loading runs for reports: a run is a results file, or every results file of a run folder (its
+results.jsonl and a sharded sweep's results.shard-I-of-N.jsonl), or those of several folders merged
+(`cityseg report --merge`); read and merged by cityseg_fast.results only (the latest row per point,
+with its derived metrics), so the report computes no number of its own.
 
 Also the small helpers every table and plot shares: a point's resolution, which point keys vary
 within a set of rows (so tables show only those), and a compact label for a point.
@@ -14,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.errors import UserError
-from cityseg_fast.results import merge, scan_rows
+from cityseg_fast.results import (
+    RESULTS_FILE,
+    merge,
+    missing_shards,
+    results_files,
+    scan_rows,
+    split_unresolved,
+    unresolved,
+)
 
-RESULTS_FILE = "results.jsonl"
 # Point keys in the order tables show them; keys not listed here follow, alphabetically.
 POINT_ORDER = (
     "model",
@@ -35,23 +44,15 @@ POINT_ORDER = (
 
 
 @dataclass
-class Run:
-    """The rows of one results.jsonl, newest row per point_id (a retried point keeps its last result)."""
+class Source:
+    """One results file of a run: how many non-empty lines it has, and which of them are unreadable."""
 
-    name: str
     path: Path
-    rows: list[dict[str, Any]]
-    lines: int = 0  # non-empty lines in the file
+    lines: int = 0
     bad_lines: list[int] = field(default_factory=list)  # line numbers scan_rows rejected (torn or invalid)
-    superseded: int = 0  # older rows of a point that was measured again
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def skipped(self) -> int:
-        return len(self.bad_lines)
 
     def skipped_note(self) -> str:
-        """'2 unreadable lines skipped (7, 12)'; '' when none."""
+        """'2 unreadable lines skipped (lines 7, 12)'; '' when none."""
         if not self.bad_lines:
             return ""
         shown = ", ".join(map(str, self.bad_lines[:10])) + (", ..." if len(self.bad_lines) > 10 else "")
@@ -59,44 +60,115 @@ class Run:
         return f"{n} unreadable line{'s' if n > 1 else ''} skipped (line{'s' if n > 1 else ''} {shown})"
 
 
-def results_path(run: str | os.PathLike) -> Path:
-    """RUN_DIR/results.jsonl, or the file itself when given one; UserError when neither exists."""
+@dataclass
+class Run:
+    """The rows of one run (one results.jsonl, or every results file of a folder or of several merged
+    folders: a sharded sweep's shards), newest row per point_id (a retried point keeps its last result)."""
+
+    name: str
+    path: Path  # the results file, or the folder / first folder of a merged run
+    rows: list[dict[str, Any]]
+    sources: list[Source] = field(default_factory=list)
+    superseded: int = 0  # older rows of a point that was measured again
+    unresolved: list[str] = field(default_factory=list)  # variables of rows left out: recorded unresolved
+    unresolved_rows: int = 0
+    missing_shards: list[str] = field(default_factory=list)  # shard files a sharded run lacks
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> int:
+        return sum(s.lines for s in self.sources)
+
+    @property
+    def bad_lines(self) -> list[int]:
+        return [n for s in self.sources for n in s.bad_lines]
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad_lines)
+
+    def skipped_note(self) -> str:
+        """'2 unreadable lines skipped (7, 12)' (per file when there are several); '' when none."""
+        if len(self.sources) == 1:
+            return self.sources[0].skipped_note()
+        return "; ".join(f"{s.path.name}: {s.skipped_note()}" for s in self.sources if s.bad_lines)
+
+    def notes(self) -> list[str]:
+        """What the report says about this run's files beside its rows."""
+        out = [self.skipped_note()] if self.skipped else []
+        if self.superseded:
+            out.append(f"{self.superseded} older result(s) of re-measured points ignored")
+        return out + self.warnings()
+
+    def warnings(self) -> list[str]:
+        """The notes worth a line on stderr too: rows left out as unresolved, shards missing."""
+        out = []
+        if self.unresolved_rows:
+            names = ", ".join(f"${{{n}}}" for n in self.unresolved)
+            out.append(f"{self.unresolved_rows} row(s) recorded with {names} unset left out")
+        if self.missing_shards:
+            out.append(f"shard file(s) missing: {', '.join(self.missing_shards)}")
+        return out
+
+
+def results_paths(run: str | os.PathLike) -> list[Path]:
+    """The results files of a run: a folder's results.jsonl and shard files, or the file itself when
+    given one; UserError when there are none."""
     p = Path(run)
     if not p.exists():
         raise UserError(f"{p}: no such run directory")
-    if p.is_dir():
-        p = p / RESULTS_FILE
-        if not p.is_file():
-            raise UserError(
-                f"{p}: not found (a run directory holds the results.jsonl a benchmark or sweep wrote)"
-            )
-    return p
+    if p.is_file():
+        return [p]
+    files = results_files(p)
+    if not files:
+        raise UserError(
+            f"{p / RESULTS_FILE}: not found (a run directory holds the results.jsonl, or the "
+            "results.shard-I-of-N.jsonl files, a benchmark or sweep wrote)"
+        )
+    return files
 
 
-def load_run(run: str | os.PathLike, name: str | None = None) -> Run:
-    path = results_path(run)
+def _read(path: Path) -> tuple[list[dict[str, Any]], Source]:
     try:
         rows, bad = scan_rows(path)
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
-    lines = len(rows) + len(bad)
+    return rows, Source(path, len(rows) + len(bad), bad)
+
+
+def load_run(run: str | os.PathLike | Sequence[str | os.PathLike], name: str | None = None) -> Run:
+    """One run from a results file, a run folder, or several folders merged (the shards of a sweep).
+    Rows of several files are taken in the order they were measured, so the latest of a point wins."""
+    given = [run] if isinstance(run, (str, os.PathLike)) else list(run)
+    paths = [f for r in given for f in results_paths(r)]
+    rows, sources = [], []
+    for path in paths:
+        got, source = _read(path)
+        rows += got
+        sources.append(source)
+    where = paths[0] if len(paths) == 1 else Path(given[0])
+    lines = sum(s.lines for s in sources)
     if lines == 0:
-        raise UserError(f"{path}: empty, no result rows to report")
+        raise UserError(f"{where}: empty, no result rows to report")
     if not rows:
-        raise UserError(
-            f"{path}: none of its {lines} lines is a valid result row (see cityseg_fast/results/rows.py)"
-        )
-    kept = merge(rows)
-    superseded = len(rows) - len(kept)
-    label = name or (path.parent.name if path.name == RESULTS_FILE else path.stem)
-    return Run(label, path, kept, lines=lines, bad_lines=bad, superseded=superseded)
+        raise UserError(f"{where}: none of its {lines} lines is a valid result row (see cityseg_fast/results/rows.py)")
+    if len(paths) > 1:
+        rows.sort(key=lambda r: r["time"])  # stable: file order within the same second
+    real, ghosts = split_unresolved(rows)
+    kept = merge(real)
+    first = paths[0]
+    label = name or (first.parent.name if first.name == RESULTS_FILE or len(paths) > 1 else first.stem)
+    return Run(label, where, kept, sources, superseded=len(real) - len(kept),
+               unresolved=sorted({v for r in ghosts for v in unresolved(r)}), unresolved_rows=len(ghosts),
+               missing_shards=missing_shards(paths))  # fmt: skip
 
 
-def load_runs(runs: Sequence[str | os.PathLike]) -> list[Run]:
-    """Load every run; names are the directory names, made unique with a suffix where they collide."""
+def load_runs(runs: Sequence[str | os.PathLike], merge_all: bool = False) -> list[Run]:
+    """Load every run (or, merge_all, all of them as one run); names are the directory names, made unique
+    with a suffix where they collide."""
     if not runs:
         raise UserError("no run directories given")
-    loaded = [load_run(r) for r in runs]
+    loaded = [load_run(runs)] if merge_all else [load_run(r) for r in runs]
     seen: dict[str, int] = {}
     for run in loaded:
         n = seen.get(run.name, 0)

@@ -100,15 +100,11 @@ def runs_section(runs: Sequence[Run]) -> str:
     for run in runs:
         counts = {s: sum(r["status"] == s for r in run.rows) for s in ("ok", "oom", "error")}
         scen = sorted({r["scenario"] for r in run.rows})
-        notes = []
-        if run.skipped:
-            notes.append(run.skipped_note())
-        if run.superseded:
-            notes.append(f"{run.superseded} older result(s) of re-measured points ignored")
+        notes = run.notes()
         body.append(
             [
                 run.name,
-                str(run.path),
+                ", ".join(str(src.path) for src in run.sources) or str(run.path),
                 len(run.rows),
                 counts["ok"],
                 counts["oom"],
@@ -202,7 +198,8 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     if scenario == "loader":
         varying = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
         constant = {k: v for k, v in constant.items() if k not in ("loader", "loader_device", "decode_only")}
-    rows = sort_rows(rows, varying)
+    # by point, not by when it ran (shards merge in any order); a loader table's loader columns last
+    rows = sort_rows(rows, varying + (["loader", "loader_device", "decode_only"] if scenario == "loader" else []))
     head = (["run"] if with_run else []) + (["loader"] if scenario == "loader" else []) + varying
     out = [constants_line(constant)]
 

@@ -5,12 +5,18 @@
 The rule: a row names its companions when it is written (row_for: the loader-alone and model-alone
 points of an e2e point, the world-size-1 point of a multi-GPU one), so matching is exact (same point
 id), never "the latest row with similar keys". The report and the sweep read `row["derived"]` and
-compute nothing themselves.
+compute nothing themselves. Rows recorded under an unresolved variable (`rows.unresolved`) are left out
+of both: they are no measurement of the point they name.
 
     e2e_limit = min(loader, model)            the model on a GPU: the stages overlap
               = 1 / (1/loader + 1/model)      both on the CPU: they take turns on the same cores
     e2e_efficiency = e2e / e2e_limit
+    e2e_cores_to_feed = loader CPU ms per image x model img/s / 1000   CPU cores the loader would need to
+                                                                    keep up with the model alone
     scaling_efficiency = throughput(N) / (N x throughput(1))
+
+An e2e row also carries its loader row's CPU ms per image and GPU memory (loader_gpu_mem_mib, on a GPU)
+as e2e_loader_cpu_ms_per_image and e2e_loader_gpu_mem_mib, so the bottleneck table reads one row.
 """
 
 from __future__ import annotations
@@ -18,16 +24,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from cityseg_fast.results.rows import unresolved
+
 Row = dict[str, Any]
+
+
+def split_unresolved(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
+    """(real rows, rows recorded under an unresolved `${VAR}`), each in order."""
+    real: list[Row] = []
+    bad: list[Row] = []
+    for row in rows:
+        (bad if unresolved(row) else real).append(row)
+    return real, bad
 
 
 def latest_per_point(rows: Iterable[Row]) -> tuple[list[Row], int]:
     """One row per point_id: the last ok one if any, else the last one; in order of first appearance.
-    Returns (rows, how many older rows were superseded)."""
+    Rows under an unresolved variable are left out. Returns (rows, how many older rows were superseded)."""
     order: dict[str, int] = {}
     chosen: dict[str, Row] = {}
     n = 0
-    for row in rows:
+    for row in split_unresolved(rows)[0]:
         n += 1
         pid = row["point_id"]
         order.setdefault(pid, len(order))
@@ -45,11 +62,29 @@ def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[
     return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
 
 
-def _ips(row: Row | None) -> float | None:
+def _num(row: Row | None, key: str) -> float | None:
     if row is None or row["status"] != "ok":
         return None
-    v = row["metrics"].get("images_per_s")
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+    v = row["metrics"].get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _ips(row: Row | None) -> float | None:
+    v = _num(row, "images_per_s")
+    return v if v is not None and v > 0 else None
+
+
+def loader_costs(loader: Row, model_ips: float) -> dict[str, Any]:
+    """What feeding the model costs: the loader's CPU ms per image, the cores that makes at the model-only
+    rate, and the loader's own GPU memory where it was measured."""
+    out: dict[str, Any] = {}
+    cpu_ms = _num(loader, "cpu_ms_per_image")
+    if cpu_ms is not None:
+        out.update(e2e_loader_cpu_ms_per_image=cpu_ms, e2e_cores_to_feed=cpu_ms * model_ips / 1000.0)
+    gpu_mib = _num(loader, "loader_gpu_mem_mib")
+    if gpu_mib is not None:
+        out["e2e_loader_gpu_mem_mib"] = gpu_mib
+    return out
 
 
 def derived(row: Row, by_id: dict[str, Row]) -> dict[str, Any]:
@@ -73,6 +108,7 @@ def derived(row: Row, by_id: dict[str, Row]) -> dict[str, Any]:
             e2e_efficiency=me / limit,
             e2e_loader_point_id=loader["point_id"],
             e2e_model_point_id=model["point_id"],
+            **loader_costs(loader, mo),
         )
     base = by_id.get(comp.get("base", ""))
     n = row["point"].get("world_size", 1)

@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,28 @@ _V1_DERIVED = (
     "scaling_efficiency",
     "scaling_base_point_id",
 )
+
+
+# An environment variable left in a value ($NAME or ${NAME}): a sweep spec resolves every one before a
+# point runs, but older sweeps recorded rows with the literal text (their variable was unset then).
+VARIABLE = re.compile(r"\$(?:\{(\w+)\}|([A-Za-z_]\w*))")
+
+
+def variables_in(value: Any) -> list[str]:
+    """Names of the variables left in the strings of `value` (nested dicts / lists), each once, in order."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return list(dict.fromkeys(n for v in value for n in variables_in(v)))
+    if isinstance(value, str):
+        return list(dict.fromkeys(a or b for a, b in VARIABLE.findall(value)))
+    return []
+
+
+def unresolved(row: dict[str, Any]) -> list[str]:
+    """The variables a row was recorded under unresolved (its config or point still holds `${...}`): such a
+    row measured something other than its point says, so it is never matched with real rows."""
+    return variables_in([row.get("config") or {}, row.get("point") or {}])
 
 
 def point_id(scenario: str, point: dict[str, Any]) -> str:

@@ -90,20 +90,43 @@ def model_keys(cfg: Config) -> Point:
     return p
 
 
+# The knobs a loader is tuned by (the report's loader-tuning section varies these and nothing else).
+TUNING_KEYS: dict[str, tuple[str, ...]] = {
+    "dali": ("num_threads", "hw_decoder_load", "prefetch_queue_depth"),
+    "torch": ("num_workers", "prefetch_factor"),
+}
+
+
+def tuning_knobs(backend: str, device: str | None, num_workers: int) -> tuple[str, ...]:
+    """The tuning knobs that change this loader's work: DALI's hardware-decoder share only with GPU
+    decoding, torch's prefetch_factor only with worker processes (num_workers=0 loads in the caller)."""
+    drop = ({"hw_decoder_load"} if device != "gpu" else set()) | ({"prefetch_factor"} if num_workers == 0 else set())
+    return tuple(k for k in TUNING_KEYS.get(backend, ()) if k not in drop)
+
+
+def tuning_of(point: Point) -> tuple[Point, Point]:
+    """(the loader's tuning settings, defaults filled in where the point leaves them out; the rest of the
+    point) of a loader or e2e point: what the report's tuning section compares, and what it groups by."""
+    from cityseg_fast.config import LoaderConfig
+
+    backend = point.get("loader", "")
+    knobs = tuning_knobs(backend, point.get("loader_device"), point.get("num_workers", LoaderConfig.num_workers))
+    setting = {k: point.get(k, getattr(LoaderConfig, k)) for k in knobs}
+    rest = {k: v for k, v in point.items() if k not in TUNING_KEYS.get(backend, ())}
+    return setting, rest
+
+
 def loader_keys(cfg: Config) -> Point:
     """The loader and, named only where they differ from the defaults (so existing points keep their
-    ids), the settings that change its speed: DALI's resampler, threads, hardware-decoder share (GPU
-    only), queue depth and ROI mode; the torch DataLoader's workers and queue depth."""
+    ids), the settings that change its speed: DALI's resampler and ROI mode, and each backend's tuning
+    knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's workers and
+    prefetch factor)."""
     from cityseg_fast.config import LoaderConfig
 
     lc, default = cfg.loader, LoaderConfig()
     device = resolved_loader_device(cfg)
     keys: Point = {"loader": lc.backend, "loader_device": device}
-    wanted = {
-        "dali": ("resampler", "num_threads", "prefetch_queue_depth", "roi")
-        + (("hw_decoder_load",) if device == "gpu" else ()),
-        "torch": ("num_workers", "prefetch_queue_depth"),
-    }.get(lc.backend, ())
+    wanted = (("resampler", "roi") if lc.backend == "dali" else ()) + tuning_knobs(lc.backend, device, lc.num_workers)
     for name in wanted:
         if getattr(lc, name) != getattr(default, name):
             keys[name] = getattr(lc, name)
@@ -179,6 +202,7 @@ ACCURACY = ("miou", "per_class_iou", "acc")
 # ([{stem, input, label, pred}]: PNG names relative to out_dir).
 TRAINING_RUN = ("images_per_s", "train_wall_s", "device", "out_dir", "params", "flops_per_image",
                 "train_flops_per_image", "mem_host_peak_rss_mib", "curves", "val_predictions")  # fmt: skip
+STALL = ("data_wait_ms_p50", "data_wait_ms_p99", "stall_fraction")  # engine/stall.py: how long steps waited
 
 _TABLE = (
     Scenario("loader", "Loaders alone", "the data loader alone: images/s, batch latency, CPU ms per image",
@@ -192,7 +216,7 @@ _TABLE = (
              reads_data=False),
     Scenario("e2e", "End to end (real loader + the same train step)",
              "the real loader (loader.backend) feeding the same train_step",
-             _e2e, THROUGHPUT + MEMORY + ("device", "loader_description"), reads_data=True,
+             _e2e, THROUGHPUT + MEMORY + STALL + ("device", "loader_description"), reads_data=True,
              companions=_e2e_companions),
     Scenario("accuracy", "Accuracy runs", "engine.train.train for train.iters iterations, then val mIoU",
              _accuracy, ACCURACY + TRAINING_RUN, reads_data=True, kind="accuracy"),

@@ -1,0 +1,94 @@
+"""The 'Inside a step' section: where a train step's time goes, from the rows alone.
+
+- the forward / backward / optimizer split that `bench.split_phases` measures on model rows (fwd_ms,
+  bwd_ms, opt_ms), beside the whole step's median;
+- for each point profiled with `bench.profile=true`, its top ops (self device time on a GPU, self CPU
+  time on the CPU, per step) and where its Chrome trace is (bench/profile.py writes both).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from cityseg_fast.report.format import DASH, fmt_num, fmt_pct, md_table
+from cityseg_fast.report.runs import Run, flat_point, loader_label, metric, point_label, split_keys
+
+PHASES = ("fwd_ms", "bwd_ms", "opt_ms")
+
+
+def _labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each row's point as a short label: scenario, loader (e2e), and the keys that vary among them."""
+    varying, _ = split_keys(rows)
+    keys = [k for k in varying if k not in ("loader", "loader_device")] or ["model", "resolution", "batch_size"]
+    out = []
+    for r in rows:
+        p = flat_point(r)
+        feed = f"{loader_label(p)} → " if r["scenario"] == "e2e" else ""
+        out.append(f"{r['scenario']}: {feed}{point_label(p, keys)}".strip())
+    return out
+
+
+def phase_table(rows: Sequence[dict[str, Any]]) -> str:
+    rows = [r for r in rows if all(metric(r, k) is not None for k in PHASES)]
+    if not rows:
+        return ""
+    body = []
+    for label, r in zip(_labels(rows), rows, strict=True):
+        ms = [metric(r, k) for k in PHASES]
+        total = sum(ms)
+        shares = " / ".join(fmt_pct(v / total, 0) for v in ms) if total > 0 else DASH
+        body.append([label, *(fmt_num(v) for v in ms), fmt_num(total), fmt_num(metric(r, "latency_ms_p50")), shares])
+    head = ["point", "forward (ms)", "backward (ms)", "optimizer (ms)", "sum", "train step p50 (ms)", "split"]
+    note = (
+        "\n\nbench.split_phases times forward (with the loss), backward and the optimizer step in a loop of "
+        "their own after the throughput loop, each bracketed by events (medians); the train step p50 is the "
+        "measured step (it also zeroes gradients and steps the lr schedule).\n"
+    )
+    return md_table(head, body, [False] + [True] * 5 + [False]) + note
+
+
+def _trace_cell(run: Run, trace: Any) -> str:
+    if not isinstance(trace, str):
+        return DASH
+    try:
+        rel = os.path.relpath(trace, run.path.parent)
+    except ValueError:  # another drive
+        return f"`{trace}`"
+    return f"`{rel}`" if not rel.startswith("..") else f"`{trace}`"
+
+
+def top_ops_tables(run: Run, rows: Sequence[dict[str, Any]]) -> str:
+    rows = [r for r in rows if isinstance(r["metrics"].get("profile_top_ops"), list)]
+    parts = []
+    for label, r in zip(_labels(rows), rows, strict=True):
+        m = r["metrics"]
+        by = "self device time" if m.get("profile_sort") == "self_device_time" else "self CPU time"
+        ops = [o for o in m["profile_top_ops"] if isinstance(o, dict)]
+        body = [
+            [i, f"`{o.get('op')}`", fmt_num(o.get("calls_per_step")), fmt_num(o.get("self_ms_per_step")),
+             fmt_pct(o.get("share"))]
+            for i, o in enumerate(ops, 1)
+        ]  # fmt: skip
+        head = ["#", "op", "calls / step", f"{by} / step (ms)", "share"]
+        parts.append(
+            f"#### {label}\n\nTop {len(ops)} ops by {by} over {m.get('profile_steps', '?')} steady steps; "
+            f"trace: {_trace_cell(run, m.get('profile_trace'))} (chrome://tracing or ui.perfetto.dev).\n\n"
+            + md_table(head, body, [True, False, True, True, True])
+            + "\n"
+        )
+    return "\n".join(parts)
+
+
+def step_section(runs: Sequence[Run]) -> str:
+    """Markdown: the phase split table, then each profiled point's top ops ('' when the rows have neither)."""
+    parts = []
+    for run in runs:
+        rows = [r for r in run.rows if r["status"] == "ok" and r["scenario"] in ("model", "e2e")]
+        phases, ops = phase_table(rows), top_ops_tables(run, rows)
+        if phases or ops:
+            head = f"### {run.name}\n\n" if len(runs) > 1 else ""
+            parts.append(head + (phases + "\n" if phases else "") + ops)
+    return "\n".join(parts)
+
