@@ -216,3 +216,15 @@ def test_shipped_studies_expand_to_what_the_issue_asks(monkeypatch, tmp_path):
         assert {"FCN", "U-Net"} <= {family(s.point) for s in d.axes[0].settings}, name
         axes = {a.name for a in d.axes}
         assert {"architecture", "lr", "batch_size", "resolution", "image_format"} <= axes, (name, axes)
+
+
+def test_curves_read_either_log_clock_and_lay_a_resumed_run_end_to_end():
+    from cityseg_fast.bench.accuracy import curves
+
+    old = [{"event": "start", "time": 100.0}, {"event": "train", "iter": 10, "loss": 2.0, "wall_s": 5.0},
+           {"event": "eval", "iter": 10, "miou": 0.1, "time": 107.0}]  # fmt: skip
+    resumed = [{"event": "resume", "timestamp": 500.0}, {"event": "train", "iter": 20, "loss": 1.0, "wall_s": 4.0},
+               {"event": "eval", "iter": 20, "miou": 0.2, "timestamp": 506.0}]  # fmt: skip
+    c = curves(old + resumed)
+    assert c["train"] == {"iter": [10, 20], "loss": [2.0, 1.0], "wall_s": [5.0, 11.0]}
+    assert c["eval"] == {"iter": [10, 20], "miou": [0.1, 0.2], "wall_s": [7.0, 13.0]}  # downtime not counted

@@ -63,13 +63,14 @@ def curves(events: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     t0 = None
     for e in events:
         kind = e.get("event")
+        stamp = e.get("timestamp", e.get("time"))  # the log's clock ("time" before the stall fields came)
         if kind in ("start", "resume"):
-            offset, t0 = last, e.get("time")
+            offset, t0 = last, stamp
         elif kind == "train" and e.get("wall_s") is not None:
             last = offset + e["wall_s"]
             train.append((e["iter"], e.get("loss"), round(last, 2)))
-        elif kind == "eval" and t0 is not None:
-            last = offset + e["time"] - t0
+        elif kind == "eval" and t0 is not None and stamp is not None:
+            last = offset + stamp - t0
             evals.append((e["iter"], e.get("miou"), round(last, 2)))
     return {
         "train": _columns(("iter", "loss", "wall_s"), train),
