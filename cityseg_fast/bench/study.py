@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from cityseg_fast.bench.sweep import SweepPoint, SweepSpec, load_spec
+from cityseg_fast.bench.sweep_spec import SweepPoint, SweepSpec, find_spec, load_spec
 from cityseg_fast.config import Config, load_yaml, replace
 from cityseg_fast.errors import UserError
 
@@ -111,12 +111,12 @@ def _study_block(raw: dict[str, Any], where: Path) -> dict[str, Any]:
 
 
 def _beside(name: Any, study_file: Path) -> Any:
-    """A config file named relative to the study file, made absolute (the expanded spec lives elsewhere)."""
+    """A config file beside the study file, made absolute: the expanded spec is read from elsewhere, and
+    a sweep finds a config beside its spec, else under the repository root (bench/sweep_spec.py)."""
     if isinstance(name, list):
         return [_beside(n, study_file) for n in name]
-    text = os.path.expandvars(str(name))
-    here = study_file.parent / text
-    return str(here.resolve()) if not Path(text).is_file() and here.is_file() else name
+    here = study_file.parent / os.path.expandvars(str(name))
+    return str(here.resolve()) if here.is_file() else name
 
 
 def _no_seeds(block: dict[str, Any], where: str) -> None:
@@ -153,7 +153,10 @@ def expand_seeds(raw: dict[str, Any], seeds: list[int], where: Path) -> dict[str
 
 def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Study:
     """Read a study config, expand its seeds and load the sweep it is (nothing is written: `write_sweep`)."""
-    src = Path(path)
+    try:
+        src = find_spec(path)  # as given, else under the repository root
+    except UserError as e:
+        raise UserError(str(e).replace("sweep spec", "study config")) from None
     raw = load_yaml(src)
     if not isinstance(raw, dict):
         raise UserError(f"{src}: a study config must be a mapping (name:, study:, config:, runs:)")
@@ -309,9 +312,7 @@ def _measured_rates(study: Study, rows: list[dict[str, Any]], cache: dict) -> di
 
 
 def _ids(study: Study) -> list[tuple[str, SweepPoint]]:
-    from cityseg_fast.results import point_id
-
-    return [(point_id(sp.scenario, sp.point), sp) for sp in study.spec.points]
+    return [(sp.id, sp) for sp in study.spec.points]
 
 
 def plan(study: Study) -> list[PlannedRun]:
