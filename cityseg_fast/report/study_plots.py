@@ -114,8 +114,12 @@ def _place_labels(ax: Any, items: list[tuple[float, float, str]], size: float = 
 
 
 def _point_name(d: Design, s: Setting) -> str:
-    short = differs_in(d.reference, s)
-    return model_label(s.point) if short in ("the reference", "the reference recipe") else short
+    """'lr 0.002' (the reference model), 'fcn8s_vgg16_bn w8' (another at the reference recipe), or both."""
+    short, model = differs_in(d.reference, s), model_label(s.point)
+    if short in ("the reference", "the reference recipe"):
+        return model
+    same_model = d.reference is not None and model == model_label(d.reference.point)
+    return short if same_model else f"{model}, {short}"
 
 
 # ---------------------------------------------------------------- effects
