@@ -74,3 +74,15 @@ def test_bf16_support_reads_this_cpu(monkeypatch):
     monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: EPYC_AVX2)
     assert bf16_support_why("cpu") == ("emulated", "no amx_bf16 / avx512_bf16 CPU flag")
     assert bf16_support("meta") == "emulated"  # a device type it knows nothing about
+
+
+def test_collect_env_records_bf16_per_device(monkeypatch):
+    from cityseg_fast import environment as env
+
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: EPYC_AVX2)
+    assert env.bf16_why([]) == {"cpu": ("emulated", "no amx_bf16 / avx512_bf16 CPU flag")}
+    v100, h200 = {"compute_capability": "7.0"}, {"compute_capability": "9.0"}
+    assert env.bf16_why([v100])["cuda"] == ("emulated", "compute capability 7.0 < 8.0")
+    assert env.bf16_why([h200, v100])["cuda"][0] == "native"  # the first GPU, as collect_env's "gpu"
+    monkeypatch.setattr(env, "nvml_gpus", lambda: ([{**h200, "name": "H200", "driver": "570"}], None))
+    assert env.collect_env()["bf16"] == {"cpu": "emulated", "cuda": "native"}
