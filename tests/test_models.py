@@ -287,6 +287,12 @@ def test_model_from_config():
     assert isinstance(model.ups[0].up, torch.nn.ConvTranspose2d)
     assert model.head.out_channels == 7
     assert model_from_config(replace(Config(), model={"name": "unet_s32"})).stem[0][0].out_channels == 32
+    fcn = model_from_config(replace(Config(), model={"name": "fcn16s_vgg16_bn", "base_width": 4}))
+    assert fcn.base_width == 4 and fcn.fc7.out_channels == 256 and fcn.stride == 16 and fcn.batch_norm
+    with pytest.raises(UserError, match="model.pretrained: .*model.base_width 64"):
+        model_from_config(
+            replace(Config(), model={"name": "fcn8s_vgg16", "base_width": 4, "pretrained": "x.pth"})
+        )
     with pytest.raises(UserError, match="model.upsample"):
         model_from_config(replace(Config(), model={"name": "fcn_resnet50", "upsample": "bilinear"}))
     with pytest.raises(UserError, match="did you mean"):
