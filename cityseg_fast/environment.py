@@ -121,7 +121,7 @@ def collect_env() -> dict[str, Any]:
         "gpu": gpus[0]["name"] if gpus else None,
         "gpu_count": len(gpus),
         "driver": gpus[0]["driver"] if gpus else None,
-        # emulated bf16 runs ~60x slower than fp32 on a CPU: a bf16 row means little without this
+        # emulated bf16 is far slower than fp32: a bf16 row means little without this
         "bf16": {dev: support for dev, (support, _) in bf16_why(gpus).items()},
         "git_commit": git_commit(),
     }

@@ -155,10 +155,10 @@ def _text(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # bf16: native or emulated
 #
-# Without bf16 instructions torch still runs bf16 (autocast included), by converting to fp32 around
-# reference kernels: correct, but a bf16 forward of fcn8s_vgg16 took ~60x its fp32 time on an AVX2-only
-# EPYC. So "is bf16 supported" is the wrong question; "is it native" is the one a test or a benchmark
-# needs. torch.cuda.is_bf16_supported() says True for emulated GPUs too, so it does not answer it.
+# Without bf16 instructions torch still runs bf16 (autocast included), through fallback kernels that
+# emulate it: correct, but far slower than fp32 (tests/test_models.py skips the big bf16 forwards
+# there for that reason). So "is bf16 supported" is the wrong question; "is it native" is the one a test
+# or a benchmark needs. torch.cuda.is_bf16_supported() says True for emulated GPUs too.
 
 _X86_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # Sapphire Rapids+ AMX; Cooper Lake / Zen 4 AVX512-BF16
 
