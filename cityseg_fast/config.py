@@ -70,7 +70,7 @@ class ModelConfig:
     name: str = "unet"  # see `cityseg_fast.models.list_models()`
     pretrained: str = ""  # "" | path to a backbone state_dict | "torchvision" (downloads)
     aux_loss: bool = False  # fcn_resnet*: auxiliary head on layer3
-    base_width: int | None = None  # unet: width of the first stage (None = the variant's default)
+    base_width: int | None = None  # unet, fcn*_vgg16*: width of the first stage (None = the variant's default)
     upsample: str | None = None  # unet: bilinear | transposed (None = the variant's default)
     depth: int | None = None  # unet: down (and up) stages (None = 4, the paper's); the input pads to 2**depth
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.hardware import cpu_count
+from cityseg_fast.hardware import bf16_support_why, cpu_count, cuda_bf16_from_capability
 
 
 def cpu_model() -> str:
@@ -85,6 +85,16 @@ def compiler() -> str | None:
     return None
 
 
+def bf16_why(gpus: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """{"cpu": (native | emulated, why)} and "cuda" for the first GPU, from NVML's compute capability
+    (no CUDA initialisation: a sweep's parent process must not touch the GPU)."""
+    out = {"cpu": bf16_support_why("cpu")}
+    if gpus:
+        major, minor = (int(v) for v in gpus[0]["compute_capability"].split("."))
+        out["cuda"] = cuda_bf16_from_capability(major, minor)
+    return out
+
+
 def collect_env() -> dict[str, Any]:
     """The fields recorded on every result row."""
     import torch
@@ -111,5 +121,7 @@ def collect_env() -> dict[str, Any]:
         "gpu": gpus[0]["name"] if gpus else None,
         "gpu_count": len(gpus),
         "driver": gpus[0]["driver"] if gpus else None,
+        # emulated bf16 is far slower than fp32: a bf16 row means little without this
+        "bf16": {dev: support for dev, (support, _) in bf16_why(gpus).items()},
         "git_commit": git_commit(),
     }

@@ -150,3 +150,63 @@ def _nvml_devices(pynvml: Any):
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16: native or emulated
+#
+# Without bf16 instructions torch still runs bf16 (autocast included), through fallback kernels that
+# emulate it: correct, but far slower than fp32 (tests/test_models.py skips the big bf16 forwards
+# there for that reason). So "is bf16 supported" is the wrong question; "is it native" is the one a test
+# or a benchmark needs. torch.cuda.is_bf16_supported() says True for emulated GPUs too.
+
+_X86_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # Sapphire Rapids+ AMX; Cooper Lake / Zen 4 AVX512-BF16
+
+
+def cpu_bf16_from_cpuinfo(cpuinfo: str) -> tuple[str, str]:
+    """("native" | "emulated", why) from the text of /proc/cpuinfo: the x86 `flags` line (amx_bf16 or
+    avx512_bf16) or the aarch64 `Features` line (bf16). No such line -> emulated (unknown)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key, words = key.strip(), set(value.split())
+        if key == "flags":
+            found = [f for f in _X86_BF16_FLAGS if f in words]
+            if found:
+                return "native", f"CPU flag {found[0]}"
+            return "emulated", "no amx_bf16 / avx512_bf16 CPU flag"
+        if key == "Features":
+            if "bf16" in words:
+                return "native", "CPU feature bf16"
+            return "emulated", "no bf16 CPU feature"
+    return "emulated", "CPU flags unknown (no flags line in /proc/cpuinfo)"
+
+
+def cuda_bf16_from_capability(major: int, minor: int) -> tuple[str, str]:
+    """("native" | "emulated", why): bf16 tensor cores came with sm 8.0 (Ampere)."""
+    support = "native" if (major, minor) >= (8, 0) else "emulated"
+    return support, f"compute capability {major}.{minor}" + ("" if support == "native" else " < 8.0")
+
+
+def _read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:  # not Linux
+        return ""
+
+
+def bf16_support_why(device: torch.device | str) -> tuple[str, str]:
+    """("native" | "emulated", the flag or compute capability that says so) for a device."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return cpu_bf16_from_cpuinfo(_read_cpuinfo())
+    if device.type == "cuda":
+        return cuda_bf16_from_capability(*torch.cuda.get_device_capability(device))
+    return "emulated", f"unknown for device type {device.type!r}"
+
+
+def bf16_support(device: torch.device | str) -> str:
+    """Whether `device` runs bf16 "native" (it has bf16 instructions) or "emulated" (slow; see above)."""
+    return bf16_support_why(device)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -58,8 +59,11 @@ def test_doctor_json_without_gpu():
         "compile",
         "distributed",
         "git_commit",
+        "bf16",
+        "bf16_why",
     ]:
         assert key in info
+    assert info["bf16"]["cpu"] in ("native", "emulated") and info["bf16_why"]["cpu"]
     assert info["cpu_cores"] >= 1
     assert info["distributed"]["gloo"] is True
     assert isinstance(info["compile"]["possible"], bool)
@@ -75,6 +79,7 @@ def test_doctor_table_is_readable():
     out = cityseg("doctor")
     assert out.returncode == 0, out.stderr
     assert "DALI CPU pipeline" in out.stdout and "torch.compile" in out.stdout
+    assert re.search(r"bf16 .*CPU (native|emulated) \(", out.stdout)
 
 
 def test_user_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

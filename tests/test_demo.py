@@ -20,12 +20,14 @@ SPECS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
 def test_demo_sweeps_measure_the_whole_product(name, tmp_path, monkeypatch):
     """Every loader alone (and the decode limit), the model alone, end to end, the colour baseline and
     an FCN and a U-Net trained: the full spec and its --quick variant, the quick one smaller."""
-    monkeypatch.setenv("CITYSEG_DEMO_DATA", str(tmp_path / "prepared"))
+    import yaml
+
     path = SPECS / f"{name}.yaml"
     sizes = {}
     for quick in (False, True):
-        frames, extra = demo.demo_plan(path, quick)
-        spec = load_spec(path, tmp_path, extra)
+        frames, sweep = demo.demo_plan(path, quick, tmp_path / "prepared")
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+        spec = load_spec(tmp_path / "sweep.yaml", tmp_path)
         by = {s: [p for p in spec.points if p.scenario == s] for s in ("loader", "model", "e2e", "accuracy", "baseline")}
         assert all(by.values()), {k: len(v) for k, v in by.items()}
         assert any(p.point.get("decode_only") for p in by["loader"])

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-STALE = ("results.jsonl", "points", "runs", "report", "data", "demo_timings.json")
+STALE = ("results.jsonl", "points", "runs", "report", "data", "demo_timings.json", "sweep.yaml")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,18 +33,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", metavar="SWEEP.yaml", help="another demo sweep (default configs/sweeps/demo_cpu.yaml, or demo_gpu.yaml with a GPU)")
 
 
-def demo_plan(spec_path: Path, quick: bool) -> tuple[dict[str, Any], list[str]]:
-    """(frames {train, val, size}, extra overrides) from the spec's `demo:` block (its `quick:` part with --quick)."""
-    from cityseg_fast.bench.sweep_spec import as_overrides
+def demo_plan(spec_path: Path, quick: bool, data: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(frames {train, val, size}, the sweep to run) from a demo spec: its `demo:` block says the dataset,
+    and with --quick its `quick:` part replaces the frames, adds overrides and may replace the runs.
+    The sweep reads the prepared data at `data` (the shipped specs say ${CITYSEG_DEMO_DATA})."""
     from cityseg_fast.config import load_yaml
     from cityseg_fast.errors import UserError
 
-    demo = load_yaml(spec_path).get("demo")
+    spec = dict(load_yaml(spec_path))
+    demo = spec.pop("demo", None)
     if not isinstance(demo, dict) or not isinstance(demo.get("frames"), dict):
         raise UserError(f"{spec_path}: a demo sweep needs a `demo: {{frames: {{train, val, size}}}}` block")
     part = (demo.get("quick") or {}) if quick else {}
-    frames = {**demo["frames"], **part.get("frames", {})}
-    return frames, as_overrides(part.get("overrides"), f"{spec_path}: demo.quick.overrides")
+    spec["overrides"] = {**(spec.get("overrides") or {}), **part.get("overrides", {}), "data.root": str(data)}
+    spec["runs"] = part.get("runs", spec.get("runs"))
+    return {**demo["frames"], **part.get("frames", {})}, spec
 
 
 def _fresh(out: Path) -> None:
@@ -64,6 +66,7 @@ def _fresh(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    import yaml
     from rich.console import Console
 
     from cityseg_fast.bench.sweep import run_sweep
@@ -76,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
     console, out = Console(), check_out_dir(args.out, "--out")
     cuda = torch.cuda.is_available()
     spec_path = Path(args.spec or Path(PACKAGE_ROOT) / "configs" / "sweeps" / f"demo_{'gpu' if cuda else 'cpu'}.yaml")
-    frames, extra = demo_plan(spec_path, args.quick)
-    _fresh(out)
     raw, prepared = out / "data" / "synth", out / "data" / "prepared"
-    os.environ["CITYSEG_DEMO_DATA"] = str(prepared)  # the spec's data.root
+    frames, sweep_spec = demo_plan(spec_path, args.quick, prepared)
+    _fresh(out)
+    (out / "sweep.yaml").write_text(  # exactly what runs: `cityseg sweep OUT/sweep.yaml --out OUT` reruns it
+        f"# {'cityseg demo --quick' if args.quick else 'cityseg demo'}: {spec_path}, as run\n"
+        + yaml.safe_dump(sweep_spec, sort_keys=False)
+    )
 
     def synth() -> str:
         h, w = frames["size"]
@@ -91,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return f"{s['pairs']} pairs -> JPEG q95 + trainId {s['label_format']} labels"
 
     def sweep() -> str:
-        spec = load_spec(spec_path, out, extra)
-        console.print(f"  {len(spec.points)} points from {spec_path.name}, one process each")
+        spec = load_spec(out / "sweep.yaml", out)
+        console.print(f"  {len(spec.points)} points from {spec_path.name}, one process each (OUT/sweep.yaml)")
         counts = run_sweep(spec, out, live=console.is_terminal)
         return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 

@@ -2,8 +2,9 @@
 
 Versions (Python, torch, torchvision, DALI, CUDA), the CPU, each GPU via NVML, whether one batch of
 the DALI loader's real train and eval graphs runs on the CPU and (with a GPU) through the `mixed`
-decoder, whether torch.compile can work (a C++ compiler), and which distributed backends are
-available. A missing GPU or DALI is reported, never a crash.
+decoder, whether bf16 is native or emulated (slow) on the CPU and the GPU, whether torch.compile can
+work (a C++ compiler), and which distributed backends are available. A missing GPU or DALI is
+reported, never a crash.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ def _graphs(g: dict | None) -> str:
     return ", ".join(f"{mode} graph {_yes(bool(g.get(mode)))}" for mode in ("train", "eval"))
 
 
+def _bf16(info: dict) -> str:
+    """'CPU emulated (no ... flag), GPU 0 native (compute capability 9.0)'."""
+    names = {"cpu": "CPU", "cuda": "GPU 0"}
+    parts = []
+    for dev, support in info["bf16"].items():
+        colour = "green" if support == "native" else "yellow"
+        parts.append(f"{names[dev]} [{colour}]{support}[/] ({info['bf16_why'][dev]})")
+    return ", ".join(parts)
+
+
 def distributed_backends() -> dict[str, bool]:
     import torch
     import torch.distributed as dist
@@ -41,7 +52,7 @@ def distributed_backends() -> dict[str, bool]:
 def doctor_report() -> dict[str, Any]:
     """Everything `cityseg doctor` shows: collect_env() plus GPUs in detail and capability probes."""
     from cityseg_fast.data.dali import probe
-    from cityseg_fast.environment import collect_env, compiler, nvml_gpus
+    from cityseg_fast.environment import bf16_why, collect_env, compiler, nvml_gpus
 
     env = collect_env()
     gpus, nvml_error = nvml_gpus()
@@ -50,6 +61,7 @@ def doctor_report() -> dict[str, Any]:
         **env,
         "gpus": gpus,
         "nvml_error": nvml_error,
+        "bf16_why": {dev: why for dev, (_, why) in bf16_why(gpus).items()},
         "dali_probe": probe(),
         "compile": {"cxx": cxx, "possible": cxx is not None or env["cuda_available"]},
         "distributed": distributed_backends(),
@@ -81,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             )
     else:
         t.add_row("GPU", f"none ({info['nvml_error'] or 'NVML reports no devices'})")
+    t.add_row("bf16", _bf16(info))
     d = info["dali_probe"]
     t.add_row("DALI", d["version"] or "[red]not installed[/]")
     t.add_row("DALI CPU pipeline", _graphs(d.get("cpu_graphs")))

@@ -95,9 +95,20 @@ def model_from_config(cfg: Config) -> nn.Module:
 # --- registered models -------------------------------------------------------------------------
 
 
-@register_model("fcn8s_vgg16")
-def _fcn8s_vgg16(num_classes: int = 19, pretrained: str = "") -> nn.Module:
-    return fcn.fcn8s_vgg16(num_classes, pretrained=pretrained)
+def _fcn_vgg16_builder(stride: int, batch_norm: bool) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 19, base_width: int = 64, pretrained: str = "") -> nn.Module:
+        return fcn.fcn_vgg16(
+            num_classes, stride=stride, base_width=base_width, batch_norm=batch_norm, pretrained=pretrained
+        )
+
+    return build
+
+
+# The FCN paper's skip family on VGG16 (the reference nets, ImageNet-initialised), and the same with
+# BatchNorm after every backbone conv (torchvision's vgg16_bn): the variant that learns from scratch.
+for _stride in fcn.STRIDES:
+    register_model(f"fcn{_stride}s_vgg16")(_fcn_vgg16_builder(_stride, batch_norm=False))
+    register_model(f"fcn{_stride}s_vgg16_bn")(_fcn_vgg16_builder(_stride, batch_norm=True))
 
 
 @register_model("fcn_resnet50")

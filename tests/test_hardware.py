@@ -1,0 +1,88 @@
+"""hardware: native vs emulated bf16 from planted /proc/cpuinfo text and CUDA compute capabilities."""
+
+from __future__ import annotations
+
+import pytest
+
+from cityseg_fast import hardware
+from cityseg_fast.hardware import (
+    bf16_support,
+    bf16_support_why,
+    cpu_bf16_from_cpuinfo,
+    cuda_bf16_from_capability,
+)
+
+_X86 = (
+    "processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: {model}\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n"
+)
+_BASE = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge sse sse2 ssse3 fma cx16 sse4_1 sse4_2 avx f16c avx2"
+)
+SPR = _X86.format(
+    vendor="GenuineIntel",
+    model="Intel(R) Xeon(R) Platinum 8480+",
+    flags=_BASE + " avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8",
+)
+COOPER_LAKE = _X86.format(
+    vendor="GenuineIntel",
+    model="Intel(R) Xeon(R) Platinum 8380H",
+    flags=_BASE + " avx512f avx512_vnni avx512_bf16",
+)
+EPYC_AVX2 = _X86.format(
+    vendor="AuthenticAMD", model="AMD EPYC 7B12", flags=_BASE + " sha_ni clzero xsaveerptr"
+)
+SKYLAKE_AVX512 = _X86.format(vendor="GenuineIntel", model="Xeon Gold 6148", flags=_BASE + " avx512f avx512bw")
+_ARM = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+GRAVITON3 = _ARM.format(
+    features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve svebf16 i8mm bf16 dgh rng"
+)
+GRAVITON2 = _ARM.format(
+    features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimddp ssbs"
+)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "support", "why"),
+    [
+        (SPR, "native", "amx_bf16"),
+        (COOPER_LAKE, "native", "avx512_bf16"),
+        (EPYC_AVX2, "emulated", "no amx_bf16 / avx512_bf16"),
+        (SKYLAKE_AVX512, "emulated", "no amx_bf16"),  # AVX-512 without its BF16 extension
+        (GRAVITON3, "native", "feature bf16"),
+        (GRAVITON2, "emulated", "no bf16"),
+        (GRAVITON2.replace("ssbs", "svebf16"), "emulated", "no bf16"),  # SVE-BF16 alone is not the flag
+        ("", "emulated", "unknown"),
+    ],
+)
+def test_cpu_bf16_from_cpuinfo(cpuinfo, support, why):
+    got, reason = cpu_bf16_from_cpuinfo(cpuinfo)
+    assert got == support and why in reason
+
+
+@pytest.mark.parametrize(
+    ("cc", "support"),
+    [((7, 0), "emulated"), ((7, 5), "emulated"), ((8, 0), "native"), ((8, 9), "native"), ((9, 0), "native")],
+)
+def test_cuda_bf16_from_capability(cc, support):
+    got, why = cuda_bf16_from_capability(*cc)
+    assert got == support and f"{cc[0]}.{cc[1]}" in why
+
+
+def test_bf16_support_reads_this_cpu(monkeypatch):
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: SPR)
+    assert bf16_support("cpu") == "native"
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: EPYC_AVX2)
+    assert bf16_support_why("cpu") == ("emulated", "no amx_bf16 / avx512_bf16 CPU flag")
+    assert bf16_support("meta") == "emulated"  # a device type it knows nothing about
+
+
+def test_collect_env_records_bf16_per_device(monkeypatch):
+    from cityseg_fast import environment as env
+
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: EPYC_AVX2)
+    assert env.bf16_why([]) == {"cpu": ("emulated", "no amx_bf16 / avx512_bf16 CPU flag")}
+    v100, h200 = {"compute_capability": "7.0"}, {"compute_capability": "9.0"}
+    assert env.bf16_why([v100])["cuda"] == ("emulated", "compute capability 7.0 < 8.0")
+    assert env.bf16_why([h200, v100])["cuda"][0] == "native"  # the first GPU, as collect_env's "gpu"
+    monkeypatch.setattr(env, "nvml_gpus", lambda: ([{**h200, "name": "H200", "driver": "570"}], None))
+    assert env.collect_env()["bf16"] == {"cpu": "emulated", "cuda": "native"}
