@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cityseg_fast.bench.sweep import load_spec
+from cityseg_fast.bench.sweep_spec import load_spec
 from cityseg_fast.results.scenarios import tuning_of
 
 SPECS = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
