@@ -450,8 +450,8 @@ def test_resume_passes_a_truncated_checkpoint_removes_a_stale_temp_and_says_so(r
     # train.iters and the intervals may change on a resume: they do not change what is trained
     over = tiny_overrides(data, run, iters=32, **{"train.ckpt_interval": 16, "train.log_interval": 4})
     assert main(["train", *over]) == 0
-    out, err = capsys.readouterr()
-    assert f"resuming from {run / 'ckpt_00000020.pt'} at iteration 20 of 32" in out
+    err = capsys.readouterr().err
+    assert f"resuming from {run / 'ckpt_00000020.pt'} at iteration 20 of 32" in err
     warned = [ln for ln in err.splitlines() if "ckpt_00000030.pt" in ln]
     assert len(warned) == 1 and "ckpt_00000020.pt" in warned[0] and "not a readable checkpoint" in warned[0]
     assert any(".ckpt_00000040.pt.tmp4242" in ln and "interrupted" in ln for ln in err.splitlines()), err

@@ -112,3 +112,14 @@ def test_failures_are_rows_classified_in_one_place():
     assert err["error"] == "ValueError: bad thing" and oom["metrics"] == {}
     nan = row_for("model", cfg, {"images_per_s": float("nan"), "per": (1.0, float("inf"))}, env={})
     assert nan["metrics"] == {"images_per_s": None, "per": [1.0, None]}
+
+
+def test_bench_json_prints_the_row_alone_on_stdout_even_for_a_training_point(data, tmp_path, capsys):
+    from cityseg_fast.cli import main
+
+    over = [*TINY, *EXTRA["accuracy"], f"train.out_dir={tmp_path / 'run'}", f"data.root={data}"]
+    assert main(["bench", "accuracy", "--json", *over]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 1, out  # the training's progress, eval lines and IoU table go to stderr
+    assert json.loads(lines[0])["status"] == "ok" and "val mIoU" in err

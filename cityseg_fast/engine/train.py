@@ -83,6 +83,7 @@ def restore(state: TrainState, path: Path, ck: dict[str, Any] | None = None) -> 
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -92,7 +93,7 @@ def _progress(enabled: bool):
         TimeRemainingColumn,
     )
 
-    return Progress(
+    return Progress(  # on stderr, like every line a run prints: stdout is left to results (bench --json)
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -101,6 +102,7 @@ def _progress(enabled: bool):
         TimeRemainingColumn(),
         disable=not enabled,
         transient=False,
+        console=Console(stderr=True),
     )
 
 
@@ -203,7 +205,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     if resume_from is not None:
         log.write(event="resume", iter=start, checkpoint=str(resume_from))
         if info.is_main:
-            print(f"resuming from {resume_from} at iteration {start} of {t.iters}", flush=True)
+            print(f"resuming from {resume_from} at iteration {start} of {t.iters}", file=sys.stderr, flush=True)
     else:
         log.write(
             event="start",
@@ -292,7 +294,7 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     if info.is_main:
         from rich.console import Console
 
-        Console().print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
+        Console(stderr=True).print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
     train_loader.close()
     val_loader.close()
     if nvml is not None:
