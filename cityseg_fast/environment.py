@@ -64,7 +64,7 @@ def nvml_gpus() -> tuple[list[dict[str, Any]], str | None]:
 @lru_cache(maxsize=1)
 def git_commit(path: str | None = None) -> str | None:
     """The commit of the checkout the package runs from (with '-dirty' if modified), or None."""
-    where = path or str(Path(__file__).resolve().parents[2])
+    where = path or str(Path(__file__).resolve().parents[1])  # cityseg_fast/environment.py -> the checkout
     try:
         out = subprocess.run(
             ["git", "-C", where, "describe", "--always", "--dirty", "--abbrev=12"],

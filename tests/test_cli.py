@@ -93,3 +93,17 @@ def test_user_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert main(["doctor"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "x.png: truncated file" in err and "Traceback" not in err
+
+
+def test_rows_name_the_commit_of_the_checkout_the_package_runs_from():
+    from pathlib import Path
+
+    from cityseg_fast import environment
+
+    root = Path(environment.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    environment.git_commit.cache_clear()
+    commit = environment.git_commit()
+    assert commit is not None and head.stdout.strip().startswith(commit.removesuffix("-dirty"))

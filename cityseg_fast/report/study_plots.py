@@ -76,7 +76,7 @@ def plot_front(d: Design, out: Path) -> Plot:
     ax.set_xlabel("training throughput (images/s, mean ± std over seeds; higher is better)")
     ax.set_ylabel("val mIoU (%, mean ± std over seeds)")
     ax.set_title("Accuracy vs training speed: up and to the right is better")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)  # wherever it hides no point
     fig.tight_layout()
     _place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
     caption = ("Each point is one setting (mean over its seeds; bars: one standard deviation); the dashed "
