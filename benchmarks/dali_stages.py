@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def
 
 from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
 from cityseg_fast.data.dali import graphs
@@ -71,9 +70,9 @@ def _dali_costs(img_b, lab_b, feeds, batches, iters, batch_size) -> tuple[dict[s
             return [data[j] for j in sel], *([f[j] for j in sel] for f in feeds)
 
         def body(stage=stage, src=src):
-            return _stage(stage, *fn.external_source(source=src, num_outputs=5, batch=True))
+            return _stage(stage, *graphs.external_inputs(src, num_outputs=5))
 
-        pipe = pipeline_def(body, batch_size=batch_size, num_threads=1, device_id=None, exec_dynamic=True,
+        pipe = graphs.pipeline_def(body, batch_size=batch_size, num_threads=1, device_id=None, exec_dynamic=True,
                             prefetch_queue_depth=1)()  # fmt: skip
         pipe.build()
         for _ in batches:  # warm-up (allocations); keeps the decoded windows for the torch rows

@@ -19,9 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nvidia.dali import fn, types
+from nvidia.dali import fn, pipeline_def, types
 
 DataNode = Any
+__all__ = ["pipeline_def"]  # re-exported: code outside this package (benchmarks/) builds pipelines here
+
+
+def external_inputs(source: Any, num_outputs: int, no_copy: bool = False) -> tuple[DataNode, ...]:
+    """A graph's inputs: each iteration, `source()` returns `num_outputs` batches (lists of arrays)."""
+    return fn.external_source(source=source, num_outputs=num_outputs, batch=True, no_copy=no_copy)
 
 
 @dataclass(frozen=True)

@@ -217,8 +217,6 @@ class DaliLoader(PlannedLoader):
     # -- the pipeline ------------------------------------------------------------------------
 
     def _build(self, num_threads: int, depth: int):
-        from nvidia.dali import fn, pipeline_def
-
         from cityseg_fast.data.dali import graphs
 
         device_id = None
@@ -237,7 +235,7 @@ class DaliLoader(PlannedLoader):
             "raw_label_ids": self.raw_labels,
         }
 
-        @pipeline_def(
+        @graphs.pipeline_def(
             batch_size=self.spec.batch_size,
             num_threads=num_threads,
             device_id=device_id,
@@ -246,7 +244,7 @@ class DaliLoader(PlannedLoader):
             seed=self.spec.seed,
         )
         def pipe():
-            feeds = fn.external_source(source=self._feed, num_outputs=n_in, batch=True, no_copy=True)
+            feeds = graphs.external_inputs(self._feed, n_in, no_copy=True)
             if self.spec.decode_only:
                 return graphs.decode(feeds[0], self._decoder)
             if not self.spec.train:
