@@ -237,7 +237,7 @@ def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     labels, colors, hatches = [], [], []
     for r in rows:
         p = flat_point(r)
-        lab = loader_label(p) + (f"  [{point_label(p, keys)}]" if keys else "")
+        lab = loader_label(p) + (f"  [{point_label(p, keys) or 'defaults'}]" if keys else "")
         labels.append(f"{r['_run']}: {lab}" if len(runs) > 1 else lab)
         colors.append(LOADER_COLORS.get(loader_label({**p, "decode_only": False}), "#9467bd"))
         hatches.append("//" if p.get("decode_only") else "")
