@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -57,17 +58,23 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _source(data: list, feeds: tuple, batches: list) -> Callable[[], tuple]:
+    """The next batch's encoded inputs and window feeds, round the batches; no arguments (DALI reads a
+    source's positional parameters as batch-info requests, so the state lives in this closure)."""
+    counter = iter(range(1 << 62))
+
+    def src() -> tuple:
+        sel = batches[next(counter) % len(batches)]
+        return [data[j] for j in sel], *([f[j] for j in sel] for f in feeds)
+
+    return src
+
+
 def _dali_costs(img_b, lab_b, feeds, batches, iters, batch_size) -> tuple[dict[str, float], dict[str, list]]:
     costs: dict[str, float] = {}
     decoded: dict[str, list] = {}
     for stage in list(STAGES)[:6]:
-        counter = {"i": 0}
-        data = lab_b if "label" in stage else img_b
-
-        def src(data=data, counter=counter):
-            sel = batches[counter["i"] % len(batches)]
-            counter["i"] += 1
-            return [data[j] for j in sel], *([f[j] for j in sel] for f in feeds)
+        src = _source(lab_b if "label" in stage else img_b, feeds, batches)
 
         def body(stage=stage, src=src):
             return _stage(stage, *graphs.external_inputs(src, num_outputs=5))

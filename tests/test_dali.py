@@ -289,3 +289,25 @@ def test_uint8_hand_off_gives_the_same_batches(tmp_path, monkeypatch, resampler,
         check_batch(b, "cpu")
         assert torch.equal(a.index, b.index) and torch.equal(a.target, b.target)
         assert float((a.image - b.image).abs().max()) < 1e-4  # the same normalization, other order
+
+
+def test_the_per_operator_profiler_times_every_stage_of_the_training_graph(tmp_path, monkeypatch):
+    """benchmarks/dali_stages.py builds its pipelines from data/dali/graphs.py; it must keep running."""
+    import sys
+    from pathlib import Path
+
+    from cityseg_fast.data.plan import crop_geometry, train_batches
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("dali_stages", None)
+    from dali_stages import STAGES, stage_costs
+
+    root = write_prepared(tmp_path / "p", {"train": 8}, hw=(64, 128), pattern="noise")
+    images = sorted((root / "train" / "images").glob("*.jpg"))
+    labels = [root / "train" / "labels" / (p.stem + ".png") for p in images]
+    plan = [it for b in train_batches(len(images), 0, 1, 0, 0, 1, (0.5, 2.0), 0.5) for it in b]
+    geometry = [crop_geometry((64, 128), (32, 64), it.aug) for it in plan]
+    npy = write_prepared(tmp_path / "n", {"train": 8}, hw=(64, 128), pattern="noise", label_format="npy")
+    npy_labels = [npy / "train" / "labels" / (p.stem + ".npy") for p in images]
+    costs = stage_costs(images, labels, geometry, iters=1, batch_size=8, npy_labels=npy_labels)
+    assert set(costs) == set(STAGES) and all(v > 0 for v in costs.values()), costs
