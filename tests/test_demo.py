@@ -36,6 +36,9 @@ def test_demo_sweeps_measure_the_whole_product(name, tmp_path, monkeypatch):
         assert all(p.cfg.data.root == str(tmp_path / "prepared") for p in spec.points)
         if name == "demo_cpu":  # a CPU without native bf16 emulates it: the CPU demo never times it
             assert {p.cfg.precision.dtype for p in spec.points} == {"fp32"}
+        if name == "demo_cpu" and not quick:  # both train whole frames at batch 2, as their recipes say
+            trained = {(p.cfg.data.crop, p.cfg.loader.batch_size) for p in by["accuracy"]}
+            assert trained == {((128, 256), 2)}, trained  # (the sweep-wide crop and batch once leaked in)
         sizes[quick] = (frames["train"] * frames["size"][0] * frames["size"][1], [p.cfg.train.iters for p in by["accuracy"]])
     assert sizes[True][0] <= sizes[False][0] and all(q < f for q, f in zip(sizes[True][1], sizes[False][1], strict=True))
 
