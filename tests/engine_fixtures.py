@@ -8,9 +8,11 @@ Cityscapes colour, so a small network learns them in a few dozen iterations on t
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,19 @@ def _run(cmd: list[str], timeout: float, check: bool) -> subprocess.CompletedPro
 def run_cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m cityseg_fast ARGS` in a subprocess (for torchrun and kill tests)."""
     return _run([PY, "-m", "cityseg_fast", *args], timeout, check)
+
+
+def kill_after_first_row(results: Path, *args: str, timeout: float = 180) -> None:
+    """Start `python -m cityseg_fast ARGS` and SIGKILL it once `results` holds a row (or after `timeout`):
+    no chance to clean up, the worst case for a resumable command."""
+    proc = subprocess.Popen(
+        [PY, "-m", "cityseg_fast", *args], cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 TORCHRUN = [PY, "-m", "torch.distributed.run"]

@@ -4,16 +4,12 @@ and noise no measurable difference; every figure is a valid PNG; Welch's t-test 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from engine_fixtures import kill_after_first_row, run_cli
 from PIL import Image
 
 from cityseg_fast.bench.study import load_study, plan
@@ -89,19 +85,13 @@ def test_study_config_errors_are_one_line(tmp_path):
 def test_killed_study_resumes_without_repeating_a_run_or_losing_a_row(tmp_path):
     cfg, out = _config(tmp_path), tmp_path / "out"
     results = out / "results.jsonl"
-    cmd = [sys.executable, "-m", "cityseg_fast", "study", str(cfg), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # mid-run (the second seed's): no chance to clean up
-    proc.wait()
+    args = ("study", str(cfg), "--out", str(out))
+    kill_after_first_row(results, *args)  # mid-run (the second seed's)
     first = list(read_rows(results))
     assert len(first) == 1, "the study should have been killed while training its second run"
     finished = Path(first[0]["metrics"]["out_dir"])
     log_before = (finished / "metrics.jsonl").read_bytes()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = run_cli(*args, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(read_rows(results))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows) and rows[0] == first[0]

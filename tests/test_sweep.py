@@ -5,16 +5,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from engine_fixtures import kill_after_first_row, run_cli
 
 from cityseg_fast.bench.sweep import run_sweep
 from cityseg_fast.bench.sweep_spec import SweepSpec, load_spec
@@ -101,17 +98,11 @@ def test_killed_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
     spec_path = _spec(tmp_path, {"model.name": ["unet_s16"], "loader.batch_size": [1, 2]})
     out = tmp_path / "out"
     results = out / "results.jsonl"
-    cmd = [sys.executable, "-m", "cityseg_fast", "sweep", str(spec_path), "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the worst case
-    proc.wait()
+    args = ("sweep", str(spec_path), "--out", str(out))
+    kill_after_first_row(results, *args)
     first = list(read_rows(results))
     assert len(first) == 1, "the sweep should have been killed while measuring its second point"
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = run_cli(*args, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(read_rows(results))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
