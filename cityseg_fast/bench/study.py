@@ -49,7 +49,7 @@ CITYSCAPES_VAL = (500, (1024, 2048))  # val frames and their size, when neither 
 
 @dataclass(frozen=True)
 class Estimate:
-    gflop_per_s: float = 100.0  # effective training FLOP rate of one device (a 2-core AVX2 CPU: ~100)
+    gflop_per_s: float = 100.0  # effective training FLOP rate of one device (each shipped config sets its own)
     overhead_s: float = 10.0  # per run: process start, loader and model build, FLOP count, predictions
 
 
