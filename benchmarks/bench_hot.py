@@ -47,7 +47,7 @@ def test_confusion_matrix_update(benchmark):
 
 
 def test_label_lut_mapping(benchmark):
-    from cityseg_fast.data.labels import ID_TO_TRAINID
+    from cityseg_fast.labels import ID_TO_TRAINID
 
     rng = np.random.default_rng(0)
     label_ids = rng.integers(0, 34, size=(1024, 2048), dtype=np.uint8)  # one full-resolution labelIds frame

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process run several times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from cityseg_fast.bench.scenarios import run_scenario  # noqa: E402
+from cityseg_fast.bench.runners import run_scenario  # noqa: E402
 from cityseg_fast.config import load_config  # noqa: E402
 from cityseg_fast.environment import collect_env  # noqa: E402
 from cityseg_fast.results import append_row, row_for  # noqa: E402

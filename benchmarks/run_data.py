@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.prepare import _prepare_one, _Task, prepare_dataset
 from cityseg_fast.data.synthetic import frame_seed, render_frame, write_synthetic

@@ -1,7 +1,12 @@
 """`cityseg <command>`: argument parsing and error handling; each command is a thin call into the package.
 
 Command modules live in `cityseg_fast/commands/` and define `add_arguments(parser)` and `run(args) -> int`.
-They import heavy packages (torch, DALI) inside `run`, so `cityseg --help` stays fast.
+
+The import rule, stated once: a module imports the package's own modules, the standard library and the
+light third-party packages (numpy, PIL, yaml, rich) at its top. Only the heavy ones are imported inside
+the function that needs them: DALI (imported in `cityseg_fast/data/dali/` only), matplotlib, torchvision,
+pynvml, and torch in the modules that commands without a model load (report, synth, prepare). Start-up
+stays fast because this file imports only the command being run (`cityseg --help` imports none).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that command's module is imported and given its options (every
+    command is still listed in `cityseg --help`, from the table above)."""
     parser = argparse.ArgumentParser(
         prog="cityseg",
         description="Fast, measurable semantic segmentation on Cityscapes: data, loaders, training, benchmarks, reports.",
@@ -39,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cityseg_fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         mod = importlib.import_module(f"cityseg_fast.commands.{module}")
         p = sub.add_parser(
             name,
@@ -51,8 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (the first word that is not an option), if it is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(argv)
+    parser = build_parser(command) if command is not None else _listing_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -65,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cityseg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _listing_parser() -> argparse.ArgumentParser:
+    """No command named: every command listed, none imported (`cityseg --help`, a typo's error)."""
+    return build_parser(command="")
 
 
 if __name__ == "__main__":

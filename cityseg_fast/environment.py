@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast import __version__
+from cityseg_fast.data.dali import dali_version
 from cityseg_fast.hardware import bf16_support_why, cpu_count, cuda_bf16_from_capability
 
 
@@ -99,9 +101,6 @@ def collect_env() -> dict[str, Any]:
     """The fields recorded on every result row."""
     import torch
     import torchvision
-
-    from cityseg_fast import __version__
-    from cityseg_fast.data.dali import dali_version
 
     gpus, _ = nvml_gpus()
     cuda = torch.cuda.is_available()

@@ -1,7 +1,6 @@
 """What this process may use: its CPU cores, its compute device, and which NVML GPU that device is.
 
 The one place the package resolves a device (every command, loader and benchmark asks here):
-
     device = resolve_device()          # cuda:LOCAL_RANK (initialised) or cpu
     cores = cores_per_rank()           # CPU cores this rank may keep busy (loader threads)
 

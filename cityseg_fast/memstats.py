@@ -18,6 +18,8 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.hardware import nvml_handle
+
 MIB = 2**20
 _HWM_NOT_RESET = [True]  # once clear_refs worked, VmHWM (not the lifetime ru_maxrss) is the point's peak
 
@@ -132,7 +134,6 @@ class NvmlDevice:
 
         if torch.device(device).type != "cuda":
             return None
-        from cityseg_fast.hardware import nvml_handle
 
         found = nvml_handle(torch.device(device))
         return None if found is None else cls(*found)

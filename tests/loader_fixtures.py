@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data.labels import TRAINID_TO_ID
+from cityseg_fast.labels import TRAINID_TO_ID
 
 CITIES = ("aachen", "bremen")
 
@@ -174,7 +174,10 @@ class Slowed:
 
 def slow_loaders(monkeypatch, sleep_s: float) -> list[Slowed]:
     """Every loader built from now on (data.factory.build_loader) is Slowed by `sleep_s`; the list fills
-    with them as they are built."""
+    with them as they are built. The package imports build_loader by name, so every module that holds it
+    is patched."""
+    import sys
+
     from cityseg_fast.data import factory
 
     made, real = [], factory.build_loader
@@ -183,5 +186,7 @@ def slow_loaders(monkeypatch, sleep_s: float) -> list[Slowed]:
         made.append(Slowed(real(*args, **kwargs), sleep_s))
         return made[-1]
 
-    monkeypatch.setattr(factory, "build_loader", slowed)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("cityseg_fast") and getattr(module, "build_loader", None) is real:
+            monkeypatch.setattr(module, "build_loader", slowed)
     return made

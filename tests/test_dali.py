@@ -251,7 +251,7 @@ def test_palette_labels_are_indices_or_a_clear_error(tmp_path):
     from PIL import Image
 
     from cityseg_fast.data.cityscapes import find_samples, read_label
-    from cityseg_fast.data.labels import label_id_palette
+    from cityseg_fast.labels import label_id_palette
 
     root = write_raw(tmp_path, {"val": 2})
     samples = find_samples(root, "val")

@@ -122,7 +122,7 @@ def test_official_evaluation_agrees(run, tmp_path, monkeypatch):
     preds = [official.getPrediction(args, gt) for gt in gts]
     res = official.evaluateImgLists(preds, gts, args)
     assert round(res["averageScoreClasses"], 4) == round(ours["miou"], 4)
-    from cityseg_fast.data.labels import CLASS_NAMES
+    from cityseg_fast.labels import CLASS_NAMES
 
     for name, v in zip(CLASS_NAMES, ours["per_class_iou"], strict=True):
         theirs = res["classScores"][name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels
 
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 
 
 def test_nineteen_train_classes_in_order():

@@ -8,8 +8,8 @@ from engine_fixtures import render, trained_run
 from PIL import Image
 
 from cityseg_fast.cli import main
-from cityseg_fast.data.labels import ID_TO_TRAINID
 from cityseg_fast.engine.checkpoint import list_checkpoints
+from cityseg_fast.labels import ID_TO_TRAINID
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

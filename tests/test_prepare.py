@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cityseg_fast import labels as L
 from cityseg_fast.cli import main
-from cityseg_fast.data import labels as L
 from cityseg_fast.data.cityscapes import find_samples, read_label, read_manifest, validate_samples
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic

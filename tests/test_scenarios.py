@@ -8,7 +8,7 @@ import json
 import pytest
 from loader_fixtures import write_prepared
 
-from cityseg_fast.bench.scenarios import RUNNERS, run_scenario
+from cityseg_fast.bench.runners import RUNNERS, run_scenario
 from cityseg_fast.config import load_config
 from cityseg_fast.results import SCENARIOS, point_for, row_for
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from loader_fixtures import slow_loaders
 
-from cityseg_fast.bench.scenarios import run_scenario
+from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.config import load_config
 from cityseg_fast.engine.stall import StallMeter, StallStats, segment_stall
 

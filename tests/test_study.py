@@ -12,14 +12,14 @@ import yaml
 from engine_fixtures import kill_after_first_row, run_cli
 from PIL import Image
 
-from cityseg_fast.bench.study import load_study, plan
+from cityseg_fast.bench.study_runs import load_study, plan
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
 from cityseg_fast.errors import UserError
 from cityseg_fast.report.stats import summarize, t_two_sided_p, welch
-from cityseg_fast.report.study import build_study_report
 from cityseg_fast.report.study_design import design, family
 from cityseg_fast.report.study_plots import PLOT_FILES
+from cityseg_fast.report.study_report import build_study_report
 from cityseg_fast.results import append_row, read_rows, row_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.synthetic import (
     CITIES,

@@ -17,7 +17,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.config import Config, replace
+import numpy as np
+from PIL import Image
+
+from cityseg_fast.config import Config, data_root, replace
+from cityseg_fast.data.cityscapes import find_samples, read_pair
+from cityseg_fast.engine import checkpoint as ckpt_io
+from cityseg_fast.engine.evaluate import predict_image
+from cityseg_fast.hardware import resolve_device
+from cityseg_fast.labels import train_palette
+from cityseg_fast.models import model_from_config
 
 MAX_POINTS = 100
 EXAMPLES = (
@@ -92,11 +101,6 @@ def data_counts(events: list[dict[str, Any]]) -> dict[str, int | None]:
 
 
 def _palette_png(ids: Any, size: tuple[int, int], path: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from cityseg_fast.data.labels import train_palette
-
     img = Image.fromarray(np.asarray(ids, dtype=np.uint8), "P")
     img.putpalette(train_palette().ravel().tolist())
     img.resize(size, Image.NEAREST).save(path, optimize=True)
@@ -110,14 +114,6 @@ def save_predictions(
     [H, W] ([] without a checkpoint)."""
     if not checkpoint:
         return []
-    from PIL import Image
-
-    from cityseg_fast.config import data_root
-    from cityseg_fast.data.cityscapes import find_samples, read_pair
-    from cityseg_fast.engine import checkpoint as ckpt_io
-    from cityseg_fast.engine.evaluate import predict_image
-    from cityseg_fast.hardware import resolve_device
-    from cityseg_fast.models import model_from_config
 
     device = resolve_device()
     model = model_from_config(cfg)

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from cityseg_fast.engine.precision import unwrap_model
 from cityseg_fast.errors import UserError
 
 # Op names that do real arithmetic per element but are outside FlopCounterMode's registry. Matched
@@ -52,8 +53,6 @@ class _OpRecorder(TorchDispatchMode):
 
 
 def _plain(model: nn.Module) -> nn.Module:
-    from cityseg_fast.engine.precision import unwrap_model
-
     return unwrap_model(model)
 
 

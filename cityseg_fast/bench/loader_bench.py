@@ -15,8 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cityseg_fast.config import Config
-from cityseg_fast.memstats import descendants
+from cityseg_fast.data.factory import build_loader
+from cityseg_fast.data.plan import endless
+from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import cpu_count, resolve_device
+from cityseg_fast.memstats import (
+    NvmlDevice,
+    descendants,
+    host_peak_rss_mib,
+    torch_memory_mib,
+    tree_memory_mib,
+)
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -48,8 +60,6 @@ def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 def _percentiles(lat_s: list[float], variance_warn: float) -> dict[str, Any]:
-    import numpy as np
-
     ms = np.asarray(lat_s) * 1e3
     q25, q50, q75, q90, q99 = np.percentile(ms, [25, 50, 75, 90, 99])
     return {
@@ -71,12 +81,8 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
 
     Also returns "description" (which backend and device ran) and "batch_size".
     """
-    from cityseg_fast.data.factory import build_loader
-    from cityseg_fast.hardware import resolve_device
 
     if iters < 1 or warmup < 0:
-        from cityseg_fast.errors import UserError
-
         raise UserError(f"bench loader: --iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     device = resolve_device()  # CUDA initialised first: its context is in the GPU memory baseline
     gpu = GpuMemory.before_loader(device)
@@ -97,9 +103,6 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
 
 def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> dict[str, Any]:
     import torch
-
-    from cityseg_fast.data.plan import endless
-    from cityseg_fast.hardware import cpu_count
 
     on_gpu = loader_device(loader).type == "cuda"
     batches = (b for _, b in endless(loader))
@@ -143,7 +146,6 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
 def host_memory() -> dict[str, Any]:
     """Host memory of the loader: this process's peak RSS plus each worker's (DataLoader workers and
     their forkserver are processes of their own), and the tree's PSS (shared memory counted once)."""
-    from cityseg_fast.memstats import host_peak_rss_mib, tree_memory_mib
 
     tree = tree_memory_mib()
     return {
@@ -160,22 +162,16 @@ class GpuMemory:
     so NVML sees its buffers and torch does not."""
 
     def __init__(self, device: Any, nvml: Any) -> None:
-        from cityseg_fast.memstats import torch_memory_mib
-
         self.device, self.nvml = device, nvml
         self.used0 = nvml.used_mib()
         self.reserved0 = torch_memory_mib(device)["mem_torch_reserved_mib"] or 0.0
 
     @classmethod
     def before_loader(cls, device: Any) -> GpuMemory | None:
-        from cityseg_fast.memstats import NvmlDevice
-
         nvml = NvmlDevice.open(device)  # None on the CPU or without NVML
         return None if nvml is None else cls(device, nvml)
 
     def while_loader_runs(self) -> dict[str, float | None]:
-        from cityseg_fast.memstats import torch_memory_mib
-
         used, torch_mem = self.nvml.used_mib(), torch_memory_mib(self.device)
         reserved = torch_mem["mem_torch_reserved_mib"] or 0.0
         return {

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from cityseg_fast.hardware import cpu_count, init_cuda
 from cityseg_fast.memstats import MIB, NvmlDevice, host_peak_rss_mib, reset_host_peak
 
 __all__ = ["MIB", "MemoryMonitor", "NvmlSampler", "host_peak_rss_mib", "reset_host_peak"]
@@ -120,8 +121,6 @@ class MemoryMonitor:
         import torch
 
         if self.cuda:
-            from cityseg_fast.hardware import init_cuda
-
             init_cuda(self.device)  # idempotent; the allocator must exist before its peaks are reset
             torch.cuda.reset_peak_memory_stats(self.device)
             self.nvml = NvmlSampler(self.device, self.sample_interval_s)
@@ -139,8 +138,6 @@ class MemoryMonitor:
 
     def metrics(self) -> dict[str, Any]:
         import torch
-
-        from cityseg_fast.hardware import cpu_count
 
         m: dict[str, Any] = {
             "mem_torch_peak_allocated_mib": None,

@@ -5,7 +5,7 @@
     # profile_top_ops: the 10 ops with the most self device time (self CPU time on the CPU), per step
 
 The profiler adds overhead and syncs of its own, so it runs only after the measurement (`bench.profile`,
-in bench/scenarios.py: after the timed steps and after the memory readings), on the same step function.
+in bench/runners.py: after the timed steps and after the memory readings), on the same step function.
 Where the trace goes: `bench.trace_dir`; `cityseg bench --append FILE` sets it to FILE's folder/traces
 (for a sweep's child, the sweep's points/traces), else runs/traces. The row records the path.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cityseg_fast.config import Config
+from cityseg_fast.results import point_for, point_id
 
 TOP_N = 10
 DEFAULT_TRACE_DIR = "runs/traces"
@@ -25,7 +26,6 @@ DEFAULT_TRACE_DIR = "runs/traces"
 def trace_path(cfg: Config, scenario: str, world_size: int = 1, rank: int = 0) -> Path:
     """bench.trace_dir (or runs/traces) / SCENARIO-POINT_ID[-rankR].pt.trace.json: one file per point
     (and per rank under torchrun: every rank runs the profiled steps, their collectives need it)."""
-    from cityseg_fast.results import point_for, point_id
 
     pid = point_id(scenario, point_for(scenario, cfg, world_size))
     suffix = f"-rank{rank}" if rank else ""

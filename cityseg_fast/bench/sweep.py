@@ -39,9 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
 from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, SweepPoint, SweepSpec, halved
 from cityseg_fast.config import dump_config
 from cityseg_fast.errors import UserError
+from cityseg_fast.results import append_row, read_rows, results_files, row_for, split_unresolved
 
 Row = dict[str, Any]
 # Starts a point's child now and returns the function that waits for it and gives its row.
@@ -151,7 +156,6 @@ def _finish(
     sp: SweepPoint, proc: subprocess.Popen, work: Path, row_path: Path, timeout_s: float,
     devices: tuple[str, ...], t0: float,
 ) -> Row:  # fmt: skip
-    from cityseg_fast.results import read_rows, row_for
 
     try:
         err, timed_out = _wait(proc, timeout_s)
@@ -216,8 +220,6 @@ class Progress:
         self.counts[row["status"]] += 1
 
     def table(self, title: str) -> Any:
-        from rich.table import Table
-
         t = Table(
             title=f"{title}: {sum(self.counts.values())}/{self.total}  "
             + "  ".join(f"{k} {v}" for k, v in self.counts.items())
@@ -272,7 +274,6 @@ def check_devices(spec: SweepSpec, devices: Sequence[str] | None) -> None:
 def done_ids(out: Path, done_status: Sequence[str] = ("ok", "oom")) -> set[str]:
     """Point ids already measured (with one of `done_status`) in any results file of `out`; rows under
     an unresolved variable never count."""
-    from cityseg_fast.results import read_rows, results_files, split_unresolved
 
     real, _ = split_unresolved(read_rows(results_files(out)))
     return {r["point_id"] for r in real if r["status"] in done_status}
@@ -293,8 +294,6 @@ def run_sweep(
     devices: run points side by side on these (see the module docstring). time_budget_s: start no new
     point once this much wall time has passed (points in flight finish, bounded by the spec's timeout_s);
     the rest is left for a rerun, which resumes. runner: how a point is started (tests pass a stub)."""
-    from rich.console import Console
-    from rich.live import Live
 
     check_devices(spec, devices)
     state = _Sweep(spec, Path(out_dir), retry_oom, devices, runner)
@@ -371,7 +370,6 @@ class _Sweep:
         self.slots.give(got)
         if isinstance(row, BaseException):
             raise row
-        from cityseg_fast.results import append_row
 
         append_row(self.results, row)
         self.progress.finish(i, row)

@@ -1,7 +1,6 @@
 """Sweep specs: a YAML grid expanded into concrete points, its variables and paths resolved before anything runs.
 
 A spec (see configs/sweeps/*.yaml for commented examples):
-
     name: cpu_quick
     config: [configs/bench/cpu.yaml]          # base config layers (later wins)
     overrides: {data.root: ${CITYSCAPES_QUICK}, bench.iters: 10}   # applied to every point

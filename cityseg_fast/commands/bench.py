@@ -29,6 +29,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from cityseg_fast.bench.runners import run_scenario
+from cityseg_fast.commands.common import add_config_args, config_from_args
+from cityseg_fast.config import parse_hw, replace
+from cityseg_fast.engine.dist import cleanup
+from cityseg_fast.paths import check_append_file
+from cityseg_fast.results import SCENARIOS, append_row, row_for
+
 # --flag -> (config key, how the value is written); a flag left out sets nothing
 SHORTCUTS: dict[str, tuple[str, Any]] = {
     "data": ("data.root", str),
@@ -43,8 +53,6 @@ SHORTCUTS: dict[str, tuple[str, Any]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cityseg_fast.results import SCENARIOS
-
     sub = p.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
     for s in SCENARIOS.values():
         sp = sub.add_parser(s.name, help=s.what, description=f"{s.title}: {s.what}.")
@@ -52,8 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scenario_arguments(p: argparse.ArgumentParser) -> None:
-    from cityseg_fast.commands.common import add_config_args
-
     p.add_argument("--data", metavar="DIR", help="dataset root (raw Cityscapes or prepared); sets data.root")
     p.add_argument("--loader", choices=["dali", "torch", "synthetic"], help="sets loader.backend")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="dali: where decode runs; sets loader.device")
@@ -77,8 +83,6 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
         if value is not None:  # `is not None`: a 0 must reach the config's range check
             out.append(f"{key}={kind(value)}")
     if getattr(args, "crop", None):
-        from cityseg_fast.config import parse_hw
-
         h, w = parse_hw(args.crop, "--crop")
         out.append(f"data.crop=[{h},{w}]")
     if getattr(args, "decode_only", False):
@@ -87,13 +91,6 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.bench.scenarios import run_scenario
-    from cityseg_fast.commands.common import config_from_args
-    from cityseg_fast.config import replace
-    from cityseg_fast.engine.dist import cleanup
-    from cityseg_fast.paths import check_append_file
-    from cityseg_fast.results import append_row, row_for
-
     scenario = args.scenario
     if args.append:  # before measuring: a point measured and then not written is time thrown away
         check_append_file(args.append, "--append")
@@ -124,10 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
 def print_row(row: dict[str, Any]) -> None:
     """The row as a two-column table: the point, then the scenario's own metrics, then the rest."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from cityseg_fast.results import SCENARIOS
 
     t = Table(title=f"cityseg bench {row['scenario']}  [{row['status']}]", show_header=False)
     for k, v in row["point"].items():

@@ -24,6 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from rich.console import Console
+
+from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, load_spec
+from cityseg_fast.config import load_yaml
+from cityseg_fast.data.prepare import prepare_dataset
+from cityseg_fast.data.synthetic import write_synthetic
+from cityseg_fast.errors import UserError
+from cityseg_fast.paths import check_out_dir
+from cityseg_fast.report.build import build_report
+from cityseg_fast.report.format import fmt_s, md_table
+
 STALE = ("results.jsonl", "points", "runs", "report", "data", "demo_timings.json", "sweep.yaml")
 
 
@@ -37,8 +50,6 @@ def demo_plan(spec_path: Path, quick: bool, data: Path) -> tuple[dict[str, Any],
     """(frames {train, val, size}, the sweep to run) from a demo spec: its `demo:` block says the dataset,
     and with --quick its `quick:` part replaces the frames, adds overrides and may replace the runs.
     The sweep reads the prepared data at `data` (the shipped specs say ${CITYSEG_DEMO_DATA})."""
-    from cityseg_fast.config import load_yaml
-    from cityseg_fast.errors import UserError
 
     spec = dict(load_yaml(spec_path))
     demo = spec.pop("demo", None)
@@ -52,7 +63,6 @@ def demo_plan(spec_path: Path, quick: bool, data: Path) -> tuple[dict[str, Any],
 
 def _fresh(out: Path) -> None:
     """A demo starts afresh (earlier rows would be mixed into this report); only ever in a demo folder."""
-    from cityseg_fast.errors import UserError
 
     marker = out / ".cityseg-demo"
     if out.exists() and any(out.iterdir()) and not marker.exists():
@@ -66,15 +76,6 @@ def _fresh(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    import yaml
-    from rich.console import Console
-
-    from cityseg_fast.bench.sweep import run_sweep
-    from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, load_spec
-    from cityseg_fast.data.prepare import prepare_dataset
-    from cityseg_fast.data.synthetic import write_synthetic
-    from cityseg_fast.paths import check_out_dir
-    from cityseg_fast.report.build import build_report
 
     console, out = Console(), check_out_dir(args.out, "--out")
     cuda = torch.cuda.is_available()
@@ -125,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _timeline(timings: list[tuple[str, float, str]], total: float) -> str:
-    from cityseg_fast.report.format import fmt_s, md_table
-
     body = [[f"{i}. {title}", fmt_s(dt), result] for i, (title, dt, result) in enumerate(timings, 1)]
     body.append(["total before the report", fmt_s(total), ""])
     return "Wall time of each `cityseg demo` step (with the report's own: ../demo_timings.json).\n\n" + md_table(

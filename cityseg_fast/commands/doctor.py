@@ -13,6 +13,11 @@ import argparse
 import json
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from cityseg_fast.environment import bf16_why, collect_env, compiler, nvml_gpus
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -52,7 +57,6 @@ def distributed_backends() -> dict[str, bool]:
 def doctor_report() -> dict[str, Any]:
     """Everything `cityseg doctor` shows: collect_env() plus GPUs in detail and capability probes."""
     from cityseg_fast.data.dali import probe
-    from cityseg_fast.environment import bf16_why, collect_env, compiler, nvml_gpus
 
     env = collect_env()
     gpus, nvml_error = nvml_gpus()
@@ -73,9 +77,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, sort_keys=True))
         return 0
-
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title="cityseg doctor", show_header=True, header_style="bold")
     t.add_column("item")

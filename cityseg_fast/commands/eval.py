@@ -14,6 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.console import Console
+
+from cityseg_fast.config import build_config, data_root, load_config
+from cityseg_fast.data.cityscapes import find_samples
+from cityseg_fast.data.factory import build_loader
+from cityseg_fast.engine import checkpoint as ckpt_io
+from cityseg_fast.engine import dist, precision
+from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+from cityseg_fast.errors import UserError
+from cityseg_fast.labels import CLASS_NAMES
+from cityseg_fast.models import model_from_config
+from cityseg_fast.paths import check_out_dir
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -33,11 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_for_inference(path: str, overrides: list[str], device):
     """(cfg, model) from a checkpoint: the config it was trained with (plus overrides), weights loaded."""
-    from cityseg_fast.config import build_config, load_config
-    from cityseg_fast.engine import checkpoint as ckpt_io
-    from cityseg_fast.engine import precision
-    from cityseg_fast.errors import UserError
-    from cityseg_fast.models import model_from_config
 
     ck = ckpt_io.load_checkpoint(path)
     try:
@@ -55,8 +63,6 @@ def load_for_inference(path: str, overrides: list[str], device):
 
 def dataset_root(cfg, args: argparse.Namespace):
     """data.root, checked: if it came from the checkpoint's config, an error says so and how to override."""
-    from cityseg_fast.config import data_root
-    from cityseg_fast.errors import UserError
 
     root = data_root(cfg)
     given = args.data or any(o.split("=", 1)[0].strip() == "data.root" for o in args.overrides)
@@ -70,12 +76,6 @@ def dataset_root(cfg, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.data.cityscapes import find_samples
-    from cityseg_fast.data.factory import build_loader
-    from cityseg_fast.engine import dist
-    from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
-    from cityseg_fast.paths import check_out_dir
-
     if args.export_dir:
         check_out_dir(args.export_dir, "--export-dir")
     overrides = list(args.overrides)
@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     dist.cleanup()
     if info.is_main:
         if args.json:
-            from cityseg_fast.data.labels import CLASS_NAMES
-
             row = json_safe(
                 {
                     "miou": result["miou"],
@@ -114,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
             )
             print(json.dumps(row))
         else:
-            from rich.console import Console
-
             Console().print(
                 iou_table(
                     result, title=f"{cfg.model.name} on {cfg.data.val_split} ({result['images']} images)"

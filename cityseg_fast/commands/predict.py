@@ -13,6 +13,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cityseg_fast.commands.eval import load_for_inference
+from cityseg_fast.engine.evaluate import predict_image
+from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import resolve_device
+from cityseg_fast.labels import TRAINID_TO_ID, train_palette
+from cityseg_fast.paths import check_out_dir
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -25,10 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_rgb(path: Path):
     """H x W x 3 uint8 from any PNG/JPEG mode (RGBA drops alpha, L/P/I are converted); UserError if unreadable."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from cityseg_fast.errors import UserError
 
     if not path.is_file():
         raise UserError(f"{path}: image not found")
@@ -45,7 +51,6 @@ def read_rgb(path: Path):
 
 def unique_inputs(paths: list[Path]) -> list[Path]:
     """The inputs, each file once; two files whose outputs would share a name are a UserError naming both."""
-    from cityseg_fast.errors import UserError
 
     by_stem: dict[str, Path] = {}
     kept = []
@@ -62,16 +67,6 @@ def unique_inputs(paths: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from cityseg_fast.commands.eval import load_for_inference
-    from cityseg_fast.data.labels import TRAINID_TO_ID, train_palette
-    from cityseg_fast.engine.evaluate import predict_image
-    from cityseg_fast.errors import UserError
-    from cityseg_fast.hardware import resolve_device
-    from cityseg_fast.paths import check_out_dir
-
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha {args.alpha}: must be between 0 and 1")
     paths = unique_inputs([Path(p) for p in args.images])

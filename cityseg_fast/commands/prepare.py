@@ -16,6 +16,10 @@ import argparse
 import json
 import os
 
+from cityseg_fast.config import parse_hw
+from cityseg_fast.data.prepare import prepare_dataset
+from cityseg_fast.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--src", default=None, help="Cityscapes root (default: $CITYSCAPES_DATASET)")
@@ -40,10 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.config import parse_hw
-    from cityseg_fast.data.prepare import prepare_dataset
-    from cityseg_fast.errors import UserError
-
     src = args.src or os.environ.get("CITYSCAPES_DATASET")
     if not src:
         raise UserError("no source dataset: pass --src DIR or set CITYSCAPES_DATASET")

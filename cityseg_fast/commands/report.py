@@ -19,7 +19,10 @@ more runs OUT/comparison.csv: ratios per matching point with regressions beyond 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from cityseg_fast.report.build import build_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,10 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from cityseg_fast.report.build import build_report
-
     first = Path(args.runs[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
     report = build_report(

@@ -23,6 +23,15 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+from rich.table import Table
+
+from cityseg_fast.bench.study_runs import load_study, make_data, plan, total_s, write_sweep
+from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.paths import check_out_dir
+from cityseg_fast.report.format import fmt_s
+from cityseg_fast.report.study_report import build_study_report
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="STUDY.yaml", help="study config (see configs/studies/)")
@@ -36,11 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def print_plan(study, console) -> None:
-    from rich.table import Table
-
-    from cityseg_fast.bench.study import plan, total_s
-    from cityseg_fast.report.format import fmt_s
-
     runs = plan(study)
     t = Table(title=f"study '{study.name}': {len(runs)} runs, seeds {study.seeds}")
     for col in ("#", "scenario", "point", "seed", "estimate", "status"):
@@ -60,13 +64,6 @@ def print_plan(study, console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from cityseg_fast.bench.study import load_study, make_data, write_sweep
-    from cityseg_fast.bench.sweep import run_sweep
-    from cityseg_fast.paths import check_out_dir
-    from cityseg_fast.report.study import build_study_report
-
     console = Console(stderr=True)
     study = load_study(args.config, args.out)
     check_out_dir(study.out, "--out")

@@ -31,8 +31,16 @@ Many GPUs, many nodes:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
+
+from rich.console import Console
+
+from cityseg_fast.bench.sweep import check_devices, run_sweep
+from cityseg_fast.bench.sweep_spec import default_out_dir, load_spec, place_accuracy_runs, select_shard
+from cityseg_fast.errors import UserError
+from cityseg_fast.results import SCENARIOS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,9 +71,6 @@ def parse_devices(text: str | None) -> list[str] | None:
     those: a child's CUDA_VISIBLE_DEVICES replaces it, so an id outside it would reach another job's GPU."""
     if text is None:
         return None
-    import os
-
-    from cityseg_fast.errors import UserError
 
     visible = [t for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
     if text == "all":
@@ -98,7 +103,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'1/4' -> (1, 4): shard index 0..N-1 of N; None when not given."""
     if text is None:
         return None
-    from cityseg_fast.errors import UserError
 
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
@@ -107,13 +111,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from cityseg_fast.bench.sweep import check_devices, run_sweep
-    from cityseg_fast.bench.sweep_spec import default_out_dir, load_spec, place_accuracy_runs, select_shard
-    from cityseg_fast.errors import UserError
-    from cityseg_fast.results import SCENARIOS
-
     unknown = [s for s in args.only if s not in SCENARIOS]
     if unknown:
         raise UserError(f"--only {unknown[0]}: unknown scenario; valid: {', '.join(SCENARIOS)}")

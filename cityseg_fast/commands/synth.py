@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from cityseg_fast.config import parse_hw
+from cityseg_fast.data.synthetic import write_synthetic
+from cityseg_fast.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output root (becomes a Cityscapes root, i.e. CITYSCAPES_DATASET)")
@@ -30,10 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.config import parse_hw
-    from cityseg_fast.data.synthetic import write_synthetic
-    from cityseg_fast.errors import UserError
-
     size = parse_hw(args.size, "--size")
     if min(size) < 16:
         raise UserError(f"--size {args.size}: frames must be at least 16x16")

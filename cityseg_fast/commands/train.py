@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from cityseg_fast.commands.common import add_config_args, config_from_args
+from cityseg_fast.engine.evaluate import json_safe
+from cityseg_fast.engine.train import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,9 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cityseg_fast.engine.evaluate import json_safe
-    from cityseg_fast.engine.train import train
-
     extra = []
     if args.data:
         extra.append(f"data.root={args.data}")
@@ -66,6 +66,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_rank0() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data import labels
+from cityseg_fast import labels
 from cityseg_fast.errors import UserError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"

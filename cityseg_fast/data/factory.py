@@ -17,7 +17,11 @@ from typing import Any, Protocol
 import torch
 
 from cityseg_fast.config import Config, data_root
+from cityseg_fast.data.cityscapes import find_samples
+from cityseg_fast.data.dali import dali_available
 from cityseg_fast.data.plan import LoaderSpec
+from cityseg_fast.data.synthetic_loader import SyntheticLoader
+from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cores_per_rank, resolve_device
 
@@ -90,22 +94,16 @@ def build_loader(
     if train is None:
         train = split == cfg.data.train_split
     spec = loader_spec(cfg, train, rank, world_size, device if device is not None else resolve_device())
-    from cityseg_fast.data.cityscapes import find_samples
 
     if backend == "synthetic":
-        from cityseg_fast.data.synthetic_loader import SyntheticLoader
-
         # With a dataset, the synthetic loader mimics its epoch length and frame size; without, 100 batches.
         has_data = bool(cfg.data.root or os.environ.get("CITYSCAPES_DATASET"))
         samples = find_samples(data_root(cfg), split) if has_data else []
         return SyntheticLoader(samples, spec, cfg.data.num_classes)
     samples = find_samples(data_root(cfg), split)
     if backend == "torch":
-        from cityseg_fast.data.torch_loader import TorchLoader
-
         return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_factor=lc.prefetch_factor,
                            pin_memory=lc.pin_memory)  # fmt: skip
-    from cityseg_fast.data.dali import dali_available
 
     if not dali_available():
         raise UserError(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 
 def run_parallel(fn: Callable, tasks: list, workers: int, progress: bool, what: str) -> list:
     """Map `fn` over `tasks` with a spawn-safe process pool (or inline for one worker), with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     results = []
     with Progress(

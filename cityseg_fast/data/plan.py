@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from cityseg_fast.errors import UserError
 
@@ -214,8 +215,6 @@ class SizeCache:
     def __getitem__(self, i: int) -> tuple[int, int]:
         hw = self._hw.get(i)
         if hw is None:
-            from PIL import Image
-
             try:
                 with Image.open(self._paths[i]) as im:
                     hw = (im.height, im.width)

@@ -30,6 +30,7 @@ from PIL import Image
 from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, open_pair
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import cpu_count
 from cityseg_fast.paths import check_out_dir
 
 FORMAT_VERSION = 1
@@ -182,7 +183,6 @@ def prepare_dataset(
     Bad input (a structural problem, an unreadable/truncated file, a size mismatch, invalid label
     values, a 16-bit label) raises a one-line UserError naming the file; files already written stay.
     """
-    from cityseg_fast.hardware import cpu_count
 
     src, out = Path(src).expanduser(), check_out_dir(out, "--out")
     label_format = label_format or _earlier_label_format(out) or "npy"

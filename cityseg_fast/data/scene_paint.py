@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 
 ID = L.NAME_TO_LABEL_ID
 

@@ -23,15 +23,17 @@ synthetic test split be evaluated.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.data.scene import render_frame
+from cityseg_fast.hardware import cpu_count
 from cityseg_fast.paths import check_out_dir
 
 # Real Cityscapes city names per split (the synthetic frames cycle through them).
@@ -121,9 +123,6 @@ def write_synthetic(
     progress: bool = True,
 ) -> dict:
     """Write train/val/test frames under `out` in the Cityscapes layout; returns a summary dict."""
-    import time
-
-    from cityseg_fast.hardware import cpu_count
 
     out = check_out_dir(out, "--out")
     counts = {"train": train, "val": val, "test": test}

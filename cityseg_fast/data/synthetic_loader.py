@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from cityseg_fast.data.batch import Batch, to_layout
+from cityseg_fast.data.cityscapes import image_size
 from cityseg_fast.data.plan import LoaderSpec, PlannedLoader
 
 DEFAULT_BATCHES = 100  # batches per epoch without a dataset
@@ -24,7 +25,6 @@ class SyntheticLoader(PlannedLoader):
         if s.train:
             hw = target_hw = tuple(s.crop)
         else:  # eval frames keep their size (that of a `prepare --size/--scale` output when prepared)
-            from cityseg_fast.data.cityscapes import image_size
 
             frame_hw = image_size(self.samples[0].image) if self.samples else CITYSCAPES_HW
             hw = tuple(s.eval_size or frame_hw)

@@ -17,23 +17,26 @@ this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CL
 from __future__ import annotations
 
 import functools
+import multiprocessing as mp
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.cityscapes import label_size_error, load_label_array
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish
 from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometry
+from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
+from cityseg_fast.labels import ID_TO_TRAINID
 
 
 class PlanDataset(torch.utils.data.Dataset):
     """Reads one plan Item: decode with PIL, crop-before-resize, flip; returns uint8 arrays."""
 
     def __init__(self, samples: list, spec: LoaderSpec) -> None:
-        from cityseg_fast.data.labels import ID_TO_TRAINID
-
         self.samples, self.spec = samples, spec
         self.lut = np.asarray(ID_TO_TRAINID, dtype=np.uint8)
 
@@ -47,8 +50,6 @@ class PlanDataset(torch.utils.data.Dataset):
             return str(e)  # a plain message survives the worker boundary intact; raised in the main process
 
     def _open(self, path, mode: str):
-        from PIL import Image
-
         try:
             im = Image.open(path)
             im.load()  # decode now, so a corrupt file fails here and is named
@@ -59,16 +60,12 @@ class PlanDataset(torch.utils.data.Dataset):
             raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
 
     def _open_array(self, path) -> np.ndarray:
-        from cityseg_fast.data.cityscapes import load_label_array
-
         try:
             return load_label_array(path)
         except UserError as e:
             raise _DecodeError(str(e)) from None
 
     def _load(self, item: Item) -> tuple:
-        from cityseg_fast.data.resample import resize_image, resize_label
-
         s = self.samples[item.source]
         img = self._open(s.image, "RGB")
         spec = self.spec
@@ -77,7 +74,6 @@ class PlanDataset(torch.utils.data.Dataset):
         lab = self._open_array(s.label) if s.label.suffix == ".npy" else self._open(s.label, "L")
         lab_hw = tuple(lab.shape) if isinstance(lab, np.ndarray) else (lab.height, lab.width)
         if lab_hw != (img.height, img.width):  # PIL's crop would pad it with 0 (road): refuse
-            from cityseg_fast.data.cityscapes import label_size_error
 
             raise _DecodeError(label_size_error(s.label, lab_hw, s.image, (img.height, img.width)))
         if spec.train:
@@ -173,8 +169,6 @@ class TorchLoader(PlannedLoader):
         prefetch_factor: int = 2,
         pin_memory: bool = True,
     ) -> None:
-        from cityseg_fast.data.resample import BufferPool, Normalizer
-
         super().__init__(samples, spec)
         on_gpu = spec.device.type == "cuda"
         self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
@@ -226,7 +220,6 @@ class TorchLoader(PlannedLoader):
         """uint8 N x H x W x 3 on the host -> the Batch on the device (handoff.finish)."""
         if self.device.type != "cpu":
             return finish(b, self.device, self._norm, self.spec.channels_last)
-        from cityseg_fast.data.resample import one_thread
 
         image_out = target_out = None
         if b.target is not None:  # into reused buffers: a fresh one page-faults
@@ -244,7 +237,6 @@ def _worker_context():
     and the worker hangs (seen in the test suite after DALI pipelines ran). The forkserver
     imports this module once, so each worker still starts in milliseconds.
     """
-    import multiprocessing as mp
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])

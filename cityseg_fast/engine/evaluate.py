@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from rich.table import Table
 from torch import nn
 
 from cityseg_fast.config import Config
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.labels import CLASS_NAMES, TRAINID_TO_ID
 from cityseg_fast.engine import dist
 from cityseg_fast.engine.precision import autocast
 from cityseg_fast.engine.step import eval_step
+from cityseg_fast.labels import CLASS_NAMES, TRAINID_TO_ID
 
 
 class ConfusionMatrix:
@@ -93,7 +95,6 @@ def export_prediction(pred: np.ndarray, stem: str, export_dir: str | os.PathLike
     cityscapesscripts matches `{city}_{seq}_{frame}*.png` anywhere under $CITYSCAPES_RESULTS, so the file
     is named `{stem}_leftImg8bit.png` (the frame's own image name) inside a folder per city.
     """
-    from PIL import Image
 
     city = stem.split("_", 1)[0]
     out = Path(export_dir) / city
@@ -194,7 +195,6 @@ def predict_image(model: nn.Module, rgb: np.ndarray, cfg: Config, device: torch.
 
 def iou_table(result: dict[str, Any], title: str = "per-class IoU"):
     """A rich Table of the per-class IoU with the mIoU in the caption."""
-    from rich.table import Table
 
     table = Table(
         title=title, caption=f"mIoU {100 * result['miou']:.2f}   pixel acc {100 * result['acc']:.2f}"

@@ -150,7 +150,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def reset_compile_counters() -> None:
     """Zero dynamo's counters and per-compile records (call before the compile you want to measure)."""
-    import torch._dynamo.utils as dynamo_utils
+
+    import torch._dynamo.utils as dynamo_utils  # heavy (~1 s): only where compile counters are read
 
     dynamo_utils.counters.clear()
     dynamo_utils.clear_compilation_metrics()

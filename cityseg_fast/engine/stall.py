@@ -14,7 +14,7 @@
   device has already passed (`Event.query()`), so it never waits, wherever it is called.
 Both give a per-step `data_wait` and `stall_fraction` = waiting time / wall time of the measured steps.
 `restart()` marks a break (evaluation, a checkpoint): time across it is neither waiting nor wall.
-Training and every benchmark use this one meter (engine/train.py, bench/scenarios.py).
+Training and every benchmark use this one meter (engine/train.py, bench/runners.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ from torch import nn
 
 from cityseg_fast.config import Config, TrainConfig
 from cityseg_fast.data.batch import Batch
+from cityseg_fast.engine import precision
+from cityseg_fast.engine.precision import autocast
 from cityseg_fast.errors import UserError
+from cityseg_fast.models import model_from_config
 
 
 class SegLoss(nn.Module):
@@ -85,13 +88,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.o
 def build_train_state(cfg: Config, device: torch.device | str, model: nn.Module | None = None) -> TrainState:
     """Model (from the config unless given) on `device` with the precision settings, optimizer, poly
     schedule, AMP scaler and loss. Wrapping in DDP (and SyncBatchNorm conversion before this) is the caller's."""
-    from cityseg_fast.engine import precision
 
     device = torch.device(device)
     precision.setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
     if model is None:
-        from cityseg_fast.models import model_from_config
-
         model = model_from_config(cfg)
     model = precision.prepare_model(model, cfg.precision, device)
     optimizer = build_optimizer(model, cfg.train)
@@ -111,7 +111,6 @@ def train_step(state: TrainState, batch: Batch) -> torch.Tensor:
 
     Returns the detached loss on the device; reading it (`.item()`) is the caller's sync point.
     """
-    from cityseg_fast.engine.precision import autocast
 
     cfg = state.cfg
     state.model.train()
@@ -127,7 +126,6 @@ def train_step(state: TrainState, batch: Batch) -> torch.Tensor:
 def eval_step(model: nn.Module, batch: Batch, cfg: Config) -> torch.Tensor:
     """int64 N x H x W predictions at the target's size: logits are upsampled (bilinear) before argmax,
     so a model run on resized eval images is still scored on full-resolution labels."""
-    from cityseg_fast.engine.precision import autocast
 
     with torch.inference_mode(), autocast(cfg.precision.dtype, batch.image.device.type):
         logits = model(batch.image)

@@ -22,17 +22,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from cityseg_fast.config import Config, dump_config, to_dict
+from cityseg_fast.data.factory import build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist, rundir
 from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
 from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
+from cityseg_fast.environment import collect_env
 from cityseg_fast.errors import UserError
-from cityseg_fast.memstats import NvmlDevice
+from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
+from cityseg_fast.models import model_from_config
 
 
 def seed_everything(seed: int) -> None:
@@ -83,16 +95,6 @@ def restore(state: TrainState, path: Path, ck: dict[str, Any] | None = None) -> 
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     return Progress(  # on stderr, like every line a run prints: stdout is left to results (bench --json)
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -109,7 +111,6 @@ def _progress(enabled: bool):
 def memory_fields(device: torch.device, nvml: Any) -> dict[str, float | None]:
     """A 'train' line's memory: host RSS of this process; on a GPU torch's max allocated / reserved since the
     run started (host-side allocator counters) and NVML's used memory (`nvml`: a memstats.NvmlDevice or None)."""
-    from cityseg_fast.memstats import host_rss_mib, torch_memory_mib
 
     t = torch_memory_mib(device)
     return {
@@ -157,9 +158,6 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
-    from cityseg_fast.data.factory import build_loader
-    from cityseg_fast.environment import collect_env
-
     t = cfg.train
     if t.sync_bn and info.world_size > 1 and cfg.precision.compile != "off":
         raise UserError(
@@ -186,9 +184,6 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
 
     model = None
     if t.sync_bn and info.world_size > 1:
-        from cityseg_fast.models import model_from_config
-
-
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
     state = build_train_state(cfg, info.device, model)
     net = state.model  # prepared (compiled) module, used for evaluation
@@ -292,8 +287,6 @@ def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(state.model))  # DDP must keep the replicas identical
     if info.is_main:
-        from rich.console import Console
-
         Console(stderr=True).print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
     train_loader.close()
     val_loader.close()

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from cityseg_fast.labels import CLASS_COLORS, CLASS_NAMES
 from cityseg_fast.report.format import fmt_num
 from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front
 from cityseg_fast.report.stats import summarize
@@ -326,16 +330,12 @@ def plot_predictions(
 
 def _rgb(path: Path | None) -> Any:
     """An RGB array of a PNG (palette PNGs expand to their colours); the file is closed after."""
-    import numpy as np
-    from PIL import Image
 
     with Image.open(str(path)) as img:
         return np.asarray(img.convert("RGB"))
 
 
 def make_plots(d: Design, out: Path, results_dir: Path) -> list[Plot]:
-    from cityseg_fast.data.labels import CLASS_COLORS, CLASS_NAMES
-
     for f in PLOT_FILES:
         (out / f).unlink(missing_ok=True)  # an earlier build's plot would be linked by nothing and mislead
     figures = [plot_front(d, out), plot_effects(d, out), plot_curves(d, out)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.report.format import (
     DASH,
     _cell,
@@ -34,6 +35,7 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
+from cityseg_fast.results import SCENARIOS
 
 # ---------------------------------------------------------------- environment
 
@@ -307,7 +309,6 @@ def best_section(runs: Sequence[Run]) -> str:
 def accuracy_section(runs: Sequence[Run]) -> str:
     """mIoU, pixel accuracy, train img/s of every accuracy-kind row (training runs and the colour
     baseline side by side), then per-class IoU."""
-    from cityseg_fast.results import SCENARIOS
 
     rows = [r for name, s in SCENARIOS.items() if s.kind == "accuracy" for r in tagged_rows(runs, name)]
     if not rows:
@@ -338,8 +339,6 @@ def accuracy_section(runs: Sequence[Run]) -> str:
 
 
 def per_class_table(rows: Sequence[dict[str, Any]], keys: Sequence[str], with_run: bool) -> str:
-    from cityseg_fast.data.labels import CLASS_NAMES
-
     labels = []
     for r in rows:
         label = point_label(flat_point(r), keys) or "run"

@@ -1,6 +1,6 @@
 """Results: the row every benchmark writes and every report reads, below both bench/ and report/.
 
-    row = row_for("model", cfg, metrics)        # or error=exc: failures are rows too (row.py)
+    row = row_for("model", cfg, metrics)        # or error=exc: failures are rows too (record.py)
     append_row("results.jsonl", row)            # atomic (rows.py)
     rows = merge(read_rows("results.jsonl"))    # latest per point, derived metrics attached (derive.py)
     SCENARIOS["e2e"].title                      # the scenario table (scenarios.py)
@@ -9,7 +9,7 @@
 
 from cityseg_fast.results.derive import e2e_limit, latest_per_point, merge, split_unresolved
 from cityseg_fast.results.files import RESULTS_FILE, missing_shards, results_files, shard_file, shard_of
-from cityseg_fast.results.row import classify, clean, is_oom, one_line, row_for
+from cityseg_fast.results.record import classify, clean, is_oom, one_line, row_for
 from cityseg_fast.results.rows import (
     SCHEMA_VERSION,
     append_row,

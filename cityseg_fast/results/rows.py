@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.results.scenarios import SCENARIOS
+
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "oom", "error")
 _REQUIRED = {
@@ -90,7 +92,6 @@ def point_id(scenario: str, point: dict[str, Any]) -> str:
 
 def validate_row(row: Any) -> None:
     """Raise ValueError naming the first field that breaks the schema."""
-    from cityseg_fast.results.scenarios import SCENARIOS
 
     if not isinstance(row, dict):
         raise ValueError(f"result row: a JSON object expected, got {type(row).__name__}")

@@ -2,7 +2,7 @@
 
 Like timm's `_registry.py`: one table, and everything else asks it. The sweep runs scenarios in table
 order (a loader and a model point before the e2e point they explain), the report shows them in that
-order with these titles, `cityseg bench` offers these names, and `bench/scenarios.py` holds one runner
+order with these titles, `cityseg bench` offers these names, and `bench/runners.py` holds one runner
 per entry (a test checks both sides agree, and that every scenario's rows carry its metrics).
 
     SCENARIOS["e2e"].point(cfg, world_size)      -> the keys that identify an e2e point
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cityseg_fast.config import LoaderConfig, TrainConfig
 
 if TYPE_CHECKING:
     from cityseg_fast.config import Config
@@ -107,7 +109,6 @@ def tuning_knobs(backend: str, device: str | None, num_workers: int) -> tuple[st
 def tuning_of(point: Point) -> tuple[Point, Point]:
     """(the loader's tuning settings, defaults filled in where the point leaves them out; the rest of the
     point) of a loader or e2e point: what the report's tuning section compares, and what it groups by."""
-    from cityseg_fast.config import LoaderConfig
 
     backend = point.get("loader", "")
     knobs = tuning_knobs(backend, point.get("loader_device"), point.get("num_workers", LoaderConfig.num_workers))
@@ -121,7 +122,6 @@ def loader_keys(cfg: Config) -> Point:
     ids), the settings that change its speed: DALI's resampler and ROI mode, and each backend's tuning
     knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's workers and
     prefetch factor)."""
-    from cityseg_fast.config import LoaderConfig
 
     lc, default = cfg.loader, LoaderConfig()
     device = resolved_loader_device(cfg)
@@ -161,7 +161,6 @@ def _accuracy(cfg: Config, world_size: int = 1) -> Point:
     """seed: train.seed (initial weights); loader_seed: loader.seed (data order and augmentation); the
     initial weights (model.pretrained) and the aux head's weight: each named when set (not the default),
     so two runs that differ only in one of them are two points."""
-    from cityseg_fast.config import TrainConfig
 
     t = cfg.train
     p = {**_e2e(cfg, world_size), "iters": t.iters, "lr": t.lr, "optimizer": t.optimizer, "seed": t.seed}

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cityseg_fast.data import labels as L
+from cityseg_fast import labels as L
 from cityseg_fast.data.synthetic import colour_baseline_miou, frame_seed, render_frame
 
 torch.set_num_threads(2)

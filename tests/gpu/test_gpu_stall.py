@@ -26,7 +26,7 @@ SLEEP_S = 0.03
 
 
 def test_event_gaps_match_a_known_sleep_and_the_synthetic_loader_does_not_stall(cuda, monkeypatch):
-    from cityseg_fast.bench.scenarios import run_scenario
+    from cityseg_fast.bench.runners import run_scenario
 
     made = slow_loaders(monkeypatch, SLEEP_S)
     m = run_scenario("e2e", load_config([], TINY))
@@ -101,7 +101,7 @@ def test_training_logs_device_memory_and_stall_on_a_gpu(tmp_path):
 
 
 def test_profile_on_a_gpu_ranks_ops_by_device_time(cuda, tmp_path):
-    from cityseg_fast.bench.scenarios import run_scenario
+    from cityseg_fast.bench.runners import run_scenario
 
     cfg = load_config([], [*SMALL, "bench.profile=true", f"bench.trace_dir={tmp_path}"])
     m = run_scenario("model", cfg)

@@ -21,6 +21,8 @@ from typing import Any
 
 from nvidia.dali import fn, pipeline_def, types
 
+from cityseg_fast.labels import ID_TO_TRAINID
+
 DataNode = Any
 __all__ = ["pipeline_def"]  # re-exported: code outside this package (benchmarks/) builds pipelines here
 
@@ -88,7 +90,6 @@ def train_ids(labels: DataNode, raw_label_ids: bool) -> DataNode:
     Applied after the nearest-neighbour geometry, so it maps crop-sized labels, not frames."""
     if not raw_label_ids:
         return labels
-    from cityseg_fast.data.labels import ID_TO_TRAINID
 
     keys = [i for i in range(256) if int(ID_TO_TRAINID[i]) != 255]
     values = [int(ID_TO_TRAINID[i]) for i in keys]

@@ -21,14 +21,18 @@ Three hand-offs, by where DALI runs and where the model runs:
 from __future__ import annotations
 
 import collections
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cityseg_fast.data.batch import Batch, to_layout
+from cityseg_fast.data.cityscapes import label_size_error, load_label_array
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish, pinned
 from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache, crop_geometry
+from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
 
 _prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
@@ -91,7 +95,6 @@ class DaliLoader(PlannedLoader):
         self.on_gpu = dali_device == "gpu"
         self.host_uint8 = _ships_uint8(self.on_gpu, self.device)
         self.torch_tail = spec.train and not spec.decode_only and resampler == "torch"
-        from cityseg_fast.data.resample import BufferPool, Normalizer
 
         self._normalizer = Normalizer(spec.mean, spec.std, device=self.device if self.host_uint8 else None)
         self._pool = BufferPool(prefetch_queue_depth + 2)
@@ -266,8 +269,6 @@ class DaliLoader(PlannedLoader):
     def _to_batch(self, outs, items: list) -> Batch | HostBatch:
         index = torch.tensor([it.index for it in items], dtype=torch.int64)
         if self.torch_tail:
-            from cityseg_fast.data.resample import one_thread
-
             with one_thread():
                 return self._tail(outs[0], outs[1], items, index)
         if self.on_gpu:
@@ -309,7 +310,6 @@ class DaliLoader(PlannedLoader):
         -> resized, flipped, padded crops, each written once into a batch buffer: normalized float
         for a CPU model, uint8 in pinned memory for a GPU (normalized there; resample.py says why
         this part runs in torch)."""
-        from cityseg_fast.data.resample import resize_image, resize_label
 
         n, (ch, cw) = len(items), self.spec.crop
         if self.host_uint8:
@@ -343,10 +343,7 @@ class DaliLoader(PlannedLoader):
         # Samples in parallel on loader.num_threads threads (torch's kernels release the GIL):
         # while DALI's threads wait on a slow window, the tail uses the idle core.
         if self._tail_pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._tail_pool = ThreadPoolExecutor(self._tail_threads, thread_name_prefix="cityseg-tail")
-        from concurrent.futures import wait
 
         futures = [self._tail_pool.submit(one, k) for k in range(n)]
         wait(futures)  # all samples done (none still reading DALI's outputs) before any error
@@ -383,7 +380,6 @@ def _check_label_png(path, data: Any, image_path, image_hw: tuple[int, int]) -> 
     """Refuse a palette label PNG (its indices are the ids, but DALI's decoder expands the palette
     to colours) and one whose size differs from its image's, from the IHDR chunk that follows the
     8-byte signature: width and height (big-endian) at bytes 16-23, colour type (3 = palette) at 25."""
-    from cityseg_fast.data.cityscapes import label_size_error
 
     if len(data) > 25 and bytes(data[1:4]) == b"PNG":
         if int(data[25]) == 3:
@@ -400,7 +396,6 @@ def _check_label_png(path, data: Any, image_path, image_hw: tuple[int, int]) -> 
 def _label_array(path, g, image_path, image_hw: tuple[int, int]) -> Any:
     """A `.npy` label (memory-mapped) as the pipeline's H x W x 1 input: the crop window `g` in
     training (only its rows are read), the whole frame in evaluation."""
-    from cityseg_fast.data.cityscapes import label_size_error, load_label_array
 
     arr = load_label_array(path)
     if tuple(arr.shape) != tuple(image_hw):
@@ -412,7 +407,6 @@ def _label_array(path, g, image_path, image_hw: tuple[int, int]) -> Any:
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
     """Find the file the pipeline could not decode among the batches in flight, and name it."""
-    from PIL import Image
 
     first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
     seen = set()
@@ -424,8 +418,6 @@ def _decode_error(err: Exception, items: list, samples: list) -> UserError:
             seen.add(path)
             try:
                 if path.suffix == ".npy":
-                    from cityseg_fast.data.cityscapes import load_label_array
-
                     load_label_array(path, mmap=False)
                 else:
                     with Image.open(path) as im:

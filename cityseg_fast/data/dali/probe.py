@@ -12,6 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
+from cityseg_fast.data.cityscapes import Sample
+from cityseg_fast.data.plan import LoaderSpec
+from cityseg_fast.hardware import resolve_device
+
 
 def dali_version() -> str | None:
     try:
@@ -26,11 +34,6 @@ def dali_available() -> bool:
 
 
 def _tiny_samples(folder: Path, hw: tuple[int, int] = (48, 96)) -> list:
-    import numpy as np
-    from PIL import Image
-
-    from cityseg_fast.data.cityscapes import Sample
-
     rng = np.random.default_rng(0)
     samples = []
     for k in range(2):
@@ -44,9 +47,7 @@ def _tiny_samples(folder: Path, hw: tuple[int, int] = (48, 96)) -> list:
 
 def _one_batch(samples: list, train: bool, dali_device: str, device: Any) -> str:
     """Run one batch of the loader's train or eval graph; "" if it met the Batch contract, else why."""
-    from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
     from cityseg_fast.data.dali.loader import DaliLoader
-    from cityseg_fast.data.plan import LoaderSpec
 
     spec = LoaderSpec(
         train=train, batch_size=2, crop=(32, 64), scale_range=(0.5, 1.5), flip_prob=0.5,
@@ -99,8 +100,6 @@ def probe() -> dict[str, Any]:
         info["cpu_graphs"] = _graphs("cpu", torch.device("cpu"), samples)
         info["cpu_pipeline"] = info["cpu_graphs"]["train"] and info["cpu_graphs"]["eval"]
         if torch.cuda.is_available():
-            from cityseg_fast.hardware import resolve_device
-
             info["gpu_graphs"] = _graphs("gpu", resolve_device(), samples)
             info["gpu_decode"] = info["gpu_graphs"]["train"] and info["gpu_graphs"]["eval"]
     errors = [g.get("error") for g in (info.get("cpu_graphs", {}), info.get("gpu_graphs", {}))]

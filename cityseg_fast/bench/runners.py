@@ -22,17 +22,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.config import Config, replace
+from cityseg_fast.bench import accuracy
+from cityseg_fast.bench.flops import count_flops, mfu
+from cityseg_fast.bench.loader_bench import measure_loader
+from cityseg_fast.bench.memory import MemoryMonitor
+from cityseg_fast.bench.profile import profile_steps, trace_path
+from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
+from cityseg_fast.config import Config, data_root, replace
+from cityseg_fast.data.cityscapes import find_samples, read_pair
+from cityseg_fast.data.factory import build_loader
+from cityseg_fast.data.plan import endless
+from cityseg_fast.data.synthetic import colour_baseline_miou
+from cityseg_fast.engine.dist import init_distributed, wrap_ddp
+from cityseg_fast.engine.precision import (
+    autocast,
+    compile_counters,
+    prepare_model,
+    reset_compile_counters,
+    setup_precision,
+)
+from cityseg_fast.engine.stall import StallMeter
+from cityseg_fast.engine.step import build_train_state, train_step
+from cityseg_fast.engine.train import train
+from cityseg_fast.hardware import resolve_device
+from cityseg_fast.labels import TRAINID_TO_ID
+from cityseg_fast.models import model_from_config
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
     """(device, DistInfo or None): under torchrun initialise the process group; the device is this
     rank's (hardware.resolve_device: cuda:LOCAL_RANK, initialised, or cpu)."""
-    from cityseg_fast.hardware import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from cityseg_fast.engine.dist import init_distributed
-
         info = init_distributed(cfg.train.dist_timeout_s)
         return info.device, info
     return resolve_device(), None
@@ -66,9 +87,6 @@ def _flops_metrics(
         "mfu": None,
     }
     try:
-        from cityseg_fast.bench.flops import count_flops, mfu
-        from cityseg_fast.models import model_from_config
-
         model = model_from_config(cfg).to(device)
         m["params"] = sum(p.numel() for p in model.parameters())
         fc = count_flops(model, hw, batch=1)
@@ -89,14 +107,10 @@ def _flops_metrics(
 
 
 def _compile_counters() -> dict[str, Any]:
-    from cityseg_fast.engine.precision import compile_counters
-
     return dict(compile_counters())
 
 
 def _timing_metrics(times: Any, cfg: Config, batch: int) -> dict[str, Any]:
-    from cityseg_fast.bench.timing import latency_metrics, summarize
-
     stats = summarize(times.step_s, warmup=0, variance_warn=cfg.bench.variance_warn)
     # Per-step times measure the device's step; per-image throughput uses the synchronised wall clock.
     return {
@@ -124,15 +138,6 @@ def _train_point(
     Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
     torch.profiler over a few more steps once everything else is measured (bench/profile.py).
     """
-
-    from cityseg_fast.bench.memory import MemoryMonitor
-    from cityseg_fast.bench.timing import time_steps
-    from cityseg_fast.data.factory import build_loader
-    from cityseg_fast.data.plan import endless
-    from cityseg_fast.engine.dist import wrap_ddp
-    from cityseg_fast.engine.precision import reset_compile_counters
-    from cityseg_fast.engine.stall import StallMeter
-    from cityseg_fast.engine.step import build_train_state, train_step
 
     rank = dist_info.rank if dist_info else 0
     world = dist_info.world_size if dist_info else 1
@@ -183,7 +188,6 @@ def _train_point(
     metrics.update(mon.metrics())
     metrics.update(extra)
     if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
-        from cityseg_fast.bench.profile import profile_steps, trace_path
 
         scenario = "model" if with_inference else "e2e"
         trace = trace_path(cfg, scenario, world, rank)
@@ -201,8 +205,6 @@ def _split_phases(state: Any, batch: Any, cfg: Config, device: Any) -> dict[str,
     Events between phases need no sync; the one synchronize is in StepTimer.times_s (a boundary).
     With fp16 the loss is not scaled here: harmless for timing, and this loop runs after the measurement.
     """
-    from cityseg_fast.bench.timing import StepTimer, summarize
-    from cityseg_fast.engine.precision import autocast
 
     timers = {k: StepTimer(device) for k in ("fwd", "bwd", "opt")}
     for _ in range(cfg.bench.warmup + cfg.bench.iters):
@@ -223,12 +225,8 @@ def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[st
     """Eval-mode forward throughput on the training batch (model scenario's inference half)."""
     import torch
 
-    from cityseg_fast.bench.timing import summarize, time_steps
-    from cityseg_fast.engine.precision import autocast
-
     model.eval()
     with torch.inference_mode():
-
         def fwd() -> None:
             with autocast(cfg.precision.dtype, device.type):
                 model(batch.image)
@@ -253,11 +251,6 @@ def run_e2e(cfg: Config) -> dict[str, Any]:
 def run_infer(cfg: Config) -> dict[str, Any]:
     """Latency at batch 1 and throughput at batch N (= loader.batch_size) at data.crop, eval mode."""
     import torch
-
-    from cityseg_fast.bench.memory import MemoryMonitor
-    from cityseg_fast.bench.timing import latency_metrics, summarize, time_steps
-    from cityseg_fast.engine.precision import autocast, prepare_model, reset_compile_counters, setup_precision
-    from cityseg_fast.models import model_from_config
 
     device, _ = _device_and_dist(cfg)
     h, w = cfg.data.crop
@@ -299,10 +292,6 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
     (a fraction), per-class IoU, pixel accuracy, median training throughput, peak memory, parameters and
     FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl) and, on rank 0, predictions of
     the first val frames written under out_dir/predictions (bench/accuracy.py)."""
-    from cityseg_fast.bench import accuracy
-    from cityseg_fast.bench.memory import MemoryMonitor
-    from cityseg_fast.engine.train import train
-    from cityseg_fast.hardware import resolve_device
 
     device = resolve_device()
     t0 = time.perf_counter()
@@ -337,17 +326,12 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
 
 def run_loader(cfg: Config) -> dict[str, Any]:
     """The training loader alone for bench.warmup + bench.iters batches (loader.decode_only: its decoder's limit)."""
-    from cityseg_fast.bench.loader_bench import measure_loader
 
     return measure_loader(cfg, cfg.bench.iters, cfg.bench.warmup)
 
 
 def run_baseline(cfg: Config) -> dict[str, Any]:
     """The best per-pixel colour classifier, fitted on the train split, scored on the val split."""
-    from cityseg_fast.config import data_root
-    from cityseg_fast.data.cityscapes import find_samples, read_pair
-    from cityseg_fast.data.labels import TRAINID_TO_ID
-    from cityseg_fast.data.synthetic import colour_baseline_miou
 
     root = data_root(cfg)
 

@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
 from cityseg_fast.report.format import fmt_mib, fmt_s, md_table
@@ -138,8 +139,6 @@ def front(d: Design) -> list[Setting]:
 
 
 def conclusions(d: Design) -> str:
-    from cityseg_fast.data.labels import CLASS_NAMES
-
     parts = [f"## Conclusions\n\nEvery sentence is computed from the rows; differences are tested with "
              f"{text.TEST_NAME} over the seeds.\n\n"]  # fmt: skip
     for line in (text.baseline_conclusion(d), text.front_conclusion(front(d), d),

@@ -15,6 +15,8 @@ import datetime as _dt
 import math
 from typing import TYPE_CHECKING, Any
 
+from cityseg_fast.config import config_hash, to_dict
+from cityseg_fast.environment import collect_env
 from cityseg_fast.results.rows import point_id, validate_row
 from cityseg_fast.results.scenarios import companions_for, point_for
 
@@ -76,11 +78,8 @@ def row_for(
 
     point: extra identity keys merged over the table's (e.g. a benchmark's `round`); env defaults to
     environment.collect_env()."""
-    from cityseg_fast.config import config_hash, to_dict
 
     if env is None:
-        from cityseg_fast.environment import collect_env
-
         env = collect_env()
     p = {**point_for(scenario, cfg, world_size), **(point or {})}
     status, message = ("ok", None) if error is None else classify(error)

@@ -35,9 +35,14 @@ from typing import Any
 
 import yaml
 
+from cityseg_fast.bench.flops import count_flops
 from cityseg_fast.bench.sweep_spec import SweepPoint, SweepSpec, find_spec, load_spec
 from cityseg_fast.config import Config, load_yaml, replace
+from cityseg_fast.data.prepare import prepare_dataset
+from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
+from cityseg_fast.models import model_from_config
+from cityseg_fast.results import read_rows
 
 STUDY_KEYS = {"seeds", "data", "estimate", "title"}
 DATA_KEYS = {"synth", "source", "prepare"}
@@ -208,7 +213,6 @@ def _visible_gpus() -> int:
 def make_data(study: Study, progress: bool = True) -> list[str]:
     """Synthesize (or take) the source frames and prepare each dataset of study.data.prepare under OUT/data;
     work already done is skipped (prepare skips finished pairs). Returns one line per step."""
-    from cityseg_fast.data.prepare import prepare_dataset
 
     if not study.data:
         return []
@@ -234,8 +238,6 @@ def make_data(study: Study, progress: bool = True) -> list[str]:
 
 
 def _synthesize(out: Path, synth: dict[str, Any], progress: bool) -> tuple[Path, str]:
-    from cityseg_fast.data.synthetic import write_synthetic
-
     settings = {"train": 80, "val": 30, "size": [128, 256], "seed": 0, **synth}
     marker = out / ".study-synth.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
@@ -253,9 +255,6 @@ def _synthesize(out: Path, synth: dict[str, Any], progress: bool) -> tuple[Path,
 def _train_gflop(cfg: Config, cache: dict[str, tuple[float, float]]) -> tuple[float, float]:
     """(train step, forward) GFLOP per image at the crop, counted on the meta device (no weights made)."""
     import torch
-
-    from cityseg_fast.bench.flops import count_flops
-    from cityseg_fast.models import model_from_config
 
     cfg = replace(cfg, model={"pretrained": ""})  # the same FLOPs, and no weights to read or download
     key = json.dumps([vars(cfg.model), cfg.data.crop, cfg.data.num_classes], default=str)
@@ -319,7 +318,6 @@ def plan(study: Study) -> list[PlannedRun]:
     """Every run of the study in order, with its seed, whether it is done (an ok row in OUT/results.jsonl)
     and its estimated seconds: its GFLOP over the rate finished runs of the same model measured (any
     model's, else the config's prior), plus the per-run overhead."""
-    from cityseg_fast.results import read_rows
 
     rows = list(read_rows(study.out / "results.jsonl"))
     done = {r["point_id"] for r in rows if r["status"] == "ok"}
