@@ -33,6 +33,7 @@ from cityseg_fast.config_ranges import (  # noqa: F401 (CHOICES, RANGES, Range: 
     ORDERED,
     RANGES,
     Range,
+    as_word,
     check_choice,
     check_range,
 )
@@ -310,7 +311,7 @@ def build_config(
             dotted = f"{section}.{key}"
             try:
                 _check_key(section, key, "")
-                kwargs[key] = _coerce(value, hints[key], dotted)
+                kwargs[key] = _coerce(as_word(dotted, value), hints[key], dotted)
                 check_range(dotted, kwargs[key])
                 check_choice(dotted, kwargs[key])  # here, not only in the section's __post_init__: names the file
             except UserError as e:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from cityseg_fast.errors import UserError
 
 
@@ -123,6 +125,19 @@ def allowed(key: str) -> str:
     """The words `key` takes, for a message: "one of fp32, tf32, bf16, fp16" (and "or a file path")."""
     words = "one of " + ", ".join(_word(w) for w in CHOICES[key])
     return words + (" or a file path (with a '/' or a '.')" if key in OR_PATH else "")
+
+
+def as_word(key: str, value: Any) -> Any:
+    """A value of a CHOICES key as read from YAML, before its type check: a word that YAML read as a boolean
+    (unquoted `precision.compile=off` arrives as False) taken back, any other value that is not a string
+    refused naming the words (not just "expected a string"). Other keys' values pass unchanged."""
+    if key not in CHOICES or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        same = [w for w in CHOICES[key] if w is not None and yaml.safe_load(w) is value]
+        if len(same) == 1:
+            return same[0]
+    return check_choice(key, value)  # None passes where the key takes null
 
 
 def check_choice(key: str, value: Any) -> Any:

@@ -111,8 +111,8 @@ def _text(word) -> str:
 
 
 def _override(key: str, word) -> str:
-    """key=word, quoted: unquoted, YAML reads `off` as false (precision.compile='off' on a command line)."""
-    return f"{key}=null" if word is None else f"{key}='{word}'"
+    """key=word as typed on a command line (unquoted: `off` is read as YAML's false, and taken back)."""
+    return f"{key}=null" if word is None else f"{key}={word}"
 
 
 @pytest.mark.parametrize("key", list(CHOICES))
@@ -165,3 +165,12 @@ def test_the_readers_of_the_words_agree_with_the_table():
     assert UPSAMPLE_MODES + (None,) == CHOICES["model.upsample"]
     assert all(set(peaks) == set(CHOICES["precision.dtype"]) for peaks in PEAK_TFLOPS.values())
     assert set(_AUTOCAST_DTYPE) < set(CHOICES["precision.dtype"])
+
+
+def test_a_word_yaml_reads_as_a_boolean_is_taken_back(tmp_path):
+    assert load_config((), ["precision.compile=off"]).precision.compile == "off"
+    assert load_config([write(tmp_path, "c.yaml", "precision:\n  compile: off\n")]).precision.compile == "off"
+    # a key none of whose words YAML reads as a boolean, and values that are no string: refused, naming the words
+    for text, shown in (("off", "False"), ("3", "3"), ("[dali]", r"\['dali'\]"), ("null", "None")):
+        with pytest.raises(UserError, match=rf"'loader.backend': expected one of dali, torch, synthetic, got {shown}$"):
+            load_config((), [f"loader.backend={text}"])
