@@ -34,7 +34,7 @@ from rich.table import Table
 
 from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.commands.common import add_config_args, config_from_args
-from cityseg_fast.config import parse_hw, replace
+from cityseg_fast.config import CHOICES, parse_hw, replace
 from cityseg_fast.engine.dist import cleanup
 from cityseg_fast.paths import check_append_file
 from cityseg_fast.results import SCENARIOS, append_row, row_for
@@ -61,15 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset root (raw Cityscapes or prepared); sets data.root")
-    p.add_argument("--loader", choices=["dali", "torch", "synthetic"], help="sets loader.backend")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="dali: where decode runs; sets loader.device")
+    p.add_argument("--loader", choices=CHOICES["loader.backend"], help="sets loader.backend")
+    p.add_argument("--device", choices=CHOICES["loader.device"], help="dali: where decode runs; sets loader.device")
     p.add_argument("--crop", metavar="HxW", help="training crop / input size, e.g. 512x1024; sets data.crop")
     p.add_argument("--batch-size", type=int, metavar="N", help="sets loader.batch_size")
     p.add_argument("--iters", type=int, metavar="K", help="timed iterations; sets bench.iters")
     p.add_argument("--warmup", type=int, metavar="W", help="untimed iterations first; sets bench.warmup")
     p.add_argument("--split", help="the split the training loader reads; sets data.train_split")
     p.add_argument("--decode-only", action="store_true", help="full-frame decode only; sets loader.decode_only=true")
-    p.add_argument("--roi", choices=["slice", "resize"], help="dali: decode the crop window or the frame; sets loader.roi")
+    p.add_argument("--roi", choices=CHOICES["loader.roi"], help="dali: decode the crop window or the frame; sets loader.roi")
     p.add_argument("--json", action="store_true", help="print the result row as one JSON line")
     p.add_argument("--append", "--out", dest="append", metavar="FILE", help="append the result row to this results.jsonl")
     add_config_args(p)

@@ -23,9 +23,7 @@ from cityseg_fast.data.plan import LoaderSpec
 from cityseg_fast.data.synthetic_loader import SyntheticLoader
 from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.errors import UserError
-from cityseg_fast.hardware import cores_per_rank, resolve_device
-
-BACKENDS = ("dali", "torch", "synthetic")
+from cityseg_fast.hardware import cores_per_rank, loader_device, resolve_device
 
 
 class Loader(Protocol):
@@ -41,14 +39,11 @@ class Loader(Protocol):
 
 
 def dali_device(requested: str, device: torch.device) -> str:
-    """loader.device auto|gpu|cpu -> where DALI runs ("gpu" or "cpu")."""
-    if requested == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
-    if requested == "gpu" and not torch.cuda.is_available():
+    """loader.device -> where DALI runs ("gpu" or "cpu"; hardware.loader_device), refused if "gpu" cannot run here."""
+    where = loader_device(requested, device)
+    if where == "gpu" and not torch.cuda.is_available():
         raise UserError("loader.device=gpu: no CUDA GPU is available here (use auto or cpu)")
-    if requested not in ("gpu", "cpu"):
-        raise UserError(f"loader.device: expected auto, gpu or cpu, got '{requested}'")
-    return requested
+    return where
 
 
 def loader_spec(cfg: Config, train: bool, rank: int, world_size: int, device: torch.device) -> LoaderSpec:
@@ -88,9 +83,7 @@ def build_loader(
     augmentation, no labels; batches carry uint8 images and an empty target. loader.roi (dali):
     "slice" decodes only the crop window, "resize" decodes the frame and resizes the window.
     """
-    backend, lc = cfg.loader.backend, cfg.loader
-    if backend not in BACKENDS:
-        raise UserError(f"loader.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    backend, lc = cfg.loader.backend, cfg.loader  # a CHOICES word: the config checked it
     if train is None:
         train = split == cfg.data.train_split
     spec = loader_spec(cfg, train, rank, world_size, device if device is not None else resolve_device())

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cityseg_fast.config import LoaderConfig, TrainConfig
+from cityseg_fast.hardware import loader_device
 
 if TYPE_CHECKING:
     from cityseg_fast.config import Config
@@ -48,14 +49,9 @@ class Scenario:
 
 
 def resolved_loader_device(cfg: Config) -> str | None:
-    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), else None."""
-    if cfg.loader.backend != "dali":
-        return None
-    if cfg.loader.device != "auto":
-        return cfg.loader.device
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved by the loader's own rule, without
+    creating a CUDA context: a sweep's parent asks this before it starts its points), else None."""
+    return loader_device(cfg.loader.device) if cfg.loader.backend == "dali" else None
 
 
 def dataset_tags(cfg: Config) -> Point:
