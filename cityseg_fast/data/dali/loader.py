@@ -283,7 +283,7 @@ def _view(outputs: Any) -> torch.Tensor:
 
 class _ToTorch:
     """DALI's outputs (`outs`, a tuple of output batches) of the items of a batch -> a Batch on
-    spec.device, or a HostBatch that `finish_host` completes on the GPU. One method per ROUTES column."""
+    spec.device, or a HostBatch that `finish_host` completes on the GPU. One method per hand-off named in ROUTES."""
 
     def __init__(
         self, spec: LoaderSpec, mode: Mode, host: HostInputs, layout: str, depth: int, num_threads: int
