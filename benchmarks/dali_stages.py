@@ -19,7 +19,7 @@ import torch
 
 from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
 from cityseg_fast.data.dali import graphs
-from cityseg_fast.data.dali.loader import _label_array
+from cityseg_fast.data.dali.inputs import label_array
 from cityseg_fast.data.resample import BufferPool, Normalizer, resize_image, resize_label
 
 STAGES = {
@@ -153,6 +153,6 @@ def stage_costs(
         c = time.thread_time()
         for _ in range(iters):
             for path, g, img, hw in zip(npy_labels, geometry, images, hws, strict=False):
-                _label_array(path, g, img, hw)
+                label_array(path, g, img, hw)
         costs["npy label window"] = 1e3 * (time.thread_time() - c) / (iters * min(len(npy_labels), len(geometry)))
     return costs

@@ -276,12 +276,13 @@ def test_uint8_hand_off_gives_the_same_batches(tmp_path, monkeypatch, resampler,
     pieces (pinned buffers, the side-stream prefetcher) stood in for: the batches must equal the
     float path's, padding included."""
     from cityseg_fast.data.dali import loader as dali_loader
+    from cityseg_fast.data.dali import to_torch
 
     root = write_raw(tmp_path, {split: 4}, pattern="texture")
     extra = (f"loader.resampler={resampler}", "data.scale_range=[0.4,1.2]", "data.crop=[48,96]")
     float_path = all_batches(root, "dali", split, *extra)
     monkeypatch.setattr(dali_loader, "_ships_uint8", lambda on_gpu, device: True)
-    monkeypatch.setattr(dali_loader, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(to_torch, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
     monkeypatch.setattr(dali_loader, "_prefetcher", lambda items, fin, device: map(fin, items))
     uint8_path = all_batches(root, "dali", split, *extra)
     assert len(float_path) == len(uint8_path) > 0
@@ -336,9 +337,10 @@ def _stand_in_for_cuda(monkeypatch) -> None:
     """DALI on the CPU feeding a GPU, on the CPU: the uint8 hand-off with pinned buffers and the
     side-stream prefetcher replaced by plain ones (as in test_uint8_hand_off_gives_the_same_batches)."""
     from cityseg_fast.data.dali import loader as dali_loader
+    from cityseg_fast.data.dali import to_torch
 
     monkeypatch.setattr(dali_loader, "_ships_uint8", lambda on_gpu, device: True)
-    monkeypatch.setattr(dali_loader, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(to_torch, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
     monkeypatch.setattr(dali_loader, "_prefetcher", lambda items, fin, device: map(fin, items))
 
 

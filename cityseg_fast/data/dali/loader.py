@@ -26,27 +26,24 @@ construction. Extending the loader = a field in Mode, a row (or a column) in ROU
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image
 
-from cityseg_fast.data.batch import Batch, to_layout
-from cityseg_fast.data.cityscapes import label_size_error, load_label_array
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.cityscapes import load_label_array
 from cityseg_fast.data.dali import graphs
-from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish, frames_batch, pinned
-from cityseg_fast.data.plan import Geometry, LoaderSpec, PlannedLoader, SizeCache, crop_geometry
-from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
+from cityseg_fast.data.dali.inputs import Augmented, Feed, Frames, HostInputs, Labelled, Windowed
+from cityseg_fast.data.dali.to_torch import ToTorch
+from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch
+from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache
 from cityseg_fast.errors import UserError
 
-_prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
+_prefetcher = CudaPrefetcher  # a module attribute (as to_torch.pinned), so a CPU test can stand in for the CUDA pieces
 Pipeline = Literal["decode", "eval", "train", "window", "frame"]
 Handoff = Literal["gpu", "cpu", "pinned"]
 
@@ -133,275 +130,6 @@ class Mode:
 
 
 # ---------------------------------------------------------------------------------------------
-# what the host feeds: per batch of planned items, the fields of one graph's inputs
-
-
-@dataclass
-class HostInputs:
-    """Reads a batch's inputs on the host: encoded files, npy label windows, the plan's crop windows.
-    Holds no pipeline and no torch state, so a feed that runs ahead of the pipeline can call it."""
-
-    samples: list
-    sizes: SizeCache
-    crop: tuple[int, int]
-    train: bool
-    label_arrays: bool
-
-    def geometry(self, item: Any) -> Geometry:
-        return crop_geometry(self.sizes[item.source], self.crop, item.aug)
-
-    def windows(self, items: list) -> list:
-        """Each item's crop geometry in training; None each in evaluation (whole frames)."""
-        return [self.geometry(it) for it in items] if self.train else [None] * len(items)
-
-    def images(self, items: list) -> list:
-        return [_read_bytes(self.samples[it.source].image) for it in items]
-
-    def labels(self, items: list, geo: list) -> list:
-        """npy: the arrays (the window `geo` only, in training); PNG: the checked bytes."""
-        srcs = [self.samples[it.source] for it in items]
-        if self.label_arrays:
-            return [
-                _label_array(s.label, g, s.image, self.sizes[it.source])
-                for s, g, it in zip(srcs, geo, items, strict=True)
-            ]
-        return [
-            _check_label_png(s.label, _read_bytes(s.label), s.image, self.sizes[it.source])
-            for s, it in zip(srcs, items, strict=True)
-        ]
-
-
-class Frames(NamedTuple):
-    """decode_graph's inputs: the encoded images."""
-
-    images: list
-
-    @classmethod
-    def read(cls, host: HostInputs, items: list) -> Frames:
-        return cls(images=host.images(items))
-
-
-class Labelled(NamedTuple):
-    """eval_graph's and frame_graph's inputs: images and labels (npy windows cut here in training)."""
-
-    images: list
-    labels: list
-
-    @classmethod
-    def read(cls, host: HostInputs, items: list) -> Labelled:
-        images = host.images(items)  # read first: a missing image is named before its label
-        return cls(images=images, labels=host.labels(items, host.windows(items)))
-
-
-class Windowed(NamedTuple):
-    """window_graph's inputs: images, labels and each crop's source window (anchor y, x; shape h, w)."""
-
-    images: list
-    labels: list
-    anchor: list
-    shape: list
-
-    @classmethod
-    def read(cls, host: HostInputs, items: list) -> Windowed:
-        images = host.images(items)
-        geo = host.windows(items)
-        return cls(images=images, labels=host.labels(items, geo), anchor=_anchors(geo), shape=_shapes(geo))
-
-
-class Augmented(NamedTuple):
-    """train_graph's inputs: Windowed's, plus each crop's output size and flip (drawn by the plan)."""
-
-    images: list
-    labels: list
-    anchor: list
-    shape: list
-    size: list
-    flip: list
-
-    @classmethod
-    def read(cls, host: HostInputs, items: list) -> Augmented:
-        images = host.images(items)
-        geo = host.windows(items)
-        return cls(
-            images=images,
-            labels=host.labels(items, geo),
-            anchor=_anchors(geo),
-            shape=_shapes(geo),
-            size=[np.array([g.out_h, g.out_w], np.float32) for g in geo],
-            flip=[np.array(int(g.flip), np.int32) for g in geo],
-        )
-
-
-def _anchors(geo: list) -> list:
-    return [np.array([g.y, g.x], np.int32) for g in geo]
-
-
-def _shapes(geo: list) -> list:
-    return [np.array([g.h, g.w], np.int32) for g in geo]
-
-
-class _Feed:
-    """The pipeline's external source: serves the current epoch's batches through `read(items)`
-    (one Row's `feeds.read`), remembers what it fed. The loader's interface to it: `start(batches)`,
-    `stop()`, `__call__()` (DALI's source; no parameters, or DALI would pass batch info), and `fed`,
-    the batches in flight, oldest first (popped as their outputs arrive, named on a decode error)."""
-
-    def __init__(self, read: Callable[[list], tuple]) -> None:
-        self.read = read
-        self.batches: list = []
-        self.pos = 0
-        self.fed: collections.deque = collections.deque()
-
-    def start(self, batches: list) -> None:
-        self.batches, self.pos = batches, 0
-        self.fed.clear()
-
-    def stop(self) -> None:
-        self.pos = len(self.batches)
-
-    def __call__(self) -> tuple:
-        if self.pos >= len(self.batches):
-            raise StopIteration
-        items = self.batches[self.pos]
-        self.pos += 1
-        self.fed.append(items)
-        return self.read(items)
-
-
-# ---------------------------------------------------------------------------------------------
-# the hand-off: a graph's outputs -> the Batch contract
-
-
-def _index(items: list) -> torch.Tensor:
-    return torch.tensor([it.index for it in items], dtype=torch.int64)
-
-
-def _view(outputs: Any) -> torch.Tensor:
-    """A DALI output batch as a tensor, zero-copy (the dynamic executor keeps it alive while used)."""
-    return torch.from_dlpack(outputs.as_tensor())
-
-
-class _ToTorch:
-    """DALI's outputs (`outs`, a tuple of output batches) of the items of a batch -> a Batch on
-    spec.device, or a HostBatch that `finish_host` completes on the GPU. One method per hand-off named in ROUTES."""
-
-    def __init__(
-        self, spec: LoaderSpec, mode: Mode, host: HostInputs, layout: str, depth: int, num_threads: int
-    ) -> None:
-        self.spec, self.mode, self.host, self.layout = spec, mode, host, layout
-        self.device = spec.device
-        on_device = self.device if mode.handoff == "pinned" else None  # normalized after the copy
-        self.normalizer = Normalizer(spec.mean, spec.std, device=on_device)
-        self.pool = BufferPool(depth + 2)
-        self._tail_pool, self._tail_threads = None, max(1, min(num_threads, spec.batch_size))
-
-    def close(self) -> None:
-        if self._tail_pool is not None:
-            self._tail_pool.shutdown()
-            self._tail_pool = None
-
-    def finish_host(self, hb: HostBatch) -> Batch:
-        return finish(hb, self.device, self.normalizer, self.spec.channels_last)
-
-    def _device_scope(self) -> Any:
-        return torch.cuda.device(self.device) if self.mode.handoff == "gpu" else contextlib.nullcontext()
-
-    def frames(self, outs: tuple, items: list) -> Batch:
-        """Decode-only, DALI's buffers on their device: uint8 frames as they are, an empty target."""
-        (images,) = outs
-        with self._device_scope():
-            return frames_batch(_view(images), _index(items))
-
-    def pinned_frames(self, outs: tuple, items: list) -> HostBatch:
-        (images,) = outs
-        return HostBatch(image=_view(images), target=None, sizes=None, index=_index(items))
-
-    def gpu(self, outs: tuple, items: list) -> Batch:
-        images, labels = outs
-        with torch.cuda.device(self.device):
-            image = _view(images)  # a view of DALI's buffer: no copy
-            target = _view(labels).long()  # uint8 widened on the GPU
-        return Batch(to_layout(_nchw(image, self.layout), self.spec.channels_last), target, _index(items))
-
-    def cpu(self, outs: tuple, items: list) -> Batch:
-        images, labels = outs
-        image, target = _view(images), _view(labels)
-        target = self.pool.get(tuple(target.shape), torch.int64).copy_(target)
-        return Batch(to_layout(_nchw(image, self.layout), self.spec.channels_last), target, _index(items))
-
-    def pinned(self, outs: tuple, items: list) -> HostBatch:
-        images, labels = outs
-        sizes = self._valid_sizes(items)
-        return HostBatch(image=_view(images), target=_view(labels), sizes=sizes, index=_index(items))
-
-    def _valid_sizes(self, items: list) -> torch.Tensor:
-        """(h, w) of each uint8 sample's content before padding: the crop's resized window in
-        training, the (resized) frame in evaluation."""
-        if self.spec.train:
-            hw = [(g.out_h, g.out_w) for g in map(self.host.geometry, items)]
-        else:
-            hw = [self.spec.eval_size or self.host.sizes[it.source] for it in items]
-        return torch.tensor(hw, dtype=torch.int64)
-
-    def tail(self, outs: tuple, items: list) -> Batch | HostBatch:
-        """CPU training: DALI's decoded windows (whole frames with roi="resize") and label windows
-        -> resized, flipped, padded crops, each written once into a batch buffer: normalized float
-        for a CPU model, uint8 in pinned memory for a GPU (normalized there; resample.py says why
-        this part runs in torch)."""
-        with one_thread():
-            return self._tail(outs, items)
-
-    def _tail(self, outs: tuple, items: list) -> Batch | HostBatch:
-        images, labels = outs
-        index = _index(items)
-        n, (ch, cw) = len(items), self.spec.crop
-        uint8 = self.mode.handoff == "pinned"
-        if uint8:
-            image, target = pinned((n, ch, cw, 3)), pinned((n, ch, cw))
-        else:
-            image, target = self.pool.get((n, ch, cw, 3)), self.pool.get((n, ch, cw), torch.int64)
-        srcs = [torch.from_dlpack(images[k]) for k in range(n)]  # zero copy: read before release
-        labs = [torch.from_dlpack(labels[k]) for k in range(n)]
-        geo = [self.host.geometry(it) for it in items]
-
-        def one(k: int) -> None:
-            g, src = geo[k], srcs[k]
-            if self.mode.roi == "resize":
-                src = src[g.y : g.y + g.h, g.x : g.x + g.w]
-            img = resize_image(src, (g.out_h, g.out_w))
-            lab = resize_label(labs[k][:, :, 0], (g.out_h, g.out_w))
-            if g.flip:
-                img, lab = img.flip(1), lab.flip(1)
-            if uint8:
-                image[k, : g.out_h, : g.out_w] = img  # the padding is zeroed after normalization
-            else:
-                self.normalizer.into(image[k], img)
-                if g.out_h < ch:  # padding: image 0 after normalization (the mean)
-                    image[k, g.out_h :] = 0
-                if g.out_w < cw:
-                    image[k, : g.out_h, g.out_w :] = 0
-            target[k, : g.out_h, : g.out_w] = lab
-            target[k, g.out_h :] = 255
-            target[k, : g.out_h, g.out_w :] = 255
-
-        self._run_samples(one, n)
-        if uint8:
-            sizes = torch.tensor([(g.out_h, g.out_w) for g in geo], dtype=torch.int64)
-            return HostBatch(image=image, target=target, sizes=sizes, index=index)
-        return Batch(to_layout(image.permute(0, 3, 1, 2), self.spec.channels_last), target, index)
-
-    def _run_samples(self, one: Callable[[int], None], n: int) -> None:
-        """one(0..n-1) on loader.num_threads threads (torch's kernels release the GIL): while DALI's
-        threads wait on a slow window, the tail uses the idle core."""
-        if self._tail_pool is None:
-            self._tail_pool = ThreadPoolExecutor(self._tail_threads, thread_name_prefix="cityseg-tail")
-        futures = [self._tail_pool.submit(one, k) for k in range(n)]
-        wait(futures)  # all samples done (none still reading DALI's outputs) before any error
-        for f in futures:
-            f.result()
-
-
-# ---------------------------------------------------------------------------------------------
 # the mode table
 
 
@@ -412,7 +140,7 @@ class Row:
 
     feeds: type
     graph: Callable[..., Any]
-    handoff: Callable[[_ToTorch, tuple, list], Batch | HostBatch]
+    handoff: Callable[[ToTorch, tuple, list], Batch | HostBatch]
 
     def __post_init__(self) -> None:
         fields, inputs = tuple(self.feeds._fields), graphs.graph_inputs(self.graph)
@@ -422,19 +150,19 @@ class Row:
 
 # (pipeline, handoff) -> Row: every mode `Mode.of` can return has a row (tests/test_dali.py checks).
 ROUTES: dict[tuple[Pipeline, Handoff], Row] = {
-    ("decode", "gpu"): Row(Frames, graphs.decode_graph, _ToTorch.frames),
-    ("decode", "cpu"): Row(Frames, graphs.decode_graph, _ToTorch.frames),
-    ("decode", "pinned"): Row(Frames, graphs.decode_graph, _ToTorch.pinned_frames),
-    ("eval", "gpu"): Row(Labelled, graphs.eval_graph, _ToTorch.gpu),
-    ("eval", "cpu"): Row(Labelled, graphs.eval_graph, _ToTorch.cpu),
-    ("eval", "pinned"): Row(Labelled, graphs.eval_graph, _ToTorch.pinned),
-    ("train", "gpu"): Row(Augmented, graphs.train_graph, _ToTorch.gpu),
-    ("train", "cpu"): Row(Augmented, graphs.train_graph, _ToTorch.cpu),
-    ("train", "pinned"): Row(Augmented, graphs.train_graph, _ToTorch.pinned),
-    ("window", "cpu"): Row(Windowed, graphs.window_graph, _ToTorch.tail),
-    ("window", "pinned"): Row(Windowed, graphs.window_graph, _ToTorch.tail),
-    ("frame", "cpu"): Row(Labelled, graphs.frame_graph, _ToTorch.tail),
-    ("frame", "pinned"): Row(Labelled, graphs.frame_graph, _ToTorch.tail),
+    ("decode", "gpu"): Row(Frames, graphs.decode_graph, ToTorch.frames),
+    ("decode", "cpu"): Row(Frames, graphs.decode_graph, ToTorch.frames),
+    ("decode", "pinned"): Row(Frames, graphs.decode_graph, ToTorch.pinned_frames),
+    ("eval", "gpu"): Row(Labelled, graphs.eval_graph, ToTorch.gpu),
+    ("eval", "cpu"): Row(Labelled, graphs.eval_graph, ToTorch.cpu),
+    ("eval", "pinned"): Row(Labelled, graphs.eval_graph, ToTorch.pinned),
+    ("train", "gpu"): Row(Augmented, graphs.train_graph, ToTorch.gpu),
+    ("train", "cpu"): Row(Augmented, graphs.train_graph, ToTorch.cpu),
+    ("train", "pinned"): Row(Augmented, graphs.train_graph, ToTorch.pinned),
+    ("window", "cpu"): Row(Windowed, graphs.window_graph, ToTorch.tail),
+    ("window", "pinned"): Row(Windowed, graphs.window_graph, ToTorch.tail),
+    ("frame", "cpu"): Row(Labelled, graphs.frame_graph, ToTorch.tail),
+    ("frame", "pinned"): Row(Labelled, graphs.frame_graph, ToTorch.tail),
 }
 
 
@@ -469,9 +197,9 @@ class DaliLoader(PlannedLoader):
         normalize = self.mode.handoff != "pinned"
         layout = "HWC" if spec.channels_last or not normalize else "CHW"
         out = graphs.Output(spec.mean, spec.std, normalize, layout)
-        self._handoff = _ToTorch(spec, self.mode, host, out.layout, prefetch_queue_depth, num_threads)
+        self._handoff = ToTorch(spec, self.mode, host, out.layout, prefetch_queue_depth, num_threads)
         self._to_batch = functools.partial(row.handoff, self._handoff)
-        self._feed = _Feed(functools.partial(row.feeds.read, host))
+        self._feed = Feed(functools.partial(row.feeds.read, host))
         self._active = False
         self.description = self.mode.describe(num_threads)
         settings = graphs.Settings(
@@ -582,51 +310,6 @@ class DaliLoader(PlannedLoader):
 def _ships_uint8(dali_on_gpu: bool, device: torch.device) -> bool:
     """DALI on the CPU feeding a GPU: uint8 out of DALI, copied and normalized on the GPU (handoff.py)."""
     return not dali_on_gpu and device.type == "cuda"
-
-
-def _nchw(image: torch.Tensor, layout: str) -> torch.Tensor:
-    """DALI's N x H x W x C (a channels_last view once permuted) or N x C x H x W output as N x C x H x W."""
-    return image.permute(0, 3, 1, 2) if layout == "HWC" else image
-
-
-# ---------------------------------------------------------------------------------------------
-# reading and checking the inputs on the host
-
-
-def _read_bytes(path) -> Any:
-    try:
-        return np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
-
-
-def _check_label_png(path, data: Any, image_path, image_hw: tuple[int, int]) -> Any:
-    """Refuse a palette label PNG (its indices are the ids, but DALI's decoder expands the palette
-    to colours) and one whose size differs from its image's, from the IHDR chunk that follows the
-    8-byte signature: width and height (big-endian) at bytes 16-23, colour type (3 = palette) at 25."""
-
-    if len(data) > 25 and bytes(data[1:4]) == b"PNG":
-        if int(data[25]) == 3:
-            raise UserError(
-                f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
-                "convert it with `cityseg prepare` or use loader.backend=torch"
-            )
-        hw = (int.from_bytes(bytes(data[20:24]), "big"), int.from_bytes(bytes(data[16:20]), "big"))
-        if hw != tuple(image_hw):
-            raise UserError(label_size_error(path, hw, image_path, image_hw))
-    return data
-
-
-def _label_array(path, g, image_path, image_hw: tuple[int, int]) -> Any:
-    """A `.npy` label (memory-mapped) as the pipeline's H x W x 1 input: the crop window `g` in
-    training (only its rows are read), the whole frame in evaluation."""
-
-    arr = load_label_array(path)
-    if tuple(arr.shape) != tuple(image_hw):
-        raise UserError(label_size_error(path, arr.shape, image_path, image_hw))
-    if g is not None:
-        arr = arr[g.y : g.y + g.h, g.x : g.x + g.w]
-    return np.array(arr)[:, :, None]  # a copy: it must outlive the memory map
 
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:
