@@ -114,7 +114,7 @@ def _text(b: bytes | str | None) -> str:
 def done_points(results: Path) -> set[str]:
     from cityseg_fast.results import read_rows
 
-    return {r["point_id"] for r in read_rows(results) if r["status"] in ("ok", "oom")}
+    return {r.point_id for r in read_rows(results) if r.status in ("ok", "oom")}
 
 
 def measure_loaders(ctx: Ctx, points: list[list[str]]) -> str:
@@ -141,10 +141,10 @@ def measure_loaders(ctx: Ctx, points: list[list[str]]) -> str:
             failure = e
         row = row_for("loader", cfg, metrics, error=failure, env=env)
         append_row(ctx.results, row)
-        done.add(row["point_id"])
+        done.add(row.point_id)
         n_new += 1
         ips = metrics.get("images_per_s")
-        print(f"  {row['status']:5s} {' '.join(over):90s} {ips:8.1f} img/s" if ips else f"  {row['status']:5s} {over} {row['error']}")
+        print(f"  {row.status:5s} {' '.join(over):90s} {ips:8.1f} img/s" if ips else f"  {row.status:5s} {over} {row.error}")
     if n_left:
         raise Budget(f"{n_new} points measured, {n_left} left for a rerun")
     return f"{n_new} points measured"

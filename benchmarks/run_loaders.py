@@ -174,7 +174,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     if args.from_jsonl:
         for row in read_rows(jsonl):
-            results.setdefault(name_of(row["point"]), []).append(row["metrics"])
+            results.setdefault(name_of(row.point), []).append(row.metrics)
         args.rounds = max(len(v) for v in results.values())
     for r in range(0 if args.from_jsonl else args.rounds):
         for name, overrides in points(frames, args.batch_size, args.threads, args.workers):
@@ -326,7 +326,7 @@ What this says about the targets:
   crop + flip + normalize without a resize and without labels, against a PIL loader that resized
   with PIL; that baseline is gone (see `results_v1.jsonl`: 38 images/s for the old torch backend).
 
-Raw rows (one per measurement, schema in `cityseg_fast/results/rows.py`): `results.jsonl`.
+Raw rows (one per measurement, schema in `cityseg_fast/results/schema.py`): `results.jsonl`.
 Rows of the earlier implementation (DALI's own CPU resize, PIL resize in the torch baseline) are
 kept in `results_v1.jsonl`.
 """

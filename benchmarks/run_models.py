@@ -120,17 +120,17 @@ def bench_model(
 
 
 def write_readme(out: Path, cmd: str) -> None:
-    rows = [r for r in read_rows(out / "results.jsonl") if r["status"] == "ok"]
+    rows = [r for r in read_rows(out / "results.jsonl") if r.ok]
     lines = [
         "| model | crop | batch | variant | images/s | step ms (median) | IQR ms | vs fp32 eager | first step s | TFLOP/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {}
     for r in rows:
-        if r["point"]["variant"] == "fp32 eager":
-            base[r["point"]["model"]] = r["metrics"]["images_per_s"]
+        if r.point["variant"] == "fp32 eager":
+            base[r.point["model"]] = r.metrics["images_per_s"]
     for r in rows:
-        p, m = r["point"], r["metrics"]
+        p, m = r.point, r.metrics
         ratio = m["images_per_s"] / base[p["model"]] if p["model"] in base else float("nan")
         lines.append(
             f"| {p['model']} | {p['crop'][0]}x{p['crop'][1]} | {p['batch_size']} | {p['variant']} | "
@@ -159,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         for row in bench_model(name, tuple(args.crop), args.batch, args.rounds, args.steps, args.variants):
             append_row(out / "results.jsonl", row)
-            m = row["metrics"]
+            m = row.metrics
             print(
-                f"{name:14s} {row['point']['variant']:34s} {m['images_per_s']:7.2f} img/s  {m['latency_ms_median']:8.0f} ms"
+                f"{name:14s} {row.point['variant']:34s} {m['images_per_s']:7.2f} img/s  {m['latency_ms_median']:8.0f} ms"
             )
     write_readme(
         out,

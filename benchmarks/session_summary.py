@@ -14,18 +14,18 @@ DASH = "—"
 def _rows(out: Path) -> list[dict[str, Any]]:
     from cityseg_fast.results import merge, read_rows
 
-    return [r for r in merge(read_rows(out / "results.jsonl")) if r["status"] == "ok"]
+    return [r for r in merge(read_rows(out / "results.jsonl")) if r.ok]
 
 
 def _ips(r: dict[str, Any] | None) -> float | None:
-    return None if r is None else r["metrics"].get("images_per_s")
+    return None if r is None else r.metrics.get("images_per_s")
 
 
 def _best(rows: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
     """The fastest row whose point has every key of `want` (None: the key must be absent)."""
     hits = [
         r for r in rows
-        if all(r["point"].get(k) == v for k, v in want.items())
+        if all(r.point.get(k) == v for k, v in want.items())
         and _ips(r) is not None
     ]  # fmt: skip
     return max(hits, key=_ips) if hits else None
@@ -38,25 +38,25 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
 def _setting(r: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
     if r is None:
         return ""
-    return ", ".join(f"{k}={r['point'][k]}" for k in keys if k in r["point"])
+    return ", ".join(f"{k}={r.point[k]}" for k in keys if k in r.point)
 
 
 def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, verdict) for the four goals of the GPU issue."""
     res = [512, 1024]
-    loader = [r for r in rows if r["scenario"] == "loader"]
+    loader = [r for r in rows if r.scenario == "loader"]
     train = _best(loader, loader="dali", loader_device="gpu", resolution=res, decode_only=None)
-    e2e = [r for r in rows if r["scenario"] == "e2e"]
+    e2e = [r for r in rows if r.scenario == "e2e"]
     e_dali = _best(e2e, loader="dali", loader_device="gpu", resolution=res)
     e_torch = _best(e2e, loader="torch", resolution=res)
-    model = [r for r in rows if r["scenario"] == "model"]
+    model = [r for r in rows if r.scenario == "model"]
     head = _best(model, model="fcn_resnet50", dtype="bf16", channels_last=True, compile="default", resolution=res)
     out = []
     ips = _ips(train)
     out.append(("DALI GPU train loader, 1024x2048 JPEG -> 512x1024 crops", "> 1500 img/s",
                 f"{_fmt(ips)} img/s ({_setting(train, ('batch_size', 'hw_decoder_load', 'num_threads'))})" if train else DASH,
                 _verdict(ips, lambda v: v > 1500)))  # fmt: skip
-    eff = e_dali["derived"].get("e2e_efficiency") if e_dali else None
+    eff = e_dali.derived.get("e2e_efficiency") if e_dali else None
     out.append(("e2e with DALI on the GPU vs min(loader, model)", ">= 95 %",
                 f"{_fmt(None if eff is None else 100 * eff)} % ({_fmt(_ips(e_dali))} img/s)" if e_dali else DASH,
                 _verdict(eff, lambda v: v >= 0.95)))  # fmt: skip
@@ -64,7 +64,7 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     out.append(("DALI GPU e2e vs torch DataLoader e2e, same cores", ">= 4x",
                 f"{_fmt(ratio, '.2f')}x ({_fmt(_ips(e_dali))} vs {_fmt(_ips(e_torch))} img/s)" if ratio else DASH,
                 _verdict(ratio, lambda v: v >= 4)))  # fmt: skip
-    mfu = head["metrics"].get("mfu") if head else None
+    mfu = head.metrics.get("mfu") if head else None
     out.append(("FCN-R50 bf16 compiled channels_last train step MFU", "measured (aim 40 %)",
                 f"{_fmt(None if mfu is None else 100 * mfu, '.1f')} % ({_fmt(_ips(head))} img/s)" if head else DASH,
                 _verdict(mfu, lambda v: v >= 0.40)))  # fmt: skip
@@ -81,8 +81,8 @@ def tuning_table(rows: list[dict[str, Any]], batch: int, decode_only: bool) -> s
     """img/s over hw_decoder_load (rows) x num_threads (columns); the best cell in bold."""
     cells: dict[tuple[float, int], float] = {}
     for r in rows:
-        p = r["point"]
-        if (r["scenario"], p.get("loader"), p.get("loader_device")) != ("loader", "dali", "gpu"):
+        p = r.point
+        if (r.scenario, p.get("loader"), p.get("loader_device")) != ("loader", "dali", "gpu"):
             continue
         if p.get("batch_size") != batch or bool(p.get("decode_only")) != decode_only or "roi" in p:
             continue

@@ -391,12 +391,24 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def dataset_root_or_none(cfg: Config) -> str | None:
+    """The dataset root as given: data.root, else $CITYSCAPES_DATASET; None when neither is set (or empty)."""
+    return cfg.data.root or os.environ.get("CITYSCAPES_DATASET") or None
+
+
 def data_root(cfg: Config) -> Path:
-    """The dataset root: data.root, else $CITYSCAPES_DATASET; a UserError if neither is set."""
-    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
-    if not root:
+    """The dataset root (`dataset_root_or_none`), user home expanded; a UserError if none is set."""
+    root = dataset_root_or_none(cfg)
+    if root is None:
         raise UserError("no dataset given: pass --data DIR, set data.root, or set CITYSCAPES_DATASET")
     return Path(root).expanduser()
+
+
+def format_hw(value: Any) -> str:
+    """[512, 1024] or (512, 1024) -> '512x1024' (H x W, the text parse_hw reads); any other value as str()."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
 
 
 def parse_hw(text: str, option: str = "size") -> tuple[int, int]:

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from cityseg_fast.config import Config, load_config, load_yaml, replace, to_dict
+from cityseg_fast.config import Config, format_hw, load_config, load_yaml, replace, to_dict
 from cityseg_fast.errors import UserError
 from cityseg_fast.results import (
     RESULTS_FILE,
@@ -58,7 +58,7 @@ from cityseg_fast.results import (
     shard_file,
     variables_in,
 )
-from cityseg_fast.results.rows import VARIABLE
+from cityseg_fast.results.schema import VARIABLE
 
 SPEC_KEYS = {
     "demo",  # read by `cityseg demo` only (the dataset it makes), ignored here
@@ -130,10 +130,6 @@ def _yaml_value(v: Any) -> str:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
-
-
-def _short(v: Any) -> str:
-    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _feeds_data_root(where: str, text: str) -> bool:
@@ -286,7 +282,7 @@ def _expand_run(ex: _Expansion, run: Any, p: Path, name: str, files: list[str], 
             cfg = load_config(files, over + point_over + ex.extra)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        label = " ".join(f"{k}={_short(v)}" for k, v in values.items()) + f" ws={world}"
+        label = " ".join(f"{k}={format_hw(v)}" for k, v in values.items()) + f" ws={world}"
         for scenario in scenarios:
             if not ex.only or scenario in ex.only:
                 _add_point(ex, scenario, cfg, world, label)

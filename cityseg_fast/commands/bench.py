@@ -37,7 +37,7 @@ from cityseg_fast.commands.common import add_config_args, config_from_args
 from cityseg_fast.config import CHOICES, parse_hw, replace
 from cityseg_fast.engine.dist import cleanup
 from cityseg_fast.paths import check_append_file
-from cityseg_fast.results import SCENARIOS, append_row, row_for
+from cityseg_fast.results import SCENARIOS, Row, append_row, row_for
 
 # --flag -> (config key, how the value is written); a flag left out sets nothing
 SHORTCUTS: dict[str, tuple[str, Any]] = {
@@ -110,26 +110,26 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         if args.append:
             append_row(args.append, row)
-        print(json.dumps(row, sort_keys=True, default=str)) if args.json else print_row(row)
+        print(json.dumps(row.to_json(), sort_keys=True, default=str)) if args.json else print_row(row)
     if failure is None:
         return 0
-    if row["status"] == "oom":
-        print(f"cityseg bench {scenario}: out of memory: {row['error']}", file=sys.stderr)
+    if row.status == "oom":
+        print(f"cityseg bench {scenario}: out of memory: {row.error}", file=sys.stderr)
         return 3
     raise failure  # a UserError becomes one line in cli.main; anything else keeps its traceback
 
 
-def print_row(row: dict[str, Any]) -> None:
+def print_row(row: Row) -> None:
     """The row as a two-column table: the point, then the scenario's own metrics, then the rest."""
 
-    t = Table(title=f"cityseg bench {row['scenario']}  [{row['status']}]", show_header=False)
-    for k, v in row["point"].items():
+    t = Table(title=f"cityseg bench {row.scenario}  [{row.status}]", show_header=False)
+    for k, v in row.point.items():
         t.add_row(f"[dim]{k}[/dim]", str(v))
-    if row["error"]:
-        t.add_row("[red]error[/red]", row["error"])
-    first = [k for k in SCENARIOS[row["scenario"]].metrics if k in row["metrics"]]
-    for k in first + [k for k in row["metrics"] if k not in first]:
-        v = row["metrics"][k]
+    if row.error:
+        t.add_row("[red]error[/red]", row.error)
+    first = [k for k in SCENARIOS[row.scenario].metrics if k in row.metrics]
+    for k in first + [k for k in row.metrics if k not in first]:
+        v = row.metrics[k]
         if v is not None and not isinstance(v, (list, dict)):
             t.add_row(f"[bold]{k}[/bold]" if k in first else k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console(file=sys.stdout).print(t)

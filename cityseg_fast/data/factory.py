@@ -11,12 +11,11 @@ rank sees per epoch), `description` and `close()`:
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import torch
 
-from cityseg_fast.config import Config, data_root
+from cityseg_fast.config import Config, data_root, dataset_root_or_none
 from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.dali import dali_available
 from cityseg_fast.data.plan import LoaderSpec
@@ -90,7 +89,7 @@ def build_loader(
 
     if backend == "synthetic":
         # With a dataset, the synthetic loader mimics its epoch length and frame size; without, 100 batches.
-        has_data = bool(cfg.data.root or os.environ.get("CITYSCAPES_DATASET"))
+        has_data = dataset_root_or_none(cfg) is not None
         samples = find_samples(data_root(cfg), split) if has_data else []
         return SyntheticLoader(samples, spec, cfg.data.num_classes)
     samples = find_samples(data_root(cfg), split)

@@ -156,19 +156,19 @@ def build_report(
 
 
 def flat_records(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys."""
+    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys, the sweep's keys."""
     base = ["run", "scenario", "status", "error", "point_id", "time", "config_hash"]
     pkeys: list[str] = []
     mkeys: list[str] = []
     records = []
     for row in tagged_rows(runs):
-        p = {k: v for k, v in row["point"].items()}
-        rec = {"run": row["_run"], **{k: row.get(k) for k in base[1:]}}
+        p = dict(row.point)
+        rec = {"run": row.run, **{k: getattr(row, k) for k in base[1:]}}
         for k, v in p.items():
             if k not in pkeys:
                 pkeys.append(k)
             rec[k] = v
-        for k, v in row["metrics"].items():
+        for k, v in sorted({**row.metrics, **row.sweep}.items()):  # the sweep's keys sit among the metrics
             col = k if k not in p and k not in base else f"metric.{k}"
             if col not in mkeys:
                 mkeys.append(col)

@@ -16,15 +16,17 @@ from cityseg_fast.report.bottleneck import bottleneck_rows
 from cityseg_fast.report.format import fmt_num, miou_pct
 from cityseg_fast.report.runs import (
     Run,
+    RunRow,
     flat_point,
     loader_label,
-    metric,
     peak_memory,
     point_label,
     res_pixels,
     split_keys,
     tagged_rows,
 )
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import IMAGES_PER_S, MIOU
 
 DPI = 110
 LOADER_COLORS = {
@@ -65,13 +67,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _batch_rows(runs: Sequence[Run], scenario: str) -> list[dict[str, Any]]:
-    return [r for r in tagged_rows(runs, scenario) if isinstance(r["point"].get("batch_size"), int)]
+def _batch_rows(runs: Sequence[Run], scenario: str) -> list[RunRow]:
+    return [r for r in tagged_rows(runs, scenario) if isinstance(r.point.get("batch_size"), int)]
 
 
-def _series(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def _series(rows: list[RunRow], keys: Sequence[str]) -> dict[str, list[RunRow]]:
     """Rows grouped into lines by the values of `keys` (runs are kept apart by the caller)."""
-    series: dict[str, list[dict[str, Any]]] = {}
+    series: dict[str, list[RunRow]] = {}
     for r in sorted(
         rows, key=lambda r: (res_pixels(flat_point(r).get("resolution")), point_label(flat_point(r), keys))
     ):
@@ -91,7 +93,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 def _vs_batch(
     runs: Sequence[Run],
     path: Path,
-    value: Callable[[dict[str, Any]], float | None],
+    value: Callable[[Row], float | None],
     ylabel: str,
     title: str,
     scale: float = 1.0,
@@ -103,10 +105,10 @@ def _vs_batch(
     rows = _batch_rows(runs, "model")
     if not any(value(r) is not None for r in rows):
         return "no ok model-scenario rows with a batch size and this metric"
-    if len({r["point"]["batch_size"] for r in rows}) < 2:
+    if len({r.point["batch_size"] for r in rows}) < 2:
         return "only one batch size was measured"
     plt = _plt()
-    models = sorted({str(r["point"].get("model", "?")) for r in rows})
+    models = sorted({str(r.point.get("model", "?")) for r in rows})
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
@@ -116,14 +118,14 @@ def _vs_batch(
     styles = {run.name: LINESTYLES[i % len(LINESTYLES)] for i, run in enumerate(runs)}
     handles: dict[str, Any] = {}
     for ax, model in zip(axes.flat, models, strict=False):
-        mrows = [r for r in rows if str(r["point"].get("model", "?")) == model]
+        mrows = [r for r in rows if str(r.point.get("model", "?")) == model]
         bad_bs: list[int] = []
         for label, srows in _series(mrows, keys).items():
             for run in runs:
                 pts = sorted(
-                    (r["point"]["batch_size"], value(r))
+                    (r.point["batch_size"], value(r))
                     for r in srows
-                    if r["_run"] == run.name and value(r) is not None
+                    if r.run == run.name and value(r) is not None
                 )
                 if not pts:
                     continue
@@ -136,12 +138,12 @@ def _vs_batch(
                     linestyle=styles[run.name],
                 )
                 handles.setdefault(full, line)
-            bad_bs += [r["point"]["batch_size"] for r in srows if r["status"] != "ok"]
+            bad_bs += [r.point["batch_size"] for r in srows if not r.ok]
         if bad_bs:
             handles["OOM / error"] = ax.scatter(
                 bad_bs, [0] * len(bad_bs), marker="x", s=70, color="red", zorder=5, clip_on=False
             )
-        bss = sorted({r["point"]["batch_size"] for r in mrows})
+        bss = sorted({r.point["batch_size"] for r in mrows})
         ax.set_xscale("log", base=2)
         ax.set_xticks(bss, [str(b) for b in bss])
         ax.minorticks_off()
@@ -170,7 +172,7 @@ def plot_throughput(runs: Sequence[Run], out: Path) -> Plot:
     reason = _vs_batch(
         runs,
         out / name,
-        lambda r: metric(r, "images_per_s"),
+        lambda r: r.number(IMAGES_PER_S),
         "train throughput (images/s)",
         "Train-step throughput vs batch size (model only, synthetic batch; higher is better)",
     )
@@ -228,22 +230,22 @@ def _hbar(ax, labels: list[str], values: list[float], colors: list[str], hatches
 
 def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     name = "loaders.png"
-    rows = [r for r in tagged_rows(runs, "loader") if metric(r, "images_per_s") is not None]
+    rows = [r for r in tagged_rows(runs, "loader") if r.number(IMAGES_PER_S) is not None]
     if not rows:
         return Plot(name, "Loader comparison", None, "no ok loader-scenario rows")
     varying, _ = split_keys(rows)
     keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
-    rows.sort(key=lambda r: -metric(r, "images_per_s"))
+    rows.sort(key=lambda r: -r.number(IMAGES_PER_S))
     labels, colors, hatches = [], [], []
     for r in rows:
         p = flat_point(r)
         lab = loader_label(p) + (f"  [{point_label(p, keys) or 'defaults'}]" if keys else "")
-        labels.append(f"{r['_run']}: {lab}" if len(runs) > 1 else lab)
+        labels.append(f"{r.run}: {lab}" if len(runs) > 1 else lab)
         colors.append(LOADER_COLORS.get(loader_label({**p, "decode_only": False}), "#9467bd"))
         hatches.append("//" if p.get("decode_only") else "")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
-    log = _hbar(ax, labels, [metric(r, "images_per_s") for r in rows], colors, hatches)
+    log = _hbar(ax, labels, [r.number(IMAGES_PER_S) for r in rows], colors, hatches)
     return _bar_plot(
         fig, ax, out, name, log, ("Loader comparison", "Loader throughput, no model (hatched = decode only, no augmentation)"),
         "Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
@@ -316,11 +318,11 @@ def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
     """[{label, miou (%), ips, row}] from ok accuracy rows, and what the throughput axis measures."""
     pts, sources = [], set()
     for run in runs:
-        acc = [r for r in run.rows if r["scenario"] == "accuracy" and metric(r, "miou") is not None]
+        acc = [r for r in run.rows if r.scenario == "accuracy" and r.number(MIOU) is not None]
         varying, _ = split_keys(acc) if acc else ([], {})
         for r in acc:
             p = flat_point(r)
-            ips = metric(r, "images_per_s")  # every accuracy row records its training throughput
+            ips = r.number(IMAGES_PER_S)  # every accuracy row records its training throughput
             if ips is None:
                 continue
             sources.add("training throughput of the accuracy run")
@@ -328,7 +330,7 @@ def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
             pts.append(
                 {
                     "label": f"{run.name}: {label}" if len(runs) > 1 else label,
-                    "miou": miou_pct(metric(r, "miou")),
+                    "miou": miou_pct(r.number(MIOU)),
                     "ips": ips,
                     "row": r,
                 }
