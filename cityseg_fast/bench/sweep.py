@@ -63,6 +63,8 @@ _LIVE_LOCK = threading.Lock()
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
     """The child's command line: `cityseg bench SCENARIO --config POINT.yaml`, writing its row to row_path."""
     bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), "--json", "--append", str(row_path)]
+    if sp.round is not None:  # a repeated point: the round is part of the identity the child records
+        bench += ["--round", str(sp.round)]
     if sp.world_size > 1:
         return [
             sys.executable,
@@ -168,7 +170,7 @@ def _finish(
         row = rows[-1]  # the child built it with row_for: the same point as sp.point
     else:
         msg = _failure(proc.returncode, err, timed_out, timeout_s)
-        row = row_for(sp.scenario, sp.cfg, error=msg, world_size=sp.world_size)
+        row = row_for(sp.scenario, sp.cfg, error=msg, world_size=sp.world_size, point=sp.extra)
         if devices:
             row["metrics"]["visible_devices"] = ",".join(devices)
     row["metrics"]["point_wall_s"] = wall
