@@ -123,3 +123,30 @@ def test_a_repeated_sweep_resumes_by_round_and_reports_the_median(tmp_path):
     assert "| round |" not in md  # rounds are folded, not a column
     ips = sorted(r["metrics"]["images_per_s"] for r in rows if r["point"]["batch_size"] == 1)
     assert f"| 3: {fmt_num(ips[0])}–{fmt_num(ips[-1])} |" in md
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_sweeps_that_replaced_benchmark_scripts_expand_to_their_points(tmp_path, monkeypatch):
+    """loaders_cpu and models_cpu (once benchmarks/run_loaders.py and run_models.py, with rounds of their own)
+    measure each of their points in 3 interleaved rounds; accuracy_cpu the colour baseline and two configs."""
+    for var in ("CITYSEG_LOADER_PNG", "CITYSEG_LOADER_NPY", "CITYSEG_ACC_DATA"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    loaders = load_spec(ROOT / "configs" / "sweeps" / "loaders_cpu.yaml")
+    assert len(loaders.points) == 8 * 3 and {sp.round for sp in loaders.points} == {0, 1, 2}
+    first = [sp.point for sp in loaders.points if sp.round == 0]
+    assert {(p["loader"], p.get("decode_only", False)) for p in first} == {
+        (b, d) for b in ("dali", "torch") for d in (False, True)
+    }
+    assert any(p.get("resampler") == "dali" for p in first) and any(p.get("roi") == "resize" for p in first)
+    npy = [p for p in first if p["data_root"].endswith("cityseg_loader_npy")]
+    assert sorted(p["loader"] for p in npy) == ["dali", "torch"]
+    assert all(p["resolution"] == [512, 1024] and p["batch_size"] == 8 for p in first)
+    models = load_spec(ROOT / "configs" / "sweeps" / "models_cpu.yaml")
+    variants = {(p["model"], p["dtype"], p["channels_last"], p["compile"]) for p in (sp.point for sp in models.points)}
+    assert len(models.points) == 10 * 3 and len(variants) == 10
+    assert {v[1:] for v in variants} == {("fp32", False, "off"), ("bf16", False, "off"), ("fp32", True, "off"),
+                                         ("fp32", False, "default"), ("bf16", True, "default")}  # fmt: skip
+    acc = load_spec(ROOT / "configs" / "sweeps" / "accuracy_cpu.yaml")
+    assert sorted(sp.point["model"] for sp in acc.points) == ["colour_baseline", "fcn_resnet50", "unet_s16"]
