@@ -72,7 +72,8 @@ def _scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", choices=["slice", "resize"], help="dali: decode the crop window or the frame; sets loader.roi")
     p.add_argument("--json", action="store_true", help="print the result row as one JSON line")
     p.add_argument("--append", "--out", dest="append", metavar="FILE", help="append the result row to this results.jsonl")
-    p.add_argument("--round", type=int, metavar="R", help="this measurement's round (a sweep's `repeats`): part of the point's identity")
+    p.add_argument("--round", type=int, metavar="R",
+                   help="this measurement's round (a sweep's `repeats`): part of the point's identity")  # fmt: skip
     add_config_args(p)
 
 

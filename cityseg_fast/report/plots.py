@@ -350,7 +350,8 @@ def baselines(runs: Sequence[Run]) -> list[tuple[str, float]]:
     """(label, mIoU %) of each run's colour baseline (the best one where a run has several)."""
     out = []
     for run in runs:
-        vals = [miou_pct(metric(r, "miou")) for r in run.rows if r["scenario"] == "baseline" and metric(r, "miou") is not None]
+        rows = [r for r in run.rows if r["scenario"] == "baseline" and metric(r, "miou") is not None]
+        vals = [miou_pct(metric(r, "miou")) for r in rows]
         if vals:
             out.append((f"{run.name}: colour baseline" if len(runs) > 1 else "colour baseline", max(vals)))
     return out
@@ -369,7 +370,8 @@ def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     front = pareto_front(pts)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    ax.scatter([p["ips"] for p in pts], [p["miou"] for p in pts], s=45, color="#7f7f7f", label="configuration", zorder=3)
+    xs, ys = [p["ips"] for p in pts], [p["miou"] for p in pts]
+    ax.scatter(xs, ys, s=45, color="#7f7f7f", label="configuration", zorder=3)
     fs = sorted(front, key=lambda p: p["ips"])
     ax.plot([p["ips"] for p in fs], [p["miou"] for p in fs], "-o", color="#d62728", ms=8, mfc="none", mew=2,
             label="Pareto frontier", zorder=4)  # fmt: skip
@@ -380,11 +382,11 @@ def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     ax.set_xlabel(f"throughput (images/s; {source})")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("Accuracy vs speed (up and to the right is better)")
-    ax.set_xlim(0, max(p["ips"] for p in pts) * 1.25)
-    ax.set_ylim(0, max(max(p["miou"] for p in pts) * 1.2, *(v * 1.2 for _, v in base), 1))
+    ax.set_xlim(0, max(xs) * 1.25)
+    ax.set_ylim(0, max(max(ys) * 1.2, *(v * 1.2 for _, v in base), 1))
     legend = ax.legend(loc="lower left")
     fig.tight_layout()
-    place_labels(ax, [(p["ips"], p["miou"], p["label"]) for p in pts], size=8, avoid=[legend])
+    place_labels(ax, list(zip(xs, ys, [p["label"] for p in pts], strict=True)), size=8, avoid=[legend])
     caption = "Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU."
     if base:
         caption += " Dotted: what the per-pixel colour baseline reaches on the same data."
@@ -436,8 +438,9 @@ def _line_dots(ax: Any, step: float = 4.0) -> list[tuple[float, float, float, fl
         xy = ax.transData.transform(line.get_xydata())
         for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:], strict=True):
             n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step))
-            dots += [(x0 + (x1 - x0) * k / n - 1, y0 + (y1 - y0) * k / n - 1,
-                      x0 + (x1 - x0) * k / n + 1, y0 + (y1 - y0) * k / n + 1) for k in range(n + 1)]  # fmt: skip
+            for k in range(n + 1):
+                x, y = x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n
+                dots.append((x - 1, y - 1, x + 1, y + 1))
     return dots
 
 

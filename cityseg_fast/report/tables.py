@@ -351,7 +351,9 @@ def accuracy_section(runs: Sequence[Run]) -> str:
 HEADER_MODEL_CHARS = 20  # a per-class column header: its letter and at most this much of the model name
 
 
-def column_labels(rows: Sequence[dict[str, Any]], keys: Sequence[str], with_run: bool) -> list[tuple[str, str]]:
+def column_labels(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str], with_run: bool
+) -> list[tuple[str, str]]:
     """(short header, full label) per row: 'A unet_s16' for a column whose full configuration (the `keys`
     that vary, and the run) goes in the legend under the table."""
     out = []

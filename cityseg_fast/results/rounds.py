@@ -54,7 +54,8 @@ def _fold(group: list[Row]) -> Row:
     row["time"] = max(r["time"] for r in group)
     if ok:
         keys = dict.fromkeys(k for r in ok for k in r["metrics"])
-        row["metrics"] = {k: _median([r["metrics"][k] for r in ok if r["metrics"].get(k) is not None]) for k in keys}
+        values = {k: [r["metrics"][k] for r in ok if r["metrics"].get(k) is not None] for k in keys}
+        row["metrics"] = {k: _median(v) for k, v in values.items()}
         row["metrics"][SPREAD_METRIC + "_rounds"] = [r["metrics"].get(SPREAD_METRIC) for r in ok]
     else:
         row["metrics"] = dict(last["metrics"])
