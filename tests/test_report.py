@@ -256,6 +256,61 @@ def test_pareto_front_drops_dominated_points():
     assert [p["label"] for p in pareto_front(pts)] == ["fast", "mid", "slow"]
 
 
+def test_per_class_columns_are_short_and_the_legend_names_each_configuration(tmp_path):
+    """Accuracy runs that differ in many keys: each column header is a letter and the model (not the whole
+    configuration), and the legend under the table gives every letter its configuration."""
+    iou = [0.5] * 19
+    settings = [("unet_s16", ["train.lr=0.01", "train.iters=150"]), ("unet_s16", ["train.lr=0.001", "train.iters=300"]),
+                ("fcn8s_vgg16_bn", ["model.base_width=4", "train.optimizer=sgd", "loader.batch_size=2"])]  # fmt: skip
+    rows = [row_for("accuracy", load_config([], [f"model.name={m}", "data.crop=[64,128]", *o]),
+                    {"miou": 0.2, "per_class_iou": iou, "images_per_s": 3.0}, env={}) for m, o in settings]  # fmt: skip
+    rows.append(row_for("baseline", load_config([], []), {"miou": 0.1, "per_class_iou": iou}, env={}))
+    md = build_report([_run_dir(tmp_path, "acc", rows)], tmp_path / "out").read_text()
+    section = md.split("Per-class IoU", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| class |"))
+    heads = [h.strip() for h in header.strip(" |").split("|")][1:]
+    assert len(heads) == 4 and max(map(len, heads)) <= 24, heads
+    legend = dict(re.findall(r"^- \*\*([A-Z]+)\*\*: (.+)$", section, re.M))
+    assert list(legend) == [h.split()[0] for h in heads] == ["A", "B", "C", "D"]
+    for head in heads:  # the legend's configuration is the column's: its model, then what varies
+        letter, model = head.split(" ", 1)
+        assert legend[letter].startswith(model.rstrip("…")), (head, legend[letter])
+    wanted = [("colour_baseline",), ("unet_s16", "iters=150", "lr=0.01 "), ("unet_s16", "iters=300", "lr=0.001"),
+              ("fcn8s_vgg16_bn", "bs2", "base_width=4", "optimizer=sgd")]  # fmt: skip
+    for parts in wanted:  # every configuration named by exactly one letter
+        assert sum(v.startswith(parts[0]) and all(p in v + " " for p in parts[1:]) for v in legend.values()) == 1
+    assert "Dotted: what the per-pixel colour baseline reaches" in md  # the baseline drawn in the mIoU plot
+
+
+def test_plot_labels_stay_inside_the_axes_and_do_not_overlap():
+    """Two configurations near the right edge and close together (as the demo's were): their labels stay
+    inside the plot and apart from each other."""
+    from matplotlib.text import Text
+
+    from cityseg_fast.report.plots import _plt, place_labels
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    items = [(7.8, 17.9, "fcn8s_vgg16_bn base_width=4 iters=256"), (7.5, 18.3, "unet_s16 iters=150 lr=0.005"),
+             (4.7, 19.6, "unet_s16 base_width=8 iters=300")]  # fmt: skip
+    ax.scatter([x for x, _, _ in items], [y for _, y, _ in items])
+    ax.set_xlim(0, 8.2)
+    ax.set_ylim(0, 24)
+    fig.tight_layout()
+    anns = place_labels(ax, items, size=8)
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for a in anns:
+        a.update_positions(renderer)
+    boxes = [Text.get_window_extent(a, renderer) for a in anns]  # the text alone, not its leader line
+    plt.close(fig)
+    assert len(boxes) == 3
+    for box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+
+
 def _with(row: Row, **metrics) -> Row:
     return replace(row, metrics={**row.metrics, **metrics})
 

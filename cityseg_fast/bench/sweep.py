@@ -74,6 +74,8 @@ _LIVE_LOCK = threading.Lock()
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
     """The child's command line: `cityseg bench SCENARIO --config POINT.yaml`, writing its row to row_path."""
     bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), "--json", "--append", str(row_path)]
+    if sp.round is not None:  # a repeated point: the round is part of the identity the child records
+        bench += ["--round", str(sp.round)]
     if sp.world_size > 1:
         return [
             sys.executable,
@@ -183,7 +185,7 @@ def _finish(
     else:
         msg = _failure(proc.returncode, err, timed_out, timeout_s)
         seen = {VISIBLE_DEVICES: ",".join(devices)} if devices else None
-        row = row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran)
+        row = row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)
     if not row.ok:
         (work / f"{sp.scenario}-{sp.id}.stderr.txt").write_text(err[-20000:])
     return row

@@ -72,6 +72,8 @@ def _scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", choices=CHOICES["loader.roi"], help="dali: decode the crop window or the frame; sets loader.roi")
     p.add_argument("--json", action="store_true", help="print the result row as one JSON line")
     p.add_argument("--append", "--out", dest="append", metavar="FILE", help="append the result row to this results.jsonl")
+    p.add_argument("--round", type=int, metavar="R",
+                   help="this measurement's round (a sweep's `repeats`): part of the point's identity")  # fmt: skip
     add_config_args(p)
 
 
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # a failure is a result too: recorded, printed, then reported by exit status
         failure = e
     cleanup(failed=failure is not None)  # under torchrun: leave the process group before exiting
-    row = row_for(scenario, cfg, metrics, error=failure, world_size=world)
+    extra = None if args.round is None else {"round": args.round}
+    row = row_for(scenario, cfg, metrics, error=failure, world_size=world, point=extra)
     if rank == 0:
         if args.append:
             append_row(args.append, row)

@@ -348,6 +348,16 @@ def pareto_front(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
+def baselines(runs: Sequence[Run]) -> list[tuple[str, float]]:
+    """(label, mIoU %) of each run's colour baseline (the best one where a run has several)."""
+    out = []
+    for run in runs:
+        vals = [miou_pct(r.number(MIOU)) for r in run.rows if r.scenario == "baseline" and r.number(MIOU) is not None]
+        if vals:
+            out.append((f"{run.name}: colour baseline" if len(runs) > 1 else "colour baseline", max(vals)))
+    return out
+
+
 def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     name = "miou_vs_throughput.png"
     pts, source = pareto_points(runs)
@@ -361,41 +371,102 @@ def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     front = pareto_front(pts)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    ax.scatter(
-        [p["ips"] for p in pts],
-        [p["miou"] for p in pts],
-        s=45,
-        color="#7f7f7f",
-        label="configuration",
-        zorder=3,
-    )
+    xs, ys = [p["ips"] for p in pts], [p["miou"] for p in pts]
+    ax.scatter(xs, ys, s=45, color="#7f7f7f", label="configuration", zorder=3)
     fs = sorted(front, key=lambda p: p["ips"])
-    ax.plot(
-        [p["ips"] for p in fs],
-        [p["miou"] for p in fs],
-        "-o",
-        color="#d62728",
-        ms=8,
-        mfc="none",
-        mew=2,
-        label="Pareto frontier",
-        zorder=4,
-    )
-    for p in pts:
-        ax.annotate(p["label"], (p["ips"], p["miou"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.plot([p["ips"] for p in fs], [p["miou"] for p in fs], "-o", color="#d62728", ms=8, mfc="none", mew=2,
+            label="Pareto frontier", zorder=4)  # fmt: skip
+    base = baselines(runs)
+    for (label, value), style in zip(base, LINESTYLES, strict=False):
+        ax.axhline(value, color="black", linestyle=":" if style == "-" else style, linewidth=1,
+                   label=f"{label} ({value:.1f})")  # fmt: skip
     ax.set_xlabel(f"throughput (images/s; {source})")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("Accuracy vs speed (up and to the right is better)")
-    ax.set_xlim(0, max(p["ips"] for p in pts) * 1.25)
-    ax.set_ylim(0, max(max(p["miou"] for p in pts) * 1.2, 1))
-    ax.legend(loc="lower left")
+    ax.set_xlim(0, max(xs) * 1.25)
+    ax.set_ylim(0, max(max(ys) * 1.2, *(v * 1.2 for _, v in base), 1))
+    legend = ax.legend(loc="lower left")
     fig.tight_layout()
-    return Plot(
-        name,
-        "mIoU vs throughput",
-        _save(fig, out / name),
-        caption="Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU.",
-    )
+    place_labels(ax, list(zip(xs, ys, [p["label"] for p in pts], strict=True)), size=8, avoid=[legend])
+    caption = "Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU."
+    if base:
+        caption += " Dotted: what the per-pixel colour baseline reaches on the same data."
+    return Plot(name, "mIoU vs throughput", _save(fig, out / name), caption=caption)
+
+
+# Where a label may go, in points from its marker, in order of preference: right, left, above, below,
+# then further out (the arrow back to the marker shows whose label it is).
+LABEL_OFFSETS = [(dx, dy) for dy in (4, -12, 14, -22, 24, -32, 34, -42) for dx in (6, -6)] + [(0, 14), (0, -20)]
+
+
+def place_labels(ax: Any, items: Sequence[tuple[float, float, str]], size: float = 7.0,
+                 avoid: Sequence[Any] = ()) -> list[Any]:  # fmt: skip
+    """Annotate each (x, y, text) beside its point at the first of LABEL_OFFSETS where the text stays
+    inside the axes and overlaps no label placed before, no marker, no plotted line and nothing in `avoid`
+    (artists: a legend); where none is free, the one that overlaps least. Call it last, once the axes'
+    limits and the figure's layout are final: it measures the texts as drawn. Returns the annotations."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = tuple(ax.get_window_extent(renderer).extents)
+    px = [ax.transData.transform((x, y)) for x, y, _ in items]
+    marks = [(a - 6, b - 6, a + 6, b + 6) for a, b in px]
+    taken = [tuple(a.get_window_extent(renderer).extents) for a in avoid] + _line_dots(ax)
+    placed = []
+    for i in sorted(range(len(items)), key=lambda i: -items[i][1]):  # top first: the front is drawn there
+        x, y, text = items[i]
+        others = taken + [m for j, m in enumerate(marks) if j != i]
+        costs = []
+        for dx, dy in LABEL_OFFSETS:
+            box = _text_box(ax, renderer, (x, y, text), (dx, dy), size)
+            costs.append(100 * _outside(box, frame) + sum(_overlap(box, o) for o in others))
+            if costs[-1] == 0:
+                break
+        dx, dy = LABEL_OFFSETS[costs.index(min(costs))]
+        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None  # far from its marker
+        ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=size,
+                          ha=_align(dx), va="bottom", arrowprops=arrow)  # fmt: skip
+        taken.append(_text_box(ax, renderer, (x, y, text), (dx, dy), size))
+        placed.append(ann)
+    return placed
+
+
+def _line_dots(ax: Any, step: float = 4.0) -> list[tuple[float, float, float, float]]:
+    """Small pixel boxes every `step` pixels along the axes' plotted lines (not axhline: a label may sit
+    on a reference line rather than leave the plot)."""
+    dots = []
+    for line in ax.get_lines():
+        if line.get_transform() != ax.transData or line.get_linestyle() in ("None", "none", "", " "):
+            continue  # a reference line across the axes, or markers only
+        xy = ax.transData.transform(line.get_xydata())
+        for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:], strict=True):
+            n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step))
+            for k in range(n + 1):
+                x, y = x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n
+                dots.append((x - 1, y - 1, x + 1, y + 1))
+    return dots
+
+
+def _align(dx: float) -> str:
+    return "left" if dx > 0 else "right" if dx < 0 else "center"
+
+
+def _text_box(ax: Any, renderer: Any, item: tuple[float, float, str], offset: tuple[float, float],
+              size: float) -> tuple[float, float, float, float]:  # fmt: skip
+    """The pixel box (x0, y0, x1, y1) of a label drawn at `offset` points from its point (text only)."""
+    x, y, text = item
+    ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=size,
+                      ha=_align(offset[0]), va="bottom")  # fmt: skip
+    box = tuple(ann.get_window_extent(renderer).extents)
+    ann.remove()
+    return box
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> int:
+    return int(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+
+
+def _outside(box: Sequence[float], frame: Sequence[float]) -> int:
+    """1 when any part of `box` lies outside `frame` (x0, y0, x1, y1 in pixels)."""
+    return int(box[0] < frame[0] or box[1] < frame[1] or box[2] > frame[2] or box[3] > frame[3])
 
 
 PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto)

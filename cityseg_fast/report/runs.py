@@ -21,6 +21,7 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.results import (
     RESULTS_FILE,
     Row,
+    latest_per_point,
     merge,
     missing_shards,
     results_files,
@@ -28,6 +29,7 @@ from cityseg_fast.results import (
     split_unresolved,
     unresolved,
 )
+from cityseg_fast.results.rounds import collapse_rounds
 from cityseg_fast.results.scenarios import (
     MEM_HOST_PEAK_RSS_MIB,
     MEM_NVML_USED_MIB,
@@ -163,10 +165,11 @@ def load_run(run: str | os.PathLike | Sequence[str | os.PathLike], name: str | N
     if len(paths) > 1:
         rows.sort(key=lambda r: r.time)  # stable: file order within the same second
     real, ghosts = split_unresolved(rows)
-    kept = merge(real)
+    latest, superseded = latest_per_point(real)
+    kept = merge(collapse_rounds(latest))  # a repeated point: one row, the median over its rounds
     first = paths[0]
     label = name or (first.parent.name if first.name == RESULTS_FILE or len(paths) > 1 else first.stem)
-    return Run(label, where, kept, sources, superseded=len(real) - len(kept),
+    return Run(label, where, kept, sources, superseded=superseded,
                unresolved=sorted({v for r in ghosts for v in unresolved(r)}), unresolved_rows=len(ghosts),
                missing_shards=missing_shards(paths))  # fmt: skip
 

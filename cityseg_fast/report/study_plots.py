@@ -17,7 +17,7 @@ from PIL import Image
 
 from cityseg_fast.labels import CLASS_COLORS, CLASS_NAMES
 from cityseg_fast.report.format import fmt_num
-from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front
+from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front, place_labels
 from cityseg_fast.report.stats import summarize
 from cityseg_fast.report.study_design import (
     Axis,
@@ -84,7 +84,7 @@ def plot_front(d: Design, out: Path) -> Plot:
     ax.set_title("Accuracy vs training speed: up and to the right is better")
     ax.legend(loc="best", fontsize=8)  # wherever it hides no point
     fig.tight_layout()
-    _place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
+    place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
     caption = ("Each point is one setting (mean over its seeds; bars: one standard deviation); the dashed "
                "line joins the settings no other one beats on both mean speed and mean mIoU.")  # fmt: skip
     return Plot(name, title, _save(fig, out / name), caption=caption)
@@ -100,23 +100,6 @@ def _log_x_if_wide(ax: Any, xs: list[float]) -> None:
     k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5) if lo <= m * 10.0**k <= hi]
     ax.set_xticks(ticks, [fmt_num(t) for t in ticks])
-
-
-def _place_labels(ax: Any, items: list[tuple[float, float, str]], size: float = 7.0) -> None:
-    """Annotate each (x, y, text) beside its point, moving a label up or down until it overlaps no label
-    placed before it (the settings of one model cluster at one throughput)."""
-    scale = ax.figure.dpi / 72.0  # points -> pixels
-    placed: list[tuple[float, float, float, float]] = []
-    for x, y, text in sorted(items, key=lambda it: -it[1]):
-        px, py = ax.transData.transform((x, y))
-        w, h = 0.55 * size * len(text) * scale, 1.2 * size * scale
-        for dy in (4, -11, 13, -20, 22, -29, 31, -38, 40):
-            box = (px + 5 * scale, py + dy * scale, px + 5 * scale + w, py + dy * scale + h)
-            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
-                break
-        placed.append(box)
-        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=size, arrowprops=arrow)
 
 
 def _point_name(d: Design, s: Setting) -> str:

@@ -36,6 +36,7 @@ from cityseg_fast.report.runs import (
     tagged_rows,
 )
 from cityseg_fast.results import SCENARIOS, Row
+from cityseg_fast.results.rounds import IMAGES_PER_S_ROUNDS, ROUNDS
 from cityseg_fast.results.scenarios import (
     ACC,
     ACHIEVED_TFLOPS,
@@ -169,8 +170,18 @@ def _spread(r: Row) -> str:
     return f"{100 * iqr / med:.1f}%{warn}"
 
 
+def _rounds(r: Row) -> str:
+    """'3: 126–133': a repeated point's ok rounds and the range of their images/s (img/s is their median)."""
+    n = r.number(ROUNDS)
+    ips = [v for v in r.metrics.get(IMAGES_PER_S_ROUNDS) or [] if isinstance(v, (int, float))]
+    if n is None:
+        return DASH
+    return f"{n:.0f}: {fmt_num(min(ips))}–{fmt_num(max(ips))}" if len(ips) > 1 else f"{n:.0f}"
+
+
 SPEED_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
     ("img/s", IMAGES_PER_S, _m(IMAGES_PER_S)),
+    ("rounds: img/s range", ROUNDS, _rounds),  # a repeated point (sweep `repeats`): img/s is the median
     ("p50 (ms)", LATENCY_MS_P50, _m(LATENCY_MS_P50)),
     ("p90 (ms)", LATENCY_MS_P90, _m(LATENCY_MS_P90)),
     ("p99 (ms)", LATENCY_MS_P99, _m(LATENCY_MS_P99)),
@@ -364,11 +375,34 @@ def accuracy_section(runs: Sequence[Run]) -> str:
     return "".join(out) + "\n"
 
 
+HEADER_MODEL_CHARS = 20  # a per-class column header: its letter and at most this much of the model name
+
+
+def column_labels(
+    rows: Sequence[RunRow], keys: Sequence[str], with_run: bool
+) -> list[tuple[str, str]]:
+    """(short header, full label) per row: 'A unet_s16' for a column whose full configuration (the `keys`
+    that vary, and the run) goes in the legend under the table."""
+    out = []
+    for i, r in enumerate(rows):
+        p = flat_point(r)
+        full = point_label(p, keys) or "run"
+        full = f"{r.run}: {full}" if with_run else full
+        model = str(p.get("model") or "")
+        model = model if len(model) <= HEADER_MODEL_CHARS else model[: HEADER_MODEL_CHARS - 1] + "…"
+        out.append((f"{_letters(i)} {model}".strip(), full))
+    return out
+
+
+def _letters(i: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: the i-th column's name."""
+    return ("" if i < 26 else _letters(i // 26 - 1)) + chr(ord("A") + i % 26)
+
+
 def per_class_table(rows: Sequence[RunRow], keys: Sequence[str], with_run: bool) -> str:
-    labels = []
-    for r in rows:
-        label = point_label(flat_point(r), keys) or "run"
-        labels.append(f"{r.run}: {label}" if with_run else label)
+    """IoU per class (rows) and configuration (columns headed by a letter and the model), then the legend
+    that names each column's whole configuration."""
+    labels = column_labels(rows, keys, with_run)
     n = max(len(r.metrics[PER_CLASS_IOU]) for r in rows)
     names = list(CLASS_NAMES) if n == len(CLASS_NAMES) else [f"class {i}" for i in range(n)]
     body = []
@@ -379,4 +413,6 @@ def per_class_table(rows: Sequence[RunRow], keys: Sequence[str], with_run: bool)
             v = ious[i] if i < len(ious) else None
             cells.append(DASH if v is None or v != v else f"{miou_pct(v):.1f}")
         body.append([name] + cells)
-    return md_table(["class"] + labels, body, [False] + [True] * len(rows))
+    legend = "".join(f"\n- **{head.split()[0]}**: {full}" for head, full in labels)
+    table = md_table(["class"] + [head for head, _ in labels], body, [False] + [True] * len(rows))
+    return f"{table}\n\nColumns:\n{legend}"
