@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,3 +85,42 @@ def test_a_bug_in_a_worker_keeps_its_traceback():
         run_parallel(bug_at, [(i, 3) for i in range(20)], 2, False, "t", name)
     assert isinstance(e.value.__cause__, RemoteTraceback)
     assert "bug_at" in str(e.value.__cause__)  # the worker's frames
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The multiprocessing spawn children of `pid` (not its resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # a process that just ended
+            continue
+    return found
+
+
+def test_a_synth_worker_killed_mid_run_is_one_line_naming_its_frame(tmp_path):
+    out = tmp_path / "synth"
+    cmd = [sys.executable, "-m", "cityseg_fast", "synth", "--out", str(out), "--train", "2000", "--val", "0",
+           "--test", "0", "--size", "64x128", "--workers", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        with deadline(120):
+            while len(workers := _spawned_workers(proc.pid)) < 2 or not any(out.rglob("*_labelIds.png")):
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.02)
+            os.kill(workers[0], signal.SIGKILL)  # mid-run: frames are being written
+            _, err = proc.communicate()
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("cityseg synth: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert "_leftImg8bit.png: the worker process handling it was killed by SIGKILL" in lines[0], lines[0]
