@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import multiprocessing.connection
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -212,7 +213,7 @@ class TorchLoader(PlannedLoader):
             for b in raw:
                 yield self._finish(b)
 
-    def _host_batches(self):
+    def _host_batches(self) -> Iterator[HostBatch | str]:
         """The DataLoader's batches; a worker that died (the out-of-memory killer, a signal) is one line."""
         try:
             yield from self._dl
@@ -246,7 +247,7 @@ class TorchLoader(PlannedLoader):
             return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
 
 
-def _dead_worker(iterator: Any, wait_s: float = 2.0) -> Any:
+def _dead_worker(iterator: Any, wait_s: float = 2.0) -> mp.process.BaseProcess | None:
     """A worker process of a DataLoader iterator that has died (None if none has within `wait_s`: the error
     came from elsewhere). Its death can reach the pipe before its exit status does, hence the short wait."""
     workers = list(getattr(iterator, "_workers", None) or ())  # torch's, private: looked up defensively
