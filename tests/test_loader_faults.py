@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_fixtures import PY, REPO, env
+from engine_fixtures import PY, REPO, child_pids, env
 from loader_fixtures import write_prepared
 
 from cityseg_fast.data import dali
@@ -19,21 +19,9 @@ from cityseg_fast.data import dali
 TIMEOUT_S = 120  # a hang fails the test after this long
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):  # a process that just ended
-            continue
-    return found
-
-
 def _loader_workers(pid: int) -> list[int]:
     """The DataLoader workers of process `pid`: they are started by its forkserver, a child of it."""
-    servers = [c for c in _children(pid) if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    return [w for s in servers for w in _children(s)]
+    return [w for server in child_pids(pid, b"forkserver") for w in child_pids(server)]
 
 
 def _bench_loader(root: Path, *args: str) -> subprocess.Popen:

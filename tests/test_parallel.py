@@ -9,16 +9,15 @@ import sys
 import textwrap
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
+from engine_fixtures import REPO, child_pids
 from pool_fixtures import bug_at, fail_at, killed_at, name
 
 from cityseg_fast.data.parallel import RemoteTraceback, run_parallel
 from cityseg_fast.errors import UserError
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+TESTS = REPO / "tests"
 
 
 @contextmanager
@@ -87,21 +86,6 @@ def test_a_bug_in_a_worker_keeps_its_traceback():
     assert "bug_at" in str(e.value.__cause__)  # the worker's frames
 
 
-def _spawned_workers(pid: int) -> list[int]:
-    """The multiprocessing spawn children of `pid` (not its resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit():
-                continue
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):  # a process that just ended
-            continue
-    return found
-
-
 def test_a_synth_worker_killed_mid_run_is_one_line_naming_its_frame(tmp_path):
     out = tmp_path / "synth"
     cmd = [sys.executable, "-m", "cityseg_fast", "synth", "--out", str(out), "--train", "2000", "--val", "0",
@@ -111,7 +95,7 @@ def test_a_synth_worker_killed_mid_run_is_one_line_naming_its_frame(tmp_path):
                             start_new_session=True)  # fmt: skip
     try:
         with deadline(120):
-            while len(workers := _spawned_workers(proc.pid)) < 2 or not any(out.rglob("*_labelIds.png")):
+            while len(workers := child_pids(proc.pid, b"spawn_main")) < 2 or not any(out.rglob("*_labelIds.png")):
                 assert proc.poll() is None, proc.communicate()
                 time.sleep(0.02)
             os.kill(workers[0], signal.SIGKILL)  # mid-run: frames are being written
