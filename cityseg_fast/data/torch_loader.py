@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import multiprocessing.connection
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from PIL import Image
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.cityscapes import label_size_error, load_label_array
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish
+from cityseg_fast.data.parallel import process_death
 from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometry
 from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
@@ -203,12 +206,27 @@ class TorchLoader(PlannedLoader):
         self._dl._iterator = None
 
     def __iter__(self):
-        raw = (self._check(b) for b in self._dl)
+        raw = (self._check(b) for b in self._host_batches())
         if self.device.type == "cuda":
             yield from CudaPrefetcher(raw, self._finish, self.device)
         else:
             for b in raw:
                 yield self._finish(b)
+
+    def _host_batches(self) -> Iterator[HostBatch | str]:
+        """The DataLoader's batches; a worker that died (the out-of-memory killer, a signal) is one line."""
+        try:
+            yield from self._dl
+        except UserError:
+            raise
+        except Exception:  # torch's "worker exited unexpectedly", or a reset pipe to the dead worker
+            dead = _dead_worker(getattr(self._dl, "_iterator", None))
+            if dead is None:
+                raise
+            raise UserError(
+                f"torch loader: worker process {dead.pid} {process_death(dead.exitcode)} while loading batches; "
+                "free memory or lower loader.num_workers, then rerun"
+            ) from None
 
     @staticmethod
     def _check(b: HostBatch | str) -> HostBatch:
@@ -227,6 +245,16 @@ class TorchLoader(PlannedLoader):
             target_out = self._pool.get(tuple(b.target.shape), torch.int64)
         with one_thread():  # the workers hold the cores: no spinning OpenMP pool
             return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
+
+
+def _dead_worker(iterator: Any, wait_s: float = 2.0) -> mp.process.BaseProcess | None:
+    """A worker process of a DataLoader iterator that has died (None if none has within `wait_s`: the error
+    came from elsewhere). Its death can reach the pipe before its exit status does, hence the short wait."""
+    workers = list(getattr(iterator, "_workers", None) or ())  # torch's, private: looked up defensively
+    if not workers:
+        return None
+    ready = mp.connection.wait([w.sentinel for w in workers], timeout=wait_s)
+    return next((w for w in workers if w.sentinel in ready and w.exitcode != 0), None)
 
 
 def _worker_context():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import bottleneck, compare, plots, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
@@ -27,7 +28,7 @@ REPORT_FILE = "REPORT.md"
 
 def write_csv(runs: Sequence[Run], path: Path) -> None:
     columns, records = flat_records(runs)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for rec in records:
@@ -151,7 +152,8 @@ def build_report(
     else:
         (out / "comparison.csv").unlink(missing_ok=True)
     report = out / REPORT_FILE
-    report.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report", extra))
+    with atomic_path(report) as tmp:
+        tmp.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report", extra))
     return report
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.format import DASH, fmt_num, md_table, miou_pct
 from cityseg_fast.report.runs import Run, flat_point, point_label, split_keys
 from cityseg_fast.results import Row
@@ -237,7 +238,7 @@ def compare_section(runs: Sequence[Run]) -> str:
 
 def write_comparison_csv(changes: Sequence[Change], path: Path) -> None:
     fields = list(Change.__dataclass_fields__)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for c in changes:

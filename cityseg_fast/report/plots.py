@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.bottleneck import bottleneck_rows
 from cityseg_fast.report.format import fmt_num, miou_pct
 from cityseg_fast.report.runs import (
@@ -60,7 +61,8 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    with atomic_path(path) as tmp:  # a full disk: one line, no half-written PNG
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
@@ -181,5 +182,6 @@ def build_study_report(
     out.mkdir(parents=True, exist_ok=True)
     figures = make_plots(d, out, run.path.parent) if d.settings else []
     path = out / STUDY_FILE
-    path.write_text(render(run, d, figures, title, description))
+    with atomic_path(path) as tmp:
+        tmp.write_text(render(run, d, figures, title, description))
     return path

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cityseg_fast.diskio import append_all, make_dirs
 from cityseg_fast.results.schema import Row
 
 
@@ -25,7 +26,7 @@ def append_row(path: str | os.PathLike, row: Row) -> None:
     """Append one row atomically (one write of the whole line under an exclusive lock, then fsync)."""
     line = (json.dumps(row.to_json(), sort_keys=True, default=str) + "\n").encode()
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(p.parent)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # several writers (sweep + torchrun ranks) never interleave
@@ -35,8 +36,7 @@ def append_row(path: str | os.PathLike, row: Row) -> None:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        append_all(fd, line, p)  # a full disk: one line naming the file, left as it was
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
