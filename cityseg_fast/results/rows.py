@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.results.scenarios import SCENARIOS
 
 SCHEMA_VERSION = 2
@@ -141,7 +142,7 @@ def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row atomically (one write of the whole line under an exclusive lock, then fsync)."""
     validate_row(row)
     stored = {k: v for k, v in row.items() if k != "derived"}  # derived metrics are computed on read
-    line = (json.dumps(stored, sort_keys=True, default=str) + "\n").encode()
+    line = (jsonsafe.dumps(stored, sort_keys=True, default=str) + "\n").encode()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
