@@ -163,7 +163,8 @@ class LogWindow:
         self.steps, self.start_it, self.start_t = 0, it, now
 
     def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss  # outside the step's events: the log sync waits for this add, so for the end event
+        # Outside the step's events: the log sync waits for this add, so for the step's end event.
+        self.loss_sum += loss
         self.steps += 1
 
     def mean_loss(self, world_size: int) -> float:
@@ -396,7 +397,7 @@ def _loop(run: _Run) -> None:
             if due.log:
                 _log(run, epoch, bar)
             if due.pause:
-                dist.broadcast_buffers(run.net)  # every rank evaluates and rank 0 saves the same BN statistics
+                dist.broadcast_buffers(run.net)  # every rank evaluates, rank 0 saves, the same BN statistics
                 run.meter.restart()  # the evaluation / checkpoint that follows is not a data wait
             if due.eval:
                 _evaluate(run, bar)
@@ -467,7 +468,7 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     for note in claim.notes if claim else ():
         print(note, file=sys.stderr, flush=True)
     resume_from = dist.broadcast_object(claim.resume if claim else None)  # every rank loads that file
-    seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
+    seed_everything(cfg.train.seed)  # every rank: identical initial weights (DDP also broadcasts them)
     train_loader, val_loader = _open_loaders(cfg, info, cleanup)
     state = _build_state(cfg, info)
     net = state.model  # prepared (compiled) module, used for evaluation
@@ -487,8 +488,8 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     steps_per_epoch = len(train_loader)
     stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
     meter, now = StallMeter(info.device), time.perf_counter()
-    return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream, logs=logs,
-                meter=meter, nvml=nvml, schedule=Schedule.from_config(cfg.train),
+    return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream,
+                logs=logs, meter=meter, nvml=nvml, schedule=Schedule.from_config(cfg.train),
                 window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
                 start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
 
@@ -520,7 +521,8 @@ def _announce(logs: EventLogs, cfg: Config, info: dist.DistInfo, train_loader: L
     if resume_from is not None:
         logs.write("resume", iter=start, checkpoint=str(resume_from))
         if info.is_main:
-            print(f"resuming from {resume_from} at iteration {start} of {cfg.train.iters}", file=sys.stderr, flush=True)
+            print(f"resuming from {resume_from} at iteration {start} of {cfg.train.iters}", file=sys.stderr,
+                  flush=True)  # fmt: skip
         return
     logs.write("start", iter=0, world_size=info.world_size, train_loader=train_loader.description,
                images_per_epoch=train_loader.num_samples * info.world_size)  # fmt: skip
@@ -533,7 +535,8 @@ def _finish(run: _Run) -> TrainSummary:
     if run.result is None:  # resumed a finished run: evaluate once so the summary still has numbers
         run.result = evaluate(run.net, run.val_loader, run.cfg, run.info.device)
     wall = time.perf_counter() - run.t0
-    in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(run.state.model))  # DDP must keep the replicas identical
+    # DDP must keep the replicas identical: every rank compares its weights with the others'.
+    in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(run.state.model))
     if run.info.is_main:
         Console(stderr=True).print(iou_table(run.result, title=f"{run.cfg.model.name} @ iter {run.it}"))
     summary = TrainSummary(
