@@ -112,6 +112,7 @@ class EventLogs:
 
 
 def _event_logs(out: Path, info: dist.DistInfo) -> EventLogs:
+    """Where this rank's events go: metrics.jsonl on rank 0 (another EventLog is appended here), none elsewhere."""
     return EventLogs([MetricsLog(out / rundir.METRICS_FILE)] if info.is_main else [])
 
 
