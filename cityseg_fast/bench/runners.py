@@ -44,6 +44,7 @@ from cityseg_fast.engine.precision import (
     reset_compile_counters,
     setup_precision,
 )
+from cityseg_fast.engine.ranks import AllReduceClock, gather_rank_times, rank_fields, rank_times
 from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.engine.train import train
@@ -140,6 +141,7 @@ class _TrainPoint:
     loader: Loader
     batches: Iterator[Batch]
     meter: StallMeter
+    clock: AllReduceClock | None = None  # under torchrun: the gradient all-reduce's wait (engine/ranks.py)
     before: dict[str, Any] | None = None  # the compile counters when the timed steps began
 
     def step(self) -> None:
@@ -151,6 +153,8 @@ class _TrainPoint:
         """time_steps' hook at the first timed step."""
         self.before = _compile_counters()
         self.meter.reset()  # the stall of the timed steps only
+        if self.clock is not None:
+            self.clock.reset()
 
 
 def _train_point(
@@ -189,10 +193,11 @@ def _start_point(
     """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
     state = build_train_state(cfg, device)
     state.model = wrap_ddp(state.model, device)
+    clock = AllReduceClock.install(state.model, device)  # None in one process
     loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
     cleanup.callback(loader.close)
     state.model.train()
-    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device))
+    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device), clock)
 
 
 def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, world: int) -> dict[str, Any]:
@@ -208,7 +213,11 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
     )
     after = _compile_counters()
     metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
-    metrics.update(point.meter.take().metrics())  # time_steps synchronised at its end: every event is readable
+    stats = point.meter.take()  # time_steps synchronised at its end: every event is readable
+    metrics.update(stats.metrics())
+    if world > 1:  # every rank's data wait, compute and all-reduce wait, the straggler: one all_gather
+        ranks = gather_rank_times(rank_times(stats, point.clock), device)
+        metrics.update(rank_fields(ranks, cfg.train.straggler_threshold))
     metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
     metrics["recompiles"] = after.get("recompiles", 0)
     # Recompiles inside the timed region mean the steady state was not steady: report them apart.
