@@ -8,6 +8,7 @@ import json
 
 import pytest
 from engine_fixtures import REPO, TORCHRUN, _run, tiny_overrides, write_tiny_cityscapes
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cityseg_fast.engine.ranks import RankTimes, rank_fields, straggler_text
 from cityseg_fast.engine.train import progress_text
@@ -51,7 +52,8 @@ def _train_lines(out) -> list[dict]:
 def test_two_gloo_ranks_one_slowed_name_it_and_wait_for_it(tmp_path):
     data = write_tiny_cityscapes(tmp_path / "data", {"train": 8, "val": 2})
     out = tmp_path / "run"
-    over = tiny_overrides(data, out, iters=12, **{"loader.batch_size": 2, "train.log_interval": 4})
+    over = tiny_overrides(data, out, iters=12, **{"loader.batch_size": 2, "train.log_interval": 4,
+                                                  "train.tensorboard": "true"})
     cmd = [*TORCHRUN, "--nproc_per_node=2", "--standalone", *SLOW_RANK, "train", *over, "--json"]
     p = _run(cmd, timeout=300, check=True)
     summary = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
@@ -67,6 +69,10 @@ def test_two_gloo_ranks_one_slowed_name_it_and_wait_for_it(tmp_path):
         compute = line["rank_compute_s"]
         assert abs(compute[0] - compute[1]) < SLEEP_S / 2
         assert line["rank_work_s_max"] - line["rank_work_s_min"] == pytest.approx(SLEEP_S, rel=0.5)
+    tb = EventAccumulator(str(out / "tb"))  # rank 0 alone writes TensorBoard, the straggler figures included
+    tb.Reload()
+    assert {"train/straggler_ratio", "train/rank_work_s_max", "train/rank_allreduce_wait_s/rank0",
+            "train/rank_allreduce_wait_s/rank1"} <= set(tb.Tags()["scalars"])
 
 
 def test_an_e2e_row_at_world_size_two_carries_the_rank_figures(tmp_path):

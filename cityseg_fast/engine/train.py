@@ -53,7 +53,7 @@ from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
-from cityseg_fast.engine import dist, rundir
+from cityseg_fast.engine import dist, rundir, tensorboard
 from cityseg_fast.engine.evaluate import evaluate, iou_table
 from cityseg_fast.engine.ranks import (
     AllReduceClock,
@@ -123,9 +123,14 @@ class EventLogs:
             log.close()
 
 
-def _event_logs(out: Path, info: dist.DistInfo) -> EventLogs:
-    """Where this rank's events go: metrics.jsonl on rank 0 (another EventLog is appended here), none elsewhere."""
-    return EventLogs([MetricsLog(out / rundir.METRICS_FILE)] if info.is_main else [])
+def _event_logs(out: Path, info: dist.DistInfo, t: TrainConfig, start: int) -> EventLogs:
+    """Where this rank's events go: on rank 0 metrics.jsonl and, with train.tensorboard, OUT/tb; none elsewhere."""
+    if not info.is_main:
+        return EventLogs([])
+    logs: list[EventLog] = [MetricsLog(out / rundir.METRICS_FILE)]
+    if t.tensorboard:
+        logs.append(tensorboard.TensorBoardLog.open(out, start))
+    return EventLogs(logs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +389,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> TrainSummary:
             "SyncBatchNorm (pytorch#161302) and compile + DDP + SyncBN fails in open reports "
             "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
         )
+    if cfg.train.tensorboard:
+        tensorboard.require()  # every rank, before any work: none waits for a rank 0 that cannot log
     with ExitStack() as cleanup:
         run = _set_up(cfg, info, cleanup)
         _loop(run)
@@ -499,7 +506,7 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
         dump_config(cfg, out / rundir.CONFIG_FILE)
         with diskio.atomic_path(out / "env.json") as tmp:
             tmp.write_text(jsonsafe.dumps(collect_env(), indent=1, default=str) + "\n")
-    logs = _event_logs(out, info)
+    logs = _event_logs(out, info, cfg.train, start)
     cleanup.callback(logs.close)
     _announce(logs, cfg, info, train_loader, resume_from, start)
     nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
