@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,7 @@ from cityseg_fast.engine.stall import StallMeter, StallStats
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
 from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import affinity_warning, rank_cpus
 from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
 from cityseg_fast.models import model_from_config
 
@@ -502,10 +504,9 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
         start = restore(state, resume_from, claim.ckpt if claim else None)
     state.model = dist.wrap_ddp(net, info.device)
     clock = AllReduceClock.install(state.model, info.device)  # None in one process
+    ranks = dist.all_gather_object(_rank_env(info))  # every rank's CPU sets, for rank 0's env.json
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
-        dump_config(cfg, out / rundir.CONFIG_FILE)
-        with diskio.atomic_path(out / "env.json") as tmp:
-            tmp.write_text(jsonsafe.dumps(collect_env(), indent=1, default=str) + "\n")
+        _write_run_files(cfg, out, ranks)
     logs = _event_logs(out, info, cfg.train, start)
     cleanup.callback(logs.close)
     _announce(logs, cfg, info, train_loader, resume_from, start)
@@ -519,6 +520,23 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
                 logs=logs, meter=meter, clock=clock, nvml=nvml, schedule=Schedule.from_config(cfg.train),
                 window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
                 start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
+
+
+def _rank_env(info: dist.DistInfo) -> dict[str, Any]:
+    """This rank's place: host, device, the CPUs it may run on and NVML's ideal set for its GPU (hardware.py)."""
+    return {"rank": info.rank, "host": socket.gethostname(), "local_rank": info.local_rank,
+            "device": str(info.device), **rank_cpus(info.device)}  # fmt: skip
+
+
+def _write_run_files(cfg: Config, out: Path, ranks: list[Any]) -> None:
+    """Rank 0: config.yaml, and env.json (the environment and every rank's CPU sets); a warning on the console
+    when ranks run outside their GPU's ideal CPU set."""
+    dump_config(cfg, out / rundir.CONFIG_FILE)
+    with diskio.atomic_path(out / "env.json") as tmp:
+        tmp.write_text(jsonsafe.dumps({**collect_env(), "ranks": ranks}, indent=1, default=str) + "\n")
+    warning = affinity_warning(ranks)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _open_loaders(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> tuple[Loader, Loader]:
