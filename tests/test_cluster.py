@@ -54,17 +54,19 @@ def _pids_naming(path: Path) -> list[int]:
     return found
 
 
-def _job(tmp_path: Path, *args: str) -> subprocess.Popen:
-    """scripts/slurm/train.sbatch ARGS as a 2-node job with job id 4242 (batch shell's environment)."""
+def _job(tmp_path: Path, *args: str, script: str = "train.sbatch", **slurm: str) -> subprocess.Popen:
+    """scripts/slurm/SCRIPT ARGS as a 2-node job with job id 4242 (the batch shell's environment; `slurm`: more
+    variables, or others)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     e = {**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": PY, "SLURM_JOB_ID": "4242",
          "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_SUBMIT_DIR": str(REPO),
-         "NPROC_PER_NODE": "1", "MASTER_PORT": str(free_port()), "FAKE_SLURM_LOG": str(tmp_path / "slurm.log")}  # fmt: skip
-    cmd = ["bash", str(REPO / "scripts" / "slurm" / "train.sbatch"), *args]
+         "NPROC_PER_NODE": "1", "MASTER_PORT": str(free_port()), "FAKE_SLURM_LOG": str(tmp_path / "slurm.log"),
+         **slurm}  # fmt: skip
+    cmd = ["bash", str(REPO / "scripts" / "slurm" / script), *args]
     return subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -108,3 +110,34 @@ def test_a_stop_signal_makes_the_job_exit_preempted_and_requeue(tmp_path):
     assert (tmp_path / "slurm.log").read_text().split() == ["requeue", "4242"]
     assert "stopped by SIGUSR1" in stderr
     assert left == []
+
+
+SPEC = """name: tiny_array
+runs:
+  - scenarios: [model]
+    grid:
+      model.name: [unet_s16]
+      model.base_width: [4]
+      data.crop: [[32, 64]]
+      loader.batch_size: [1, 2, 3]          # shard 0 of 2 has two of these points, shard 1 one
+      bench.iters: [2]
+      bench.warmup: [1]
+"""
+
+
+def test_a_sweep_as_a_job_array_then_one_merged_report(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "sweep"
+    for task in (0, 1):  # the two tasks of `sbatch --array=0-1`, one shard each
+        job = _job(tmp_path, str(spec), str(out), script="sweep.sbatch", SLURM_JOB_NUM_NODES="1",
+                   SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2", SLURM_ARRAY_TASK_MIN="0", DEVICES="")
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+        assert len((out / f"shard-{task}" / f"results.shard-{task}-of-2.jsonl").read_text().splitlines()) == 2 - task
+    job = _job(tmp_path, str(out), script="report.sbatch")
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 0, stderr[-3000:]
+    md = (out / "report" / "REPORT.md").read_text()
+    assert "| 3 | 3 | 0 | 0 | model |" in md  # both shards' folders, one run: 3 points, 3 ok
+    assert "missing" not in md
