@@ -95,11 +95,11 @@ def scaling_lines(runs: Sequence[Run]) -> list[dict[str, Any]]:
     the fastest at its largest N first: what the scaling plot draws (report/plots.py)."""
     rows = scaling_rows(runs)
     keys = _label_keys(rows)
-    lines: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
+    lines: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:  # a line per configuration: rows that differ in more than the world size share no line
         base = _number(r, SCALING_BASE_IMAGES_PER_S)
         label = f"{r.scenario}: {point_label(flat_point(r), keys)}" + (f" [{r.run}]" if len(runs) > 1 else "")
-        line = lines.setdefault((r.run, r.derived[SCALING_BASE_POINT_ID]),
+        line = lines.setdefault((r.run, r.derived[SCALING_BASE_POINT_ID], label),
                                 {"label": label, "scenario": r.scenario, "base": base, "points": [(1, base)]})
         line["points"].append((r.point["world_size"], r.number(IMAGES_PER_S)))
     return sorted(lines.values(), key=lambda v: -max(y for _, y in v["points"]))
