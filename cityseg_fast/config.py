@@ -51,10 +51,14 @@ class DataConfig:
 @dataclass(frozen=True)
 class LoaderConfig:
     backend: str = "dali"  # dali | torch | synthetic
-    device: str = "auto"  # dali only: auto | gpu | cpu (where decode + augmentation run)
+    device: str = "auto"  # auto | gpu | cpu: where decode + augmentation run (dali: auto = the training device;
+    # torch: auto/cpu = DataLoader workers on the CPU, gpu = nvJPEG + torch ops on the training GPU)
     batch_size: int = 8  # per rank
     eval_batch_size: int = 1  # per rank
-    num_workers: int = 2  # torch DataLoader worker processes
+    # torch: torchvision (torchvision.io, to a tensor; the faster on the CPU: decode.py) | pil. The lead puts these
+    # words into config_ranges' CHOICES table at merge; until then data/decode.check_decoder checks them.
+    decoder: str = "torchvision"
+    num_workers: int = 2  # torch DataLoader worker processes (loader.device=gpu: file-reading threads)
     num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
     prefetch_queue_depth: int = 2  # DALI: batches the pipeline prepares ahead
     prefetch_factor: int = 2  # torch DataLoader: batches each worker loads ahead (torch's own default)

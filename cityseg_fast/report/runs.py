@@ -10,6 +10,7 @@ within a set of rows (so tables show only those), and a compact label for a poin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,14 +253,40 @@ def point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def loader_label(point: dict[str, Any]) -> str:
-    """'dali (gpu)', 'dali (cpu) decode-only', 'torch', 'synthetic' ..."""
+def loader_label(point: dict[str, Any], decoder: str = "") -> str:
+    """'dali (gpu)', 'dali (cpu) decode-only', 'torch', 'synthetic' ...; with the row's decoder
+    (`row_decoder`): 'torch [PIL]', 'torch (gpu) [torchvision.io nvJPEG] decode-only', 'dali (gpu) [DALI nvJPEG]'."""
     name = str(point.get("loader", "?"))
     dev = point.get("loader_device")
-    label = f"{name} ({dev})" if dev and name == "dali" else name
+    label = f"{name} ({dev})" if dev and name in ("dali", "torch") else name
+    if decoder:
+        label += f" [{decoder}]"
     if point.get("decode_only"):
         label += " decode-only"
     return label
+
+
+_DECODER_IN_DESCRIPTION = re.compile(r"decoder ([^,()]+)")
+
+
+def row_decoder(row: dict[str, Any]) -> str:
+    """The decoder a loader or e2e row's loader ran, as the row recorded it: `loader_decoder` (loader rows),
+    else named in its `loader_description` (the torch loaders name it there); rows recorded before the
+    decoder was: the torch backend's only decoder then (PIL), DALI's by where it ran. '' where the row
+    holds no description (a failed point) or names no loader."""
+    m = row.get("metrics") or {}
+    if m.get("loader_decoder"):
+        return str(m["loader_decoder"])
+    desc = str(m.get("loader_description") or "")
+    found = _DECODER_IN_DESCRIPTION.search(desc)
+    if found:
+        return found.group(1).strip()
+    backend = row.get("point", {}).get("loader")
+    if not desc or backend not in ("torch", "dali"):
+        return ""
+    if backend == "torch":
+        return "PIL"  # the torch loader decoded with PIL alone before loader.decoder existed
+    return "DALI nvJPEG" if row["point"].get("loader_device") == "gpu" else "DALI CPU"
 
 
 def metric(row: dict[str, Any], key: str) -> float | None:

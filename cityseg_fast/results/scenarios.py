@@ -48,7 +48,10 @@ class Scenario:
 
 
 def resolved_loader_device(cfg: Config) -> str | None:
-    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), else None."""
+    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), 'gpu'
+    for torch's nvJPEG loader (loader.device=gpu; its DataLoader on the CPU stays None, as before), else None."""
+    if cfg.loader.backend == "torch" and cfg.loader.device == "gpu":
+        return "gpu"
     if cfg.loader.backend != "dali":
         return None
     if cfg.loader.device != "auto":
@@ -119,14 +122,15 @@ def tuning_of(point: Point) -> tuple[Point, Point]:
 
 def loader_keys(cfg: Config) -> Point:
     """The loader and, named only where they differ from the defaults (so existing points keep their
-    ids), the settings that change its speed: DALI's resampler and ROI mode, and each backend's tuning
-    knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's workers and
-    prefetch factor)."""
+    ids), the settings that change its speed: DALI's resampler and ROI mode, torch's decoder, and each
+    backend's tuning knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's
+    workers and prefetch factor)."""
 
     lc, default = cfg.loader, LoaderConfig()
     device = resolved_loader_device(cfg)
     keys: Point = {"loader": lc.backend, "loader_device": device}
-    wanted = (("resampler", "roi") if lc.backend == "dali" else ()) + tuning_knobs(lc.backend, device, lc.num_workers)
+    own = {"dali": ("resampler", "roi"), "torch": ("decoder",)}.get(lc.backend, ())
+    wanted = own + tuning_knobs(lc.backend, device, lc.num_workers)
     for name in wanted:
         if getattr(lc, name) != getattr(default, name):
             keys[name] = getattr(lc, name)

@@ -3,6 +3,7 @@
     graphs.py   pipeline bodies as free functions of DataNodes and explicit arguments
     loader.py   the `dali` loader backend: plan feeding, iteration, hand-off to torch
     probe.py    what DALI can do here (doctor): the version, one batch of the real graphs
+    memory.py   release DALI's unused pool memory (memory baselines between points)
 
 Importing this package does not import DALI (only graphs.py and the loader's pipeline do), so the
 package runs where DALI is missing, and a DALI upgrade touches this folder only.
