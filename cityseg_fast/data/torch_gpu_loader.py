@@ -96,8 +96,12 @@ class TorchGpuLoader(PlannedLoader):
         self._lut = np.asarray(ID_TO_TRAINID, dtype=np.uint8)
         self._pool: ThreadPoolExecutor | None = None
         self._stream = torch.cuda.Stream(spec.device) if self.on_gpu else None
+        self._producer: _Producer | None = None
 
     def close(self) -> None:
+        if self._producer is not None:  # an epoch abandoned midway: its thread stops first
+            self._producer.stop()
+            self._producer = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -176,7 +180,9 @@ class TorchGpuLoader(PlannedLoader):
     def __iter__(self) -> Iterator[Batch]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="cityseg-read")
-        producer = _Producer(self, self._plan())
+        if self._producer is not None:  # the previous epoch's iterator was abandoned
+            self._producer.stop()
+        producer = self._producer = _Producer(self, self._plan())
         try:
             while True:
                 got = producer.get()

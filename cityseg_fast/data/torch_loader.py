@@ -37,6 +37,7 @@ from cityseg_fast.data.decode import (
     decode_image,
     decode_label,
     size_of,
+    torchvision_io,
     whole,
     window,
 )
@@ -184,7 +185,10 @@ class TorchLoader(PlannedLoader):
                 "persistent_workers": True,
                 "prefetch_factor": prefetch_factor,  # batches each worker loads ahead
                 "multiprocessing_context": _worker_context(),
+                "worker_init_fn": functools.partial(_import_decoder, decoder),
             }
+        else:
+            _import_decoder(decoder)
         self._dl = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=_PlanBatches(self),
@@ -236,6 +240,13 @@ class TorchLoader(PlannedLoader):
             target_out = self._pool.get(tuple(b.target.shape), torch.int64)
         with one_thread():  # the workers hold the cores: no spinning OpenMP pool
             return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
+
+
+def _import_decoder(decoder: str, worker_id: int = 0) -> None:
+    """Import the decoder before the first sample: its import (a second for torchvision) is start-up, not
+    the first batch's decode time."""
+    if decoder == "torchvision":
+        torchvision_io()
 
 
 def _worker_context():
