@@ -7,8 +7,9 @@ Switches for a run that must prove something (benchmarks/gpu_session.py sets the
   code ends the whole run at N + 30 s with every thread's traceback (faulthandler), never hangs it;
 - CITYSEG_TEST_LOG=FILE: one JSON line per collected list, test start and phase result, appended as they
   happen, so which tests passed survives a kill (pytest's --junitxml is written only at the end);
-- CITYSEG_TEST_DEADLINE=EPOCH_S (with the timeout): a test that could not finish before it is not
-  started; the run stops there cleanly (exit 2, its junit XML written) for a later run to resume.
+- CITYSEG_TEST_DEADLINE=EPOCH_S: no test starts within CITYSEG_TEST_MIN_S (default 15) of it, and none
+  runs past it (its time limit is cut to the deadline); the run stops there cleanly (exit 2, its junit
+  XML written) for a later run to resume.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 REQUIRE_GPU = os.environ.get("CITYSEG_REQUIRE_GPU", "") == "1"
 TIMEOUT_S = float(os.environ.get("CITYSEG_TEST_TIMEOUT_S") or 0)
 DEADLINE = float(os.environ.get("CITYSEG_TEST_DEADLINE") or 0)
+MIN_TEST_S = float(os.environ.get("CITYSEG_TEST_MIN_S") or 15)
 LOG = os.environ.get("CITYSEG_TEST_LOG", "")
 HARD_STOP_GRACE_S = 30  # after the soft timeout, before faulthandler ends the run
 
@@ -81,12 +83,20 @@ class TimeLimitExceeded(Exception):
 
 
 def _on_alarm(signum, frame):
-    raise TimeLimitExceeded(f"CITYSEG_TEST_TIMEOUT_S={TIMEOUT_S:.0f}: the test ran longer")
+    raise TimeLimitExceeded(f"CITYSEG_TEST_TIMEOUT_S={TIMEOUT_S:.0f} or CITYSEG_TEST_DEADLINE: the test ran longer")
+
+
+def _limit_s() -> float:
+    """This phase's time limit: the per-test one, cut to what is left before the deadline; 0 = none."""
+    if DEADLINE:
+        left = max(1.0, DEADLINE - time.time())
+        return min(TIMEOUT_S, left) if TIMEOUT_S else left
+    return TIMEOUT_S
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    if TIMEOUT_S and DEADLINE and time.time() + TIMEOUT_S > DEADLINE:
+    if DEADLINE and time.time() + MIN_TEST_S > DEADLINE:
         item.session.shouldstop = "CITYSEG_TEST_DEADLINE: too little time left for the next test"
         _log(event="deadline", nodeid=item.nodeid)
         return True  # handled: not run; the run loop stops after this
@@ -96,11 +106,12 @@ def pytest_runtest_protocol(item, nextitem):
 @contextlib.contextmanager
 def _time_limit():
     """CITYSEG_TEST_TIMEOUT_S around one phase of a test (setup, call), where signals can reach it."""
-    armed = TIMEOUT_S > 0 and threading.current_thread() is threading.main_thread() and sys.platform != "win32"
+    limit = _limit_s()
+    armed = limit > 0 and threading.current_thread() is threading.main_thread() and sys.platform != "win32"
     if armed:
         previous = signal.signal(signal.SIGALRM, _on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S)
-        faulthandler.dump_traceback_later(TIMEOUT_S + HARD_STOP_GRACE_S, exit=True)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        faulthandler.dump_traceback_later(limit + HARD_STOP_GRACE_S, exit=True)
     try:
         yield
     finally:
