@@ -289,7 +289,7 @@ def points_for(which: str, smoke: bool) -> list[Point]:
     return POINTS[which]
 
 
-MODEL_EAGER = Point("model", (*FCN, "precision.compile=off"))
+MODEL_EAGER = Point("model", FCN)  # compile off: the bench configs' default
 POINTS: dict[str, list[Point]] = {
     "dali": _loader_pair(DALI_GPU),
     "torch-gpu": _loader_pair(TORCH_GPU),
@@ -297,10 +297,10 @@ POINTS: dict[str, list[Point]] = {
     "model": [MODEL_EAGER, Point("model", (*FCN, "precision.compile=default"))],
     # each e2e point after its companions (measured by the steps above: skipped unless --only left them out)
     "e2e": [p for lo in (DALI_GPU, TORCH_GPU, TORCH_CPU)
-            for p in (Point("loader", lo), MODEL_EAGER, Point("e2e", (*lo, *FCN, "precision.compile=off")))],
+            for p in (Point("loader", lo), MODEL_EAGER, Point("e2e", (*lo, *FCN)))],
 }  # fmt: skip
 SMOKE_DALI = ("loader.backend=dali", "loader.device=cpu")
-SMOKE_MODEL = ("model.name=unet_s16", "precision.compile=off")
+SMOKE_MODEL = ("model.name=unet_s16",)
 SMOKE_POINTS: dict[str, list[Point]] = {
     "dali": _loader_pair(SMOKE_DALI),
     "torch-cpu": _loader_pair(("loader.backend=torch",)),
@@ -320,12 +320,12 @@ def sweep_points() -> list[Point]:
             for hw in (0.0, 0.5, 1.0) for t in (4, 8)]  # fmt: skip
     pts += [Point("loader", (*DALI_GPU, "loader.roi=resize")), Point("loader", (*DALI_GPU, PNG_LABELS))]
     dali_cpu = ("loader.backend=dali", "loader.device=cpu", "loader.num_threads=16")
-    pts += [Point("loader", dali_cpu), Point("e2e", (*dali_cpu, *FCN, "precision.compile=off"))]
+    pts += [Point("loader", dali_cpu), Point("e2e", (*dali_cpu, *FCN))]
     pts += [Point("loader", (*TORCH_CPU[:2], f"loader.num_workers={w}")) for w in (8, 4)]
     pts += [Point("loader", (*TORCH_CPU, "loader.decoder=pil"))]
-    pts += [Point("model", ("model.name=unet", "precision.dtype=bf16", "precision.compile=off"))]
-    pts += [Point("model", (*FCN[:1], f"precision.dtype={d}", "precision.compile=off")) for d in ("fp16", "tf32")]
-    pts += [Point("model", (*FCN[:2], "precision.channels_last=false", "precision.compile=off"))]
+    pts += [Point("model", ("model.name=unet", "precision.dtype=bf16"))]
+    pts += [Point("model", (*FCN[:1], f"precision.dtype={d}")) for d in ("fp16", "tf32")]
+    pts += [Point("model", (*FCN[:2], "precision.channels_last=false"))]
     return pts
 
 

@@ -116,3 +116,4 @@ def test_bench_loader_cli_runs_each_decoder_and_splits_cpu_time(prepared, capsys
 
     md = build_report([tmp_path], tmp_path / "report").read_text()
     assert f"torch [{name}]" in md  # the loader table names the decoder each row ran
+    assert "decode / transform / hand-off (CPU ms/img)" in md

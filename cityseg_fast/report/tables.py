@@ -158,6 +158,11 @@ SPEED_COLS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
     ("CPU util", "cpu_util", _m("cpu_util", fmt_pct)),
     # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
     ("CPU ms/img", "cpu_ms_per_image", _m("cpu_ms_per_image")),
+    (  # where the loader times its stages (the torch loaders): the same CPU time, by stage
+        "decode / transform / hand-off (CPU ms/img)",
+        "cpu_ms_per_image_decode",
+        lambda r: " / ".join(fmt_num(metric(r, f"cpu_ms_per_image_{k}")) for k in ("decode", "transform", "handoff")),
+    ),
     ("compile", "compile_s", _m("compile_s", fmt_s)),
     ("recompiles", "recompiles", _m("recompiles", lambda v: DASH if v is None else f"{v:.0f}")),
 ]
