@@ -73,10 +73,9 @@ class PlanDataset(torch.utils.data.Dataset):
         t0 = time.thread_time()
         img = decode_image(s.image, self.decoder)
         hw = size_of(img)
-        if spec.decode_only:
-            t1 = time.thread_time()
-            image = whole(img)  # torchvision: a view; the collate's copy is its one copy
-            return image, None, item.index, (t1 - t0, time.thread_time() - t1)
+        if spec.decode_only:  # decoded to a tensor: torchvision's is a view (the collate's copy is its one
+            image = whole(img)  # copy); PIL's export copy is part of decoding to a tensor
+            return image, None, item.index, (time.thread_time() - t0, 0.0)
         lab = decode_label(s.label, self.decoder)
         if size_of(lab) != hw:  # a crop would pad it with 0 (road): refuse
             raise DecodeError(label_size_error(s.label, size_of(lab), s.image, hw))
