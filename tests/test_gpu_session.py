@@ -84,3 +84,29 @@ def test_the_suites_progress_log_is_read_back(tmp_path):
     records = suite_records(log)
     assert collected(records) == [a, b, c, d]
     assert outcomes(records) == {a: "passed", b: "failed", c: "cut"}  # d never started
+
+
+def test_no_point_starts_without_the_time_to_finish_and_unused_time_rolls_forward(tmp_path, monkeypatch):
+    """A point whose estimated cost does not fit what its step has left is not started (it would be killed
+    halfway) but left for a rerun; a step gets its own budget plus what earlier steps left, never what the
+    steps after it are owed."""
+    import time
+
+    import pytest
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_session as gs
+
+    ctx = gs.Ctx(out=tmp_path, work=tmp_path, smoke=True, env={}, deadline=time.time() + gs.SMOKE_POINT_S - 1)
+    ran = []
+    monkeypatch.setattr("cityseg_fast.bench.runners.run_scenario", lambda *a: ran.append(a) or {})
+    with pytest.raises(gs.Budget, match="0 points measured, 3 left"):
+        gs.measure_points(ctx, gs.points_for("e2e", smoke=True))
+    assert ran == [] and not (tmp_path / "results.jsonl").exists()
+
+    plan = {s.name: s.budget_s for s in gs.STEPS}
+    owed_after_dali = sum(s.budget_s for s in gs.STEPS[3:])
+    t_end = time.time() + 300 + owed_after_dali  # 300 s left for 'dali', whose own budget is smaller
+    assert abs(gs._deadline(gs.STEPS[2], plan, gs.STEPS[2:], t_end) - (t_end - owed_after_dali)) < 1
+    late = time.time() + owed_after_dali  # nothing unused: the step keeps exactly its own budget
+    assert abs(gs._deadline(gs.STEPS[2], plan, gs.STEPS[2:], late) - time.time() - plan["dali"]) < 1
