@@ -1,25 +1,33 @@
 """Where the CPU time of the training transform goes: each operator of the DALI CPU graph, and the torch tail.
 
+    PYTHONPATH=$PWD python benchmarks/dali_stages.py --data PREPARED [--npy PREPARED_NPY]   # prints a table
     costs = stage_costs(images, labels, geometry, iters=4, batch_size=8)   # {stage: CPU ms per image}
 
 The DALI rows time growing prefixes of the loader's own graph, built from the same functions the
 loader runs (cityseg_fast.data.dali.graphs), in a one-thread pipeline (process CPU time); the torch rows
 time each step of the torch tail (resample.py) alone on DALI's decoded windows (thread CPU time, torch
-on one thread). Used by benchmarks/run_loaders.py; results in reports/cpu-loaders/.
+on one thread), over the crop windows the training plan draws for the first frames of a prepared dataset
+(PNG labels; `--npy`: the same frames prepared with .npy labels adds the npy label row). The loader
+itself, end to end, is measured by configs/sweeps/loaders_cpu.yaml; results in reports/cpu-loaders/.
 """
 
 from __future__ import annotations
 
+import argparse
 import resource
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
+from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD, parse_hw
+from cityseg_fast.data.cityscapes import image_size
 from cityseg_fast.data.dali import graphs
-from cityseg_fast.data.dali.loader import _label_array
+from cityseg_fast.data.dali.inputs import label_array
+from cityseg_fast.data.plan import crop_geometry, train_batches
 from cityseg_fast.data.resample import BufferPool, Normalizer, resize_image, resize_label
 
 STAGES = {
@@ -147,12 +155,37 @@ def stage_costs(
     costs, decoded = _dali_costs(img_b, lab_b, feeds, batches, iters, batch_size)
     costs.update(_torch_costs(decoded, geometry, iters))
     if npy_labels:
-        from cityseg_fast.data.cityscapes import image_size
-
         hws = [image_size(p) for p in images]
         c = time.thread_time()
         for _ in range(iters):
             for path, g, img, hw in zip(npy_labels, geometry, images, hws, strict=False):
-                _label_array(path, g, img, hw)
+                label_array(path, g, img, hw)
         costs["npy label window"] = 1e3 * (time.thread_time() - c) / (iters * min(len(npy_labels), len(geometry)))
     return costs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="a prepared dataset (JPEG images, PNG labels): `cityseg prepare`")
+    ap.add_argument("--npy", help="the same frames prepared with --label-format npy (adds the npy label row)")
+    ap.add_argument("--frames", type=int, default=16, help="the first N train frames (default 16)")
+    ap.add_argument("--crop", default="512x1024", metavar="HxW", help="the training crop (default 512x1024)")
+    ap.add_argument("--iters", type=int, default=4, help="passes over the frames (default 4)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args(argv)
+    images = sorted((Path(args.data) / "train" / "images").glob("*.jpg"))[: args.frames]
+    labels = [Path(args.data) / "train" / "labels" / (p.stem + ".png") for p in images]
+    if not images or not all(p.is_file() for p in labels):
+        sys.exit(f"{args.data}: needs train/images/*.jpg with train/labels/*.png (cityseg prepare --label-format png)")
+    plan = [it for b in train_batches(len(images), 0, 1, 0, 0, 1, (0.5, 2.0), 0.5) for it in b]
+    crop = parse_hw(args.crop, "--crop")
+    geometry = [crop_geometry(image_size(p), crop, it.aug) for p, it in zip(images, plan, strict=False)]
+    npy = [Path(args.npy) / "train" / "labels" / (p.stem + ".npy") for p in images] if args.npy else None
+    costs = stage_costs(images, labels, geometry, args.iters, min(args.batch_size, len(images)), npy)
+    print("| stage | CPU ms / image | what |\n|---|---|---|")
+    print("\n".join(f"| {k} | {v:.1f} | {STAGES[k]} |" for k, v in costs.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

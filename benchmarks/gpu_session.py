@@ -223,7 +223,7 @@ def run_cmd(ctx: Ctx, args: list[str], log: str | None = None, env: dict[str, st
 def done_points(results: Path) -> set[str]:
     from cityseg_fast.results import read_rows
 
-    return {r["point_id"] for r in read_rows(results) if r["status"] in ("ok", "oom")}
+    return {r.point_id for r in read_rows(results) if r.status in ("ok", "oom")}
 
 
 def _cache_warm(ctx: Ctx) -> bool:
@@ -255,11 +255,11 @@ def measure_points(ctx: Ctx, points: list[Point]) -> str:
             failure = e
         row = row_for(p.scenario, cfg, metrics, error=failure, env=env)
         append_row(ctx.results, row)
-        done.add(row["point_id"])
+        done.add(row.point_id)
         n_new += 1
         ips = metrics.get("images_per_s")
-        said = f"{ips:9.1f} img/s" if ips else str(row["error"])[:200]
-        print(f"  {row['status']:5s} {p.scenario:6s} {' '.join(p.over):100s} {said}", flush=True)
+        said = f"{ips:9.1f} img/s" if ips else str(row.error)[:200]
+        print(f"  {row.status:5s} {p.scenario:6s} {' '.join(p.over):100s} {said}", flush=True)
     if left:
         raise Budget(f"{n_new} points measured, {len(left)} left for a rerun: " + "; ".join(left)[:400])
     return f"{n_new} points measured"

@@ -9,8 +9,9 @@ start-up, model build, warm-up, FLOP counting, result writing) cancels in the di
 measures the steady state from outside the process, with no trust in the harness's own clocks. The
 harness's images/s (from its synchronised wall clock over the timed region) should agree within 10%.
 Each length is run `--repeats` times, alternating, and medians are compared (the machine is shared).
+The bench rows go to OUT/results.jsonl, the run's summary to OUT/honesty.jsonl (one line per run).
 
-    python benchmarks/run_honesty.py --out reports/cpu-harness
+    python benchmarks/run_honesty.py --iters 150 --out reports/cpu-honesty
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iters", type=int, default=20, help="N: the short run's timed iterations (long run: 2N)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each length (alternating)")
-    p.add_argument("--out", default="reports/cpu-harness", help="folder for honesty.json and results.jsonl")
+    p.add_argument("--out", default="reports/cpu-honesty", help="folder for honesty.jsonl and results.jsonl")
     p.add_argument(
         "overrides", nargs="*", help="config overrides of the point (defaults: tiny U-Net, synthetic)"
     )
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         else "perf_counter around the process",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / "honesty.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(out / "honesty.jsonl", "a") as f:  # one line per run: earlier runs stay beside it
+        f.write(json.dumps(result) + "\n")
     print(
         f"harness {h:.2f} img/s vs external {external:.2f} img/s: ratio {h / external:.3f} "
         f"({'agree' if result['agree_within_10pct'] else 'DISAGREE'} within 10%)"

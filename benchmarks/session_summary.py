@@ -8,24 +8,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.results import Row
+
 DASH = "—"
 
 
-def _rows(out: Path) -> list[dict[str, Any]]:
+def _rows(out: Path) -> list[Row]:
     from cityseg_fast.results import merge, read_rows
 
-    return [r for r in merge(read_rows(out / "results.jsonl")) if r["status"] == "ok"]
+    return [r for r in merge(read_rows(out / "results.jsonl")) if r.ok]
 
 
-def _ips(r: dict[str, Any] | None) -> float | None:
-    return None if r is None else r["metrics"].get("images_per_s")
+def _ips(r: Row | None) -> float | None:
+    return None if r is None else r.metrics.get("images_per_s")
 
 
-def _best(rows: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
+def _best(rows: list[Row], **want: Any) -> Row | None:
     """The fastest row whose point has every key of `want` (None: the key must be absent)."""
     hits = [
         r for r in rows
-        if all(r["point"].get(k) == v for k, v in want.items())
+        if all(r.point.get(k) == v for k, v in want.items())
         and _ips(r) is not None
     ]  # fmt: skip
     return max(hits, key=_ips) if hits else None
@@ -35,15 +37,15 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
     return DASH if v is None else format(v, spec)
 
 
-def _setting(r: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
+def _setting(r: Row | None, keys: tuple[str, ...]) -> str:
     if r is None:
         return ""
-    return ", ".join(f"{k}={r['point'][k]}" for k in keys if k in r["point"])
+    return ", ".join(f"{k}={r.point[k]}" for k in keys if k in r.point)
 
 
-def _loader_rows(rows: list[dict[str, Any]], **want: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _loader_rows(rows: list[Row], **want: Any) -> tuple[Row | None, Row | None]:
     """(train row, decode-only row) of the fastest setting of one loader at the headline crop."""
-    loader = [r for r in rows if r["scenario"] == "loader"]
+    loader = [r for r in rows if r.scenario == "loader"]
     res = [512, 1024]
     return _best(loader, resolution=res, decode_only=None, **want), _best(loader, resolution=res, decode_only=True, **want)
 
@@ -52,15 +54,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+def goals(rows: list[Row]) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, verdict) for the goals of issue 21 (measured, never asserted)."""
     res = [512, 1024]
     dali, dali_dec = _loader_rows(rows, loader="dali", loader_device="gpu")
     nvj, nvj_dec = _loader_rows(rows, loader="torch", loader_device="gpu")
-    e2e = [r for r in rows if r["scenario"] == "e2e"]
+    e2e = [r for r in rows if r.scenario == "e2e"]
     e_dali = _best(e2e, loader="dali", loader_device="gpu", resolution=res)
     e_torch = _best(e2e, loader="torch", loader_device=None, resolution=res)
-    model = [r for r in rows if r["scenario"] == "model"]
+    model = [r for r in rows if r.scenario == "model"]
     head = _best(model, model="fcn_resnet50", dtype="bf16", channels_last=True, compile="default", resolution=res)
     knobs = ("batch_size", "hw_decoder_load", "num_threads")
     out = [("DALI GPU train loader, 1024x2048 JPEG -> 512x1024 crops", "> 1500 img/s (aim 2500)",
@@ -75,7 +77,7 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
         out.append((f"DALI GPU vs torch nvJPEG (torchvision.io on the GPU), {what}", "measured, side by side",
                     f"{_fmt(r, '.2f')}x ({_fmt(_ips(a))} vs {_fmt(_ips(b))} img/s)" if r else DASH,
                     "measured" if r else "not measured yet"))  # fmt: skip
-    eff = e_dali["derived"].get("e2e_efficiency") if e_dali else None
+    eff = e_dali.derived.get("e2e_efficiency") if e_dali else None
     out.append(("e2e with DALI on the GPU vs min(loader, model) (they share the GPU: see REPORT.md)", ">= 95 %",
                 f"{_fmt(None if eff is None else 100 * eff)} % ({_fmt(_ips(e_dali))} img/s)" if e_dali else DASH,
                 _verdict(eff, lambda v: v >= 0.95)))  # fmt: skip
@@ -83,14 +85,14 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     out.append(("DALI GPU e2e vs torch DataLoader e2e, same cores", "measured (was >= 4x)",
                 f"{_fmt(ratio, '.2f')}x ({_fmt(_ips(e_dali))} vs {_fmt(_ips(e_torch))} img/s)" if ratio else DASH,
                 _verdict(ratio, lambda v: v >= 4)))  # fmt: skip
-    mfu = head["metrics"].get("mfu") if head else None
+    mfu = head.metrics.get("mfu") if head else None
     out.append(("FCN-R50 bf16 compiled channels_last train step MFU", "measured (aim 40 %)",
                 f"{_fmt(None if mfu is None else 100 * mfu, '.1f')} % ({_fmt(_ips(head))} img/s)" if head else DASH,
                 _verdict(mfu, lambda v: v >= 0.40)))  # fmt: skip
     return out
 
 
-def loaders_table(rows: list[dict[str, Any]]) -> str:
+def loaders_table(rows: list[Row]) -> str:
     """The headline loaders side by side: train and decode-only img/s, and the CPU ms per image by stage
     where the loader times its stages (the torch loaders)."""
     from cityseg_fast.report.runs import loader_label, row_decoder
@@ -102,9 +104,9 @@ def loaders_table(rows: list[dict[str, Any]]) -> str:
         if train is None and dec is None:
             continue
         r = train or dec
-        m = r["metrics"]
+        m = r.metrics
         split = " / ".join(_fmt(m.get(f"cpu_ms_per_image_{k}"), ".1f") for k in ("decode", "transform", "handoff"))
-        lines.append(f"| {loader_label(r['point'], row_decoder(r))} | {_fmt(_ips(train))} | {_fmt(_ips(dec))} | "
+        lines.append(f"| {loader_label(r.point, row_decoder(r))} | {_fmt(_ips(train))} | {_fmt(_ips(dec))} | "
                      f"{_fmt(_ratio(_ips(train), _ips(dec)), '.2f')} | {_fmt(m.get('cpu_ms_per_image'), '.1f')} | {split} |")  # fmt: skip
     if not lines:
         return ""
@@ -119,12 +121,12 @@ def _verdict(v: float | None, ok) -> str:
     return "met" if ok(v) else "**not met**"
 
 
-def tuning_table(rows: list[dict[str, Any]], batch: int, decode_only: bool) -> str:
+def tuning_table(rows: list[Row], batch: int, decode_only: bool) -> str:
     """img/s over hw_decoder_load (rows) x num_threads (columns); the best cell in bold."""
     cells: dict[tuple[float, int], float] = {}
     for r in rows:
-        p = r["point"]
-        if (r["scenario"], p.get("loader"), p.get("loader_device")) != ("loader", "dali", "gpu"):
+        p = r.point
+        if (r.scenario, p.get("loader"), p.get("loader_device")) != ("loader", "dali", "gpu"):
             continue
         if p.get("batch_size") != batch or bool(p.get("decode_only")) != decode_only or "roi" in p:
             continue

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cityseg_fast import __version__
+from cityseg_fast.diskio import disk_full_cause, disk_full_error
 from cityseg_fast.errors import UserError
 
 # name -> (module under cityseg_fast.commands, one-line help)
@@ -83,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cityseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk no writer turned into a UserError: still one line, not a traceback
+        full = disk_full_cause(e)
+        if full is None:
+            raise
+        err = disk_full_error(full.filename, full)
+        print(f"cityseg {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _listing_parser() -> argparse.ArgumentParser:

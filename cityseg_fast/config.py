@@ -4,8 +4,10 @@
     dump_config(cfg, "run/config.yaml")             # reloads to the same value
 
 Every key is type-checked and, where a range is obvious, range-checked (`RANGES`, one table, in
-config_ranges.py); an unknown key, a wrong type or a value out of range raises a one-line `UserError`
-that names the key (and the YAML file it came from, if any) and the closest valid keys. Sizes are always (H, W).
+config_ranges.py); a key that takes one of a few words is checked against `CHOICES` beside it, also when a
+section is built by hand. An unknown key, a wrong type, a value out of range or a word not taken raises a
+one-line `UserError` that names the key (and the YAML file it came from, if any) and what it takes (for a
+key: the closest valid keys). Sizes are always (H, W).
 """
 
 from __future__ import annotations
@@ -25,15 +27,34 @@ from typing import Any
 
 import yaml
 
-from cityseg_fast.config_ranges import AT_MOST, ORDERED, RANGES, Range, check_range  # noqa: F401 (RANGES, Range: re-exported)
+from cityseg_fast.config_ranges import (  # noqa: F401 (CHOICES, RANGES, Range: re-exported)
+    AT_MOST,
+    CHOICES,
+    ORDERED,
+    RANGES,
+    Range,
+    as_word,
+    check_choice,
+    check_range,
+)
 from cityseg_fast.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class _Section:
+    """A config section checks its words (`CHOICES`) when it is made: a section built by hand, such as
+    PrecisionConfig(compile="fast"), is refused as a loaded one is, so no code that takes a config checks again."""
+
+    def __post_init__(self) -> None:
+        section = _SECTION_NAMES[type(self)]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check_choice(f"{section}.{f.name}", getattr(self, f.name))
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     root: str = ""  # dataset root: raw Cityscapes or `cityseg prepare` output; "" -> $CITYSCAPES_DATASET
     train_split: str = "train"
     val_split: str = "val"
@@ -49,15 +70,13 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class LoaderConfig:
-    backend: str = "dali"  # dali | torch | synthetic
-    device: str = "auto"  # auto | gpu | cpu: where decode + augmentation run (dali: auto = the training device;
-    # torch: auto/cpu = DataLoader workers on the CPU, gpu = nvJPEG + torch ops on the training GPU)
+class LoaderConfig(_Section):
+    backend: str = "dali"  # which loader (data/factory.py); the words every key takes: CHOICES
+    device: str = "auto"  # where decode + augmentation run; dali: auto = where the model runs; torch: auto/cpu =
+    # its DataLoader on CPU workers, gpu = its nvJPEG loader (torch ops on the training GPU)
     batch_size: int = 8  # per rank
     eval_batch_size: int = 1  # per rank
-    # torch: torchvision (torchvision.io, to a tensor; the faster on the CPU: decode.py) | pil. The lead puts these
-    # words into config_ranges' CHOICES table at merge; until then data/decode.check_decoder checks them.
-    decoder: str = "torchvision"
+    decoder: str = "torchvision"  # torch: torchvision.io (to a tensor; the faster on the CPU: data/decode.py) | pil
     num_workers: int = 2  # torch DataLoader worker processes (loader.device=gpu: file-reading threads)
     num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
     prefetch_queue_depth: int = 2  # DALI: batches the pipeline prepares ahead
@@ -71,32 +90,32 @@ class LoaderConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     name: str = "unet"  # see `cityseg_fast.models.list_models()`
     pretrained: str = ""  # "" | path to a backbone state_dict | "torchvision" (downloads)
     aux_loss: bool = False  # fcn_resnet*: auxiliary head on layer3
     base_width: int | None = None  # unet, fcn*_vgg16*: width of the first stage (None = the variant's default)
-    upsample: str | None = None  # unet: bilinear | transposed (None = the variant's default)
+    upsample: str | None = None  # unet: the decoder's upsampling (None = the variant's default)
     depth: int | None = None  # unet: down (and up) stages (None = 4, the paper's); the input pads to 2**depth
 
 
 @dataclass(frozen=True)
-class PrecisionConfig:
-    dtype: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (bf16/fp16 = autocast; fp16 adds a GradScaler)
+class PrecisionConfig(_Section):
+    dtype: str = "fp32"  # bf16/fp16 = autocast (fp16 adds a GradScaler); tf32 = TF32 matmuls and convolutions
     channels_last: bool = True
-    compile: str = "off"  # off | default | reduce-overhead | max-autotune
+    compile: str = "off"  # off, or the torch.compile mode
     cudnn_benchmark: bool = True  # cuDNN autotunes each new input shape (fixed crops: once, in the warm-up)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     out_dir: str = "runs/default"
     iters: int = 1000  # runs are measured in iterations, as MMSegmentation does
     eval_interval: int = 500
     log_interval: int = 20
     ckpt_interval: int = 500
     keep_ckpts: int = 2
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # engine/step.py builds it
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -114,7 +133,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(_Section):
     warmup: int = 10  # iterations excluded from timing
     iters: int = 50  # timed iterations
     split_phases: bool = False  # model scenario: time forward / backward / optimizer separately
@@ -137,6 +156,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
 _SECTION_TYPES = typing.get_type_hints(Config)
+_SECTION_NAMES: dict[type, str] = {cls: name for name, cls in _SECTION_TYPES.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +300,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def build_config(
     values: Mapping[str, Mapping[str, Any]] | None = None, origins: Mapping[str, str] | None = None
 ) -> Config:
-    """Build a Config from {section: {key: value}}, type- and range-checking every value.
+    """Build a Config from {section: {key: value}}, type-, range- and word-checking every value.
 
     `origins` maps 'section.key' to the "FILE: " prefix of the layer that set it, so an error names the file.
     """
@@ -293,8 +313,9 @@ def build_config(
             dotted = f"{section}.{key}"
             try:
                 _check_key(section, key, "")
-                kwargs[key] = _coerce(value, hints[key], dotted)
+                kwargs[key] = _coerce(as_word(dotted, value), hints[key], dotted)
                 check_range(dotted, kwargs[key])
+                check_choice(dotted, kwargs[key])  # here, not only in the section's __post_init__: names the file
             except UserError as e:
                 raise UserError(f"{origins.get(dotted, '')}{e}") from None
         sections[section] = cls(**kwargs)
@@ -372,12 +393,24 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def dataset_root_or_none(cfg: Config) -> str | None:
+    """The dataset root as given: data.root, else $CITYSCAPES_DATASET; None when neither is set (or empty)."""
+    return cfg.data.root or os.environ.get("CITYSCAPES_DATASET") or None
+
+
 def data_root(cfg: Config) -> Path:
-    """The dataset root: data.root, else $CITYSCAPES_DATASET; a UserError if neither is set."""
-    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
-    if not root:
+    """The dataset root (`dataset_root_or_none`), user home expanded; a UserError if none is set."""
+    root = dataset_root_or_none(cfg)
+    if root is None:
         raise UserError("no dataset given: pass --data DIR, set data.root, or set CITYSCAPES_DATASET")
     return Path(root).expanduser()
+
+
+def format_hw(value: Any) -> str:
+    """[512, 1024] or (512, 1024) -> '512x1024' (H x W, the text parse_hw reads); any other value as str()."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(type(v) is int for v in value):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
 
 
 def parse_hw(text: str, option: str = "size") -> tuple[int, int]:

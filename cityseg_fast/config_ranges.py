@@ -1,10 +1,14 @@
-"""The values a config key may take: one table (`RANGES`) and the relations between keys, read by
-`config.build_config`. A key not listed is free, or checked where it is used (names, paths)."""
+"""The values a config key may take: the numbers' bounds (`RANGES`), the words (`CHOICES`) and the relations
+between keys, read by `config.build_config`. A key not listed is free, or checked where it is used (names, paths).
+
+Every other reader of a key's words (argparse `choices`, the precision and loader code) reads `CHOICES`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from cityseg_fast.errors import UserError
 
@@ -76,6 +80,24 @@ RANGES: dict[str, Range] = {
     "bench.profile_steps": AT_LEAST_1,
     "bench.variance_warn": NON_NEGATIVE,
 }
+# 'section.key' -> the words it may take; None = the key may be null (the model variant's default).
+CHOICES: dict[str, tuple[str | None, ...]] = {
+    "loader.backend": ("dali", "torch", "synthetic"),
+    "loader.device": ("auto", "gpu", "cpu"),  # dali: where it runs; auto follows the device (hardware.loader_device)
+    "loader.decoder": ("torchvision", "pil"),  # torch: gpu decodes with nvJPEG through torchvision.io only
+    "loader.roi": ("slice", "resize"),
+    "loader.resampler": ("auto", "dali", "torch"),
+    "model.upsample": ("bilinear", "transposed", None),
+    "model.pretrained": ("", "torchvision"),  # or a state_dict file (OR_PATH)
+    "precision.dtype": ("fp32", "tf32", "bf16", "fp16"),
+    "precision.compile": ("off", "default", "reduce-overhead", "max-autotune"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.resume": ("auto", "never"),  # or a checkpoint file (OR_PATH)
+}
+# Keys that also take a file path, checked for existence where it is read (engine/rundir.py, models/fcn.py).
+# Here a path must look like one (a '/' or a '.'), so a mistyped word ('nevr') is refused, not looked for as a file.
+OR_PATH: frozenset[str] = frozenset({"model.pretrained", "train.resume"})
+
 # Relations between values: tuples read as (low, high), and keys that must not exceed another key.
 ORDERED: tuple[str, ...] = ("data.scale_range",)
 AT_MOST: dict[str, str] = {"train.min_lr": "train.lr"}  # the poly schedule decays from lr down to min_lr
@@ -90,3 +112,39 @@ def check_range(key: str, value: Any) -> None:
         what = "every value" if isinstance(value, tuple) else "value"
         shown = list(value) if isinstance(value, tuple) else value
         raise UserError(f"config key '{key}': {what} must be {rng}, got {shown}")
+
+
+def _looks_like_path(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or "." in value)
+
+
+def _word(w: str | None) -> str:
+    return "null" if w is None else (w or "''")  # as YAML and the command line spell them
+
+
+def allowed(key: str) -> str:
+    """The words `key` takes, for a message: "one of fp32, tf32, bf16, fp16" (and "or a file path")."""
+    words = "one of " + ", ".join(_word(w) for w in CHOICES[key])
+    return words + (" or a file path (with a '/' or a '.')" if key in OR_PATH else "")
+
+
+def as_word(key: str, value: Any) -> Any:
+    """A value of a CHOICES key as read from YAML, before its type check: a word that YAML read as a boolean
+    (unquoted `precision.compile=off` arrives as False) taken back, any other value that is not a string
+    refused naming the words (not just "expected a string"). Other keys' values pass unchanged."""
+    if key not in CHOICES or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        same = [w for w in CHOICES[key] if w is not None and yaml.safe_load(w) is value]
+        if len(same) == 1:
+            return same[0]
+    return check_choice(key, value)  # None passes where the key takes null
+
+
+def check_choice(key: str, value: Any) -> Any:
+    """`value`, if `key` takes it (keys not in CHOICES take anything); else a one-line UserError naming the
+    key, the value and the words it takes."""
+    words = CHOICES.get(key)
+    if words is None or value in words or (key in OR_PATH and _looks_like_path(value)):
+        return value
+    raise UserError(f"config key '{key}': expected {allowed(key)}, got {value!r}")

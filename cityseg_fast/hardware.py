@@ -3,6 +3,7 @@
 The one place the package resolves a device (every command, loader and benchmark asks here):
     device = resolve_device()          # cuda:LOCAL_RANK (initialised) or cpu
     cores = cores_per_rank()           # CPU cores this rank may keep busy (loader threads)
+    where = loader_device("auto")      # where DALI runs for loader.device=auto: "gpu" | "cpu"
 
 `resolve_device` also initialises CUDA on that device (set_device, then the caching allocator), so
 the first CUDA call anywhere after it, e.g. `torch.cuda.reset_peak_memory_stats`, finds torch ready
@@ -48,7 +49,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
     "cpu" -> cpu; "cuda" / "cuda:N" -> that GPU. A CUDA device is made current and initialised."""
     import torch
 
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    if requested == "cpu" or (requested == "auto" and _auto_device_type() == "cpu"):
         return torch.device("cpu")
     if requested == "auto":
         device = torch.device("cuda", _env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
@@ -59,6 +60,24 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda":
         init_cuda(device)
     return device
+
+
+def _auto_device_type() -> str:
+    """The type of device resolve_device("auto") gives, without creating a CUDA context (is_available only
+    counts the devices), so a sweep's parent process can ask before it forks its points."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def loader_device(requested: str, device: torch.device | None = None) -> str:
+    """Where the DALI loader runs, "gpu" | "cpu", for loader.device `requested` (auto | gpu | cpu): auto follows
+    the device the batches go to, `device`, or without one (results/scenarios.py's point ids, asked before any
+    device is resolved) the one resolve_device() gives. Whether a "gpu" can run here is the loader's check."""
+    if requested != "auto":
+        return requested
+    kind = device.type if device is not None else _auto_device_type()
+    return "gpu" if kind == "cuda" else "cpu"
 
 
 def init_cuda(device: torch.device) -> None:

@@ -182,6 +182,21 @@ def kill_after_first_row(results: Path, *args: str, timeout: float = 180) -> Non
     proc.wait()
 
 
+def child_pids(pid: int, marker: bytes = b"") -> list[int]:
+    """The child processes of `pid` whose command line holds `marker` (from /proc: Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])  # the field after the name
+            if ppid == pid and marker in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # a process that just ended
+            continue
+    return found
+
+
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
 
 

@@ -24,7 +24,7 @@ from engine_fixtures import tiny_overrides, trained_run, write_tiny_cityscapes
 from PIL import Image
 
 from cityseg_fast.cli import main
-from cityseg_fast.config import RANGES, Config, Range, load_config
+from cityseg_fast.config import CHOICES, RANGES, Config, Range, load_config
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.results import append_row, row_for
@@ -379,6 +379,25 @@ RANGE_CASES = [
 ]
 
 
+
+def _shown(word: str | None) -> str:
+    return "null" if word is None else (word or "''")
+
+
+# Every key of CHOICES, through `cityseg train`: the one line names the key, the value and every word it takes,
+# and nothing is written (refused when the config is built, before the run directory or the data).
+CHOICE_CASES = [
+    (f"choice-{key}", lambda c, k=key: c.train(c.tmp / "r", f"{k}=bogus"),
+     (key, "'bogus'", *map(_shown, words)))
+    for key, words in CHOICES.items()
+] + [
+    ("choice-roi-with-the-torch-loader", lambda c: _bench_loader(c, "loader.roi=slcie"),
+     ("loader.roi", "'slcie'", "slice", "resize")),
+    ("choice-in-a-config-file", lambda c: _config_file(c, "precision:\n  dtype: fp8\n"),
+     ("bad.yaml", "precision.dtype", "'fp8'", "fp32, tf32, bf16, fp16")),
+]
+
+
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> tuple[Path, Path]:
     return trained_run(tmp_path_factory.getbasetemp())
@@ -388,7 +407,7 @@ def _snapshot(*roots: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("case, setup, words", [pytest.param(i, s, w, id=i) for i, s, w in CASES + RANGE_CASES])
+@pytest.mark.parametrize("case, setup, words", [pytest.param(i, s, w, id=i) for i, s, w in CASES + RANGE_CASES + CHOICE_CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     case: str, setup: Setup, words: tuple[str, ...], shared, tmp_path, capsys, monkeypatch
 ) -> None:
@@ -407,12 +426,12 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         assert w in err, (w, err)
     after = _snapshot(tmp_path, data, run)
     assert {p: after.get(p) for p in before} == before, "a file that existed before was changed or removed"
-    if case.startswith("sweep-"):  # refused before anything runs: no output folder, no scratch file
-        assert set(tmp_path.rglob("*")) == existing, "a sweep wrote something before refusing"
+    if case.startswith(("sweep-", "choice-")):  # refused before anything runs: no output folder, no scratch file
+        assert set(tmp_path.rglob("*")) == existing, "something was written before the refusal"
 
 
 def test_the_table_is_big_and_its_ids_unique():
-    ids = [i for i, _, _ in CASES + RANGE_CASES]
+    ids = [i for i, _, _ in CASES + RANGE_CASES + CHOICE_CASES]
     assert len(ids) == len(set(ids)) and len(CASES) >= 50
 
 

@@ -107,3 +107,19 @@ def test_rows_name_the_commit_of_the_checkout_the_package_runs_from():
     environment.git_commit.cache_clear()
     commit = environment.git_commit()
     assert commit is not None and head.stdout.strip().startswith(commit.removesuffix("-dirty"))
+
+
+def test_bench_flags_offer_exactly_the_words_of_their_config_keys():
+    """`cityseg bench --loader/--device/--roi` take the words of the keys they set, read from CHOICES."""
+    from cityseg_fast.cli import build_parser
+    from cityseg_fast.commands.bench import SHORTCUTS
+    from cityseg_fast.config import CHOICES
+
+    bench = next(a for a in build_parser("bench")._subparsers._group_actions if a.dest == "command").choices["bench"]
+    scenarios = next(a for a in bench._subparsers._group_actions if a.dest == "scenario").choices
+    worded = {flag: key for flag, (key, _) in SHORTCUTS.items() if key in CHOICES}
+    assert set(worded.values()) >= {"loader.backend", "loader.device", "loader.roi"}
+    for parser in scenarios.values():
+        actions = {a.dest: a for a in parser._actions}
+        for flag, key in worded.items():
+            assert tuple(actions[flag].choices) == CHOICES[key], (flag, key)

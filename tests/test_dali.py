@@ -276,12 +276,13 @@ def test_uint8_hand_off_gives_the_same_batches(tmp_path, monkeypatch, resampler,
     pieces (pinned buffers, the side-stream prefetcher) stood in for: the batches must equal the
     float path's, padding included."""
     from cityseg_fast.data.dali import loader as dali_loader
+    from cityseg_fast.data.dali import to_torch
 
     root = write_raw(tmp_path, {split: 4}, pattern="texture")
     extra = (f"loader.resampler={resampler}", "data.scale_range=[0.4,1.2]", "data.crop=[48,96]")
     float_path = all_batches(root, "dali", split, *extra)
     monkeypatch.setattr(dali_loader, "_ships_uint8", lambda on_gpu, device: True)
-    monkeypatch.setattr(dali_loader, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(to_torch, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
     monkeypatch.setattr(dali_loader, "_prefetcher", lambda items, fin, device: map(fin, items))
     uint8_path = all_batches(root, "dali", split, *extra)
     assert len(float_path) == len(uint8_path) > 0
@@ -311,3 +312,169 @@ def test_the_per_operator_profiler_times_every_stage_of_the_training_graph(tmp_p
     npy_labels = [npy / "train" / "labels" / (p.stem + ".npy") for p in images]
     costs = stage_costs(images, labels, geometry, iters=1, batch_size=8, npy_labels=npy_labels)
     assert set(costs) == set(STAGES) and all(v > 0 for v in costs.values()), costs
+
+
+# -- the mode table (data/dali/loader.py ROUTES) ---------------------------------------------------
+
+# name: (dataset, split, options, the pipeline it must pick); each runs with both CPU hand-offs
+CPU_MODES = {
+    "decode-only": ("png", "train", ("loader.decode_only=true",), "decode"),
+    "eval png": ("png", "val", (), "eval"),
+    "eval npy": ("npy", "val", (), "eval"),
+    "eval raw labelIds": ("raw", "val", (), "eval"),
+    "train dali slice png": ("png", "train", ("loader.resampler=dali", "loader.roi=slice"), "train"),
+    "train dali resize npy": ("npy", "train", ("loader.resampler=dali", "loader.roi=resize"), "train"),
+    "train dali raw labelIds": ("raw", "train", ("loader.resampler=dali",), "train"),
+    "torch tail slice png": ("png", "train", ("loader.resampler=torch", "loader.roi=slice"), "window"),
+    "torch tail resize png": ("png", "train", ("loader.resampler=torch", "loader.roi=resize"), "window"),
+    "torch tail slice npy": ("npy", "train", ("loader.resampler=torch", "loader.roi=slice"), "window"),
+    "torch tail resize npy": ("npy", "train", ("loader.resampler=torch", "loader.roi=resize"), "frame"),
+    "torch tail raw labelIds": ("raw", "train", ("loader.resampler=auto",), "window"),
+}
+
+
+def _stand_in_for_cuda(monkeypatch) -> None:
+    """DALI on the CPU feeding a GPU, on the CPU: the uint8 hand-off with pinned buffers and the
+    side-stream prefetcher replaced by plain ones (as in test_uint8_hand_off_gives_the_same_batches)."""
+    from cityseg_fast.data.dali import loader as dali_loader
+    from cityseg_fast.data.dali import to_torch
+
+    monkeypatch.setattr(dali_loader, "_ships_uint8", lambda on_gpu, device: True)
+    monkeypatch.setattr(to_torch, "pinned", lambda shape, dtype=torch.uint8: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(dali_loader, "_prefetcher", lambda items, fin, device: map(fin, items))
+
+
+def test_the_cpu_modes_cover_every_cpu_row_of_the_table():
+    from cityseg_fast.data.dali.loader import ROUTES
+
+    covered = {(pipeline, handoff) for *_, pipeline in CPU_MODES.values() for handoff in ("cpu", "pinned")}
+    assert covered == {route for route in ROUTES if route[1] != "gpu"}
+
+
+@pytest.mark.parametrize("handoff", ["cpu", "pinned"])
+@pytest.mark.parametrize("name", list(CPU_MODES))
+def test_every_cpu_mode_runs_one_batch_through_its_row(tmp_path, monkeypatch, name, handoff):
+    """Each CPU row of the table builds a real pipeline from its feed and graph and hands over a batch
+    that meets the contract: crops in training, frames in evaluation, uint8 frames in decode-only."""
+    data, split, extra, pipeline = CPU_MODES[name]
+    if data == "raw":
+        root = write_raw(tmp_path, {split: 4}, pattern="texture")
+    else:
+        root = write_prepared(tmp_path, {split: 4}, pattern="texture", label_format=data)
+    if handoff == "pinned":
+        _stand_in_for_cuda(monkeypatch)
+    cfg = make_cfg(root, "dali", "data.scale_range=[0.4,1.6]", "data.crop=[48,96]", *extra)
+    loader = build_loader(cfg, split, device=CPU)
+    try:
+        assert loader.mode.route == (pipeline, handoff)
+        assert loader.mode.raw_label_ids == (data == "raw") and loader.mode.label_arrays == (data == "npy")
+        assert ("torch resize" in loader.description) == (pipeline in ("window", "frame"))
+        with deadline(60):
+            batch = next(iter(loader))
+    finally:
+        loader.close()
+    if pipeline == "decode":
+        assert batch.image.dtype == torch.uint8 and tuple(batch.image.shape) == (2, 3, 64, 128)
+        assert batch.target.numel() == 0
+        return
+    check_batch(batch, "cpu")
+    hw = (48, 96) if split == "train" else (64, 128)
+    assert tuple(batch.image.shape[2:]) == tuple(batch.target.shape[1:]) == hw
+    assert int(batch.target[batch.target != 255].max()) <= 18  # trainIds, raw labelIds mapped
+
+
+def _mode_inputs():
+    """Every combination of what decides a loader's mode (no file is read to compute it)."""
+    from pathlib import Path
+
+    from cityseg_fast.data.cityscapes import Sample
+
+    labels = {
+        "png": [Sample(Path("a.jpg"), Path("a.png"), "a", "trainIds")],
+        "npy": [Sample(Path("a.jpg"), Path("a.npy"), "a", "trainIds")],
+        "raw": [Sample(Path("a.png"), Path("a_labelIds.png"), "a", "labelIds")],
+    }
+    stages = {"train": (True, False), "eval": (False, False), "decode": (True, True)}
+    for stage, (train, decode_only) in stages.items():
+        for device in ("cpu", "cuda"):  # where the model runs
+            for dali_device in ("cpu", "gpu"):
+                for resampler in ("auto", "dali", "torch"):
+                    for roi in ("slice", "resize"):
+                        for kind, samples in labels.items():
+                            yield (stage, train, decode_only, device, dali_device, resampler, roi, kind, samples)
+
+
+def _spec(train: bool, decode_only: bool, device: str):
+    from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
+    from cityseg_fast.data.plan import LoaderSpec
+
+    return LoaderSpec(
+        train=train, batch_size=2, crop=(32, 64), scale_range=(0.5, 1.5), flip_prob=0.5,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, eval_size=None, eval_label_resize=False,
+        rank=0, world_size=1, seed=0, device=torch.device(device), decode_only=decode_only,
+    )  # fmt: skip
+
+
+def test_every_mode_has_a_row_and_every_row_is_a_mode():
+    """The GPU rows cannot run here: every mode (GPU ones included) must find its row, and every row
+    must be reachable, so a new mode cannot fall through to a wrong graph or hand-off."""
+    from cityseg_fast.data.dali.loader import ROUTES, Mode
+
+    reached = set()
+    for stage, train, decode_only, device, dali_device, resampler, roi, kind, samples in _mode_inputs():
+        spec = _spec(train, decode_only, device)
+        if resampler == "torch" and dali_device == "gpu":
+            continue  # refused (test_torch_resampler_with_dali_on_the_gpu_is_refused)
+        mode = Mode.of(spec, samples, dali_device=dali_device, roi=roi, resampler=resampler, hw_decoder_load=0.5)
+        assert mode.route in ROUTES, (stage, device, dali_device, resampler, roi, kind)
+        reached.add(mode.route)
+        assert (mode.pipeline == "decode") == decode_only and (mode.pipeline == "eval") == (not train)
+        assert mode.handoff == ("gpu" if dali_device == "gpu" else ("pinned" if device == "cuda" else "cpu"))
+        tail = train and not decode_only and (resampler == "torch" or (resampler == "auto" and dali_device == "cpu"))
+        assert mode.torch_tail == tail
+        assert mode.decoder.on_gpu == (dali_device == "gpu")
+        assert mode.raw_label_ids == (kind == "raw") and mode.label_arrays == (kind == "npy")
+    assert reached == set(ROUTES)
+
+
+def test_every_row_feeds_its_graph_exactly_its_inputs():
+    """Checked without running a pipeline, so the GPU rows are covered here too: the fields the host
+    feeds are the graph's DataNode parameters, in order, and its settings exist."""
+    import dataclasses
+
+    from cityseg_fast.data.dali import graphs
+    from cityseg_fast.data.dali.loader import ROUTES
+
+    settings = {f.name for f in dataclasses.fields(graphs.Settings)}
+    for route, row in ROUTES.items():
+        assert row.feeds._fields == graphs.graph_inputs(row.graph), route
+        assert set(graphs.graph_settings(row.graph)) <= settings, route
+        assert callable(row.feeds.read) and callable(row.handoff)
+    assert ROUTES[("decode", "gpu")].feeds._fields == ("images",)
+    assert ROUTES[("train", "gpu")].feeds._fields == ("images", "labels", "anchor", "shape", "size", "flip")
+
+
+def test_a_row_whose_feed_is_not_its_graphs_inputs_cannot_be_built():
+    from cityseg_fast.data.dali import graphs
+    from cityseg_fast.data.dali.loader import Labelled, Row, Windowed
+
+    with pytest.raises(TypeError, match="window_graph"):
+        Row(Labelled, graphs.window_graph, lambda *a: None)
+    with pytest.raises(TypeError, match="frame_graph"):
+        Row(Windowed, graphs.frame_graph, lambda *a: None)
+
+
+def test_torch_resampler_with_dali_on_the_gpu_is_refused():
+    """A relation, not a word: it depends on where loader.device=auto resolved, so the loader checks
+    it where the mode is computed, before any pipeline is built."""
+    from cityseg_fast.data.dali.loader import Mode
+
+    spec = _spec(True, False, "cuda")
+    samples = next(s for *_, s in _mode_inputs())
+    with pytest.raises(UserError) as err:
+        Mode.of(spec, samples, dali_device="gpu", roi="slice", resampler="torch", hw_decoder_load=0.5)
+    msg = str(err.value)
+    assert msg.startswith("loader.resampler=torch") and "CPU" in msg and "\n" not in msg
+    auto = Mode.of(spec, samples, dali_device="gpu", roi="slice", resampler="auto", hw_decoder_load=0.5)
+    assert auto.route == ("train", "gpu")
+    assert auto.describe(4) == "dali (gpu mixed decode, hw_decoder_load=0.5, 4 threads, train)"

@@ -1,13 +1,26 @@
 """DDP: a 2-process gloo run under torchrun keeps bit-identical replicas, and the check can tell; so does a
-run over two "nodes" (two torchrun launchers, one process each, --node_rank 0 and 1, master 127.0.0.1)."""
+run over two "nodes" (two torchrun launchers, one process each, --node_rank 0 and 1, master 127.0.0.1); a
+rank stopped mid-training makes the other fail within train.dist_timeout_s with one line."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
-from engine_fixtures import tiny_overrides, torchrun, torchrun_nodes, write_tiny_cityscapes
+from engine_fixtures import (
+    PY,
+    REPO,
+    env,
+    free_port,
+    tiny_overrides,
+    torchrun,
+    torchrun_nodes,
+    write_tiny_cityscapes,
+)
 
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.engine.dist import fingerprint
@@ -60,3 +73,39 @@ def test_two_nodes_train_in_sync_and_evaluate_each_image_once(tmp_path):
     (ev,) = [r for r in rows if r["event"] == "eval"]  # evaluated once, across both nodes
     assert ev["images"] == 5  # every val image counted once: none twice, no padding counted
     assert load_checkpoint(list_checkpoints(out)[-1])["iteration"] == 4
+
+
+def test_a_stopped_rank_makes_the_other_fail_with_one_line_within_the_timeout(tmp_path):
+    data = write_tiny_cityscapes(tmp_path / "data", {"train": 4, "val": 2})
+    out = tmp_path / "run"
+    over = tiny_overrides(data, out, iters=1_000_000, **{
+        "loader.batch_size": 2, "train.log_interval": 2, "train.ckpt_interval": 1_000_000,
+        "train.dist_timeout_s": 5,
+    })  # fmt: skip
+    # The two ranks as torchrun starts them, without torchrun: each rank's own stderr, and no agent that
+    # would end the stopped one for us.
+    port = free_port()
+    ranks = []
+    for rank in range(2):
+        e = {**env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        ranks.append(subprocess.Popen([PY, "-m", "cityseg_fast", "train", *over], cwd=REPO, env=e,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    try:
+        metrics, deadline = out / "metrics.jsonl", time.monotonic() + 180
+        while not (metrics.exists() and '"train"' in metrics.read_text()):  # mid-training: a step was logged
+            assert ranks[0].poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        ranks[1].send_signal(signal.SIGSTOP)  # stopped, not dead: its sockets stay open
+        try:
+            _, err = ranks[0].communicate(timeout=5 + 90)  # the timeout, and time to start failing
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 0 hung behind the stopped rank 1")
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("cityseg train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err and "terminate called" not in err, err[-3000:]
+    assert "rank 0 of 2:" in lines[0] and "timed out after 5 s (train.dist_timeout_s): rank 1 did not" in lines[0]

@@ -56,10 +56,10 @@ def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     rows = list(read_rows(out / "results.jsonl"))
-    assert {r["scenario"] for r in rows} == {"loader", "model", "e2e", "accuracy", "baseline"}
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
-    acc = [r for r in rows if r["scenario"] == "accuracy"]
-    assert len(acc) == 2 and all(0.0 <= r["metrics"]["miou"] <= 1.0 for r in acc)
+    assert {r.scenario for r in rows} == {"loader", "model", "e2e", "accuracy", "baseline"}
+    assert all(r.status == "ok" for r in rows), [r.error for r in rows if r.status != "ok"]
+    acc = [r for r in rows if r.scenario == "accuracy"]
+    assert len(acc) == 2 and all(0.0 <= r.metrics["miou"] <= 1.0 for r in acc)
     md = (out / "report" / "REPORT.md").read_text()
     for heading in ["## Environment", "## Accuracy", "## Bottleneck", "## Demo timeline", "### Loaders alone"]:
         assert heading in md

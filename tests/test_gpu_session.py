@@ -46,10 +46,10 @@ def test_smoke_session_measures_reports_and_resumes(tmp_path: Path):
     from cityseg_fast.results import merge, read_rows
 
     rows = merge(read_rows(out / "results.jsonl"))
-    assert {r["status"] for r in rows} == {"ok"}
-    assert {r["scenario"] for r in rows} == {"loader", "model", "e2e"}
-    assert any(r["point"].get("decode_only") for r in rows)  # the grid's decode-only points
-    assert all(r["derived"].get("e2e_efficiency") for r in rows if r["scenario"] == "e2e")
+    assert {r.status for r in rows} == {"ok"}
+    assert {r.scenario for r in rows} == {"loader", "model", "e2e"}
+    assert any(r.point.get("decode_only") for r in rows)  # the grid's decode-only points
+    assert all(r.derived.get("e2e_efficiency") for r in rows if r.scenario == "e2e")
     record = json.loads((out / "session.json").read_text())
     assert {k: v["status"] for k, v in record["steps"].items()} == dict.fromkeys(("data", "dali", "e2e", "report"), "done")
     summary = (out / "SESSION.md").read_text()

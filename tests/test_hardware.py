@@ -1,6 +1,10 @@
-"""hardware: native vs emulated bf16 from planted /proc/cpuinfo text and CUDA compute capabilities."""
+"""hardware: native vs emulated bf16 from planted /proc/cpuinfo text and CUDA compute capabilities; where
+loader.device=auto puts the DALI loader."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +14,7 @@ from cityseg_fast.hardware import (
     bf16_support_why,
     cpu_bf16_from_cpuinfo,
     cuda_bf16_from_capability,
+    loader_device,
 )
 
 _X86 = (
@@ -86,3 +91,43 @@ def test_collect_env_records_bf16_per_device(monkeypatch):
     assert env.bf16_why([h200, v100])["cuda"][0] == "native"  # the first GPU, as collect_env's "gpu"
     monkeypatch.setattr(env, "nvml_gpus", lambda: ([{**h200, "name": "H200", "driver": "570"}], None))
     assert env.collect_env()["bf16"] == {"cpu": "emulated", "cuda": "native"}
+
+
+# -- loader.device=auto: one rule, for the loader and for the point ids ------------------------------------
+
+
+def test_loader_device_words():
+    import torch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_device("auto", cpu) == "cpu" and loader_device("auto", cuda) == "gpu"
+    assert loader_device("cpu", cuda) == "cpu" and loader_device("gpu", cpu) == "gpu"  # an explicit word stays
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_auto_names_the_same_place_in_a_point_id_as_the_loader_picks(monkeypatch, cuda):
+    """A sweep's parent names loader_device in the point id before any device exists; the point's process
+    then builds its loader for resolve_device(): both must say the same, with a GPU and without."""
+    import torch
+
+    from cityseg_fast.config import load_config
+    from cityseg_fast.data.factory import dali_device
+    from cityseg_fast.results import point_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(hardware, "init_cuda", lambda device: None)  # no GPU needed to see which it would be
+    cfg = load_config([], ["loader.backend=dali", "loader.device=auto"])
+    picked = dali_device(cfg.loader.device, hardware.resolve_device())
+    assert point_for("e2e", cfg)["loader_device"] == picked == ("gpu" if cuda else "cpu")
+
+
+def test_a_point_id_creates_no_cuda_context():
+    """The sweep's parent forks its points after naming them: a CUDA context made there would be inherited
+    broken (and hold GPU memory for the whole sweep). Meaningful on a GPU machine; holds trivially without."""
+    code = (
+        "import torch; from cityseg_fast.config import load_config; from cityseg_fast.results import point_for; "
+        "assert point_for('e2e', load_config([], ['loader.backend=dali']))['loader_device']; "
+        "assert not torch.cuda.is_initialized()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

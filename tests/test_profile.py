@@ -25,8 +25,8 @@ def test_profiling_a_cpu_point_gives_a_trace_and_a_top_ten_table(tmp_path, capsy
     assert main([*argv, "--json", "--append", str(results)]) == 0
     capsys.readouterr()
     (row,) = read_rows(results)
-    m = row["metrics"]
-    trace = tmp_path / "run" / "traces" / f"model-{row['point_id']}.pt.trace.json"
+    m = row.metrics
+    trace = tmp_path / "run" / "traces" / f"model-{row.point_id}.pt.trace.json"
     assert m["profile_trace"] == str(trace.resolve()) and json.loads(trace.read_text())["traceEvents"]
     ops = m["profile_top_ops"]
     assert 1 <= len(ops) <= 10 and m["profile_sort"] == "self_cpu_time" and m["profile_steps"] == 2

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cityseg_fast.cli import main
-from cityseg_fast.config import load_config
+from cityseg_fast.config import format_hw, load_config, parse_hw
 from cityseg_fast.errors import UserError
 from cityseg_fast.report import compare
 from cityseg_fast.report.build import build_report
 from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_pct
 from cityseg_fast.report.plots import PLOT_FILES, pareto_front
 from cityseg_fast.report.runs import load_run
-from cityseg_fast.results import append_row, read_rows, row_for
+from cityseg_fast.results import Row, append_row, read_rows, row_for
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_fixture.jsonl"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _run_dir(tmp: Path, name: str, rows: list[dict]) -> Path:
+def _run_dir(tmp: Path, name: str, rows: list[Row]) -> Path:
     d = tmp / name
     for row in rows:
         append_row(d / "results.jsonl", row)
@@ -34,7 +34,7 @@ def _run_dir(tmp: Path, name: str, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fixture_rows() -> list[dict]:
+def fixture_rows() -> list[Row]:
     return list(read_rows(FIXTURE))
 
 
@@ -47,8 +47,8 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_fixture_covers_every_scenario_and_status(fixture_rows):
-    assert {r["scenario"] for r in fixture_rows} == {"loader", "model", "e2e", "infer", "accuracy", "baseline"}
-    assert {r["status"] for r in fixture_rows} == {"ok", "oom", "error"}
+    assert {r.scenario for r in fixture_rows} == {"loader", "model", "e2e", "infer", "accuracy", "baseline"}
+    assert {r.status for r in fixture_rows} == {"ok", "oom", "error"}
 
 
 def test_report_has_every_section(report):
@@ -119,7 +119,7 @@ def test_results_csv_flattens_every_row(report, fixture_rows):
 
 
 def test_plots_without_data_are_skipped_and_said(tmp_path, fixture_rows):
-    loaders_only = [r for r in fixture_rows if r["scenario"] == "loader"]
+    loaders_only = [r for r in fixture_rows if r.scenario == "loader"]
     out = tmp_path / "out"
     md = build_report([_run_dir(tmp_path, "loaders", loaders_only)], out).read_text()
     assert (out / "loaders.png").is_file()
@@ -135,30 +135,35 @@ def test_plots_without_data_are_skipped_and_said(tmp_path, fixture_rows):
     assert "_no accuracy rows" in md and "_no end-to-end (e2e) rows" in md
 
 
-def _planted(fixture_rows: list[dict]) -> tuple[list[dict], dict[str, str]]:
+def _planted(fixture_rows: list[Row]) -> tuple[list[Row], dict[str, str]]:
     """A copy of the fixture with known changes; returns the rows and {point_id: expected verdict}."""
-    rows = copy.deepcopy(fixture_rows)
-    ok_model = [r for r in rows if r["scenario"] == "model" and r["status"] == "ok"]
+    rows = list(fixture_rows)
+    ok_model = [i for i, r in enumerate(rows) if r.scenario == "model" and r.ok]
     expect = {}
 
-    def scale(row, factor, verdict, iqr_frac=None):
-        row["metrics"]["images_per_s"] *= factor
+    def change(i, verdict, **fields):  # rows are read-only: a changed row is a new one
+        rows[i] = replace(rows[i], **fields)
+        expect[rows[i].point_id] = verdict
+
+    def scale(i, factor, verdict, iqr_frac=None):
+        m = dict(rows[i].metrics)
+        m["images_per_s"] *= factor
         if iqr_frac is not None:
-            row["metrics"]["latency_ms_iqr"] = iqr_frac * row["metrics"]["latency_ms_median"]
-        expect[row["point_id"]] = verdict
+            m["latency_ms_iqr"] = iqr_frac * m["latency_ms_median"]
+        change(i, verdict, metrics=m)
 
     scale(ok_model[0], 0.70, compare.REGRESSION)  # planted regression: -30%
     scale(ok_model[1], 0.98, compare.SAME)  # -2%: noise (band 2x2% IQR -> 4%)
     scale(ok_model[2], 1.30, compare.IMPROVEMENT)
     scale(ok_model[3], 0.92, compare.SAME, iqr_frac=0.10)  # -8% but the rows are 10% noisy
-    del ok_model[4]["metrics"]["latency_ms_iqr"]
-    scale(ok_model[4], 0.93, compare.REGRESSION)  # -7% beyond the 5% default band (no IQR)
-    newly_oom = ok_model[5]
-    newly_oom.update(status="oom", error="CUDA out of memory", metrics={})
-    expect[newly_oom["point_id"]] = compare.REGRESSION
-    acc = next(r for r in rows if r["scenario"] == "accuracy" and r["status"] == "ok")
-    acc["metrics"]["miou"] -= 0.05  # -5 mIoU points
-    expect[acc["point_id"]] = compare.REGRESSION
+    no_iqr = ok_model[4]
+    metrics = {k: v for k, v in rows[no_iqr].metrics.items() if k != "latency_ms_iqr"}
+    rows[no_iqr] = replace(rows[no_iqr], metrics=metrics)
+    scale(no_iqr, 0.93, compare.REGRESSION)  # -7% beyond the 5% default band (no IQR)
+    change(ok_model[5], compare.REGRESSION, status="oom", error="CUDA out of memory", metrics={})  # newly oom
+    acc = next(i for i, r in enumerate(rows) if r.scenario == "accuracy" and r.ok)
+    metrics = {**rows[acc].metrics, "miou": rows[acc].metrics["miou"] - 0.05}  # -5 mIoU points
+    change(acc, compare.REGRESSION, metrics=metrics)
     return rows, expect
 
 
@@ -195,7 +200,7 @@ def test_retried_point_keeps_its_ok_result(tmp_path):
         row_for("model", load_config([], ["model.name=unet", "loader.batch_size=4"]), {"images_per_s": 12.0}, env={}),
     ]
     run = load_run(_run_dir(tmp_path, "r", rows))
-    assert [r["status"] for r in run.rows] == ["ok", "ok"]
+    assert [r.status for r in run.rows] == ["ok", "ok"]
     assert run.superseded == 1
 
 
@@ -237,6 +242,8 @@ def test_number_formatting():
     assert fmt_mib(512) == "512 MiB"
     assert fmt_mib(3072) == "3.00 GiB"
     assert fmt_pct(0.4123) == "41.2%"
+    assert format_hw([512, 1024]) == format_hw((512, 1024)) == "512x1024" and parse_hw("512x1024") == (512, 1024)
+    assert format_hw([0.5, 2.0]) == "[0.5, 2.0]" and format_hw("auto") == "auto"  # no size: as it is
 
 
 def test_pareto_front_drops_dominated_points():
@@ -249,21 +256,74 @@ def test_pareto_front_drops_dominated_points():
     assert [p["label"] for p in pareto_front(pts)] == ["fast", "mid", "slow"]
 
 
-def _with(row: dict, **metrics) -> dict:
-    out = copy.deepcopy(row)
-    out["metrics"].update(metrics)
-    return out
+def test_per_class_columns_are_short_and_the_legend_names_each_configuration(tmp_path):
+    """Accuracy runs that differ in many keys: each column header is a letter and the model (not the whole
+    configuration), and the legend under the table gives every letter its configuration."""
+    iou = [0.5] * 19
+    settings = [("unet_s16", ["train.lr=0.01", "train.iters=150"]), ("unet_s16", ["train.lr=0.001", "train.iters=300"]),
+                ("fcn8s_vgg16_bn", ["model.base_width=4", "train.optimizer=sgd", "loader.batch_size=2"])]  # fmt: skip
+    rows = [row_for("accuracy", load_config([], [f"model.name={m}", "data.crop=[64,128]", *o]),
+                    {"miou": 0.2, "per_class_iou": iou, "images_per_s": 3.0}, env={}) for m, o in settings]  # fmt: skip
+    rows.append(row_for("baseline", load_config([], []), {"miou": 0.1, "per_class_iou": iou}, env={}))
+    md = build_report([_run_dir(tmp_path, "acc", rows)], tmp_path / "out").read_text()
+    section = md.split("Per-class IoU", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| class |"))
+    heads = [h.strip() for h in header.strip(" |").split("|")][1:]
+    assert len(heads) == 4 and max(map(len, heads)) <= 24, heads
+    legend = dict(re.findall(r"^- \*\*([A-Z]+)\*\*: (.+)$", section, re.M))
+    assert list(legend) == [h.split()[0] for h in heads] == ["A", "B", "C", "D"]
+    for head in heads:  # the legend's configuration is the column's: its model, then what varies
+        letter, model = head.split(" ", 1)
+        assert legend[letter].startswith(model.rstrip("…")), (head, legend[letter])
+    wanted = [("colour_baseline",), ("unet_s16", "iters=150", "lr=0.01 "), ("unet_s16", "iters=300", "lr=0.001"),
+              ("fcn8s_vgg16_bn", "bs2", "base_width=4", "optimizer=sgd")]  # fmt: skip
+    for parts in wanted:  # every configuration named by exactly one letter
+        assert sum(v.startswith(parts[0]) and all(p in v + " " for p in parts[1:]) for v in legend.values()) == 1
+    assert "Dotted: what the per-pixel colour baseline reaches" in md  # the baseline drawn in the mIoU plot
+
+
+def test_plot_labels_stay_inside_the_axes_and_do_not_overlap():
+    """Two configurations near the right edge and close together (as the demo's were): their labels stay
+    inside the plot and apart from each other."""
+    from matplotlib.text import Text
+
+    from cityseg_fast.report.plots import _plt, place_labels
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    items = [(7.8, 17.9, "fcn8s_vgg16_bn base_width=4 iters=256"), (7.5, 18.3, "unet_s16 iters=150 lr=0.005"),
+             (4.7, 19.6, "unet_s16 base_width=8 iters=300")]  # fmt: skip
+    ax.scatter([x for x, _, _ in items], [y for _, y, _ in items])
+    ax.set_xlim(0, 8.2)
+    ax.set_ylim(0, 24)
+    fig.tight_layout()
+    anns = place_labels(ax, items, size=8)
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for a in anns:
+        a.update_positions(renderer)
+    boxes = [Text.get_window_extent(a, renderer) for a in anns]  # the text alone, not its leader line
+    plt.close(fig)
+    assert len(boxes) == 3
+    for box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+
+
+def _with(row: Row, **metrics) -> Row:
+    return replace(row, metrics={**row.metrics, **metrics})
 
 
 def test_bottleneck_verdict_from_the_measured_stall(tmp_path, fixture_rows):
     """An e2e row with a measured stall names its verdict from it, beside the ratios and the loader's cost."""
     rows = [
         _with(r, stall_fraction=0.37, data_wait_ms_p50=12.0, data_wait_ms_p99=30.0)
-        if r["scenario"] == "e2e" and r["point"]["loader"] == "torch"
+        if r.scenario == "e2e" and r.point["loader"] == "torch"
         else _with(r, stall_fraction=0.02, data_wait_ms_p50=0.1, data_wait_ms_p99=0.4)
-        if r["scenario"] == "e2e" and r["point"].get("loader_device") == "cpu"
+        if r.scenario == "e2e" and r.point.get("loader_device") == "cpu"
         else _with(r, loader_gpu_mem_mib=900.0)
-        if r["scenario"] == "loader" and r["point"].get("loader_device") == "gpu"
+        if r.scenario == "loader" and r.point.get("loader_device") == "gpu"
         else r
         for r in fixture_rows
     ]
@@ -278,7 +338,7 @@ def test_bottleneck_verdict_from_the_measured_stall(tmp_path, fixture_rows):
     assert "| – / – | – | 0.880 | 0.217 | 900 MiB | model |" in table  # no stall measured: the ratios say
 
 
-def _loader_row(i: int, backend: str, ips: float, *settings: str) -> dict:
+def _loader_row(i: int, backend: str, ips: float, *settings: str) -> Row:
     base = [f"loader.backend={backend}", "loader.device=cpu", "data.crop=[64,128]", "loader.batch_size=4"]
     cfg = load_config([], [*base, *settings])
     metrics = {"images_per_s": ips, "latency_ms_p50": 4000 / ips, "latency_ms_p99": 5000 / ips,

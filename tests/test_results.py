@@ -3,18 +3,21 @@ rows upgraded on read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from cityseg_fast.config import load_config
+from cityseg_fast.config import dataset_root_or_none, load_config
 from cityseg_fast.results import (
+    Row,
     append_row,
     e2e_limit,
     latest_per_point,
     merge,
     read_rows,
     row_for,
+    scan_rows,
     split_unresolved,
     unresolved,
     variables_in,
@@ -31,7 +34,7 @@ def row(scenario: str, ips: float | None, *extra: str, world: int = 1, device: s
 
 
 def derived(rows, target):
-    return next(r for r in merge(rows) if r["point_id"] == target["point_id"])["derived"]
+    return next(r for r in merge(rows) if r.point_id == target.point_id).derived
 
 
 def test_e2e_efficiency_divides_by_its_own_loader_and_model_rows_only():
@@ -48,7 +51,7 @@ def test_e2e_efficiency_divides_by_its_own_loader_and_model_rows_only():
     d = derived([*others, loader, model, e2e], e2e)
     shared = 1 / (1 / 100 + 1 / 50)  # both on the same CPU cores
     assert d["e2e_limit_kind"] == "shared_cpu" and d["e2e_efficiency"] == pytest.approx(30.0 / shared)
-    assert d["e2e_loader_point_id"] == loader["point_id"] and d["e2e_model_point_id"] == model["point_id"]
+    assert d["e2e_loader_point_id"] == loader.point_id and d["e2e_model_point_id"] == model.point_id
     gpu = row("e2e", 30.0, device="cuda")
     assert derived([loader, model, gpu], gpu)["e2e_efficiency"] == pytest.approx(30.0 / 50.0)  # min
     alone = row("e2e", 30.0, "data.crop=[32,64]")
@@ -82,7 +85,7 @@ def test_merge_keeps_the_latest_ok_row_of_each_point():
     a, b = row("model", None, error="killed"), row("model", 10.0)
     c = row("model", 12.0, "loader.batch_size=2")
     merged = merge([a, b, c, row("model", None, error="again")])
-    assert [r["status"] for r in merged] == ["ok", "ok"] and merged[0]["metrics"]["images_per_s"] == 10.0
+    assert [r.status for r in merged] == ["ok", "ok"] and merged[0].metrics["images_per_s"] == 10.0
 
 
 def test_schema_1_rows_are_upgraded_on_read(tmp_path):
@@ -98,10 +101,10 @@ def test_schema_1_rows_are_upgraded_on_read(tmp_path):
     path.write_text(json.dumps(old) + "\n")
     append_row(path, row("model", 1.0))
     first, second = read_rows(path)
-    assert first["point"] == {"model": "unet", "resolution": [64, 128], "batch_size": 4}
-    assert first["metrics"]["per_class_iou"] == [0.5] and first["metrics"]["miou"] == pytest.approx(0.315)
-    assert first["point_id"] != "x" and second["schema"] == 2
-    assert merge([first])[0]["derived"] == {"e2e_efficiency": 0.8}
+    assert first.point == {"model": "unet", "resolution": [64, 128], "batch_size": 4}
+    assert first.metrics["per_class_iou"] == [0.5] and first.metrics["miou"] == pytest.approx(0.315)
+    assert first.point_id != "x" and second.schema == 2
+    assert merge([first])[0].derived == {"e2e_efficiency": 0.8}
 
 
 def test_rows_under_an_unresolved_variable_are_never_merged_with_real_ones():
@@ -109,12 +112,60 @@ def test_rows_under_an_unresolved_variable_are_never_merged_with_real_ones():
     no data) is that of a real row, but they are left out, never chosen over or derived from."""
     real = row("infer", 10.0)
     ghost = row("infer", 99.0, "data.root=${CITYSCAPES_QUICK}")
-    assert ghost["point_id"] == real["point_id"] and unresolved(ghost) == ["CITYSCAPES_QUICK"]
+    assert ghost.point_id == real.point_id and unresolved(ghost) == ["CITYSCAPES_QUICK"]
     assert unresolved(real) == [] and variables_in({"a": ["$A/x", "${B}", 3, "$A"]}) == ["A", "B"]
     merged = merge([real, ghost])
-    assert len(merged) == 1 and merged[0]["metrics"]["images_per_s"] == 10.0
+    assert len(merged) == 1 and merged[0].metrics["images_per_s"] == 10.0
     assert latest_per_point([ghost]) == ([], 0) and split_unresolved([ghost, real]) == ([real], [ghost])
     loader, model = row("loader", 100.0), row("model", 50.0)
     e2e, ghost_e2e = row("e2e", 30.0), row("e2e", 90.0, "model.name=${M}")
-    assert {r["point_id"] for r in merge([loader, ghost_e2e, model])} == {loader["point_id"], model["point_id"]}
+    assert {r.point_id for r in merge([loader, ghost_e2e, model])} == {loader.point_id, model.point_id}
     assert derived([loader, model, ghost_e2e, e2e], e2e)["e2e_efficiency"] == pytest.approx(30.0 / (100 / 3))
+
+
+def test_a_row_round_trips_through_json_and_stores_no_derived_metrics(tmp_path):
+    loader, model = row("loader", 100.0), row("model", 50.0)
+    e2e = row_for("e2e", load_config([], BASE), {"images_per_s": 30.0, "per_class_iou": [0.5, None]}, env={"cpu": "x"},
+                  sweep={"point_wall_s": 12.5})  # fmt: skip
+    for r in (loader, e2e, row("model", None, error="boom")):
+        assert Row.from_json(json.loads(json.dumps(r.to_json()))) == r
+    merged = merge([loader, model, e2e])[2]
+    assert merged.derived and "derived" not in merged.to_json()  # computed on read, never stored
+    append_row(tmp_path / "r.jsonl", merged)
+    (back,), bad = scan_rows(tmp_path / "r.jsonl")
+    assert bad == [] and back == e2e and back.sweep == {"point_wall_s": 12.5}
+
+
+def test_a_row_cannot_change_after_it_is_built():
+    r = row("model", 10.0)
+    with pytest.raises(TypeError):
+        r.metrics["images_per_s"] = 99.0  # read-only views: row_for's checked values stay as they are
+    with pytest.raises(TypeError):
+        r.point["model"] = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.status = "error"
+    with pytest.raises(ValueError, match="non-ok row needs an error"):
+        dataclasses.replace(r, status="error")  # a changed row is a new one, checked again
+    merged = merge([r])[0]
+    assert r.derived == {} and merged is not r and merged == dataclasses.replace(r, derived={})
+
+
+def test_a_sweeps_record_stored_among_the_metrics_is_read_into_sweep(tmp_path):
+    """Sweeps before Row.sweep stored point_wall_s and max_batch_search_from among the metrics."""
+    old = row("model", 10.0).to_json()
+    del old["sweep"]
+    old["metrics"] = {**old["metrics"], "point_wall_s": 41.0, "max_batch_search_from": 16}
+    (tmp_path / "r.jsonl").write_text(json.dumps(old) + "\n")
+    (r,) = read_rows(tmp_path / "r.jsonl")
+    assert r.sweep == {"point_wall_s": 41.0, "max_batch_search_from": 16}
+    assert "point_wall_s" not in r.metrics and r.metrics["images_per_s"] == 10.0
+
+
+def test_the_dataset_root_falls_back_to_the_environment_in_one_place(monkeypatch):
+    monkeypatch.delenv("CITYSCAPES_DATASET", raising=False)
+    assert dataset_root_or_none(load_config()) is None
+    assert row("loader", 1.0).point.get("data_root") is None  # no data root: no dataset tags
+    monkeypatch.setenv("CITYSCAPES_DATASET", "/data/cs")
+    assert dataset_root_or_none(load_config()) == "/data/cs"
+    assert dataset_root_or_none(load_config([], ["data.root=/other"])) == "/other"
+    assert row("loader", 1.0).point["data_root"] == "/data/cs"  # the point names what it read

@@ -40,27 +40,27 @@ def test_every_scenarios_rows_carry_the_metrics_the_report_reads(name, data, tmp
                       + ([f"data.root={data}"] if s.reads_data else []))  # fmt: skip
     metrics = run_scenario(name, cfg)
     row = row_for(name, cfg, metrics)
-    json.dumps(row, allow_nan=False)  # strict JSON
-    missing = [k for k in s.metrics if k not in row["metrics"]]
+    json.dumps(row.to_json(), allow_nan=False)  # strict JSON
+    missing = [k for k in s.metrics if k not in row.metrics]
     assert not missing, f"{name} rows lack {missing}"
-    assert row["point"] == point_for(name, cfg) and row["status"] == "ok"
+    assert row.point == point_for(name, cfg) and row.status == "ok"
     if name in ("model", "infer", "e2e", "loader"):
-        m = row["metrics"]
+        m = row.metrics
         assert m["images_per_s"] > 0 and m["latency_ms_p50"] <= m["latency_ms_p90"] <= m["latency_ms_p99"]
     if name == "loader":  # the DataLoader worker (and its forkserver) count in host memory
-        m = row["metrics"]
+        m = row.metrics
         assert m["loader_processes"] >= 1 and m["mem_host_workers_peak_rss_mib"] > 0
         assert m["mem_host_peak_rss_mib"] > m["mem_host_workers_peak_rss_mib"]
         assert m["mem_host_pss_mib"] is None or m["mem_host_pss_mib"] > 0
     if name == "e2e":  # how long each step waited for its batch
-        assert 0 <= row["metrics"]["stall_fraction"] <= 1
+        assert 0 <= row.metrics["stall_fraction"] <= 1
     if name == "model":  # inference and the forward / backward / optimizer split come with it
-        assert row["metrics"]["infer_images_per_s"] > 0 and row["metrics"]["fwd_ms"] > 0
-        assert row["metrics"]["mfu"] is None  # no honest CPU peak
+        assert row.metrics["infer_images_per_s"] > 0 and row.metrics["fwd_ms"] > 0
+        assert row.metrics["mfu"] is None  # no honest CPU peak
     if s.kind == "accuracy":
-        assert 0 <= row["metrics"]["miou"] <= 1 and len(row["metrics"]["per_class_iou"]) == 19
+        assert 0 <= row.metrics["miou"] <= 1 and len(row.metrics["per_class_iou"]) == 19
     if name == "accuracy":  # its curves (from metrics.jsonl), its size and its example predictions
-        m = row["metrics"]
+        m = row.metrics
         assert m["curves"]["train"]["iter"] == [1, 2] and m["curves"]["eval"]["iter"] == [2]
         assert m["curves"]["eval"]["miou"] == [m["miou"]] and m["curves"]["eval"]["wall_s"][0] > 0
         assert m["params"] > 0 and m["train_flops_per_image"] > m["flops_per_image"] > 0
@@ -108,10 +108,10 @@ def test_failures_are_rows_classified_in_one_place():
     cfg = load_config([], TINY)
     oom = row_for("model", cfg, error=RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), env={})
     err = row_for("model", cfg, error=ValueError("bad\nthing"), env={})
-    assert (oom["status"], err["status"]) == ("oom", "error")
-    assert err["error"] == "ValueError: bad thing" and oom["metrics"] == {}
+    assert (oom.status, err.status) == ("oom", "error")
+    assert err.error == "ValueError: bad thing" and oom.metrics == {}
     nan = row_for("model", cfg, {"images_per_s": float("nan"), "per": (1.0, float("inf"))}, env={})
-    assert nan["metrics"] == {"images_per_s": None, "per": [1.0, None]}
+    assert nan.metrics == {"images_per_s": None, "per": [1.0, None]}
 
 
 def test_bench_json_prints_the_row_alone_on_stdout_even_for_a_training_point(data, tmp_path, capsys):

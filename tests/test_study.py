@@ -14,12 +14,13 @@ from PIL import Image
 
 from cityseg_fast.bench.study_runs import load_study, plan
 from cityseg_fast.cli import main
-from cityseg_fast.config import load_config
+from cityseg_fast.config import Config, load_config, to_dict
 from cityseg_fast.errors import UserError
 from cityseg_fast.report.stats import summarize, t_two_sided_p, welch
 from cityseg_fast.report.study_design import design, family
 from cityseg_fast.report.study_plots import PLOT_FILES
 from cityseg_fast.report.study_report import build_study_report
+from cityseg_fast.report.study_text import NOT_RECIPE, RECIPE_KEYS, recipe
 from cityseg_fast.results import append_row, read_rows, row_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,15 +90,15 @@ def test_killed_study_resumes_without_repeating_a_run_or_losing_a_row(tmp_path):
     kill_after_first_row(results, *args)  # mid-run (the second seed's)
     first = list(read_rows(results))
     assert len(first) == 1, "the study should have been killed while training its second run"
-    finished = Path(first[0]["metrics"]["out_dir"])
+    finished = Path(first[0].metrics["out_dir"])
     log_before = (finished / "metrics.jsonl").read_bytes()
     done = run_cli(*args, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(read_rows(results))
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows) and rows[0] == first[0]
-    assert sorted(r["point"]["seed"] for r in rows) == [0, 1] and len({r["point_id"] for r in rows}) == 2
+    assert len(rows) == 2 and all(r.status == "ok" for r in rows) and rows[0] == first[0]
+    assert sorted(r.point["seed"] for r in rows) == [0, 1] and len({r.point_id for r in rows}) == 2
     assert (finished / "metrics.jsonl").read_bytes() == log_before  # the finished run was not trained again
-    second = Path(rows[1]["metrics"]["out_dir"]) / "metrics.jsonl"
+    second = Path(rows[1].metrics["out_dir"]) / "metrics.jsonl"
     assert '"resume"' not in second.read_text()  # the killed run trained again from iteration 0
     md = (out / "report" / "STUDY.md").read_text()
     assert "2 finished training runs of 1 settings" in md and "## Conclusions" in md
@@ -182,6 +183,19 @@ def test_conclusions_call_a_real_difference_one_and_noise_none(tmp_path):
         with Image.open(tmp_path / "report" / name) as img:
             img.verify()
         assert (tmp_path / "report" / name).read_bytes()[:8] == PNG
+
+
+def test_the_recipe_names_every_config_key_but_a_short_exclusion():
+    """A key added to a config section shows up in STUDY.md's recipe unless NOT_RECIPE says why not."""
+    keys = {f"{s}.{k}" for s, section in to_dict(Config()).items() for k in section}
+    named = set(RECIPE_KEYS)
+    assert named <= keys and not named & NOT_RECIPE
+    assert keys - named == {k for k in keys if k in NOT_RECIPE or k.split(".")[0] in NOT_RECIPE}
+    assert RECIPE_KEYS[0] == "model.name" and {"train.lr", "data.crop", "loader.batch_size"} <= named
+    rows = [row_for("accuracy", load_config([], ["train.lr=0.02", "data.crop=[32,64]"]), {"miou": 0.1}, env={}),
+            row_for("accuracy", load_config([], ["data.crop=[32,64]"]), {"miou": 0.1}, env={})]  # fmt: skip
+    text = recipe(rows)
+    assert "`data.crop` 32x64" in text and "`train.lr` ∈ {0.01, 0.02}" in text and "data.root" not in text
 
 
 def test_welch_matches_known_t_quantiles():

@@ -81,17 +81,22 @@ def test_failing_point_is_recorded_and_the_sweep_continues(tmp_path):
     assert counts == {"ok": 1, "oom": 0, "error": 1, "skipped": 0}
     rows = list(read_rows(tmp_path / "out" / "results.jsonl"))
     for r in rows:
-        validate_row(r)
-    err = next(r for r in rows if r["status"] == "error")
-    assert "no_such_model" in err["error"] and "\n" not in err["error"]
-    ok = next(r for r in rows if r["status"] == "ok")
-    assert ok["point"]["model"] == "unet_s16" and ok["metrics"]["images_per_s"] > 0
-    assert ok["metrics"]["latency_ms_p50"] > 0 and ok["env"]["torch"]
+        validate_row(r.to_json())
+    err = next(r for r in rows if r.status == "error")
+    assert "no_such_model" in err.error and "\n" not in err.error
+    ok = next(r for r in rows if r.status == "ok")
+    assert ok.point["model"] == "unet_s16" and ok.metrics["images_per_s"] > 0
+    assert ok.metrics["latency_ms_p50"] > 0 and ok.env["torch"]
+    # The sweep appends the row its child built with row_for, unchanged, its own record beside it.
+    (child,) = read_rows(tmp_path / "out" / "points" / f"infer-{ok.point_id}.jsonl")
+    assert ok.sweep["point_wall_s"] > 0 and "point_wall_s" not in ok.metrics
+    assert ok == dataclasses.replace(child, sweep={"point_wall_s": ok.sweep["point_wall_s"]})
+    assert err.sweep["point_wall_s"] > 0 and err.metrics == {}  # a failed child's row: built by the sweep
     # Rerun: the ok point is skipped, the failed one is retried (and fails again, recorded again).
     counts = run_sweep(spec, tmp_path / "out", live=False)
     assert counts == {"ok": 0, "oom": 0, "error": 1, "skipped": 1}
     rows = list(read_rows(tmp_path / "out" / "results.jsonl"))
-    assert sum(r["status"] == "ok" for r in rows) == 1 and len(rows) == 3
+    assert sum(r.status == "ok" for r in rows) == 1 and len(rows) == 3
 
 
 def test_killed_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
@@ -105,10 +110,10 @@ def test_killed_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
     done = run_cli(*args, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(read_rows(results))
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    assert len({r["point_id"] for r in rows}) == 2
-    assert sorted(r["point"]["batch_size"] for r in rows) == [1, 2]
-    assert rows[0]["point_id"] == first[0]["point_id"]
+    assert len(rows) == 2 and all(r.status == "ok" for r in rows)
+    assert len({r.point_id for r in rows}) == 2
+    assert sorted(r.point["batch_size"] for r in rows) == [1, 2]
+    assert rows[0].point_id == first[0].point_id
 
 
 # -- variables, paths, shards (no point runs) ------------------------------------------------------
@@ -215,11 +220,13 @@ class Stub:
             time.sleep(self.seconds)
             with self.lock:
                 del self.running[sp.id]
-            metrics = {"images_per_s": float(int(sp.id[:4], 16) % 97 + 1), "device": "cpu", "point_wall_s": 0.0,
+            metrics = {"images_per_s": float(int(sp.id[:4], 16) % 97 + 1), "device": "cpu",
                        "visible_devices": ",".join(devices)}  # fmt: skip
+            ran = {"point_wall_s": 0.0}
             if sp.cfg.loader.batch_size > self.fits:
-                return row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={})
-            return row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={})
+                return row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={},
+                               sweep=ran)  # fmt: skip
+            return row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, sweep=ran)
 
         return wait
 
@@ -231,7 +238,7 @@ def test_devices_run_single_points_side_by_side_and_wide_points_on_n_of_them(tmp
     counts = run_sweep(spec, tmp_path / "out", live=False, devices=["3", "5", "7"], runner=stub)
     assert counts == {"ok": 10, "oom": 0, "error": 0, "skipped": 0}
     rows = list(read_rows(tmp_path / "out" / "results.jsonl"))
-    assert len(rows) == 10 and {r["point_id"] for r in rows} == {sp.id for sp in spec.points}
+    assert len(rows) == 10 and {r.point_id for r in rows} == {sp.id for sp in spec.points}
     assert max(len(o) for o in stub.overlaps) == 3  # three single-device points at once
     for overlap in stub.overlaps:  # never two points on one device
         used = [d for devs in overlap.values() for d in devs]
@@ -240,7 +247,7 @@ def test_devices_run_single_points_side_by_side_and_wide_points_on_n_of_them(tmp
     for pid, devs in stub.started:
         assert len(devs) == by_id[pid].world_size and set(devs) <= {"3", "5", "7"}
     for r in rows:
-        assert len(r["metrics"]["visible_devices"].split(",")) == r["point"]["world_size"]
+        assert len(r.metrics["visible_devices"].split(",")) == r.point["world_size"]
 
 
 def test_max_batch_search_halves_on_oom_under_the_scheduler(tmp_path):
@@ -250,7 +257,7 @@ def test_max_batch_search_halves_on_oom_under_the_scheduler(tmp_path):
     counts = run_sweep(load_spec(path), tmp_path / "out", live=False, devices=["0", "1"], runner=Stub(fits=2))
     assert counts == {"ok": 2, "oom": 2, "error": 0, "skipped": 0}  # 8 oom, 4 oom, 2 ok; 1 ok
     rows = list(read_rows(tmp_path / "out" / "results.jsonl"))
-    assert sorted((r["point"]["batch_size"], r["status"]) for r in rows) == [(1, "ok"), (2, "ok"), (4, "oom"), (8, "oom")]
+    assert sorted((r.point["batch_size"], r.status) for r in rows) == [(1, "ok"), (2, "ok"), (4, "oom"), (8, "oom")]
     acc = load_spec(_spec(tmp_path, {"loader.batch_size": [4]}, scenarios=("accuracy",)), tmp_path / "o").points[0]
     assert Path(halved(acc).cfg.train.out_dir) == tmp_path / "o" / "runs" / f"accuracy-{halved(acc).id}"
 
@@ -278,11 +285,11 @@ def test_shards_merged_report_equals_the_unsharded_one(tmp_path):
         run_sweep(spec, tmp_path / "shared", live=False, runner=Stub(seconds=0))  # one folder, three files
         run_sweep(spec, tmp_path / f"node{i}", live=False, runner=Stub(seconds=0))  # a folder per node
     whole = load_run(tmp_path / "whole")
-    assert any(r["derived"].get("e2e_efficiency") for r in whole.rows)
-    assert any(r["derived"].get("scaling_efficiency") for r in whole.rows)
+    assert any(r.derived.get("e2e_efficiency") for r in whole.rows)
+    assert any(r.derived.get("scaling_efficiency") for r in whole.rows)
 
     def merged(run):
-        return sorted(json.dumps([r["point_id"], r["metrics"], r["derived"]], sort_keys=True) for r in run.rows)
+        return sorted(json.dumps([r.point_id, dict(r.metrics), dict(r.derived)], sort_keys=True) for r in run.rows)
 
     nodes = [str(tmp_path / f"node{i}") for i in range(3)]
     assert merged(load_run(tmp_path / "shared")) == merged(load_run(nodes)) == merged(whole)
@@ -316,8 +323,8 @@ def test_devices_give_each_child_its_own_and_points_without_data_need_no_dataset
     append_row(out / "results.jsonl", ghost)
     assert main(["sweep", str(path), "--out", str(out), "--devices", "0,1", "--only", "infer"]) == 0
     rows = list(read_rows(out / "results.jsonl"))[1:]
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-    assert ghost["point_id"] in {r["point_id"] for r in rows}  # run again, not skipped
-    assert sorted(r["metrics"]["visible_devices"] for r in rows) == ["0", "1"]  # each child saw its own
-    assert all(r["config"]["data"]["root"] == "" for r in rows)
+    assert len(rows) == 2 and all(r.status == "ok" for r in rows), [r.error for r in rows]
+    assert ghost.point_id in {r.point_id for r in rows}  # run again, not skipped
+    assert sorted(r.metrics["visible_devices"] for r in rows) == ["0", "1"]  # each child saw its own
+    assert all(r.config["data"]["root"] == "" for r in rows)
     assert "on devices 0,1" in capsys.readouterr().err

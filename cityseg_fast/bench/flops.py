@@ -19,8 +19,8 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from cityseg_fast.config_ranges import check_choice
 from cityseg_fast.engine.precision import unwrap_model
-from cityseg_fast.errors import UserError
 
 # Op names that do real arithmetic per element but are outside FlopCounterMode's registry. Matched
 # against the aten op name; views, copies, fills and reductions of bookkeeping size are left out.
@@ -142,7 +142,6 @@ _GPU_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"\bL4\b", "L4"),
     (r"\bA10\b", "A10"),
 )
-PEAK_DTYPES = ("fp32", "tf32", "bf16", "fp16")
 
 
 def gpu_model(gpu_name: str | None) -> str | None:
@@ -159,9 +158,8 @@ def gpu_model(gpu_name: str | None) -> str | None:
 
 
 def peak_flops(gpu_name: str | None, dtype: str) -> float | None:
-    """Peak dense FLOP/s of `gpu_name` at `dtype` (fp32|tf32|bf16|fp16); None for the CPU or an unknown GPU."""
-    if dtype not in PEAK_DTYPES:
-        raise UserError(f"precision.dtype: {dtype!r} is not one of {', '.join(PEAK_DTYPES)}")
+    """Peak dense FLOP/s of `gpu_name` at `dtype` (a precision.dtype word); None for the CPU or an unknown GPU."""
+    check_choice("precision.dtype", dtype)
     key = gpu_model(gpu_name)
     return None if key is None else PEAK_TFLOPS[key][dtype] * 1e12
 

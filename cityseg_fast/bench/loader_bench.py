@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cityseg_fast.bench.memory import release_pools
+from cityseg_fast.bench.timing import latency_metrics, summarize
 from cityseg_fast.config import Config
 from cityseg_fast.data.factory import build_loader
 from cityseg_fast.data.plan import endless
@@ -64,19 +63,6 @@ def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 # -- measurement --------------------------------------------------------------------------------
-
-
-def _percentiles(lat_s: list[float], variance_warn: float) -> dict[str, Any]:
-    ms = np.asarray(lat_s) * 1e3
-    q25, q50, q75, q90, q99 = np.percentile(ms, [25, 50, 75, 90, 99])
-    return {
-        "latency_ms_p50": float(q50),
-        "latency_ms_p90": float(q90),
-        "latency_ms_p99": float(q99),
-        "latency_ms_median": float(q50),
-        "latency_ms_iqr": float(q75 - q25),
-        "variance_warning": bool(q50 > 0 and (q75 - q25) / q50 > variance_warn),
-    }
 
 
 MIN_CPU_WINDOW_S = 0.5  # shortest timed window whose CPU utilisation is reported
@@ -140,7 +126,7 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
     busy = cpu / wall if wall >= MIN_CPU_WINDOW_S else None
     return {
         "images_per_s": n_images / wall,
-        **_percentiles(lat, variance_warn),
+        **latency_metrics(summarize(lat, variance_warn=variance_warn)),
         "cpu_util": busy / cores if busy is not None else None,
         "cpu_cores_used": busy,
         # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles)

@@ -37,12 +37,12 @@ import yaml
 
 from cityseg_fast.bench.flops import count_flops
 from cityseg_fast.bench.sweep_spec import SweepPoint, SweepSpec, find_spec, load_spec
-from cityseg_fast.config import Config, load_yaml, replace
+from cityseg_fast.config import Config, format_hw, load_yaml, replace
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
 from cityseg_fast.models import model_from_config
-from cityseg_fast.results import read_rows
+from cityseg_fast.results import POINT_WALL_S, Row, read_rows
 
 STUDY_KEYS = {"seeds", "data", "estimate", "title"}
 DATA_KEYS = {"synth", "source", "prepare"}
@@ -296,13 +296,13 @@ def work_gflop(study: Study, sp: SweepPoint, cache: dict[str, tuple[float, float
     return t.iters * cfg.loader.batch_size * train + evals * per_frame * n_val / sp.world_size
 
 
-def _measured_rates(study: Study, rows: list[dict[str, Any]], cache: dict) -> dict[str, float]:
+def _measured_rates(study: Study, rows: list[Row], cache: dict) -> dict[str, float]:
     """GFLOP/s per model (and '*' over all) of this study's finished runs: work / (point wall - overhead)."""
     by_id = {sp_id: sp for sp_id, sp in _ids(study)}
     rates: dict[str, list[float]] = {}
     for row in rows:
-        sp, wall = by_id.get(row["point_id"]), row["metrics"].get("point_wall_s")
-        if sp is None or row["status"] != "ok" or sp.scenario != "accuracy" or not wall:
+        sp, wall = by_id.get(row.point_id), row.sweep.get(POINT_WALL_S)
+        if sp is None or not row.ok or sp.scenario != "accuracy" or not wall:
             continue
         rate = work_gflop(study, sp, cache) / max(wall - study.estimate.overhead_s, 1.0)
         rates.setdefault(sp.cfg.model.name, []).append(rate)
@@ -320,7 +320,7 @@ def plan(study: Study) -> list[PlannedRun]:
     model's, else the config's prior), plus the per-run overhead."""
 
     rows = list(read_rows(study.out / "results.jsonl"))
-    done = {r["point_id"] for r in rows if r["status"] == "ok"}
+    done = {r.point_id for r in rows if r.ok}
     cache: dict[str, tuple[float, float]] = {}
     rates = _measured_rates(study, rows, cache)
     runs = []
@@ -351,7 +351,7 @@ def _labels(points: list[SweepPoint]) -> list[str]:
 def _value(key: str, v: Any) -> str:
     if key == "data_root":
         return Path(str(v)).name  # a dataset without a manifest yet (a dry run before the data is made)
-    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
+    return format_hw(v)
 
 
 def total_s(runs: list[PlannedRun], todo_only: bool = True) -> float:

@@ -9,7 +9,9 @@ world-size-N point is torchrun on the first N visible GPUs). With one: each poin
 through CUDA_VISIBLE_DEVICES, a single-device point one of them, a world-size-N point N of them
 (torchrun --nproc_per_node=N); points start in spec order as soon as enough devices are free, and the
 next point waits for its N devices rather than being overtaken (so a big point is never starved). The
-child records the devices it saw in `metrics.visible_devices` (a metric: not part of the point id).
+child records the devices it saw in `metrics.visible_devices` (a metric: not part of the point id). The
+sweep's own record of a point (its wall time, the batch a max-batch search started from) goes in the
+row's `sweep` field, beside the child's measurement, never into it.
 Running points side by side is sound for the bookkeeping (derived metrics are computed when rows are
 read, so a point's companions may run in any order, in any shard) but not free for the numbers: points
 side by side share the host's CPU cores, memory bandwidth and PCIe, which loader and e2e points feel most.
@@ -35,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,18 @@ from rich.table import Table
 from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, SweepPoint, SweepSpec, halved
 from cityseg_fast.config import dump_config
 from cityseg_fast.errors import UserError
-from cityseg_fast.results import append_row, read_rows, results_files, row_for, split_unresolved
+from cityseg_fast.results import (
+    MAX_BATCH_SEARCH_FROM,
+    POINT_WALL_S,
+    Row,
+    append_row,
+    read_rows,
+    results_files,
+    row_for,
+    split_unresolved,
+)
+from cityseg_fast.results.scenarios import IMAGES_PER_S, VISIBLE_DEVICES
 
-Row = dict[str, Any]
 # Starts a point's child now and returns the function that waits for it and gives its row.
 Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], Row]]
 
@@ -63,6 +74,8 @@ _LIVE_LOCK = threading.Lock()
 def point_command(sp: SweepPoint, cfg_path: Path, row_path: Path) -> list[str]:
     """The child's command line: `cityseg bench SCENARIO --config POINT.yaml`, writing its row to row_path."""
     bench = ["-m", "cityseg_fast", "bench", sp.scenario, "--config", str(cfg_path), "--json", "--append", str(row_path)]
+    if sp.round is not None:  # a repeated point: the round is part of the identity the child records
+        bench += ["--round", str(sp.round)]
     if sp.world_size > 1:
         return [
             sys.executable,
@@ -163,18 +176,17 @@ def _finish(
         with _LIVE_LOCK:
             _LIVE.discard(proc)
     wall = time.perf_counter() - t0
+    ran = {POINT_WALL_S: wall, **({MAX_BATCH_SEARCH_FROM: sp.search_from} if sp.search_from is not None else {})}
     rows = list(read_rows(row_path))
     if rows and not timed_out:
-        row = rows[-1]  # the child built it with row_for: the same point as sp.point
+        # The child built and checked it with row_for (the same point as sp.point): the sweep's record goes
+        # beside its measurement, in a new row.
+        row = replace(rows[-1], sweep=ran)
     else:
         msg = _failure(proc.returncode, err, timed_out, timeout_s)
-        row = row_for(sp.scenario, sp.cfg, error=msg, world_size=sp.world_size)
-        if devices:
-            row["metrics"]["visible_devices"] = ",".join(devices)
-    row["metrics"]["point_wall_s"] = wall
-    if sp.search_from is not None:
-        row["metrics"]["max_batch_search_from"] = sp.search_from
-    if row["status"] != "ok":
+        seen = {VISIBLE_DEVICES: ",".join(devices)} if devices else None
+        row = row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)
+    if not row.ok:
         (work / f"{sp.scenario}-{sp.id}.stderr.txt").write_text(err[-20000:])
     return row
 
@@ -201,23 +213,37 @@ def _stop_children() -> None:
 
 
 @dataclass
+class ProgressLine:
+    """One point's line in the live table; the numbers as shown ('' until the point finishes)."""
+
+    scenario: str
+    point: str  # the sweep point's label
+    devices: str  # the devices it runs on, comma-separated ('' without a device list)
+    status: str  # running | skipped | ok | oom | error
+    images_per_s: str = ""
+    wall_s: str = ""
+
+
+@dataclass
 class Progress:
     total: int
     devices: bool = False  # show the devices column
-    rows: list[list[str]] = field(default_factory=list)  # scenario, point, devices, status, images/s, s
+    lines: list[ProgressLine] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0})
 
     def add(self, sp: SweepPoint, status: str, devices: tuple[str, ...] = ()) -> int:
-        self.rows.append([sp.scenario, sp.label, ",".join(devices), status, "", ""])
+        self.lines.append(ProgressLine(sp.scenario, sp.label, ",".join(devices), status))
         if status == "skipped":
             self.counts["skipped"] += 1
-        return len(self.rows) - 1
+        return len(self.lines) - 1
 
     def finish(self, i: int, row: Row) -> None:
-        ips, wall = row["metrics"].get("images_per_s"), row["metrics"].get("point_wall_s")
-        self.rows[i][3:] = [row["status"], f"{ips:.1f}" if isinstance(ips, float) else "",
-                            f"{wall:.0f}" if isinstance(wall, float) else ""]  # fmt: skip
-        self.counts[row["status"]] += 1
+        ips, wall = row.metrics.get(IMAGES_PER_S), row.sweep.get(POINT_WALL_S)
+        line = self.lines[i]
+        line.status = row.status
+        line.images_per_s = f"{ips:.1f}" if isinstance(ips, float) else ""
+        line.wall_s = f"{wall:.0f}" if isinstance(wall, float) else ""
+        self.counts[row.status] += 1
 
     def table(self, title: str) -> Any:
         t = Table(
@@ -227,10 +253,11 @@ class Progress:
         cols = ["scenario", "point"] + (["devices"] if self.devices else []) + ["status", "images/s", "s"]
         for col in cols:
             t.add_column(col, justify="right" if col in ("images/s", "s") else "left")
-        for r in self.rows[-30:]:
-            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan"}[r[3]]
-            cells = r[:2] + ([r[2]] if self.devices else []) + [f"[{color}]{r[3]}[/{color}]", r[4], r[5]]
-            t.add_row(*cells)
+        for ln in self.lines[-30:]:
+            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan"}[ln.status]
+            status = f"[{color}]{ln.status}[/{color}]"
+            where = [ln.devices] if self.devices else []
+            t.add_row(ln.scenario, ln.point, *where, status, ln.images_per_s, ln.wall_s)
         return t
 
 
@@ -276,7 +303,7 @@ def done_ids(out: Path, done_status: Sequence[str] = ("ok", "oom")) -> set[str]:
     an unresolved variable never count."""
 
     real, _ = split_unresolved(read_rows(results_files(out)))
-    return {r["point_id"] for r in real if r["status"] in done_status}
+    return {r.point_id for r in real if r.status in done_status}
 
 
 def run_sweep(
@@ -373,9 +400,9 @@ class _Sweep:
 
         append_row(self.results, row)
         self.progress.finish(i, row)
-        if row["status"] in self.done_status:  # a max-batch-search try may be a later point of the grid
-            self.done.add(row["point_id"])
-        if row["status"] == "oom" and self.spec.max_batch_search:
+        if row.status in self.done_status:  # a max-batch-search try may be a later point of the grid
+            self.done.add(row.point_id)
+        if row.status == "oom" and self.spec.max_batch_search:
             nxt = halved(sp)
             if nxt is not None:
                 self.progress.total += 1

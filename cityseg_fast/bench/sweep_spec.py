@@ -6,6 +6,7 @@ A spec (see configs/sweeps/*.yaml for commented examples):
     overrides: {data.root: ${CITYSCAPES_QUICK}, bench.iters: 10}   # applied to every point
     timeout_s: 900                            # per point
     max_batch_search: false                   # on OOM halve the batch until it fits, record each try
+    repeats: 3                                # measure every point 3 times (default 1); a block may set its own
     runs:                                     # one or more blocks; each is scenarios x product(grid)
       - scenarios: [loader, model, e2e]
         overrides: {...}                      # block-level overrides
@@ -20,6 +21,11 @@ change that scenario's measurement, so axes irrelevant to a scenario (the loader
 multiply its points. Points are listed in the table's order (loader, model, infer, e2e, accuracy,
 baseline) and in ascending world size; derived metrics (e2e and scaling efficiency) are computed when
 rows are read (`results.merge`), so no point needs another to have run first.
+
+Repeats: `repeats: N` (N >= 2) measures every point N times, as N points that differ only in a `round`
+key (0..N-1) of their identity, so each round is its own row and a killed sweep resumes inside a round.
+The rounds are interleaved: every point's round 0 runs before any round 1, so a drift in the machine's
+load hits all points alike. Reports show the median over rounds and the spread (`results/rounds.py`).
 
 Variables: `${NAME}` (or `$NAME`) anywhere in a spec (overrides, grid values, config paths, world_size)
 is expanded from the environment when the spec is loaded. An unset (or empty) one is an error naming it
@@ -48,7 +54,7 @@ from typing import Any
 
 import yaml
 
-from cityseg_fast.config import Config, load_config, load_yaml, replace, to_dict
+from cityseg_fast.config import Config, format_hw, load_config, load_yaml, replace, to_dict
 from cityseg_fast.errors import UserError
 from cityseg_fast.results import (
     RESULTS_FILE,
@@ -58,7 +64,7 @@ from cityseg_fast.results import (
     shard_file,
     variables_in,
 )
-from cityseg_fast.results.rows import VARIABLE
+from cityseg_fast.results.schema import VARIABLE
 
 SPEC_KEYS = {
     "demo",  # read by `cityseg demo` only (the dataset it makes), ignored here
@@ -68,11 +74,12 @@ SPEC_KEYS = {
     "overrides",
     "timeout_s",
     "max_batch_search",
+    "repeats",
     "runs",
     "scenarios",
     "grid",
 }
-RUN_KEYS = {"scenarios", "grid", "overrides", "config", "name"}
+RUN_KEYS = {"scenarios", "grid", "overrides", "config", "name", "repeats"}
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 DATA_ROOT = "data.root"
 NO_DATA_HINT = "--only " + " --only ".join(s.name for s in SCENARIOS.values() if not s.reads_data)
@@ -86,10 +93,16 @@ class SweepPoint:
     world_size: int = 1
     label: str = ""
     search_from: int | None = None  # batch size this max-batch-search try halved down from
+    round: int | None = None  # which measurement of a repeated point (part of its identity); None: not repeated
 
     @property
     def id(self) -> str:
         return point_id(self.scenario, self.point)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The identity keys beyond the scenario table's: the child records them in its row (`--round`)."""
+        return {} if self.round is None else {"round": self.round}
 
 
 @dataclass
@@ -130,10 +143,6 @@ def _yaml_value(v: Any) -> str:
 
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
-
-
-def _short(v: Any) -> str:
-    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _feeds_data_root(where: str, text: str) -> bool:
@@ -200,6 +209,12 @@ def _world_size(v: Any, where: str) -> int:
     return int(text)
 
 
+def _repeats(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not str(v).isdigit() or int(v) < 1:
+        raise UserError(f"{where}: repeats {v!r} is not a positive integer (measurements of each point)")
+    return int(v)
+
+
 def _read(p: Path) -> dict[str, Any]:
     raw = load_yaml(p)
     if not isinstance(raw, dict):
@@ -222,6 +237,7 @@ class _Expansion:
     spec: SweepSpec
     only: set[str]
     extra: list[str]
+    repeats: int = 1  # the spec's; a runs block may set its own
     seen: set[str] = field(default_factory=set)
     needs: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)  # (scenario, {key: vars})
 
@@ -252,15 +268,17 @@ def load_spec(
         max_batch_search=bool(raw.get("max_batch_search", False)),
         source=str(p),
     )
-    ex = _Expansion(spec, set(only), list(overrides))
+    ex = _Expansion(spec, set(only), list(overrides), _repeats(raw.get("repeats", 1), f"{p}"))
     files = [_config_path(f, p, "config") for f in _as_list(raw.get("config") or [])]
     over = as_overrides(raw.get("overrides"), f"{p}: overrides")
     for i, run in enumerate(runs):
         _expand_run(ex, run, p, f"runs[{i}]", files, over)
     if ex.needs:
         raise UserError(_needs_message(p, ex.needs, hint=bool(spec.points)))
-    order = list(SCENARIOS)  # the table's order: loader and model points before the e2e they explain
-    spec.points.sort(key=lambda sp: (order.index(sp.scenario), sp.world_size))
+    # Round by round (every point once before any point twice), each round in the table's order: loader
+    # and model points before the e2e they explain.
+    order = list(SCENARIOS)
+    spec.points.sort(key=lambda sp: (sp.round or 0, order.index(sp.scenario), sp.world_size))
     if out_dir is not None:
         place_accuracy_runs(spec, Path(out_dir))
     return spec
@@ -279,6 +297,7 @@ def _expand_run(ex: _Expansion, run: Any, p: Path, name: str, files: list[str], 
         raise UserError(f"{where}: grid must be a mapping of section.key: [values]")
     files = files + [_config_path(f, p, f"{name}.config") for f in _as_list(run.get("config") or [])]
     over = over + as_overrides(run.get("overrides"), f"{where}.overrides")
+    repeats = _repeats(run.get("repeats", ex.repeats), where)
     for values in _combos(grid):
         world = _world_size(values.pop("world_size", 1), where)
         point_over = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
@@ -286,10 +305,11 @@ def _expand_run(ex: _Expansion, run: Any, p: Path, name: str, files: list[str], 
             cfg = load_config(files, over + point_over + ex.extra)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        label = " ".join(f"{k}={_short(v)}" for k, v in values.items()) + f" ws={world}"
+        label = " ".join(f"{k}={format_hw(v)}" for k, v in values.items()) + f" ws={world}"
         for scenario in scenarios:
             if not ex.only or scenario in ex.only:
-                _add_point(ex, scenario, cfg, world, label)
+                for r in range(repeats) if repeats > 1 else [None]:
+                    _add_point(ex, scenario, cfg, world, label, r)
 
 
 def _combos(grid: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -305,19 +325,28 @@ def _unresolved_keys(cfg: Config) -> dict[str, list[str]]:
     return {k: names for k, names in keys.items() if names}
 
 
-def _add_point(ex: _Expansion, scenario: str, cfg: Config, world: int, label: str) -> None:
+def _add_point(ex: _Expansion, scenario: str, cfg: Config, world: int, label: str, r: int | None) -> None:
     keys = _unresolved_keys(cfg)
     if keys:
         if set(keys) != {DATA_ROOT} or SCENARIOS[scenario].reads_data:
             ex.needs.append((scenario, keys))
             return
         cfg = replace(cfg, data={"root": ""})  # reads no data: synthetic batches, no dataset needed
-    sp = SweepPoint(scenario, point_for(scenario, cfg, world), cfg, world, label)
+    sp = _point(scenario, cfg, world, label + ("" if r is None else f" round={r}"), r)
     if sp.id in ex.seen:
         ex.spec.skipped_duplicates += 1
         return
     ex.seen.add(sp.id)
     ex.spec.points.append(sp)
+
+
+def _point(
+    scenario: str, cfg: Config, world: int, label: str, r: int | None = None, search_from: int | None = None
+) -> SweepPoint:
+    """The SweepPoint of one measurement: the table's identity keys, plus its round when repeated."""
+    sp = SweepPoint(scenario, point_for(scenario, cfg, world), cfg, world, label, search_from, r)
+    sp.point.update(sp.extra)
+    return sp
 
 
 def _needs_message(p: Path, needs: list[tuple[str, dict[str, list[str]]]], hint: bool) -> str:
@@ -356,8 +385,7 @@ def halved(sp: SweepPoint) -> SweepPoint | None:
         return None
     cfg = replace(sp.cfg, loader={"batch_size": bs})
     label = sp.label + f" (search bs={bs})"
-    nxt = SweepPoint(sp.scenario, point_for(sp.scenario, cfg, sp.world_size), cfg, sp.world_size, label,
-                     search_from=sp.search_from or sp.cfg.loader.batch_size)  # fmt: skip
+    nxt = _point(sp.scenario, cfg, sp.world_size, label, sp.round, sp.search_from or sp.cfg.loader.batch_size)
     if sp.scenario == "accuracy":
         nxt.cfg = replace(cfg, train={"out_dir": _accuracy_dir(Path(cfg.train.out_dir).parent, nxt)})
     return nxt

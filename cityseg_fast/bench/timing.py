@@ -21,6 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cityseg_fast.results.scenarios import (
+    LATENCY_MS_IQR,
+    LATENCY_MS_MEDIAN,
+    LATENCY_MS_P50,
+    LATENCY_MS_P90,
+    LATENCY_MS_P99,
+    VARIANCE_WARNING,
+)
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default 'linear' method) of an already sorted sequence."""
@@ -64,15 +73,16 @@ def summarize(
     }
 
 
-def latency_metrics(stats: dict[str, Any], prefix: str = "latency_ms") -> dict[str, Any]:
-    """Schema metric names for a `summarize` result: latency_ms_p50/p90/p99/median/iqr, variance_warning."""
+def latency_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """A `summarize` result as the row's latency metrics (the only maker of these keys): latency_ms_p50 /
+    median / p90 / p99 / iqr and variance_warning."""
     return {
-        f"{prefix}_p50": stats["median_ms"],
-        f"{prefix}_median": stats["median_ms"],
-        f"{prefix}_p90": stats["p90_ms"],
-        f"{prefix}_p99": stats["p99_ms"],
-        f"{prefix}_iqr": stats["iqr_ms"],
-        "variance_warning": stats["variance_warning"],
+        LATENCY_MS_P50: stats["median_ms"],
+        LATENCY_MS_MEDIAN: stats["median_ms"],
+        LATENCY_MS_P90: stats["p90_ms"],
+        LATENCY_MS_P99: stats["p99_ms"],
+        LATENCY_MS_IQR: stats["iqr_ms"],
+        VARIANCE_WARNING: stats["variance_warning"],
     }
 
 

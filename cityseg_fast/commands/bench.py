@@ -34,10 +34,10 @@ from rich.table import Table
 
 from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.commands.common import add_config_args, config_from_args
-from cityseg_fast.config import parse_hw, replace
+from cityseg_fast.config import CHOICES, parse_hw, replace
 from cityseg_fast.engine.dist import cleanup
 from cityseg_fast.paths import check_append_file
-from cityseg_fast.results import SCENARIOS, append_row, row_for
+from cityseg_fast.results import SCENARIOS, Row, append_row, row_for
 
 # --flag -> (config key, how the value is written); a flag left out sets nothing
 SHORTCUTS: dict[str, tuple[str, Any]] = {
@@ -61,17 +61,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset root (raw Cityscapes or prepared); sets data.root")
-    p.add_argument("--loader", choices=["dali", "torch", "synthetic"], help="sets loader.backend")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], help="where decode runs (torch: gpu = nvJPEG); sets loader.device")
+    p.add_argument("--loader", choices=CHOICES["loader.backend"], help="sets loader.backend")
+    p.add_argument("--device", choices=CHOICES["loader.device"], help="where decode runs (dali; torch: gpu = its nvJPEG loader); sets loader.device")
     p.add_argument("--crop", metavar="HxW", help="training crop / input size, e.g. 512x1024; sets data.crop")
     p.add_argument("--batch-size", type=int, metavar="N", help="sets loader.batch_size")
     p.add_argument("--iters", type=int, metavar="K", help="timed iterations; sets bench.iters")
     p.add_argument("--warmup", type=int, metavar="W", help="untimed iterations first; sets bench.warmup")
     p.add_argument("--split", help="the split the training loader reads; sets data.train_split")
     p.add_argument("--decode-only", action="store_true", help="full-frame decode only; sets loader.decode_only=true")
-    p.add_argument("--roi", choices=["slice", "resize"], help="dali: decode the crop window or the frame; sets loader.roi")
+    p.add_argument("--roi", choices=CHOICES["loader.roi"], help="dali: decode the crop window or the frame; sets loader.roi")
     p.add_argument("--json", action="store_true", help="print the result row as one JSON line")
     p.add_argument("--append", "--out", dest="append", metavar="FILE", help="append the result row to this results.jsonl")
+    p.add_argument("--round", type=int, metavar="R",
+                   help="this measurement's round (a sweep's `repeats`): part of the point's identity")  # fmt: skip
     add_config_args(p)
 
 
@@ -106,30 +108,31 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # a failure is a result too: recorded, printed, then reported by exit status
         failure = e
     cleanup(failed=failure is not None)  # under torchrun: leave the process group before exiting
-    row = row_for(scenario, cfg, metrics, error=failure, world_size=world)
+    extra = None if args.round is None else {"round": args.round}
+    row = row_for(scenario, cfg, metrics, error=failure, world_size=world, point=extra)
     if rank == 0:
         if args.append:
             append_row(args.append, row)
-        print(json.dumps(row, sort_keys=True, default=str)) if args.json else print_row(row)
+        print(json.dumps(row.to_json(), sort_keys=True, default=str)) if args.json else print_row(row)
     if failure is None:
         return 0
-    if row["status"] == "oom":
-        print(f"cityseg bench {scenario}: out of memory: {row['error']}", file=sys.stderr)
+    if row.status == "oom":
+        print(f"cityseg bench {scenario}: out of memory: {row.error}", file=sys.stderr)
         return 3
     raise failure  # a UserError becomes one line in cli.main; anything else keeps its traceback
 
 
-def print_row(row: dict[str, Any]) -> None:
+def print_row(row: Row) -> None:
     """The row as a two-column table: the point, then the scenario's own metrics, then the rest."""
 
-    t = Table(title=f"cityseg bench {row['scenario']}  [{row['status']}]", show_header=False)
-    for k, v in row["point"].items():
+    t = Table(title=f"cityseg bench {row.scenario}  [{row.status}]", show_header=False)
+    for k, v in row.point.items():
         t.add_row(f"[dim]{k}[/dim]", str(v))
-    if row["error"]:
-        t.add_row("[red]error[/red]", row["error"])
-    first = [k for k in SCENARIOS[row["scenario"]].metrics if k in row["metrics"]]
-    for k in first + [k for k in row["metrics"] if k not in first]:
-        v = row["metrics"][k]
+    if row.error:
+        t.add_row("[red]error[/red]", row.error)
+    first = [k for k in SCENARIOS[row.scenario].metrics if k in row.metrics]
+    for k in first + [k for k in row.metrics if k not in first]:
+        v = row.metrics[k]
         if v is not None and not isinstance(v, (list, dict)):
             t.add_row(f"[bold]{k}[/bold]" if k in first else k, f"{v:.4g}" if isinstance(v, float) else str(v))
     Console(file=sys.stdout).print(t)

@@ -31,7 +31,7 @@ from PIL import Image
 from cityseg_fast.data.cityscapes import load_label_array
 from cityseg_fast.errors import UserError
 
-DECODERS = ("torchvision", "pil")
+DECODER_NAMES = {"torchvision": "torchvision.io", "pil": "PIL"}  # CHOICES["loader.decoder"] -> how rows name it
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not a dependency here) and warns
 # at every call; 0.26 (the GPU machine's) does not. The functions are the same in both.
@@ -40,12 +40,6 @@ _TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision a
 
 class DecodeError(Exception):
     """A file the loader could not decode; the message names it."""
-
-
-def check_decoder(decoder: str) -> str:
-    if decoder not in DECODERS:
-        raise UserError(f"loader.decoder: expected one of {', '.join(DECODERS)}, got '{decoder}'")
-    return decoder
 
 
 def torchvision_io() -> Any:

@@ -13,23 +13,19 @@ rank sees per epoch), `description` and `close()`:
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import torch
 
-from cityseg_fast.config import Config, data_root
+from cityseg_fast.config import Config, data_root, dataset_root_or_none
 from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.dali import dali_available
-from cityseg_fast.data.decode import check_decoder
 from cityseg_fast.data.plan import LoaderSpec
 from cityseg_fast.data.synthetic_loader import SyntheticLoader
 from cityseg_fast.data.torch_gpu_loader import TorchGpuLoader
 from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.errors import UserError
-from cityseg_fast.hardware import cores_per_rank, resolve_device
-
-BACKENDS = ("dali", "torch", "synthetic")
+from cityseg_fast.hardware import cores_per_rank, loader_device, resolve_device
 
 
 class Loader(Protocol):
@@ -45,23 +41,17 @@ class Loader(Protocol):
 
 
 def dali_device(requested: str, device: torch.device) -> str:
-    """loader.device auto|gpu|cpu -> where DALI runs ("gpu" or "cpu")."""
-    if requested == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
-    if requested == "gpu" and not torch.cuda.is_available():
+    """loader.device -> where DALI runs ("gpu" or "cpu"; hardware.loader_device), refused if "gpu" cannot run here."""
+    where = loader_device(requested, device)
+    if where == "gpu" and not torch.cuda.is_available():
         raise UserError("loader.device=gpu: no CUDA GPU is available here (use auto or cpu)")
-    if requested not in ("gpu", "cpu"):
-        raise UserError(f"loader.device: expected auto, gpu or cpu, got '{requested}'")
-    return requested
+    return where
 
 
 def torch_loader(samples: list, spec: LoaderSpec, cfg: Config) -> Loader:
     """The torch backend: DataLoader workers on the CPU (loader.device auto | cpu), or nvJPEG and torch ops
     on the training GPU (loader.device=gpu, the torchvision decoder only)."""
-    lc = cfg.loader
-    check_decoder(lc.decoder)
-    if lc.device not in ("auto", "cpu", "gpu"):
-        raise UserError(f"loader.device: expected auto, gpu or cpu, got '{lc.device}'")
+    lc = cfg.loader  # loader.device and loader.decoder are CHOICES words: the config checked them
     if lc.device != "gpu":
         return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_factor=lc.prefetch_factor,
                            pin_memory=lc.pin_memory, decoder=lc.decoder)  # fmt: skip
@@ -109,16 +99,14 @@ def build_loader(
     augmentation, no labels; batches carry uint8 images and an empty target. loader.roi (dali):
     "slice" decodes only the crop window, "resize" decodes the frame and resizes the window.
     """
-    backend, lc = cfg.loader.backend, cfg.loader
-    if backend not in BACKENDS:
-        raise UserError(f"loader.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    backend, lc = cfg.loader.backend, cfg.loader  # a CHOICES word: the config checked it
     if train is None:
         train = split == cfg.data.train_split
     spec = loader_spec(cfg, train, rank, world_size, device if device is not None else resolve_device())
 
     if backend == "synthetic":
         # With a dataset, the synthetic loader mimics its epoch length and frame size; without, 100 batches.
-        has_data = bool(cfg.data.root or os.environ.get("CITYSCAPES_DATASET"))
+        has_data = dataset_root_or_none(cfg) is not None
         samples = find_samples(data_root(cfg), split) if has_data else []
         return SyntheticLoader(samples, spec, cfg.data.num_classes)
     samples = find_samples(data_root(cfg), split)

@@ -70,6 +70,13 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def frames_batch(images: torch.Tensor, index: torch.Tensor | None) -> Batch:
+    """Decode-only (loader.decode_only): uint8 N x H x W x 3 frames as the Batch's image (a
+    channels_last N x 3 x H x W view), an empty int64 target on the same device."""
+    empty = torch.empty((images.shape[0], 0, 0), dtype=torch.int64, device=images.device)
+    return Batch(images.permute(0, 3, 1, 2), empty, index)
+
+
 def finish(
     hb: HostBatch,
     device: torch.device,
@@ -81,8 +88,8 @@ def finish(
     """The Batch on `device` (see the module docstring). image_out / target_out: reused CPU buffers
     (float N x H x W x 3, int64 N x H x W) to write into instead of fresh tensors."""
     images = _to(hb.image, device)
-    if hb.target is None:  # decode-only: uint8 frames on the device, nothing else
-        return Batch(images.permute(0, 3, 1, 2), torch.empty((images.shape[0], 0, 0), dtype=torch.int64, device=device), hb.index)
+    if hb.target is None:  # decode-only
+        return frames_batch(images, hb.index)
     x = normalizer.batch(images, image_out)  # N x H x W x 3 float == channels_last N x 3 x H x W
     if hb.sizes is not None:
         H, W = x.shape[1], x.shape[2]

@@ -13,13 +13,14 @@ id -> trainId table, and downscaled copies make low-resolution training I/O-chea
 Crash safety: every file is written under a temporary name in its final directory and renamed
 (atomic on POSIX), labels before images; a pair is finished when both files exist, so a rerun skips
 finished pairs and completes the rest. The settings are recorded in OUT/.prepare.json before the
-first file and must match on a rerun; the manifest is written last, so its presence means done.
+first file and must match on a rerun; the manifest is written last, so its presence means done. A full
+disk stops the run with one line naming the file (diskio.py); a rerun after space is freed continues.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from PIL import Image
 
 from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, open_pair
 from cityseg_fast.data.parallel import run_parallel
+from cityseg_fast.diskio import atomic_path, make_dirs
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cpu_count
 from cityseg_fast.paths import check_out_dir
@@ -63,25 +65,18 @@ def output_size(hw: tuple[int, int], size: tuple[int, int] | None, scale: float 
     return tuple(hw)
 
 
-def _atomic_save(img: Image.Image, path: Path, **kw) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+def _save_image(img: Image.Image, path: Path, **kw) -> None:
+    with atomic_path(path) as tmp:
         img.save(tmp, **kw)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
-def _atomic_save_npy(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr, dtype=np.uint8), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    # Through memory, then one Python write: np.save into a file reports a full disk as a short write
+    # ("131072 requested and 44928 written") without the errno that says so.
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.uint8), allow_pickle=False)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
 
 
 def _prepare_one(task: _Task) -> tuple[str, tuple[int, int]]:
@@ -92,14 +87,18 @@ def _prepare_one(task: _Task) -> tuple[str, tuple[int, int]]:
         img = img.resize((w, h), Image.LANCZOS, reducing_gap=3.0)  # antialiased
         label = label.resize((w, h), Image.NEAREST)  # never invents a class at a boundary
     if task.label_out.suffix == ".npy":
-        _atomic_save_npy(np.asarray(label), task.label_out)
+        _save_npy(np.asarray(label), task.label_out)
     else:
-        _atomic_save(label, task.label_out, format="PNG", compress_level=LABEL_PNG_LEVEL)
+        _save_image(label, task.label_out, format="PNG", compress_level=LABEL_PNG_LEVEL)
     if task.image_format == "jpeg":
-        _atomic_save(img, task.image_out, format="JPEG", quality=task.quality)
+        _save_image(img, task.image_out, format="JPEG", quality=task.quality)
     else:
-        _atomic_save(img, task.image_out, format="PNG", compress_level=IMAGE_PNG_LEVEL)
+        _save_image(img, task.image_out, format="PNG", compress_level=IMAGE_PNG_LEVEL)
     return str(task.label_out), (h, w)
+
+
+def _task_name(task: _Task) -> str:
+    return str(task.sample.image)
 
 
 def _check_args(image_format: str, quality: int, size, scale, label_format: str = "png") -> None:
@@ -126,7 +125,7 @@ def _earlier_label_format(out: Path) -> str | None:
 
 def _claim_out(out: Path, settings: dict) -> None:
     """Record the settings before writing any file; a rerun with other settings would mix outputs."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     path = out / SETTINGS
     if path.exists():
         try:
@@ -147,9 +146,8 @@ def _claim_out(out: Path, settings: dict) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _remove_stray_temps(out: Path, splits) -> int:
@@ -208,10 +206,10 @@ def prepare_dataset(
     n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
     try:
-        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare")
+        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare", _task_name)
     finally:
-        # On an error the pool is terminated, possibly inside another worker's write: its temp file
-        # must not outlive this run (finished files are never touched).
+        # A worker killed (or Ctrl-C) inside a write leaves its temp file: it must not outlive this run
+        # (finished files are never touched).
         _remove_stray_temps(out, splits)
     wall = time.perf_counter() - t0
     manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
@@ -237,8 +235,8 @@ def _plan(samples: dict[str, list[Sample]], out: Path, image_format: str, qualit
     ext, lab_ext = EXTENSIONS[image_format], LABEL_EXTENSIONS[label_format]
     tasks, done = [], {}
     for split, ss in samples.items():
-        (out / split / "images").mkdir(parents=True, exist_ok=True)
-        (out / split / "labels").mkdir(parents=True, exist_ok=True)
+        make_dirs(out / split / "images")
+        make_dirs(out / split / "labels")
         for s in ss:
             t = _Task(s, out / split / "images" / f"{s.stem}{ext}", out / split / "labels" / f"{s.stem}{lab_ext}",
                       image_format, quality, size, scale)

@@ -22,7 +22,6 @@ synthetic test split be evaluated.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from PIL import Image
 from cityseg_fast import labels as L
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.data.scene import render_frame
+from cityseg_fast.diskio import atomic_path, make_dirs
 from cityseg_fast.hardware import cpu_count
 from cityseg_fast.paths import check_out_dir
 
@@ -83,10 +83,10 @@ def frame_paths(out: Path, split: str, index: int) -> dict[str, Path]:
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    """Write to a temporary name, then rename: a killed run never leaves a half-written PNG."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(tmp, path)
+    """Write to a temporary name, then rename: a killed run never leaves a half-written PNG, a full disk
+    is one line naming the file (diskio.py)."""
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 _COLOR_PAL = None
@@ -98,7 +98,7 @@ def _write_frame(task: tuple[str, str, int, int, tuple[int, int]]) -> str:
     rgb, lab = render_frame(frame_seed(seed, split, index), size)
     paths = frame_paths(Path(out), split, index)
     for p in paths.values():
-        p.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(p.parent)
     if _COLOR_PAL is None:
         _COLOR_PAL = L.label_id_palette()
     _save_png(Image.fromarray(rgb, "RGB"), paths["image"])
@@ -110,6 +110,11 @@ def _write_frame(task: tuple[str, str, int, int, tuple[int, int]]) -> str:
     # regions without an instance annotation: the official evaluation script reads these files.
     _save_png(Image.fromarray(lab.astype(np.uint16)), paths["instanceIds"])
     return split
+
+
+def _frame_name(task: tuple[str, str, int, int, tuple[int, int]]) -> str:
+    out, split, index = task[:3]
+    return str(frame_paths(Path(out), split, index)["image"])
 
 
 def write_synthetic(
@@ -131,7 +136,7 @@ def write_synthetic(
     tasks = [(str(out), s, i, seed, tuple(size)) for s, n in counts.items() for i in range(n)]
     workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
     t0 = time.perf_counter()
-    run_parallel(_write_frame, tasks, workers, progress, "synth")
+    run_parallel(_write_frame, tasks, workers, progress, "synth", _frame_name)
     wall = time.perf_counter() - t0
     return {
         "out": str(out),

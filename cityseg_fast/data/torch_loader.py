@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import multiprocessing.connection
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,8 @@ import torch
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.cityscapes import label_size_error
 from cityseg_fast.data.decode import (
+    DECODER_NAMES,
     DecodeError,
-    check_decoder,
     decode_image,
     decode_label,
     size_of,
@@ -42,6 +44,7 @@ from cityseg_fast.data.decode import (
     window,
 )
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, StageTimes, finish
+from cityseg_fast.data.parallel import process_death
 from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometry
 from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
@@ -172,7 +175,7 @@ class TorchLoader(PlannedLoader):
     ) -> None:
         super().__init__(samples, spec)
         on_gpu = spec.device.type == "cuda"
-        self.decoder = {"torchvision": "torchvision.io", "pil": "PIL"}[check_decoder(decoder)]
+        self.decoder = DECODER_NAMES[decoder]  # a CHOICES word: the config checked it
         self.stages = StageTimes()  # CPU time by stage of the batches handed out so far
         self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
         # The finished batches the consumer holds at once (a step's and the next); GPU: the caching allocator.
@@ -209,12 +212,27 @@ class TorchLoader(PlannedLoader):
         self._dl._iterator = None
 
     def __iter__(self):
-        raw = (self._check(b) for b in self._dl)
+        raw = (self._check(b) for b in self._host_batches())
         if self.device.type == "cuda":
             yield from CudaPrefetcher(raw, self._finish, self.device)
         else:
             for b in raw:
                 yield self._finish(b)
+
+    def _host_batches(self) -> Iterator[HostBatch | str]:
+        """The DataLoader's batches; a worker that died (the out-of-memory killer, a signal) is one line."""
+        try:
+            yield from self._dl
+        except UserError:
+            raise
+        except Exception:  # torch's "worker exited unexpectedly", or a reset pipe to the dead worker
+            dead = _dead_worker(getattr(self._dl, "_iterator", None))
+            if dead is None:
+                raise
+            raise UserError(
+                f"torch loader: worker process {dead.pid} {process_death(dead.exitcode)} while loading batches; "
+                "free memory or lower loader.num_workers, then rerun"
+            ) from None
 
     @staticmethod
     def _check(b: HostBatch | str) -> HostBatch:
@@ -246,6 +264,16 @@ def _import_decoder(decoder: str, worker_id: int = 0) -> None:
     the first batch's decode time."""
     if decoder == "torchvision":
         torchvision_io()
+
+
+def _dead_worker(iterator: Any, wait_s: float = 2.0) -> mp.process.BaseProcess | None:
+    """A worker process of a DataLoader iterator that has died (None if none has within `wait_s`: the error
+    came from elsewhere). Its death can reach the pipe before its exit status does, hence the short wait."""
+    workers = list(getattr(iterator, "_workers", None) or ())  # torch's, private: looked up defensively
+    if not workers:
+        return None
+    ready = mp.connection.wait([w.sentinel for w in workers], timeout=wait_s)
+    return next((w for w in workers if w.sentinel in ready and w.exitcode != 0), None)
 
 
 def _worker_context():

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cityseg_fast.diskio import atomic_path, make_dirs
 from cityseg_fast.errors import UserError
 
 FORMAT = "cityseg_fast.checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
-_TEMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp\d*$")  # save_checkpoint's temporary name
+_TEMP = re.compile(r"^\.ckpt_\d{8}\.pt\.tmp\d*$")  # diskio.temp_name of a checkpoint (save_checkpoint)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -125,16 +126,17 @@ def save_checkpoint(ckpt: dict[str, Any], out_dir: str | os.PathLike, keep: int 
 
     The bytes go to a temporary file in the same directory, are fsynced, and only then renamed over the
     final name, so a process killed at any moment leaves either the old set of checkpoints or the new one.
+    A full disk is a one-line UserError naming the checkpoint; its temporary file is removed and the older
+    checkpoints are kept (diskio.py).
     """
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    d = make_dirs(out_dir)
     path = d / checkpoint_name(int(ckpt["iteration"]))
-    tmp = d / f".{path.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    # A file object, not a path: torch then writes through Python, and a full disk's OSError stays
+    # visible behind torch's "unexpected pos" RuntimeError.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(ckpt, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     _fsync_dir(d)
     if keep > 0:
         for old in list_checkpoints(d)[:-keep]:

@@ -2,13 +2,21 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them this is a plain
 single process and every helper below degrades to a no-op, so callers never branch on "am I distributed".
+
+A rank that stops answering (SIGSTOP, a hang, a dead node) makes the others' next collective fail after
+`train.dist_timeout_s`: `run_distributed` turns that into one line naming the collective (CollectiveTimeout,
+exit 2), not a 40-line traceback and not a hang.
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
 import os
-from collections.abc import Callable
+import re
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -19,6 +27,14 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
 
 T = TypeVar("T")
+_timeout_s: float = 300.0  # the process group's, for the line a timed-out collective gives
+# gloo: "Timed out waiting 5000ms for recv operation"; NCCL's watchdog: "collective operation timeout";
+# the store: "wait timeout"
+_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+
+class CollectiveTimeout(UserError):
+    """A collective waited train.dist_timeout_s for a rank that did not come (stopped, hung or dead)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,8 @@ def init_distributed(timeout_s: float = 300) -> DistInfo:
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     device = resolve_device()
+    global _timeout_s
+    _timeout_s = timeout_s
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
@@ -58,6 +76,58 @@ def init_distributed(timeout_s: float = 300) -> DistInfo:
             **kwargs,
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, is_main=rank == 0)
+
+
+def run_distributed(fn: Callable[[DistInfo], T], timeout_s: float) -> T:
+    """`fn(info)` in the process group torchrun describes (a plain call in one process), which is left after.
+
+    A collective that times out ends this rank with a CollectiveTimeout: one line naming the collective and
+    the timeout, raised after the failed step's objects are gone (a DDP reducer still alive when the group
+    is destroyed aborted the process at exit: "terminate called without an active exception")."""
+    info = init_distributed(timeout_s)
+    try:
+        result = fn(info)
+        cleanup()  # its barrier is a collective too
+        return result
+    except BaseException as e:
+        line = timeout_line(e)
+        if line is None:
+            cleanup(failed=True)
+            raise
+    gc.collect()  # the exception and its frames are released here; cycles among them too
+    cleanup(failed=True)
+    raise CollectiveTimeout(line)
+
+
+def timeout_line(e: BaseException) -> str | None:
+    """The one line for a collective that timed out (None if `e` is something else)."""
+    if isinstance(e, CollectiveTimeout):
+        return str(e)
+    if not isinstance(e, RuntimeError) or not is_distributed() or not _TIMED_OUT.search(str(e)):
+        return None
+    frames = traceback.extract_tb(e.__traceback__)
+    if any(f.name == "backward" for f in frames):
+        return _timeout_text("DDP's gradient all-reduce (in backward)")
+    ours = [f for f in frames if f"{os.sep}cityseg_fast{os.sep}" in f.filename]
+    return _timeout_text(f"a collective in {ours[-1].name}()" if ours else "a collective")
+
+
+def _timeout_text(what: str) -> str:
+    rank, world = get_rank(), get_world_size()
+    who = f"rank {1 - rank}" if world == 2 else "another rank"
+    return (f"rank {rank} of {world}: {what} timed out after {_timeout_s:g} s (train.dist_timeout_s): {who} "
+            "did not join it (stopped, hung or dead; its own output says why)")  # fmt: skip
+
+
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Run one collective named `what`: a timeout becomes a CollectiveTimeout that says which."""
+    try:
+        yield
+    except RuntimeError as e:
+        if timeout_line(e) is None:
+            raise
+        raise CollectiveTimeout(_timeout_text(what)) from None
 
 
 def is_distributed() -> bool:
@@ -74,13 +144,16 @@ def get_world_size() -> int:
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        with _collective("a barrier"):
+            dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` in place across ranks (a no-op in one process); returns `t`."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dtype = str(t.dtype).removeprefix("torch.")
+        with _collective(f"an all-reduce of a {list(t.shape)} {dtype} tensor"):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
@@ -89,7 +162,8 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    with _collective(f"a broadcast from rank {src}"):
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -118,7 +192,8 @@ def cleanup(failed: bool = False) -> None:
     """
     if dist.is_available() and dist.is_initialized():
         if not failed:
-            dist.barrier()
+            with _collective("the barrier before leaving the process group"):
+                dist.barrier()
         dist.destroy_process_group()
 
 
@@ -147,7 +222,8 @@ def replicas_in_sync(module: torch.nn.Module) -> bool:
         return True
     mine = fingerprint(module)
     everyone = [torch.empty_like(mine) for _ in range(get_world_size())]
-    dist.all_gather(everyone, mine)
+    with _collective("the replica check's all-gather"):
+        dist.all_gather(everyone, mine)
     return all(torch.equal(mine, other) for other in everyone)
 
 
@@ -159,5 +235,6 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """
     if not is_distributed():
         return
-    for b in module.buffers():
-        dist.broadcast(b.data, src=src)
+    with _collective(f"the broadcast of BatchNorm statistics from rank {src}"):
+        for b in module.buffers():
+            dist.broadcast(b.data, src=src)

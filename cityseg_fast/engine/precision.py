@@ -19,20 +19,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.config_ranges import check_choice
 
 if TYPE_CHECKING:
     from cityseg_fast.config import PrecisionConfig
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise UserError(f"precision.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    return dtype
+    """`dtype`, if precision.dtype takes it (CHOICES): the functions here take the bare word, not a config."""
+    return check_choice("precision.dtype", dtype)
 
 
 def setup_precision(dtype: str, cudnn_benchmark: bool | None = None) -> None:
@@ -125,10 +122,7 @@ def prepare_model(model: nn.Module, precision_cfg: PrecisionConfig, device: torc
     up as a recompile in `compile_counters()` rather than silently produce a slower dynamic graph.
     The compiled module is returned; the original stays reachable as `model._orig_mod`.
     """
-    check_dtype(precision_cfg.dtype)
-    mode = precision_cfg.compile
-    if mode not in COMPILE_MODES:
-        raise UserError(f"precision.compile: {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    mode = precision_cfg.compile  # a CHOICES word: PrecisionConfig checked it when it was made
     model = model.to(device)
     if precision_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -26,7 +26,6 @@ from cityseg_fast.paths import check_out_dir
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-FRESH = ("", "never", "none")  # train.resume values that start afresh
 
 # Keys a rerun may change without starting afresh: how long to train, how often to log, evaluate and save,
 # where the files are, how fast batches are made, and what has no effect on training. None of them changes
@@ -140,7 +139,7 @@ def claim_run_dir(cfg: Config) -> Claim:
     Every refusal comes before anything in the directory is changed."""
     out = check_out_dir(cfg.train.out_dir, "train.out_dir (--out)")
     claim = Claim()
-    fresh = cfg.train.resume in FRESH
+    fresh = cfg.train.resume == "never"  # auto, never or a checkpoint path: CHOICES checked which
     if not fresh:
         _check_run_config(out, cfg)
         claim.resume, claim.ckpt = _pick_checkpoint(cfg, out, claim.notes)

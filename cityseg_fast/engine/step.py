@@ -18,7 +18,6 @@ from cityseg_fast.config import Config, TrainConfig
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.engine import precision
 from cityseg_fast.engine.precision import autocast
-from cityseg_fast.errors import UserError
 from cityseg_fast.models import model_from_config
 
 
@@ -55,14 +54,16 @@ class TrainState:
     device: torch.device
 
 
+# train.optimizer's words (CHOICES; TrainConfig checked the word when it was made) -> (parameters, config) -> optimizer.
+OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
+    # MMSegmentation's recipe: SGD momentum 0.9, weight decay 5e-4 on every parameter.
+    "sgd": lambda params, t: torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+    "adamw": lambda params, t: torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay),
+}
+
+
 def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "sgd":
-        # MMSegmentation's recipe: SGD momentum 0.9, weight decay 5e-4 on every parameter.
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise UserError(f"config key 'train.optimizer': unknown optimizer '{t.optimizer}' (use sgd or adamw)")
+    return OPTIMIZERS[t.optimizer]([p for p in model.parameters() if p.requires_grad], t)
 
 
 def lr_factor(t: TrainConfig) -> Callable[[int], float]:

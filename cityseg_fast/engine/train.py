@@ -147,14 +147,7 @@ def _healthy(bad_checks: int, model: nn.Module) -> bool:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train per `cfg` (single process, or DDP when launched by torchrun); returns a summary dict."""
-    info = dist.init_distributed(cfg.train.dist_timeout_s)
-    try:
-        summary = _train(cfg, info)
-    except BaseException:
-        dist.cleanup(failed=True)
-        raise
-    dist.cleanup()
-    return summary
+    return dist.run_distributed(lambda info: _train(cfg, info), cfg.train.dist_timeout_s)
 
 
 def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cityseg_fast.config_ranges import CHOICES
 from cityseg_fast.models.blocks import DoubleConv, like_input_format, pad_to_multiple
 
-UPSAMPLE_MODES = ("bilinear", "transposed")
+UPSAMPLE_MODES = tuple(w for w in CHOICES["model.upsample"] if w is not None)  # None = the variant's default
 
 
 class Up(nn.Module):

@@ -15,19 +15,36 @@ from cityseg_fast.report.runs import (
     Run,
     flat_point,
     loader_label,
-    metric,
     point_keys,
     point_label,
     row_decoder,
     split_keys,
 )
+from cityseg_fast.results import Row
+from cityseg_fast.results.derive import (
+    E2E_CORES_TO_FEED,
+    E2E_EFFICIENCY,
+    E2E_LIMIT_IMAGES_PER_S,
+    E2E_LIMIT_KIND,
+    E2E_LOADER_CPU_MS_PER_IMAGE,
+    E2E_LOADER_GPU_MEM_MIB,
+    E2E_LOADER_IMAGES_PER_S,
+    E2E_MODEL_IMAGES_PER_S,
+)
+from cityseg_fast.results.scenarios import (
+    DATA_WAIT_MS_P50,
+    DATA_WAIT_MS_P99,
+    DEVICE,
+    IMAGES_PER_S,
+    STALL_FRACTION,
+)
 
 STALL_BOUND = 0.10  # the train step waited for data more than this share of the time: loader-bound
 
 
-def derived(row: dict[str, Any], key: str) -> float | None:
+def derived(row: Row, key: str) -> float | None:
     """A derived metric of a merged row (cityseg_fast.results.derive), or None."""
-    v = (row.get("derived") or {}).get(key)
+    v = row.derived.get(key)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -55,27 +72,27 @@ def bottleneck_rows(run: Run) -> list[dict[str, Any]]:
     """One record per ok e2e point: its loader-alone and model-alone throughputs, the limit, the
     efficiency, its measured stall, the loader's cost, and a verdict, as the rows hold them."""
     out = []
-    rows = [r for r in run.rows if r["scenario"] == "e2e" and metric(r, "images_per_s") is not None]
+    rows = [r for r in run.rows if r.scenario == "e2e" and r.number(IMAGES_PER_S) is not None]
     for e in sort_rows(rows, point_keys(rows)):  # by point, not by when it ran: shards merge in any order
-        loader_ips, model_ips = derived(e, "e2e_loader_images_per_s"), derived(e, "e2e_model_images_per_s")
-        eff, stall = derived(e, "e2e_efficiency"), metric(e, "stall_fraction")
-        on_gpu = e["metrics"].get("device") == "cuda"
+        loader_ips, model_ips = derived(e, E2E_LOADER_IMAGES_PER_S), derived(e, E2E_MODEL_IMAGES_PER_S)
+        eff, stall = derived(e, E2E_EFFICIENCY), e.number(STALL_FRACTION)
+        on_gpu = e.metrics.get(DEVICE) == "cuda"
         out.append(
             {
                 "row": e,
                 "point": flat_point(e),
                 "loader": loader_ips,
                 "model": model_ips,
-                "e2e": metric(e, "images_per_s"),
-                "limit": derived(e, "e2e_limit_images_per_s"),
-                "limit_kind": (e.get("derived") or {}).get("e2e_limit_kind"),
+                "e2e": e.number(IMAGES_PER_S),
+                "limit": derived(e, E2E_LIMIT_IMAGES_PER_S),
+                "limit_kind": e.derived.get(E2E_LIMIT_KIND),
                 "efficiency": eff,
-                "wait_p50": metric(e, "data_wait_ms_p50"),
-                "wait_p99": metric(e, "data_wait_ms_p99"),
+                "wait_p50": e.number(DATA_WAIT_MS_P50),
+                "wait_p99": e.number(DATA_WAIT_MS_P99),
                 "stall": stall,
-                "cpu_ms": derived(e, "e2e_loader_cpu_ms_per_image"),
-                "cores": derived(e, "e2e_cores_to_feed"),
-                "gpu_mem": derived(e, "e2e_loader_gpu_mem_mib"),
+                "cpu_ms": derived(e, E2E_LOADER_CPU_MS_PER_IMAGE),
+                "cores": derived(e, E2E_CORES_TO_FEED),
+                "gpu_mem": derived(e, E2E_LOADER_GPU_MEM_MIB),
                 "verdict": verdict(stall, on_gpu, loader_ips, model_ips, eff),
             }
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import bottleneck, compare, plots, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
@@ -27,7 +28,7 @@ REPORT_FILE = "REPORT.md"
 
 def write_csv(runs: Sequence[Run], path: Path) -> None:
     columns, records = flat_records(runs)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for rec in records:
@@ -151,24 +152,25 @@ def build_report(
     else:
         (out / "comparison.csv").unlink(missing_ok=True)
     report = out / REPORT_FILE
-    report.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report", extra))
+    with atomic_path(report) as tmp:
+        tmp.write_text(render_markdown(runs, figures, title or "cityseg_fast benchmark report", extra))
     return report
 
 
 def flat_records(runs: Sequence[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys."""
+    """(columns, records) for results.csv: run, scenario, status, error, point keys, metric keys, the sweep's keys."""
     base = ["run", "scenario", "status", "error", "point_id", "time", "config_hash"]
     pkeys: list[str] = []
     mkeys: list[str] = []
     records = []
     for row in tagged_rows(runs):
-        p = {k: v for k, v in row["point"].items()}
-        rec = {"run": row["_run"], **{k: row.get(k) for k in base[1:]}}
+        p = dict(row.point)
+        rec = {"run": row.run, **{k: getattr(row, k) for k in base[1:]}}
         for k, v in p.items():
             if k not in pkeys:
                 pkeys.append(k)
             rec[k] = v
-        for k, v in row["metrics"].items():
+        for k, v in sorted({**row.metrics, **row.sweep}.items()):  # the sweep's keys sit among the metrics
             col = k if k not in p and k not in base else f"metric.{k}"
             if col not in mkeys:
                 mkeys.append(col)

@@ -17,10 +17,18 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.format import DASH, fmt_num, md_table, miou_pct
-from cityseg_fast.report.runs import Run, flat_point, metric, point_label, split_keys
+from cityseg_fast.report.runs import Run, flat_point, point_label, split_keys
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import (
+    IMAGES_PER_S,
+    LATENCY_MS_IQR,
+    LATENCY_MS_MEDIAN,
+    LATENCY_MS_P50,
+    MIOU,
+)
 
 DEFAULT_BAND = 0.05
 MIN_BAND = 0.02
@@ -46,16 +54,16 @@ class Change:
     note: str = ""
 
 
-def relative_spread(row: dict[str, Any]) -> float | None:
+def relative_spread(row: Row) -> float | None:
     """IQR / median of the row's latency samples, or None if it did not record them."""
-    iqr = metric(row, "latency_ms_iqr")
-    med = metric(row, "latency_ms_median") or metric(row, "latency_ms_p50")
+    iqr = row.number(LATENCY_MS_IQR)
+    med = row.number(LATENCY_MS_MEDIAN) or row.number(LATENCY_MS_P50)
     if iqr is None or not med:
         return None
     return iqr / med
 
 
-def noise_band(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, str]:
+def noise_band(a: Row, b: Row) -> tuple[float, str]:
     sa, sb = relative_spread(a), relative_spread(b)
     if sa is None or sb is None:
         return DEFAULT_BAND, "default"
@@ -63,37 +71,37 @@ def noise_band(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, str]:
 
 
 def compare_pair(
-    base: dict[str, Any], other: dict[str, Any], label: str, base_run: str, other_run: str
+    base: Row, other: Row, label: str, base_run: str, other_run: str
 ) -> Change:
-    acc = base["scenario"] == "accuracy"
-    key = "miou" if acc else "images_per_s"
+    acc = base.scenario == "accuracy"
+    key = MIOU if acc else IMAGES_PER_S
     mk = dict(
-        point_id=base["point_id"],
-        scenario=base["scenario"],
+        point_id=base.point_id,
+        scenario=base.scenario,
         label=label,
         baseline=base_run,
         other=other_run,
         metric=key,
     )
-    a_ok, b_ok = base["status"] == "ok", other["status"] == "ok"
+    a_ok, b_ok = base.ok, other.ok
     if not (a_ok and b_ok):
         if a_ok:
-            verdict, note = REGRESSION, f"now {other['status']}: {other.get('error') or ''}".strip()
+            verdict, note = REGRESSION, f"now {other.status}: {other.error or ''}".strip()
         elif b_ok:
-            verdict, note = IMPROVEMENT, f"was {base['status']}, now ok"
+            verdict, note = IMPROVEMENT, f"was {base.status}, now ok"
         else:
-            verdict, note = SAME, f"failing in both ({base['status']} → {other['status']})"
+            verdict, note = SAME, f"failing in both ({base.status} → {other.status})"
         return Change(
             **mk,
-            base_value=metric(base, key),
-            value=metric(other, key),
+            base_value=base.number(key),
+            value=other.number(key),
             ratio=None,
             band=0.0,
             band_source=DASH,
             verdict=verdict,
             note=note,
         )
-    va, vb = metric(base, key), metric(other, key)
+    va, vb = base.number(key), other.number(key)
     if va is None or vb is None:
         return Change(
             **mk,
@@ -125,11 +133,11 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[Change], dict[str, dict[str,
     if len(runs) < 2:
         return [], {}
     base = runs[0]
-    base_rows = {r["point_id"]: r for r in base.rows}
+    base_rows = {r.point_id: r for r in base.rows}
     changes: list[Change] = []
     unmatched: dict[str, dict[str, int]] = {}
     for run in runs[1:]:
-        rows = {r["point_id"]: r for r in run.rows}
+        rows = {r.point_id: r for r in run.rows}
         shared = [pid for pid in base_rows if pid in rows]
         unmatched[run.name] = {
             "only_in_baseline": len(base_rows) - len(shared),
@@ -137,7 +145,7 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[Change], dict[str, dict[str,
         }
         by_scenario: dict[str, list[str]] = {}
         for pid in shared:
-            by_scenario.setdefault(base_rows[pid]["scenario"], []).append(pid)
+            by_scenario.setdefault(base_rows[pid].scenario, []).append(pid)
         for scenario, pids in by_scenario.items():
             varying, _ = split_keys([base_rows[p] for p in pids])
             for pid in pids:
@@ -150,13 +158,13 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[Change], dict[str, dict[str,
 def _value(c: Change, v: float | None) -> str:
     if v is None:
         return DASH
-    return f"{miou_pct(v):.1f}%" if c.metric == "miou" else fmt_num(v)
+    return f"{miou_pct(v):.1f}%" if c.metric == MIOU else fmt_num(v)
 
 
 def _change_cell(c: Change) -> str:
     if c.ratio is None:
         return DASH
-    if c.metric == "miou":
+    if c.metric == MIOU:
         return f"{c.ratio:+.1f} pt"
     return f"{c.ratio:.3f}× ({100 * (c.ratio - 1):+.1f}%)"
 
@@ -177,7 +185,7 @@ def _change_table(changes: Sequence[Change], base_name: str, other_name: str) ->
             _change_cell(c),
             DASH
             if c.band_source == DASH
-            else (f"±{c.band:g} pt" if c.metric == "miou" else f"±{c.band:.1%} ({c.band_source})"),
+            else (f"±{c.band:g} pt" if c.metric == MIOU else f"±{c.band:.1%} ({c.band_source})"),
             _verdict_cell(c),
         ]
         for c in changes
@@ -230,7 +238,7 @@ def compare_section(runs: Sequence[Run]) -> str:
 
 def write_comparison_csv(changes: Sequence[Change], path: Path) -> None:
     fields = list(Change.__dataclass_fields__)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for c in changes:

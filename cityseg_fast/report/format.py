@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cityseg_fast.report.runs import flat_point, res_pixels
+from cityseg_fast.report.runs import flat_point, res_pixels, run_of
+from cityseg_fast.results import Row
 
 DASH = "–"
 
@@ -50,13 +51,13 @@ def miou_pct(v: float | None) -> float | None:
     return None if v is None else 100.0 * v
 
 
-def status_cell(row: dict[str, Any], width: int = 90) -> str:
-    if row["status"] == "ok":
+def status_cell(row: Row, width: int = 90) -> str:
+    if row.ok:
         return "ok"
-    msg = " ".join(str(row.get("error") or "").split())
+    msg = " ".join(str(row.error or "").split())
     if len(msg) > width:
         msg = msg[: width - 1] + "…"
-    tag = "OOM" if row["status"] == "oom" else "error"
+    tag = "OOM" if row.status == "oom" else "error"
     return f"**{tag}**: {msg}" if msg else f"**{tag}**"
 
 
@@ -67,7 +68,7 @@ def _cell(v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:g}"
-    return str(v)
+    return str(v)  # a point's resolution arrives as 'HxW' already (runs.flat_point)
 
 
 def md_table(
@@ -93,10 +94,12 @@ def _sort_value(k: str, v: Any) -> tuple:
     return (1, 0, str(v))
 
 
-def sort_rows(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    def key(r: dict[str, Any]) -> tuple:
+def sort_rows(rows: Sequence[Row], keys: Sequence[str]) -> list[Row]:
+    """By run (tagged rows), then by the values of `keys` (resolutions by pixels, numbers by value)."""
+
+    def key(r: Row) -> tuple:
         p = flat_point(r)
-        return (r.get("_run", ""),) + tuple(_sort_value(k, p.get(k)) for k in keys)
+        return (run_of(r),) + tuple(_sort_value(k, p.get(k)) for k in keys)
 
     return sorted(rows, key=key)
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.bottleneck import bottleneck_rows
 from cityseg_fast.report.format import fmt_num, miou_pct
 from cityseg_fast.report.runs import (
     Run,
+    RunRow,
     flat_point,
     loader_label,
-    metric,
     peak_memory,
     point_label,
     res_pixels,
@@ -26,6 +27,8 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import IMAGES_PER_S, MIOU
 
 DPI = 110
 LOADER_COLORS = {
@@ -59,20 +62,21 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    with atomic_path(path) as tmp:  # a full disk: one line, no half-written PNG
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
 
 
-def _batch_rows(runs: Sequence[Run], scenario: str) -> list[dict[str, Any]]:
-    return [r for r in tagged_rows(runs, scenario) if isinstance(r["point"].get("batch_size"), int)]
+def _batch_rows(runs: Sequence[Run], scenario: str) -> list[RunRow]:
+    return [r for r in tagged_rows(runs, scenario) if isinstance(r.point.get("batch_size"), int)]
 
 
-def _series(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+def _series(rows: list[RunRow], keys: Sequence[str]) -> dict[str, list[RunRow]]:
     """Rows grouped into lines by the values of `keys` (runs are kept apart by the caller)."""
-    series: dict[str, list[dict[str, Any]]] = {}
+    series: dict[str, list[RunRow]] = {}
     for r in sorted(
         rows, key=lambda r: (res_pixels(flat_point(r).get("resolution")), point_label(flat_point(r), keys))
     ):
@@ -92,7 +96,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 def _vs_batch(
     runs: Sequence[Run],
     path: Path,
-    value: Callable[[dict[str, Any]], float | None],
+    value: Callable[[Row], float | None],
     ylabel: str,
     title: str,
     scale: float = 1.0,
@@ -104,10 +108,10 @@ def _vs_batch(
     rows = _batch_rows(runs, "model")
     if not any(value(r) is not None for r in rows):
         return "no ok model-scenario rows with a batch size and this metric"
-    if len({r["point"]["batch_size"] for r in rows}) < 2:
+    if len({r.point["batch_size"] for r in rows}) < 2:
         return "only one batch size was measured"
     plt = _plt()
-    models = sorted({str(r["point"].get("model", "?")) for r in rows})
+    models = sorted({str(r.point.get("model", "?")) for r in rows})
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
@@ -117,14 +121,14 @@ def _vs_batch(
     styles = {run.name: LINESTYLES[i % len(LINESTYLES)] for i, run in enumerate(runs)}
     handles: dict[str, Any] = {}
     for ax, model in zip(axes.flat, models, strict=False):
-        mrows = [r for r in rows if str(r["point"].get("model", "?")) == model]
+        mrows = [r for r in rows if str(r.point.get("model", "?")) == model]
         bad_bs: list[int] = []
         for label, srows in _series(mrows, keys).items():
             for run in runs:
                 pts = sorted(
-                    (r["point"]["batch_size"], value(r))
+                    (r.point["batch_size"], value(r))
                     for r in srows
-                    if r["_run"] == run.name and value(r) is not None
+                    if r.run == run.name and value(r) is not None
                 )
                 if not pts:
                     continue
@@ -137,12 +141,12 @@ def _vs_batch(
                     linestyle=styles[run.name],
                 )
                 handles.setdefault(full, line)
-            bad_bs += [r["point"]["batch_size"] for r in srows if r["status"] != "ok"]
+            bad_bs += [r.point["batch_size"] for r in srows if not r.ok]
         if bad_bs:
             handles["OOM / error"] = ax.scatter(
                 bad_bs, [0] * len(bad_bs), marker="x", s=70, color="red", zorder=5, clip_on=False
             )
-        bss = sorted({r["point"]["batch_size"] for r in mrows})
+        bss = sorted({r.point["batch_size"] for r in mrows})
         ax.set_xscale("log", base=2)
         ax.set_xticks(bss, [str(b) for b in bss])
         ax.minorticks_off()
@@ -171,7 +175,7 @@ def plot_throughput(runs: Sequence[Run], out: Path) -> Plot:
     reason = _vs_batch(
         runs,
         out / name,
-        lambda r: metric(r, "images_per_s"),
+        lambda r: r.number(IMAGES_PER_S),
         "train throughput (images/s)",
         "Train-step throughput vs batch size (model only, synthetic batch; higher is better)",
     )
@@ -229,22 +233,22 @@ def _hbar(ax, labels: list[str], values: list[float], colors: list[str], hatches
 
 def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     name = "loaders.png"
-    rows = [r for r in tagged_rows(runs, "loader") if metric(r, "images_per_s") is not None]
+    rows = [r for r in tagged_rows(runs, "loader") if r.number(IMAGES_PER_S) is not None]
     if not rows:
         return Plot(name, "Loader comparison", None, "no ok loader-scenario rows")
     varying, _ = split_keys(rows)
     keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only", "decoder")]
-    rows.sort(key=lambda r: -metric(r, "images_per_s"))
+    rows.sort(key=lambda r: -r.number(IMAGES_PER_S))
     labels, colors, hatches = [], [], []
     for r in rows:
         p = flat_point(r)
         lab = loader_label(p, row_decoder(r)) + (f"  [{point_label(p, keys) or 'defaults'}]" if keys else "")
-        labels.append(f"{r['_run']}: {lab}" if len(runs) > 1 else lab)
+        labels.append(f"{r.run}: {lab}" if len(runs) > 1 else lab)
         colors.append(LOADER_COLORS.get(loader_label({**p, "decode_only": False}), "#9467bd"))
         hatches.append("//" if p.get("decode_only") else "")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
-    log = _hbar(ax, labels, [metric(r, "images_per_s") for r in rows], colors, hatches)
+    log = _hbar(ax, labels, [r.number(IMAGES_PER_S) for r in rows], colors, hatches)
     return _bar_plot(
         fig, ax, out, name, log, ("Loader comparison", "Loader throughput, no model (hatched = decode only, no augmentation)"),
         "Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
@@ -317,11 +321,11 @@ def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
     """[{label, miou (%), ips, row}] from ok accuracy rows, and what the throughput axis measures."""
     pts, sources = [], set()
     for run in runs:
-        acc = [r for r in run.rows if r["scenario"] == "accuracy" and metric(r, "miou") is not None]
+        acc = [r for r in run.rows if r.scenario == "accuracy" and r.number(MIOU) is not None]
         varying, _ = split_keys(acc) if acc else ([], {})
         for r in acc:
             p = flat_point(r)
-            ips = metric(r, "images_per_s")  # every accuracy row records its training throughput
+            ips = r.number(IMAGES_PER_S)  # every accuracy row records its training throughput
             if ips is None:
                 continue
             sources.add("training throughput of the accuracy run")
@@ -329,7 +333,7 @@ def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
             pts.append(
                 {
                     "label": f"{run.name}: {label}" if len(runs) > 1 else label,
-                    "miou": miou_pct(metric(r, "miou")),
+                    "miou": miou_pct(r.number(MIOU)),
                     "ips": ips,
                     "row": r,
                 }
@@ -347,6 +351,16 @@ def pareto_front(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
+def baselines(runs: Sequence[Run]) -> list[tuple[str, float]]:
+    """(label, mIoU %) of each run's colour baseline (the best one where a run has several)."""
+    out = []
+    for run in runs:
+        vals = [miou_pct(r.number(MIOU)) for r in run.rows if r.scenario == "baseline" and r.number(MIOU) is not None]
+        if vals:
+            out.append((f"{run.name}: colour baseline" if len(runs) > 1 else "colour baseline", max(vals)))
+    return out
+
+
 def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     name = "miou_vs_throughput.png"
     pts, source = pareto_points(runs)
@@ -360,41 +374,102 @@ def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     front = pareto_front(pts)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    ax.scatter(
-        [p["ips"] for p in pts],
-        [p["miou"] for p in pts],
-        s=45,
-        color="#7f7f7f",
-        label="configuration",
-        zorder=3,
-    )
+    xs, ys = [p["ips"] for p in pts], [p["miou"] for p in pts]
+    ax.scatter(xs, ys, s=45, color="#7f7f7f", label="configuration", zorder=3)
     fs = sorted(front, key=lambda p: p["ips"])
-    ax.plot(
-        [p["ips"] for p in fs],
-        [p["miou"] for p in fs],
-        "-o",
-        color="#d62728",
-        ms=8,
-        mfc="none",
-        mew=2,
-        label="Pareto frontier",
-        zorder=4,
-    )
-    for p in pts:
-        ax.annotate(p["label"], (p["ips"], p["miou"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.plot([p["ips"] for p in fs], [p["miou"] for p in fs], "-o", color="#d62728", ms=8, mfc="none", mew=2,
+            label="Pareto frontier", zorder=4)  # fmt: skip
+    base = baselines(runs)
+    for (label, value), style in zip(base, LINESTYLES, strict=False):
+        ax.axhline(value, color="black", linestyle=":" if style == "-" else style, linewidth=1,
+                   label=f"{label} ({value:.1f})")  # fmt: skip
     ax.set_xlabel(f"throughput (images/s; {source})")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("Accuracy vs speed (up and to the right is better)")
-    ax.set_xlim(0, max(p["ips"] for p in pts) * 1.25)
-    ax.set_ylim(0, max(max(p["miou"] for p in pts) * 1.2, 1))
-    ax.legend(loc="lower left")
+    ax.set_xlim(0, max(xs) * 1.25)
+    ax.set_ylim(0, max(max(ys) * 1.2, *(v * 1.2 for _, v in base), 1))
+    legend = ax.legend(loc="lower left")
     fig.tight_layout()
-    return Plot(
-        name,
-        "mIoU vs throughput",
-        _save(fig, out / name),
-        caption="Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU.",
-    )
+    place_labels(ax, list(zip(xs, ys, [p["label"] for p in pts], strict=True)), size=8, avoid=[legend])
+    caption = "Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU."
+    if base:
+        caption += " Dotted: what the per-pixel colour baseline reaches on the same data."
+    return Plot(name, "mIoU vs throughput", _save(fig, out / name), caption=caption)
+
+
+# Where a label may go, in points from its marker, in order of preference: right, left, above, below,
+# then further out (the arrow back to the marker shows whose label it is).
+LABEL_OFFSETS = [(dx, dy) for dy in (4, -12, 14, -22, 24, -32, 34, -42) for dx in (6, -6)] + [(0, 14), (0, -20)]
+
+
+def place_labels(ax: Any, items: Sequence[tuple[float, float, str]], size: float = 7.0,
+                 avoid: Sequence[Any] = ()) -> list[Any]:  # fmt: skip
+    """Annotate each (x, y, text) beside its point at the first of LABEL_OFFSETS where the text stays
+    inside the axes and overlaps no label placed before, no marker, no plotted line and nothing in `avoid`
+    (artists: a legend); where none is free, the one that overlaps least. Call it last, once the axes'
+    limits and the figure's layout are final: it measures the texts as drawn. Returns the annotations."""
+    renderer = ax.figure.canvas.get_renderer()
+    frame = tuple(ax.get_window_extent(renderer).extents)
+    px = [ax.transData.transform((x, y)) for x, y, _ in items]
+    marks = [(a - 6, b - 6, a + 6, b + 6) for a, b in px]
+    taken = [tuple(a.get_window_extent(renderer).extents) for a in avoid] + _line_dots(ax)
+    placed = []
+    for i in sorted(range(len(items)), key=lambda i: -items[i][1]):  # top first: the front is drawn there
+        x, y, text = items[i]
+        others = taken + [m for j, m in enumerate(marks) if j != i]
+        costs = []
+        for dx, dy in LABEL_OFFSETS:
+            box = _text_box(ax, renderer, (x, y, text), (dx, dy), size)
+            costs.append(100 * _outside(box, frame) + sum(_overlap(box, o) for o in others))
+            if costs[-1] == 0:
+                break
+        dx, dy = LABEL_OFFSETS[costs.index(min(costs))]
+        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None  # far from its marker
+        ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=size,
+                          ha=_align(dx), va="bottom", arrowprops=arrow)  # fmt: skip
+        taken.append(_text_box(ax, renderer, (x, y, text), (dx, dy), size))
+        placed.append(ann)
+    return placed
+
+
+def _line_dots(ax: Any, step: float = 4.0) -> list[tuple[float, float, float, float]]:
+    """Small pixel boxes every `step` pixels along the axes' plotted lines (not axhline: a label may sit
+    on a reference line rather than leave the plot)."""
+    dots = []
+    for line in ax.get_lines():
+        if line.get_transform() != ax.transData or line.get_linestyle() in ("None", "none", "", " "):
+            continue  # a reference line across the axes, or markers only
+        xy = ax.transData.transform(line.get_xydata())
+        for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:], strict=True):
+            n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step))
+            for k in range(n + 1):
+                x, y = x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n
+                dots.append((x - 1, y - 1, x + 1, y + 1))
+    return dots
+
+
+def _align(dx: float) -> str:
+    return "left" if dx > 0 else "right" if dx < 0 else "center"
+
+
+def _text_box(ax: Any, renderer: Any, item: tuple[float, float, str], offset: tuple[float, float],
+              size: float) -> tuple[float, float, float, float]:  # fmt: skip
+    """The pixel box (x0, y0, x1, y1) of a label drawn at `offset` points from its point (text only)."""
+    x, y, text = item
+    ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=size,
+                      ha=_align(offset[0]), va="bottom")  # fmt: skip
+    box = tuple(ann.get_window_extent(renderer).extents)
+    ann.remove()
+    return box
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> int:
+    return int(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+
+
+def _outside(box: Sequence[float], frame: Sequence[float]) -> int:
+    """1 when any part of `box` lies outside `frame` (x0, y0, x1, y1 in pixels)."""
+    return int(box[0] < frame[0] or box[1] < frame[1] or box[2] > frame[2] or box[3] > frame[3])
 
 
 PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto)

@@ -9,22 +9,34 @@ within a set of rows (so tables show only those), and a compact label for a poin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.config import format_hw
 from cityseg_fast.errors import UserError
 from cityseg_fast.results import (
     RESULTS_FILE,
+    Row,
+    latest_per_point,
     merge,
     missing_shards,
     results_files,
     scan_rows,
     split_unresolved,
     unresolved,
+)
+from cityseg_fast.results.rounds import collapse_rounds
+from cityseg_fast.results.scenarios import (
+    LOADER_DECODER,
+    LOADER_DESCRIPTION,
+    MEM_HOST_PEAK_RSS_MIB,
+    MEM_NVML_USED_MIB,
+    MEM_TORCH_PEAK_ALLOCATED_MIB,
 )
 
 # Point keys in the order tables show them; keys not listed here follow, alphabetically.
@@ -68,7 +80,7 @@ class Run:
 
     name: str
     path: Path  # the results file, or the folder / first folder of a merged run
-    rows: list[dict[str, Any]]
+    rows: list[Row]
     sources: list[Source] = field(default_factory=list)
     superseded: int = 0  # older rows of a point that was measured again
     unresolved: list[str] = field(default_factory=list)  # variables of rows left out: recorded unresolved
@@ -129,7 +141,7 @@ def results_paths(run: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _read(path: Path) -> tuple[list[dict[str, Any]], Source]:
+def _read(path: Path) -> tuple[list[Row], Source]:
     try:
         rows, bad = scan_rows(path)
     except (OSError, UnicodeDecodeError) as e:
@@ -152,14 +164,15 @@ def load_run(run: str | os.PathLike | Sequence[str | os.PathLike], name: str | N
     if lines == 0:
         raise UserError(f"{where}: empty, no result rows to report")
     if not rows:
-        raise UserError(f"{where}: none of its {lines} lines is a valid result row (see cityseg_fast/results/rows.py)")
+        raise UserError(f"{where}: none of its {lines} lines is a valid result row (see cityseg_fast/results/schema.py)")
     if len(paths) > 1:
-        rows.sort(key=lambda r: r["time"])  # stable: file order within the same second
+        rows.sort(key=lambda r: r.time)  # stable: file order within the same second
     real, ghosts = split_unresolved(rows)
-    kept = merge(real)
+    latest, superseded = latest_per_point(real)
+    kept = merge(collapse_rounds(latest))  # a repeated point: one row, the median over its rounds
     first = paths[0]
     label = name or (first.parent.name if first.name == RESULTS_FILE or len(paths) > 1 else first.stem)
-    return Run(label, where, kept, sources, superseded=len(real) - len(kept),
+    return Run(label, where, kept, sources, superseded=superseded,
                unresolved=sorted({v for r in ghosts for v in unresolved(r)}), unresolved_rows=len(ghosts),
                missing_shards=missing_shards(paths))  # fmt: skip
 
@@ -182,14 +195,10 @@ def load_runs(runs: Sequence[str | os.PathLike], merge_all: bool = False) -> lis
 # ---------------------------------------------------------------- point helpers
 
 
-def resolution(point: dict[str, Any]) -> str | None:
+def resolution(point: Mapping[str, Any]) -> str | None:
     """'512x1024' (H x W) from point['resolution'] (a [H, W] list)."""
     v = point.get("resolution")
-    if v is None:
-        return None
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return f"{int(v[0])}x{int(v[1])}"
-    return str(v)
+    return None if v is None else format_hw(v)
 
 
 def res_pixels(res: str | None) -> int:
@@ -201,30 +210,40 @@ def res_pixels(res: str | None) -> int:
         return 0
 
 
-def flat_point(row: dict[str, Any]) -> dict[str, Any]:
-    """The row's point with its resolution as an 'HxW' string (how tables and labels show it)."""
-    p = dict(row["point"])
+def flat(point: Mapping[str, Any]) -> dict[str, Any]:
+    """A point with its resolution as an 'HxW' string (how tables and labels show it)."""
+    p = dict(point)
     if p.get("resolution") is not None:
         p["resolution"] = resolution(p)
     return p
+
+
+def flat_point(row: Row) -> dict[str, Any]:
+    """The row's point, flat (see `flat`)."""
+    return flat(row.point)
 
 
 def _key_order(k: str) -> tuple[int, str]:
     return (POINT_ORDER.index(k) if k in POINT_ORDER else len(POINT_ORDER), k)
 
 
-def point_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
+def point_keys(rows: Iterable[Row]) -> list[str]:
     keys: set[str] = set()
     for r in rows:
-        keys.update(flat_point(r))
+        keys.update(r.point)
     return sorted(keys, key=_key_order)
 
 
-def split_keys(rows: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
-    """(keys whose value differs between rows, {key: value} of keys equal in every row)."""
-    pts = [flat_point(r) for r in rows]
+def split_keys(rows: Sequence[Row]) -> tuple[list[str], dict[str, Any]]:
+    """(keys whose point value differs between rows, {key: value} of keys equal in every row)."""
+    return split_point_keys([r.point for r in rows])
+
+
+def split_point_keys(points: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """(keys whose value differs between points, {key: value} of keys equal in every point), resolutions flat."""
+    pts = [flat(p) for p in points]
     varying, constant = [], {}
-    for k in point_keys(rows):
+    for k in sorted({k for p in pts for k in p}, key=_key_order):
         values = {repr(p.get(k)) for p in pts}
         if len(values) > 1:
             varying.append(k)
@@ -233,7 +252,7 @@ def split_keys(rows: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, Any
     return varying, constant
 
 
-def point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
+def point_label(point: Mapping[str, Any], keys: Sequence[str]) -> str:
     """'unet 512x1024 bs8 bf16' style label of the given keys (booleans shown by name when true)."""
     parts = []
     for k in keys:
@@ -253,7 +272,7 @@ def point_label(point: dict[str, Any], keys: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def loader_label(point: dict[str, Any], decoder: str = "") -> str:
+def loader_label(point: Mapping[str, Any], decoder: str = "") -> str:
     """'dali (gpu)', 'dali (cpu) decode-only', 'torch', 'synthetic' ...; with the row's decoder
     (`row_decoder`): 'torch [PIL]', 'torch (gpu) [torchvision.io nvJPEG] decode-only', 'dali (gpu) [DALI nvJPEG]'."""
     name = str(point.get("loader", "?"))
@@ -269,54 +288,55 @@ def loader_label(point: dict[str, Any], decoder: str = "") -> str:
 _DECODER_IN_DESCRIPTION = re.compile(r"decoder ([^,()]+)")
 
 
-def row_decoder(row: dict[str, Any]) -> str:
-    """The decoder a loader or e2e row's loader ran, as the row recorded it: `loader_decoder` (loader rows),
-    else named in its `loader_description` (the torch loaders name it there); rows recorded before the
+def row_decoder(row: Row) -> str:
+    """The decoder a loader or e2e row's loader ran, as the row recorded it: LOADER_DECODER (loader rows),
+    else named in its LOADER_DESCRIPTION (the torch loaders name it there); rows recorded before the
     decoder was: the torch backend's only decoder then (PIL), DALI's by where it ran. '' where the row
     holds no description (a failed point) or names no loader."""
-    m = row.get("metrics") or {}
-    if m.get("loader_decoder"):
-        return str(m["loader_decoder"])
-    desc = str(m.get("loader_description") or "")
+    if row.metrics.get(LOADER_DECODER):
+        return str(row.metrics[LOADER_DECODER])
+    desc = str(row.metrics.get(LOADER_DESCRIPTION) or "")
     found = _DECODER_IN_DESCRIPTION.search(desc)
     if found:
         return found.group(1).strip()
-    backend = row.get("point", {}).get("loader")
+    backend = row.point.get("loader")
     if not desc or backend not in ("torch", "dali"):
         return ""
     if backend == "torch":
         return "PIL"  # the torch loader decoded with PIL alone before loader.decoder existed
-    return "DALI nvJPEG" if row["point"].get("loader_device") == "gpu" else "DALI CPU"
+    return "DALI nvJPEG" if row.point.get("loader_device") == "gpu" else "DALI CPU"
 
 
-def metric(row: dict[str, Any], key: str) -> float | None:
-    """A numeric metric of an ok row, or None."""
-    if row["status"] != "ok":
-        return None
-    v = row["metrics"].get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def peak_memory(row: dict[str, Any]) -> tuple[float | None, str]:
+def peak_memory(row: Row) -> tuple[float | None, str]:
     """The most meaningful peak memory of a row: torch allocated on a GPU, else host RSS; (MiB, which)."""
     for key, what in (
-        ("mem_torch_peak_allocated_mib", "torch peak allocated"),
-        ("mem_nvml_used_mib", "GPU memory used (NVML)"),
-        ("mem_host_peak_rss_mib", "host peak RSS"),
+        (MEM_TORCH_PEAK_ALLOCATED_MIB, "torch peak allocated"),
+        (MEM_NVML_USED_MIB, "GPU memory used (NVML)"),
+        (MEM_HOST_PEAK_RSS_MIB, "host peak RSS"),
     ):
-        v = metric(row, key)
+        v = row.number(key)
         if v:
             return v, what
     return None, ""
 
 
-def tagged_rows(runs: Sequence[Run], scenario: str | None = None) -> list[dict[str, Any]]:
-    """Rows of every run (optionally of one scenario), each with a '_run' key naming its run."""
-    out = []
-    for run in runs:
-        for r in run.rows:
-            if scenario is None or r["scenario"] == scenario:
-                out.append({**r, "_run": run.name})
-    return out
+@dataclass(frozen=True, kw_only=True)
+class RunRow(Row):
+    """A row as a report of several runs shows it: with the name of the run it came from."""
+
+    run: str = ""
+
+
+def run_of(row: Row) -> str:
+    """The run a row was tagged with (`tagged_rows`); '' for an untagged row."""
+    return row.run if isinstance(row, RunRow) else ""
+
+
+def tagged_rows(runs: Sequence[Run], scenario: str | None = None) -> list[RunRow]:
+    """Rows of every run (optionally of one scenario), each tagged with the name of its run."""
+    return [
+        RunRow(**{f.name: getattr(r, f.name) for f in dataclasses.fields(Row)}, run=run.name)
+        for run in runs
+        for r in run.rows
+        if scenario is None or r.scenario == scenario
+    ]

@@ -13,33 +13,44 @@ from collections.abc import Sequence
 from typing import Any
 
 from cityseg_fast.report.format import DASH, fmt_num, fmt_pct, md_table
-from cityseg_fast.report.runs import Run, flat_point, loader_label, metric, point_label, split_keys
+from cityseg_fast.report.runs import Run, flat_point, loader_label, point_label, split_keys
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import (
+    BWD_MS,
+    FWD_MS,
+    LATENCY_MS_P50,
+    OPT_MS,
+    PROFILE_SORT,
+    PROFILE_STEPS,
+    PROFILE_TOP_OPS,
+    PROFILE_TRACE,
+)
 
-PHASES = ("fwd_ms", "bwd_ms", "opt_ms")
+PHASES = (FWD_MS, BWD_MS, OPT_MS)
 
 
-def _labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _labels(rows: Sequence[Row]) -> list[str]:
     """Each row's point as a short label: scenario, loader (e2e), and the keys that vary among them."""
     varying, _ = split_keys(rows)
     keys = [k for k in varying if k not in ("loader", "loader_device")] or ["model", "resolution", "batch_size"]
     out = []
     for r in rows:
         p = flat_point(r)
-        feed = f"{loader_label(p)} → " if r["scenario"] == "e2e" else ""
-        out.append(f"{r['scenario']}: {feed}{point_label(p, keys)}".strip())
+        feed = f"{loader_label(p)} → " if r.scenario == "e2e" else ""
+        out.append(f"{r.scenario}: {feed}{point_label(p, keys)}".strip())
     return out
 
 
-def phase_table(rows: Sequence[dict[str, Any]]) -> str:
-    rows = [r for r in rows if all(metric(r, k) is not None for k in PHASES)]
+def phase_table(rows: Sequence[Row]) -> str:
+    rows = [r for r in rows if all(r.number(k) is not None for k in PHASES)]
     if not rows:
         return ""
     body = []
     for label, r in zip(_labels(rows), rows, strict=True):
-        ms = [metric(r, k) for k in PHASES]
+        ms = [r.number(k) for k in PHASES]
         total = sum(ms)
         shares = " / ".join(fmt_pct(v / total, 0) for v in ms) if total > 0 else DASH
-        body.append([label, *(fmt_num(v) for v in ms), fmt_num(total), fmt_num(metric(r, "latency_ms_p50")), shares])
+        body.append([label, *(fmt_num(v) for v in ms), fmt_num(total), fmt_num(r.number(LATENCY_MS_P50)), shares])
     head = ["point", "forward (ms)", "backward (ms)", "optimizer (ms)", "sum", "train step p50 (ms)", "split"]
     note = (
         "\n\nbench.split_phases times forward (with the loss), backward and the optimizer step in a loop of "
@@ -59,13 +70,13 @@ def _trace_cell(run: Run, trace: Any) -> str:
     return f"`{rel}`" if not rel.startswith("..") else f"`{trace}`"
 
 
-def top_ops_tables(run: Run, rows: Sequence[dict[str, Any]]) -> str:
-    rows = [r for r in rows if isinstance(r["metrics"].get("profile_top_ops"), list)]
+def top_ops_tables(run: Run, rows: Sequence[Row]) -> str:
+    rows = [r for r in rows if isinstance(r.metrics.get(PROFILE_TOP_OPS), list)]
     parts = []
     for label, r in zip(_labels(rows), rows, strict=True):
-        m = r["metrics"]
-        by = "self device time" if m.get("profile_sort") == "self_device_time" else "self CPU time"
-        ops = [o for o in m["profile_top_ops"] if isinstance(o, dict)]
+        m = r.metrics
+        by = "self device time" if m.get(PROFILE_SORT) == "self_device_time" else "self CPU time"
+        ops = [o for o in m[PROFILE_TOP_OPS] if isinstance(o, dict)]
         body = [
             [i, f"`{o.get('op')}`", fmt_num(o.get("calls_per_step")), fmt_num(o.get("self_ms_per_step")),
              fmt_pct(o.get("share"))]
@@ -73,8 +84,8 @@ def top_ops_tables(run: Run, rows: Sequence[dict[str, Any]]) -> str:
         ]  # fmt: skip
         head = ["#", "op", "calls / step", f"{by} / step (ms)", "share"]
         parts.append(
-            f"#### {label}\n\nTop {len(ops)} ops by {by} over {m.get('profile_steps', '?')} steady steps; "
-            f"trace: {_trace_cell(run, m.get('profile_trace'))} (chrome://tracing or ui.perfetto.dev).\n\n"
+            f"#### {label}\n\nTop {len(ops)} ops by {by} over {m.get(PROFILE_STEPS, '?')} steady steps; "
+            f"trace: {_trace_cell(run, m.get(PROFILE_TRACE))} (chrome://tracing or ui.perfetto.dev).\n\n"
             + md_table(head, body, [True, False, True, True, True])
             + "\n"
         )
@@ -85,7 +96,7 @@ def step_section(runs: Sequence[Run]) -> str:
     """Markdown: the phase split table, then each profiled point's top ops ('' when the rows have neither)."""
     parts = []
     for run in runs:
-        rows = [r for r in run.rows if r["status"] == "ok" and r["scenario"] in ("model", "e2e")]
+        rows = [r for r in run.rows if r.ok and r.scenario in ("model", "e2e")]
         phases, ops = phase_table(rows), top_ops_tables(run, rows)
         if phases or ops:
             head = f"### {run.name}\n\n" if len(runs) > 1 else ""

@@ -15,12 +15,13 @@ other factor extends that factor's axis with a line of its own ("mIoU vs resolut
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cityseg_fast.report.runs import metric, peak_memory, res_pixels, resolution
+from cityseg_fast.report.runs import peak_memory, res_pixels, resolution
 from cityseg_fast.report.stats import Summary, summarize
+from cityseg_fast.results import Row
 
 SEED_KEYS = ("seed", "loader_seed")
 MODEL_KEYS = frozenset({"model", "base_width", "upsample", "depth", "aux_loss", "aux_weight", "pretrained"})
@@ -34,10 +35,9 @@ TITLES = {
     "iters": "Training iterations",
     "optimizer": "Optimizer",
 }
-Row = dict[str, Any]
 
 
-def model_label(point: dict[str, Any]) -> str:
+def model_label(point: Mapping[str, Any]) -> str:
     """'unet_s16', 'unet_s16 d3 transposed', 'fcn8s_vgg16_bn w8': the model and the options it was given."""
     parts = [str(point.get("model", "?"))]
     for key, fmt in (("base_width", "w{}"), ("depth", "d{}"), ("upsample", "{}")):
@@ -50,12 +50,12 @@ def model_label(point: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def family(point: dict[str, Any]) -> str:
+def family(point: Mapping[str, Any]) -> str:
     name = str(point.get("model", ""))
     return "FCN" if name.startswith("fcn") else "U-Net" if name.startswith("unet") else name
 
 
-def value_label(key: str, point: dict[str, Any]) -> str:
+def value_label(key: str, point: Mapping[str, Any]) -> str:
     """How one factor's value reads in tables, plots and sentences."""
     if key == "architecture":
         return model_label(point)
@@ -83,11 +83,11 @@ class Setting:
 
     @property
     def seeds(self) -> list[Any]:
-        return [r["point"].get("seed") for r in self.runs]
+        return [r.point.get("seed") for r in self.runs]
 
     def values(self, key: str) -> list[float]:
         """The metric over the seeds; 'memory' is the peak memory (MiB) the rows record."""
-        got = [peak_memory(r)[0] if key == "memory" else metric(r, key) for r in self.runs]
+        got = [peak_memory(r)[0] if key == "memory" else r.number(key) for r in self.runs]
         return [v for v in got if v is not None]
 
     def summary(self, key: str) -> Summary | None:
@@ -98,7 +98,7 @@ class Setting:
         return None if s is None else s.mean
 
 
-def diff(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
+def diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
     """The factors in which two points differ (model keys count as one, format keys as one)."""
     return {factor(k) for k in set(a) | set(b) if a.get(k) != b.get(k)}
 
@@ -150,11 +150,11 @@ def settings_of(rows: Sequence[Row]) -> list[Setting]:
     """Accuracy rows grouped by their point without the seeds, in order of first appearance."""
     by_key: dict[str, Setting] = {}
     for r in rows:
-        if r["scenario"] != "accuracy":
+        if r.scenario != "accuracy":
             continue
-        point = {k: v for k, v in r["point"].items() if k not in SEED_KEYS}
+        point = {k: v for k, v in r.point.items() if k not in SEED_KEYS}
         s = by_key.setdefault(repr(sorted(point.items())), Setting(point))
-        (s.runs if r["status"] == "ok" else s.failed).append(r)
+        (s.runs if r.ok else s.failed).append(r)
     return [s for s in by_key.values() if s.runs or s.failed]
 
 
@@ -203,8 +203,8 @@ def design(rows: Sequence[Row]) -> Design:
     """The study's settings, reference and axes (see the module docstring)."""
     settings = settings_of(rows)
     ref = _reference(settings)
-    baselines = [r for r in rows if r["scenario"] == "baseline" and r["status"] == "ok"]
-    failed = [r for r in rows if r["status"] != "ok"]
+    baselines = [r for r in rows if r.scenario == "baseline" and r.ok]
+    failed = [r for r in rows if not r.ok]
     if ref is None:
         return Design(settings, None, [], [], baselines, failed)
     groups: dict[str, list[Setting]] = {}

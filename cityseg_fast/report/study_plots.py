@@ -17,7 +17,7 @@ from PIL import Image
 
 from cityseg_fast.labels import CLASS_COLORS, CLASS_NAMES
 from cityseg_fast.report.format import fmt_num
-from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front
+from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front, place_labels
 from cityseg_fast.report.stats import summarize
 from cityseg_fast.report.study_design import (
     Axis,
@@ -29,6 +29,8 @@ from cityseg_fast.report.study_design import (
     value_label,
 )
 from cityseg_fast.report.study_text import class_iou, family_pair
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import CURVES, IMAGES_PER_S, MIOU, OUT_DIR, VAL_PREDICTIONS
 
 FAMILY_COLOURS = {"U-Net": "#1f77b4", "FCN": "#d62728"}
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -50,7 +52,7 @@ def _colour(s: Setting) -> str:
 
 def _baseline_line(ax: Any, d: Design) -> None:
     if d.baselines:
-        base = 100 * max(float(r["metrics"]["miou"]) for r in d.baselines)
+        base = 100 * max(float(r.metrics[MIOU]) for r in d.baselines)
         ax.axhline(base, color="black", linestyle=":", linewidth=1, label=f"colour baseline ({base:.1f})")
 
 
@@ -59,7 +61,7 @@ def _baseline_line(ax: Any, d: Design) -> None:
 
 def plot_front(d: Design, out: Path) -> Plot:
     name, title = "study_front.png", "Speed/accuracy front"
-    pts = [(s, _mean_std(s, "miou", 100), _mean_std(s, "images_per_s")) for s in d.settings]
+    pts = [(s, _mean_std(s, MIOU, 100), _mean_std(s, IMAGES_PER_S)) for s in d.settings]
     pts = [p for p in pts if p[1] and p[2]]
     if len(pts) < 2:
         return Plot(name, title, None, f"needs two settings with mIoU and throughput (found {len(pts)})")
@@ -82,7 +84,7 @@ def plot_front(d: Design, out: Path) -> Plot:
     ax.set_title("Accuracy vs training speed: up and to the right is better")
     ax.legend(loc="best", fontsize=8)  # wherever it hides no point
     fig.tight_layout()
-    _place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
+    place_labels(ax, [(x, y, _point_name(d, s)) for s, (y, _), (x, _) in pts])
     caption = ("Each point is one setting (mean over its seeds; bars: one standard deviation); the dashed "
                "line joins the settings no other one beats on both mean speed and mean mIoU.")  # fmt: skip
     return Plot(name, title, _save(fig, out / name), caption=caption)
@@ -98,23 +100,6 @@ def _log_x_if_wide(ax: Any, xs: list[float]) -> None:
     k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
     ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5) if lo <= m * 10.0**k <= hi]
     ax.set_xticks(ticks, [fmt_num(t) for t in ticks])
-
-
-def _place_labels(ax: Any, items: list[tuple[float, float, str]], size: float = 7.0) -> None:
-    """Annotate each (x, y, text) beside its point, moving a label up or down until it overlaps no label
-    placed before it (the settings of one model cluster at one throughput)."""
-    scale = ax.figure.dpi / 72.0  # points -> pixels
-    placed: list[tuple[float, float, float, float]] = []
-    for x, y, text in sorted(items, key=lambda it: -it[1]):
-        px, py = ax.transData.transform((x, y))
-        w, h = 0.55 * size * len(text) * scale, 1.2 * size * scale
-        for dy in (4, -11, 13, -20, 22, -29, 31, -38, 40):
-            box = (px + 5 * scale, py + dy * scale, px + 5 * scale + w, py + dy * scale + h)
-            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
-                break
-        placed.append(box)
-        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=size, arrowprops=arrow)
 
 
 def _point_name(d: Design, s: Setting) -> str:
@@ -143,11 +128,11 @@ def _effect_panel(ax: Any, axis: Axis, d: Design) -> None:
     categories = list(dict.fromkeys(value_label(axis.name, s.point) for s in axis.settings))
     lines: dict[str, list[Setting]] = {}
     for s in axis.settings:
-        if s.mean("miou") is not None:
+        if s.mean(MIOU) is not None:
             lines.setdefault(model_label(s.point), []).append(s)
     for i, (label, members) in enumerate(lines.items()):
         members.sort(key=lambda s: _x(axis, s, categories))
-        stats = [_mean_std(s, "miou", 100) or (0.0, 0.0) for s in members]
+        stats = [_mean_std(s, MIOU, 100) or (0.0, 0.0) for s in members]
         colour = LINE_COLOURS[i % len(LINE_COLOURS)] if len(lines) > 1 else _colour(members[0])
         ax.errorbar([_x(axis, s, categories) for s in members], [m for m, _ in stats],
                     yerr=[e for _, e in stats], fmt="-o", color=colour, capsize=3, label=label)  # fmt: skip
@@ -188,7 +173,7 @@ def plot_effects(d: Design, out: Path) -> Plot:
 
 def _curve(s: Setting, part: str, y: str, x: str) -> tuple[list[float], list[float], list[float]]:
     """Mean x, mean y and std y over seeds, point by point (every run cut to the shortest curve)."""
-    curves = [r["metrics"].get("curves", {}).get(part, {}) for r in s.runs]
+    curves = [r.metrics.get(CURVES, {}).get(part, {}) for r in s.runs]
     curves = [c for c in curves if c.get(y) and c.get(x)]
     n = min((len(c[y]) for c in curves), default=0)
     xs = [summarize([c[x][i] for c in curves]) for i in range(n)]
@@ -266,34 +251,34 @@ def plot_per_class(d: Design, out: Path, names: Sequence[str]) -> Plot:
 # ---------------------------------------------------------------- predictions
 
 
-def _artifact(row: dict[str, Any], rel: str, results_dir: Path) -> Path | None:
+def _artifact(row: Row, rel: str, results_dir: Path) -> Path | None:
     """A file a row names relative to its run dir: in place, or under the study folder's runs/ (moved)."""
-    run_dir = Path(str(row["metrics"].get("out_dir", "")))
+    run_dir = Path(str(row.metrics.get(OUT_DIR, "")))
     for base in (run_dir, results_dir / "runs" / run_dir.name):
         if (base / rel).is_file():
             return base / rel
     return None
 
 
-def _example_columns(d: Design) -> list[tuple[str, dict[str, Any]]]:
+def _example_columns(d: Design) -> list[tuple[str, Row]]:
     """(title, row) of each architecture's lowest-seed run with predictions: the MAX_MODELS best."""
     cols = []
     for s in _architectures(d):
-        runs = [r for r in s.runs if r["metrics"].get("val_predictions")]
-        runs.sort(key=lambda r: r["point"].get("seed", 0))
-        m = s.mean("miou")
+        runs = [r for r in s.runs if r.metrics.get(VAL_PREDICTIONS)]
+        runs.sort(key=lambda r: r.point.get("seed", 0))
+        m = s.mean(MIOU)
         if runs and m is not None:
             cols.append((m, f"{model_label(s.point)}\n{100 * m:.1f} mIoU", runs[0]))
     cols.sort(key=lambda c: -c[0])
     return [(t, r) for _, t, r in cols[:MAX_MODELS]]
 
 
-def _example_files(cols: list[tuple[str, dict[str, Any]]], results_dir: Path) -> list[list[Path | None]]:
+def _example_files(cols: list[tuple[str, Row]], results_dir: Path) -> list[list[Path | None]]:
     """Per val frame: its input and ground truth (the first column's run's) and each column's prediction."""
     first = cols[0][1]
     return [[_artifact(first, e["input"], results_dir), _artifact(first, e["label"], results_dir)]
             + [_artifact(r, e["pred"], results_dir) for _, r in cols]
-            for e in first["metrics"]["val_predictions"]]  # fmt: skip
+            for e in first.metrics[VAL_PREDICTIONS]]  # fmt: skip
 
 
 def plot_predictions(

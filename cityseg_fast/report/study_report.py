@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from cityseg_fast.diskio import atomic_path
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
@@ -31,6 +32,7 @@ from cityseg_fast.report.study_design import (
 )
 from cityseg_fast.report.study_plots import make_plots
 from cityseg_fast.report.tables import env_section
+from cityseg_fast.results.scenarios import ACC, IMAGES_PER_S, MIOU, TRAIN_WALL_S
 
 STUDY_FILE = "STUDY.md"
 REFERENCE_FACTORS = ("resolution", "batch_size", "lr", "image_format")  # how Methodology names the reference
@@ -38,12 +40,12 @@ REFERENCE_FACTORS = ("resolution", "batch_size", "lr", "image_format")  # how Me
 
 def _cells(s: Setting, ref: Setting | None, anchor: Setting | None = None) -> list[str]:
     """Seeds, mIoU, pixel accuracy, img/s, memory, wall time (means ± std) and what the setting is for."""
-    ips, mem, wall = s.summary("images_per_s"), s.summary("memory"), s.summary("train_wall_s")
+    ips, mem, wall = s.summary(IMAGES_PER_S), s.summary("memory"), s.summary(TRAIN_WALL_S)
     tags = [t for t, on in (("reference", s is ref), ("compared with", s is anchor and s is not ref)) if on]
     return [
         f"{len(s.runs)}" + (f" (+{len(s.failed)} failed)" if s.failed else ""),
-        text.pm(s.summary("miou")),
-        text.pm(s.summary("acc")),
+        text.pm(s.summary(MIOU)),
+        text.pm(s.summary(ACC)),
         text.pm(ips, 1.0, 1) if ips else "–",
         fmt_mib(mem.mean) if mem else "–",
         fmt_s(wall.mean) if wall else "–",
@@ -74,14 +76,14 @@ def other_table(settings: list[Setting], d: Design) -> str:
 def failed_table(d: Design) -> str:
     body = []
     for r in d.failed:
-        p = r["point"]
+        p = r.point
         body.append(
             [
-                r["scenario"],
+                r.scenario,
                 model_label(p),
                 str(p.get("seed", "–")),
-                r["status"],
-                str(r.get("error") or "")[:160],
+                r.status,
+                str(r.error or "")[:160],
             ]
         )
     return md_table(["scenario", "model", "seed", "status", "error"], body)
@@ -123,9 +125,9 @@ def results(d: Design, figures: list[Plot]) -> str:
     if d.others:
         parts.append(f"### Other settings\n\n{other_table(d.others, d)}\n\n")
     if d.baselines:
-        best = max(d.baselines, key=lambda r: r["metrics"]["miou"])
+        best = max(d.baselines, key=lambda r: r.metrics[MIOU])
         parts.append("Per-pixel colour baseline (the best classifier of one pixel's colour, fitted on the "
-                     f"train split): {100 * best['metrics']['miou']:.1f} mIoU.\n\n")  # fmt: skip
+                     f"train split): {100 * best.metrics[MIOU]:.1f} mIoU.\n\n")  # fmt: skip
     parts += [_figure(f) for f in figures]
     if d.failed:
         parts.append(f"### Failed runs\n\n{failed_table(d)}\n\n")
@@ -134,7 +136,7 @@ def results(d: Design, figures: list[Plot]) -> str:
 
 def front(d: Design) -> list[Setting]:
     """The settings no other one beats on both mean throughput and mean mIoU (report/plots.pareto_front)."""
-    pts = [{"ips": s.mean("images_per_s"), "miou": s.mean("miou"), "s": s} for s in d.settings]
+    pts = [{"ips": s.mean(IMAGES_PER_S), "miou": s.mean(MIOU), "s": s} for s in d.settings]
     return [p["s"] for p in pareto_front([p for p in pts if p["ips"] is not None and p["miou"] is not None])]
 
 
@@ -180,5 +182,6 @@ def build_study_report(
     out.mkdir(parents=True, exist_ok=True)
     figures = make_plots(d, out, run.path.parent) if d.settings else []
     path = out / STUDY_FILE
-    path.write_text(render(run, d, figures, title, description))
+    with atomic_path(path) as tmp:
+        tmp.write_text(render(run, d, figures, title, description))
     return path

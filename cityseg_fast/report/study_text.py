@@ -8,9 +8,10 @@ measurable difference, and with fewer than two seeds on a side, that it cannot t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cityseg_fast.config import Config, format_hw, to_dict
 from cityseg_fast.report.format import fmt_num, md_table
 from cityseg_fast.report.stats import TEST_NAME, Summary, Welch, welch
 from cityseg_fast.report.study_design import (
@@ -22,16 +23,40 @@ from cityseg_fast.report.study_design import (
     model_label,
     value_label,
 )
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import (
+    FLOPS_PER_IMAGE,
+    IMAGES_PER_S,
+    MIOU,
+    PARAMS,
+    PER_CLASS_IOU,
+    TRAIN_FLOPS_PER_IMAGE,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
+    VAL_PREDICTIONS,
+)
 
-# Config keys the recipe names, in this order; each is "fixed" (one value in every run) or "varied".
-RECIPE_KEYS = (
-    "model.name", "model.base_width", "model.depth", "model.upsample", "model.aux_loss", "model.pretrained",
-    "train.iters", "loader.batch_size", "train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
-    "train.warmup_iters", "train.warmup_factor", "train.poly_power", "train.min_lr", "train.aux_weight",
-    "train.grad_clip", "train.eval_interval", "data.crop", "data.scale_range", "data.flip_prob",
-    "data.eval_size", "precision.dtype", "precision.channels_last", "precision.compile", "loader.backend",
-    "loader.device", "loader.num_threads", "loader.num_workers", "train.sync_bn",
-)  # fmt: skip
+# The recipe names every key of the config's sections (config.py), sections in this order, others after...
+RECIPE_ORDER = ("model", "train", "data", "precision", "loader")
+# ...but these: how a benchmark measures (bench), what the Data and Seeds paragraphs say (the dataset, its
+# splits and classes; the seeds), and what changes no result (where a run writes, how often it logs and
+# saves, how it resumes, its timeouts and guards; the benchmarks' decode-only mode).
+NOT_RECIPE = frozenset({
+    "bench", "data.root", "data.train_split", "data.val_split", "data.num_classes", "data.ignore_index",
+    "train.seed", "loader.seed", "train.out_dir", "train.log_interval", "train.ckpt_interval", "train.keep_ckpts",
+    "train.resume", "train.dist_timeout_s", "train.max_nonfinite", "loader.decode_only",
+})  # fmt: skip
+
+
+def recipe_keys() -> tuple[str, ...]:
+    """'section.key' of every config key the recipe names, in the order it names them."""
+    sections = to_dict(Config())  # {section: {key: default}}, keys in the dataclasses' order
+    order = sorted(sections, key=lambda s: RECIPE_ORDER.index(s) if s in RECIPE_ORDER else len(RECIPE_ORDER))
+    keys = (f"{s}.{k}" for s in order if s not in NOT_RECIPE for k in sections[s])
+    return tuple(k for k in keys if k not in NOT_RECIPE)
+
+
+RECIPE_KEYS = recipe_keys()  # each is "fixed" (one value in every run) or "varied"
 
 
 def pm(s: Summary | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -58,10 +83,10 @@ def setting_name(axis: Axis, s: Setting) -> str:
 
 def _speed(s: Setting, a: Setting) -> str:
     """'; training throughput 0.61x (12.3 vs 20.1 img/s)', or not measurably different; '' without numbers."""
-    ms, ma = s.summary("images_per_s"), a.summary("images_per_s")
+    ms, ma = s.summary(IMAGES_PER_S), a.summary(IMAGES_PER_S)
     if ms is None or ma is None or ma.mean <= 0:
         return ""
-    w = welch(s.values("images_per_s"), a.values("images_per_s"))
+    w = welch(s.values(IMAGES_PER_S), a.values(IMAGES_PER_S))
     nums = f"{fmt_num(ms.mean)} vs {fmt_num(ma.mean)} img/s"
     if w is not None and not w.significant:
         return f"; training throughput not measurably different ({nums})"
@@ -70,10 +95,10 @@ def _speed(s: Setting, a: Setting) -> str:
 
 def compare(s: Setting, a: Setting, name_s: str, name_a: str) -> str:
     """One sentence: the mIoU of `s` against `a`, the test's verdict, and the throughput ratio."""
-    ms, ma = s.summary("miou"), a.summary("miou")
+    ms, ma = s.summary(MIOU), a.summary(MIOU)
     if ms is None or ma is None:
         return f"{name_s}: no finished run to compare with {name_a}."
-    w = welch(s.values("miou"), a.values("miou"))
+    w = welch(s.values(MIOU), a.values(MIOU))
     head = f"{name_s} reaches {pm(ms)} mIoU"
     if w is None:
         return f"{head} against {pm(ma)} for {name_a}: too few seeds to test (n = {ms.n} and {ma.n})."
@@ -87,8 +112,8 @@ def compare(s: Setting, a: Setting, name_s: str, name_a: str) -> str:
 def axis_conclusions(axis: Axis) -> list[str]:
     """Every setting of the axis against its anchor (the reference, PNG, or on a per-model axis the same
     architecture at the reference's value), best first (per architecture on a per-model axis)."""
-    others = [s for s in axis.settings if s is not axis.anchor_for(s) and s.mean("miou") is not None]
-    others.sort(key=lambda s: (model_label(s.point) if axis.per_model else "", -(s.mean("miou") or 0.0)))
+    others = [s for s in axis.settings if s is not axis.anchor_for(s) and s.mean(MIOU) is not None]
+    others.sort(key=lambda s: (model_label(s.point) if axis.per_model else "", -(s.mean(MIOU) or 0.0)))
     lines = []
     for s in others:
         anchor = axis.anchor_for(s)
@@ -105,10 +130,10 @@ def anchor_phrase(axis: Axis) -> str:
 
 def baseline_conclusion(d: Design) -> str:
     """How the settings compare with the per-pixel colour baseline (what colour alone can do)."""
-    means = [(s.mean("miou"), s) for s in d.settings if s.mean("miou") is not None]
+    means = [(s.mean(MIOU), s) for s in d.settings if s.mean(MIOU) is not None]
     if not d.baselines or not means:
         return ""
-    base = max(float(r["metrics"]["miou"]) for r in d.baselines)
+    base = max(float(r.metrics[MIOU]) for r in d.baselines)
     worst, s = min(means, key=lambda m: m[0])
     above = sum(m > base for m, _ in means)
     head = f"{above} of {len(means)} settings beat the per-pixel colour baseline ({100 * base:.1f} mIoU)"
@@ -133,7 +158,7 @@ def front_conclusion(front: Sequence[Setting], d: Design) -> str:
 
 def class_iou(s: Setting, i: int) -> list[float]:
     """IoU of class i over the setting's seeds (classes absent from labels and predictions left out)."""
-    ious = [(r["metrics"].get("per_class_iou") or [])[i : i + 1] for r in s.runs]
+    ious = [(r.metrics.get(PER_CLASS_IOU) or [])[i : i + 1] for r in s.runs]
     return [float(v[0]) for v in ious if v and isinstance(v[0], (int, float))]
 
 
@@ -161,7 +186,7 @@ def family_pair(d: Design) -> tuple[Setting, Setting] | None:
     candidates = next((a.settings for a in d.axes if a.name == "architecture"), d.settings)
     best: dict[str, tuple[float, Setting]] = {}
     for s in candidates:
-        m, fam = s.mean("miou"), family(s.point)
+        m, fam = s.mean(MIOU), family(s.point)
         if m is not None and fam in ("FCN", "U-Net") and m > best.get(fam, (-1.0, s))[0]:
             best[fam] = (m, s)
     return (best["FCN"][1], best["U-Net"][1]) if len(best) == 2 else None
@@ -170,13 +195,13 @@ def family_pair(d: Design) -> tuple[Setting, Setting] | None:
 # ---------------------------------------------------------------- methodology
 
 
-def _flat(config: dict[str, Any]) -> dict[str, Any]:
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{sec}.{k}": v for sec, vs in config.items() if isinstance(vs, dict) for k, v in vs.items()}
 
 
 def _shown(v: Any) -> str:
     if isinstance(v, list):
-        return "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else str(v)
+        return format_hw(v)
     if isinstance(v, bool) or v is None:
         return {True: "true", False: "false", None: "null"}[v]
     if v == "":
@@ -184,9 +209,9 @@ def _shown(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def recipe(rows: Sequence[dict[str, Any]]) -> str:
+def recipe(rows: Sequence[Row]) -> str:
     """The recipe keys fixed in every run (with their value) and the varied ones (with every value)."""
-    flats = [_flat(r["config"]) for r in rows]
+    flats = [_flat(r.config) for r in rows]
     fixed, varied = [], []
     for key in RECIPE_KEYS:
         values = sorted({_shown(f.get(key)) for f in flats if key in f})
@@ -205,16 +230,16 @@ def _listed(values: Any) -> str:
     return ", ".join(shown) or "?"
 
 
-def data_text(d: Design, rows: Sequence[dict[str, Any]]) -> str:
+def data_text(d: Design, rows: Sequence[Row]) -> str:
     """Splits, image counts and sizes, formats and dataset roots, as the rows record them."""
-    data = [r["config"]["data"] for r in rows]
-    metrics = [r["metrics"] for r in rows]
-    sizes = _listed("x".join(map(str, e["size"])) for m in metrics for e in m.get("val_predictions") or [])
+    data = [r.config["data"] for r in rows]
+    metrics = [r.metrics for r in rows]
+    sizes = _listed(format_hw(e["size"]) for m in metrics for e in m.get(VAL_PREDICTIONS) or [])
     eval_sizes = {_shown(c["eval_size"]) for c in data}
     at = "full resolution" if eval_sizes == {"null"} else "size " + ", ".join(sorted(eval_sizes))
     first = data[0]
     formats = _listed(value_label("image_format", s.point) for s in d.settings)
-    n_train, n_val = (_listed(m.get(k) for m in metrics) for k in ("train_images", "val_images"))
+    n_train, n_val = (_listed(m.get(k) for m in metrics) for k in (TRAIN_IMAGES, VAL_IMAGES))
     return (
         f"Train split `{first['train_split']}` ({n_train} images), evaluated on split `{first['val_split']}` "
         f"({n_val} images of {sizes} (HxW), at {at}); the test split is never read. "
@@ -223,7 +248,7 @@ def data_text(d: Design, rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-FLOP_KEYS = ("flops_per_image", "train_flops_per_image")
+FLOP_KEYS = (FLOPS_PER_IMAGE, TRAIN_FLOPS_PER_IMAGE)
 
 
 def models_table(d: Design) -> str:
@@ -235,10 +260,10 @@ def models_table(d: Design) -> str:
             seen.setdefault(model_label(s.point), s)
     body = []
     for label, s in seen.items():
-        m = s.runs[0]["metrics"]
+        m = s.runs[0].metrics
         gflop = [fmt_num(m[k] / 1e9) if m.get(k) else "–" for k in FLOP_KEYS]
-        params = f"{m['params'] / 1e6:.2f} M" if m.get("params") else "–"
-        crop_hw = "x".join(map(str, s.point.get("resolution") or []))
+        params = f"{m[PARAMS] / 1e6:.2f} M" if m.get(PARAMS) else "–"
+        crop_hw = format_hw(s.point["resolution"]) if s.point.get("resolution") else ""
         body.append([label, family(s.point), params, crop_hw, *gflop])
     head = ["model", "family", "parameters", "crop", "GFLOP/image forward", "GFLOP/image train step"]
     return md_table(head, body, [False, False, True, False, True, True])

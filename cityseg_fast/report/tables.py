@@ -7,7 +7,7 @@ MiB/GiB, fractions are percentages, and a failed point shows its status and erro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cityseg_fast.labels import CLASS_NAMES
@@ -26,9 +26,9 @@ from cityseg_fast.report.format import (
 )
 from cityseg_fast.report.runs import (
     Run,
+    RunRow,
     flat_point,
     loader_label,
-    metric,
     peak_memory,
     point_label,
     res_pixels,
@@ -36,12 +36,44 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
-from cityseg_fast.results import SCENARIOS
+from cityseg_fast.results import SCENARIOS, Row
+from cityseg_fast.results.rounds import IMAGES_PER_S_ROUNDS, ROUNDS
+from cityseg_fast.results.scenarios import (
+    ACC,
+    ACHIEVED_TFLOPS,
+    BWD_MS,
+    COMPILE_S,
+    CPU_MS_BY_STAGE,
+    CPU_MS_PER_IMAGE,
+    CPU_MS_PER_IMAGE_DECODE,
+    CPU_UTIL,
+    FLOPS_PER_IMAGE,
+    FWD_MS,
+    GPU_POWER_W,
+    GPU_UTIL,
+    IMAGES_PER_S,
+    LATENCY_MS_IQR,
+    LATENCY_MS_MEDIAN,
+    LATENCY_MS_P50,
+    LATENCY_MS_P90,
+    LATENCY_MS_P99,
+    MEM_HOST_PEAK_RSS_MIB,
+    MEM_NVML_USED_MIB,
+    MEM_TORCH_PEAK_ALLOCATED_MIB,
+    MEM_TORCH_PEAK_RESERVED_MIB,
+    MFU,
+    MIOU,
+    OPT_MS,
+    PER_CLASS_IOU,
+    RECOMPILES,
+    TRAIN_WALL_S,
+    VARIANCE_WARNING,
+)
 
 # ---------------------------------------------------------------- environment
 
 
-def _env_fields(env: dict[str, Any]) -> list[tuple[str, str]]:
+def _env_fields(env: Mapping[str, Any]) -> list[tuple[str, str]]:
     def g(k: str) -> str:
         v = env.get(k)
         return DASH if v in (None, "") else str(v)
@@ -67,16 +99,16 @@ def _env_fields(env: dict[str, Any]) -> list[tuple[str, str]]:
 
 def env_section(runs: Sequence[Run]) -> str:
     """One column per distinct environment (usually one); plus when each run was measured."""
-    envs: list[dict[str, Any]] = []
+    envs: list[Mapping[str, Any]] = []
     owners: list[list[str]] = []
     counts: list[int] = []
     for run in runs:
         for r in run.rows:
-            if r["env"] not in envs:
-                envs.append(r["env"])
+            if r.env not in envs:
+                envs.append(r.env)
                 owners.append([])
                 counts.append(0)
-            i = envs.index(r["env"])
+            i = envs.index(r.env)
             counts[i] += 1
             if run.name not in owners[i]:
                 owners[i].append(run.name)
@@ -91,7 +123,7 @@ def env_section(runs: Sequence[Run]) -> str:
         out.append(md_table(headers, body))
     dates = []
     for run in runs:
-        times = sorted(r["time"] for r in run.rows)
+        times = sorted(r.time for r in run.rows)
         span = times[0] if times[0] == times[-1] else f"{times[0]} … {times[-1]}"
         dates.append([run.name, span])
     out.append("\n\n" + md_table(["run", "measured (UTC)"], dates))
@@ -101,8 +133,8 @@ def env_section(runs: Sequence[Run]) -> str:
 def runs_section(runs: Sequence[Run]) -> str:
     body = []
     for run in runs:
-        counts = {s: sum(r["status"] == s for r in run.rows) for s in ("ok", "oom", "error")}
-        scen = sorted({r["scenario"] for r in run.rows})
+        counts = {s: sum(r.status == s for r in run.rows) for s in ("ok", "oom", "error")}
+        scen = sorted({r.scenario for r in run.rows})
         notes = run.notes()
         body.append(
             [
@@ -128,72 +160,79 @@ def runs_section(runs: Sequence[Run]) -> str:
 
 # ---------------------------------------------------------------- per-scenario tables
 
-Col = tuple[str, Callable[[dict[str, Any]], str]]
+def _m(key: str, fmt: Callable[[float | None], str] = fmt_num) -> Callable[[Row], str]:
+    return lambda r: fmt(r.number(key))
 
 
-def _m(key: str, fmt: Callable[[float | None], str] = fmt_num) -> Callable[[dict[str, Any]], str]:
-    return lambda r: fmt(metric(r, key))
-
-
-def _spread(r: dict[str, Any]) -> str:
-    iqr = metric(r, "latency_ms_iqr")
-    med = metric(r, "latency_ms_median") or metric(r, "latency_ms_p50")
+def _spread(r: Row) -> str:
+    iqr = r.number(LATENCY_MS_IQR)
+    med = r.number(LATENCY_MS_MEDIAN) or r.number(LATENCY_MS_P50)
     if iqr is None or not med:
         return DASH
-    warn = " ⚠" if r["metrics"].get("variance_warning") else ""
+    warn = " ⚠" if r.metrics.get(VARIANCE_WARNING) else ""
     return f"{100 * iqr / med:.1f}%{warn}"
 
 
-SPEED_COLS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
-    ("img/s", "images_per_s", _m("images_per_s")),
-    ("p50 (ms)", "latency_ms_p50", _m("latency_ms_p50")),
-    ("p90 (ms)", "latency_ms_p90", _m("latency_ms_p90")),
-    ("p99 (ms)", "latency_ms_p99", _m("latency_ms_p99")),
-    ("spread (IQR/median)", "latency_ms_iqr", _spread),
+def _rounds(r: Row) -> str:
+    """'3: 126–133': a repeated point's ok rounds and the range of their images/s (img/s is their median)."""
+    n = r.number(ROUNDS)
+    ips = [v for v in r.metrics.get(IMAGES_PER_S_ROUNDS) or [] if isinstance(v, (int, float))]
+    if n is None:
+        return DASH
+    return f"{n:.0f}: {fmt_num(min(ips))}–{fmt_num(max(ips))}" if len(ips) > 1 else f"{n:.0f}"
+
+
+SPEED_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
+    ("img/s", IMAGES_PER_S, _m(IMAGES_PER_S)),
+    ("rounds: img/s range", ROUNDS, _rounds),  # a repeated point (sweep `repeats`): img/s is the median
+    ("p50 (ms)", LATENCY_MS_P50, _m(LATENCY_MS_P50)),
+    ("p90 (ms)", LATENCY_MS_P90, _m(LATENCY_MS_P90)),
+    ("p99 (ms)", LATENCY_MS_P99, _m(LATENCY_MS_P99)),
+    ("spread (IQR/median)", LATENCY_MS_IQR, _spread),
     (
         "fwd / bwd / opt (ms)",
-        "fwd_ms",
-        lambda r: " / ".join(fmt_num(metric(r, k)) for k in ("fwd_ms", "bwd_ms", "opt_ms")),
+        FWD_MS,
+        lambda r: " / ".join(fmt_num(r.number(k)) for k in (FWD_MS, BWD_MS, OPT_MS)),
     ),
-    ("CPU util", "cpu_util", _m("cpu_util", fmt_pct)),
+    ("CPU util", CPU_UTIL, _m(CPU_UTIL, fmt_pct)),
     # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
-    ("CPU ms/img", "cpu_ms_per_image", _m("cpu_ms_per_image")),
+    ("CPU ms/img", CPU_MS_PER_IMAGE, _m(CPU_MS_PER_IMAGE)),
     (  # where the loader times its stages (the torch loaders): the same CPU time, by stage
         "decode / transform / hand-off (CPU ms/img)",
-        "cpu_ms_per_image_decode",
-        lambda r: " / ".join(fmt_num(metric(r, f"cpu_ms_per_image_{k}")) for k in ("decode", "transform", "handoff")),
+        CPU_MS_PER_IMAGE_DECODE,
+        lambda r: " / ".join(fmt_num(r.number(k)) for k in CPU_MS_BY_STAGE),
     ),
-    ("compile", "compile_s", _m("compile_s", fmt_s)),
-    ("recompiles", "recompiles", _m("recompiles", lambda v: DASH if v is None else f"{v:.0f}")),
+    ("compile", COMPILE_S, _m(COMPILE_S, fmt_s)),
+    ("recompiles", RECOMPILES, _m(RECOMPILES, lambda v: DASH if v is None else f"{v:.0f}")),
 ]
-MEM_COLS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
-    ("torch peak alloc", "mem_torch_peak_allocated_mib", _m("mem_torch_peak_allocated_mib", fmt_mib)),
-    ("torch peak reserved", "mem_torch_peak_reserved_mib", _m("mem_torch_peak_reserved_mib", fmt_mib)),
-    ("GPU used (NVML)", "mem_nvml_used_mib", _m("mem_nvml_used_mib", fmt_mib)),
-    ("host peak RSS", "mem_host_peak_rss_mib", _m("mem_host_peak_rss_mib", fmt_mib)),
+MEM_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
+    ("torch peak alloc", MEM_TORCH_PEAK_ALLOCATED_MIB, _m(MEM_TORCH_PEAK_ALLOCATED_MIB, fmt_mib)),
+    ("torch peak reserved", MEM_TORCH_PEAK_RESERVED_MIB, _m(MEM_TORCH_PEAK_RESERVED_MIB, fmt_mib)),
+    ("GPU used (NVML)", MEM_NVML_USED_MIB, _m(MEM_NVML_USED_MIB, fmt_mib)),
+    ("host peak RSS", MEM_HOST_PEAK_RSS_MIB, _m(MEM_HOST_PEAK_RSS_MIB, fmt_mib)),
     (
         "GFLOP/img (fwd)",
-        "flops_per_image",
-        _m("flops_per_image", lambda v: fmt_num(None if v is None else v / 1e9)),
+        FLOPS_PER_IMAGE,
+        _m(FLOPS_PER_IMAGE, lambda v: fmt_num(None if v is None else v / 1e9)),
     ),
-    ("TFLOP/s", "achieved_tflops", _m("achieved_tflops")),
-    ("MFU", "mfu", _m("mfu", fmt_pct)),
+    ("TFLOP/s", ACHIEVED_TFLOPS, _m(ACHIEVED_TFLOPS)),
+    ("MFU", MFU, _m(MFU, fmt_pct)),
     (
         "GPU util",
-        "gpu_util",
-        _m("gpu_util", lambda v: DASH if v is None else fmt_pct(v if v <= 1 else v / 100)),
+        GPU_UTIL,
+        _m(GPU_UTIL, lambda v: DASH if v is None else fmt_pct(v if v <= 1 else v / 100)),
     ),
-    ("GPU power (W)", "gpu_power_w", _m("gpu_power_w")),
+    ("GPU power (W)", GPU_POWER_W, _m(GPU_POWER_W)),
 ]
 
 
-def _present(rows: Sequence[dict[str, Any]], cols):
-    return [c for c in cols if c[1] is None or any(metric(r, c[1]) is not None for r in rows)]
+def _present(rows: Sequence[Row], cols):
+    return [c for c in cols if c[1] is None or any(r.number(c[1]) is not None for r in rows)]
 
 
-def _point_cells(r: dict[str, Any], keys: Sequence[str], with_run: bool) -> list[str]:
+def _point_cells(r: RunRow, keys: Sequence[str], with_run: bool) -> list[str]:
     p = flat_point(r)
-    return ([r["_run"]] if with_run else []) + [_cell(p.get(k)) for k in keys]
+    return ([r.run] if with_run else []) + [_cell(p.get(k)) for k in keys]
 
 
 def scenario_section(runs: Sequence[Run], scenario: str) -> str:
@@ -211,7 +250,7 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     head = (["run"] if with_run else []) + (["loader"] if scenario == "loader" else []) + varying
     out = [constants_line(constant)]
 
-    def lead(r: dict[str, Any]) -> list[str]:
+    def lead(r: RunRow) -> list[str]:
         cells = _point_cells(r, varying, with_run)
         if scenario == "loader":
             cells.insert(1 if with_run else 0, loader_label(flat_point(r), row_decoder(r)))
@@ -228,11 +267,11 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     )
     mem = _present(rows, MEM_COLS)
     if mem:
-        ok = [r for r in rows if r["status"] == "ok"]
+        ok = [r for r in rows if r.ok]
         body = [lead(r) + [c[2](r) for c in mem] for r in ok]
         out.append("\n\nMemory and compute (ok points):\n\n")
         out.append(md_table(head + [c[0] for c in mem], body, [False] * len(head) + [True] * len(mem)))
-        if "mfu" in [c[1] for c in mem] or any("mfu" in r["metrics"] for r in ok):
+        if MFU in [c[1] for c in mem] or any(MFU in r.metrics for r in ok):
             out.append(
                 "\n\nMFU = achieved FLOP/s ÷ the device's dense peak for the dtype; – where no honest peak is known (CPU)."
             )
@@ -245,25 +284,25 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
 def best_section(runs: Sequence[Run]) -> str:
     body = []
     for scenario in ("model", "e2e", "infer", "loader"):
-        rows = [r for r in tagged_rows(runs, scenario) if metric(r, "images_per_s") is not None]
+        rows = [r for r in tagged_rows(runs, scenario) if r.number(IMAGES_PER_S) is not None]
         if scenario == "loader":
             # The synthetic loader is the I/O-free upper bound and decode-only skips work: neither is a choice.
             rows = [
                 r
                 for r in rows
-                if r["point"].get("loader") != "synthetic" and not r["point"].get("decode_only")
+                if r.point.get("loader") != "synthetic" and not r.point.get("decode_only")
             ]
         if not rows:
             continue
         varying, _ = split_keys(rows)
         label_keys = ["model"] + [k for k in varying if k not in ("resolution", "model")]
-        by_res: dict[str, list[dict[str, Any]]] = {}
+        by_res: dict[str, list[RunRow]] = {}
         for r in rows:
             by_res.setdefault(flat_point(r).get("resolution") or DASH, []).append(r)
         for res in sorted(by_res, key=res_pixels):
             group = by_res[res]
-            best = max(group, key=lambda r: metric(r, "images_per_s"))
-            worst = min(group, key=lambda r: metric(r, "images_per_s"))
+            best = max(group, key=lambda r: r.number(IMAGES_PER_S))
+            worst = min(group, key=lambda r: r.number(IMAGES_PER_S))
             p = flat_point(best)
             rest = point_label(
                 p, [k for k in label_keys if k not in ("loader", "loader_device", "decode_only")]
@@ -275,16 +314,16 @@ def best_section(runs: Sequence[Run]) -> str:
             else:
                 label = rest
             if len(runs) > 1:
-                label = f"[{best['_run']}] {label}"
-            spread = metric(best, "images_per_s") / metric(worst, "images_per_s")
+                label = f"[{best.run}] {label}"
+            spread = best.number(IMAGES_PER_S) / worst.number(IMAGES_PER_S)
             mem, _ = peak_memory(best)
             body.append(
                 [
                     scenario,
                     res,
                     label.strip() or "(only configuration)",
-                    fmt_num(metric(best, "images_per_s")),
-                    fmt_num(metric(best, "latency_ms_p50")),
+                    fmt_num(best.number(IMAGES_PER_S)),
+                    fmt_num(best.number(LATENCY_MS_P50)),
                     fmt_mib(mem),
                     f"{fmt_num(spread)}× ({len(group)} ok)" if len(group) > 1 else "only one ok",
                 ]
@@ -323,10 +362,10 @@ def accuracy_section(runs: Sequence[Run]) -> str:
     varying, constant = split_keys(rows)
     rows = sort_rows(rows, varying)
     cols = [
-        ("mIoU", lambda r: DASH if metric(r, "miou") is None else f"{miou_pct(metric(r, 'miou')):.1f}%"),
-        ("pixel acc", lambda r: DASH if metric(r, "acc") is None else f"{miou_pct(metric(r, 'acc')):.1f}%"),
-        ("train img/s", _m("images_per_s")),
-        ("train wall", _m("train_wall_s", fmt_s)),
+        ("mIoU", lambda r: DASH if r.number(MIOU) is None else f"{miou_pct(r.number(MIOU)):.1f}%"),
+        ("pixel acc", lambda r: DASH if r.number(ACC) is None else f"{miou_pct(r.number(ACC)):.1f}%"),
+        ("train img/s", _m(IMAGES_PER_S)),
+        ("train wall", _m(TRAIN_WALL_S, fmt_s)),
     ]
     cols = [c for c in cols if c[0] == "mIoU" or any(c[1](r) != DASH for r in rows)]
     head = (["run"] if with_run else []) + varying + [c[0] for c in cols] + ["status"]
@@ -336,7 +375,7 @@ def accuracy_section(runs: Sequence[Run]) -> str:
         md_table(head, body, [False] * (len(head) - len(cols) - 1) + [True] * len(cols) + [False]),
     ]
     with_classes = [
-        r for r in rows if r["status"] == "ok" and isinstance(r["metrics"].get("per_class_iou"), list)
+        r for r in rows if r.ok and isinstance(r.metrics.get(PER_CLASS_IOU), list)
     ]
     if with_classes:
         out.append("\n\nPer-class IoU (%; – = the class is in neither the predictions nor the labels):\n\n")
@@ -344,19 +383,44 @@ def accuracy_section(runs: Sequence[Run]) -> str:
     return "".join(out) + "\n"
 
 
-def per_class_table(rows: Sequence[dict[str, Any]], keys: Sequence[str], with_run: bool) -> str:
-    labels = []
-    for r in rows:
-        label = point_label(flat_point(r), keys) or "run"
-        labels.append(f"{r['_run']}: {label}" if with_run else label)
-    n = max(len(r["metrics"]["per_class_iou"]) for r in rows)
+HEADER_MODEL_CHARS = 20  # a per-class column header: its letter and at most this much of the model name
+
+
+def column_labels(
+    rows: Sequence[RunRow], keys: Sequence[str], with_run: bool
+) -> list[tuple[str, str]]:
+    """(short header, full label) per row: 'A unet_s16' for a column whose full configuration (the `keys`
+    that vary, and the run) goes in the legend under the table."""
+    out = []
+    for i, r in enumerate(rows):
+        p = flat_point(r)
+        full = point_label(p, keys) or "run"
+        full = f"{r.run}: {full}" if with_run else full
+        model = str(p.get("model") or "")
+        model = model if len(model) <= HEADER_MODEL_CHARS else model[: HEADER_MODEL_CHARS - 1] + "…"
+        out.append((f"{_letters(i)} {model}".strip(), full))
+    return out
+
+
+def _letters(i: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: the i-th column's name."""
+    return ("" if i < 26 else _letters(i // 26 - 1)) + chr(ord("A") + i % 26)
+
+
+def per_class_table(rows: Sequence[RunRow], keys: Sequence[str], with_run: bool) -> str:
+    """IoU per class (rows) and configuration (columns headed by a letter and the model), then the legend
+    that names each column's whole configuration."""
+    labels = column_labels(rows, keys, with_run)
+    n = max(len(r.metrics[PER_CLASS_IOU]) for r in rows)
     names = list(CLASS_NAMES) if n == len(CLASS_NAMES) else [f"class {i}" for i in range(n)]
     body = []
     for i, name in enumerate(names):
         cells = []
         for r in rows:
-            ious = r["metrics"]["per_class_iou"]
+            ious = r.metrics[PER_CLASS_IOU]
             v = ious[i] if i < len(ious) else None
             cells.append(DASH if v is None or v != v else f"{miou_pct(v):.1f}")
         body.append([name] + cells)
-    return md_table(["class"] + labels, body, [False] + [True] * len(rows))
+    legend = "".join(f"\n- **{head.split()[0]}**: {full}" for head, full in labels)
+    table = md_table(["class"] + [head for head, _ in labels], body, [False] + [True] * len(rows))
+    return f"{table}\n\nColumns:\n{legend}"

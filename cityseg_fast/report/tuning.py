@@ -17,13 +17,21 @@ from cityseg_fast.report.format import DASH, constants_line, fmt_mib, fmt_num, m
 from cityseg_fast.report.runs import (
     Run,
     loader_label,
-    metric,
     point_label,
     resolution,
-    split_keys,
+    split_point_keys,
     tagged_rows,
 )
-from cityseg_fast.results.scenarios import tuning_of
+from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import (
+    CPU_MS_PER_IMAGE,
+    IMAGES_PER_S,
+    LATENCY_MS_P50,
+    LATENCY_MS_P99,
+    LOADER_GPU_MEM_MIB,
+    MEM_HOST_PEAK_RSS_MIB,
+    tuning_of,
+)
 
 Group = dict[str, Any]
 
@@ -41,27 +49,27 @@ def tuning_groups(runs: Sequence[Run]) -> list[Group]:
     defaults, or None when not measured)."""
     groups: dict[str, Group] = {}
     for r in tagged_rows(runs, "loader"):
-        if metric(r, "images_per_s") is None or r["point"].get("loader") == "synthetic":
+        if r.number(IMAGES_PER_S) is None or r.point.get("loader") == "synthetic":
             continue
-        setting, rest = tuning_of(r["point"])
+        setting, rest = tuning_of(r.point)
         if not setting:
             continue
-        key = json.dumps([r["_run"], rest], sort_keys=True, default=str)
-        g = groups.setdefault(key, {"run": r["_run"], "rest": rest, "rows": []})
+        key = json.dumps([r.run, rest], sort_keys=True, default=str)
+        g = groups.setdefault(key, {"run": r.run, "rest": rest, "rows": []})
         g["rows"].append((setting, r))
     out = []
     for g in groups.values():
         if len({_setting_label(s) for s, _ in g["rows"]}) < 2:
             continue
         g["rows"].sort(key=lambda sr: [sr[0][k] for k in sr[0]])
-        g["best"] = max(g["rows"], key=lambda sr: metric(sr[1], "images_per_s"))[1]
-        g["default"] = next((r for s, r in g["rows"] if not set(s) & set(r["point"])), None)
+        g["best"] = max(g["rows"], key=lambda sr: sr[1].number(IMAGES_PER_S))[1]
+        g["default"] = next((r for s, r in g["rows"] if not set(s) & set(r.point)), None)
         out.append(g)
     return out
 
 
-def _vs(row: dict[str, Any] | None, best: dict[str, Any]) -> float | None:
-    return None if row is None else metric(row, "images_per_s") / metric(best, "images_per_s")
+def _vs(row: Row | None, best: Row) -> float | None:
+    return None if row is None else row.number(IMAGES_PER_S) / best.number(IMAGES_PER_S)
 
 
 def _group_title(g: Group, keys: Sequence[str], multi: bool) -> str:
@@ -83,9 +91,9 @@ def _summary(groups: Sequence[Group], keys: Sequence[str], multi: bool) -> str:
             gap = f"{ratio:.0%} of the best ({100 * (ratio - 1):+.0f}%)"
         body.append([
             _group_title(g, keys, multi),
-            _setting_label(tuning_of(best["point"])[0]),
-            fmt_num(metric(best, "images_per_s")),
-            fmt_num(metric(default, "images_per_s")) if default else DASH,
+            _setting_label(tuning_of(best.point)[0]),
+            fmt_num(best.number(IMAGES_PER_S)),
+            fmt_num(default.number(IMAGES_PER_S)) if default else DASH,
             gap,
             len(g["rows"]),
         ])  # fmt: skip
@@ -94,21 +102,21 @@ def _summary(groups: Sequence[Group], keys: Sequence[str], multi: bool) -> str:
 
 
 COLUMNS = [  # (header, metric, format); a metric no row of the group has is left out
-    ("img/s", "images_per_s", fmt_num),
-    ("batch p50 (ms)", "latency_ms_p50", fmt_num),
-    ("batch p99 (ms)", "latency_ms_p99", fmt_num),
-    ("CPU ms/img", "cpu_ms_per_image", fmt_num),
-    ("host mem", "mem_host_peak_rss_mib", fmt_mib),
-    ("GPU mem", "loader_gpu_mem_mib", fmt_mib),
+    ("img/s", IMAGES_PER_S, fmt_num),
+    ("batch p50 (ms)", LATENCY_MS_P50, fmt_num),
+    ("batch p99 (ms)", LATENCY_MS_P99, fmt_num),
+    ("CPU ms/img", CPU_MS_PER_IMAGE, fmt_num),
+    ("host mem", MEM_HOST_PEAK_RSS_MIB, fmt_mib),
+    ("GPU mem", LOADER_GPU_MEM_MIB, fmt_mib),
 ]
 
 
 def _group_table(g: Group) -> str:
-    cols = [c for c in COLUMNS if any(metric(r, c[1]) is not None for _, r in g["rows"])]
+    cols = [c for c in COLUMNS if any(r.number(c[1]) is not None for _, r in g["rows"])]
     body = []
     for setting, r in g["rows"]:
         label = _setting_label(setting) + (" (default)" if r is g["default"] else "") + (" ★" if r is g["best"] else "")
-        body.append([label] + [fmt(metric(r, key)) for _, key, fmt in cols] + [f"{_vs(r, g['best']):.0%}"])
+        body.append([label] + [fmt(r.number(key)) for _, key, fmt in cols] + [f"{_vs(r, g['best']):.0%}"])
     head = ["setting"] + [c[0] for c in cols] + ["vs best"]
     return md_table(head, body, [False] + [True] * (len(cols) + 1))
 
@@ -119,7 +127,7 @@ def tuning_section(runs: Sequence[Run]) -> str:
     if not groups:
         return ""
     multi = len(runs) > 1
-    varying, constant = split_keys([{"point": g["rest"]} for g in groups])
+    varying, constant = split_point_keys([g["rest"] for g in groups])
     keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
     parts = [
         "Each loader alone at each of its settings (`loader` rows; configs/sweeps/loader_tuning_cpu.yaml and "

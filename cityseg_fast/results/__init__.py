@@ -1,8 +1,9 @@
 """Results: the row every benchmark writes and every report reads, below both bench/ and report/.
 
-    row = row_for("model", cfg, metrics)        # or error=exc: failures are rows too (record.py)
-    append_row("results.jsonl", row)            # atomic (rows.py)
-    rows = merge(read_rows("results.jsonl"))    # latest per point, derived metrics attached (derive.py)
+    row = row_for("model", cfg, metrics)        # a checked, read-only Row; error=exc: failures are rows too (record.py)
+    row.metrics[IMAGES_PER_S], row.number(MIOU) # metric names: constants of the scenario table (scenarios.py)
+    append_row("results.jsonl", row)            # atomic (store.py); Row.to_json() / Row.from_json() (schema.py)
+    rows = merge(read_rows("results.jsonl"))    # latest per point, each with row.derived (derive.py)
     SCENARIOS["e2e"].title                      # the scenario table (scenarios.py)
     results_files("runs/x")                     # results.jsonl and its shards' files (files.py)
 """
@@ -10,22 +11,28 @@
 from cityseg_fast.results.derive import e2e_limit, latest_per_point, merge, split_unresolved
 from cityseg_fast.results.files import RESULTS_FILE, missing_shards, results_files, shard_file, shard_of
 from cityseg_fast.results.record import classify, clean, is_oom, one_line, row_for
-from cityseg_fast.results.rows import (
+from cityseg_fast.results.scenarios import SCENARIOS, Scenario, companions_for, point_for, scenario
+from cityseg_fast.results.schema import (
+    MAX_BATCH_SEARCH_FROM,
+    POINT_WALL_S,
     SCHEMA_VERSION,
-    append_row,
+    SWEEP_KEYS,
+    Row,
     point_id,
-    read_rows,
-    scan_rows,
     unresolved,
     validate_row,
     variables_in,
 )
-from cityseg_fast.results.scenarios import SCENARIOS, Scenario, companions_for, point_for, scenario
+from cityseg_fast.results.store import append_row, read_rows, scan_rows
 
 __all__ = [
+    "MAX_BATCH_SEARCH_FROM",
+    "POINT_WALL_S",
     "RESULTS_FILE",
     "SCENARIOS",
     "SCHEMA_VERSION",
+    "SWEEP_KEYS",
+    "Row",
     "Scenario",
     "append_row",
     "classify",

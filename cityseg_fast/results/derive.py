@@ -1,11 +1,11 @@
 """Derived metrics, computed when rows are merged: e2e efficiency and scaling efficiency, one rule each.
 
-    rows = merge(read_rows(paths))      # latest result per point, each with row["derived"]
+    rows = merge(read_rows(paths))      # latest result per point, each with row.derived
 
 The rule: a row names its companions when it is written (row_for: the loader-alone and model-alone
 points of an e2e point, the world-size-1 point of a multi-GPU one), so matching is exact (same point
-id), never "the latest row with similar keys". The report and the sweep read `row["derived"]` and
-compute nothing themselves. Rows recorded under an unresolved variable (`rows.unresolved`) are left out
+id), never "the latest row with similar keys". The report and the sweep read `row.derived` and
+compute nothing themselves. Rows recorded under an unresolved variable (`schema.unresolved`) are left out
 of both: they are no measurement of the point they name.
 
     e2e_limit = min(loader, model)            the model on a GPU: the stages overlap
@@ -26,12 +26,26 @@ as e2e_loader_cpu_ms_per_image and e2e_loader_gpu_mem_mib, so the bottleneck tab
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from cityseg_fast.results.rows import unresolved
+from cityseg_fast.results.scenarios import CPU_MS_PER_IMAGE, DEVICE, IMAGES_PER_S, LOADER_GPU_MEM_MIB
+from cityseg_fast.results.schema import Row, unresolved
 
-Row = dict[str, Any]
+# The derived metrics' names (Row.derived): this module makes them, the report and the sweep read them.
+E2E_LOADER_IMAGES_PER_S = "e2e_loader_images_per_s"
+E2E_MODEL_IMAGES_PER_S = "e2e_model_images_per_s"
+E2E_LIMIT_IMAGES_PER_S = "e2e_limit_images_per_s"
+E2E_LIMIT_KIND = "e2e_limit_kind"  # "min" | "shared_cpu" (e2e_limit)
+E2E_EFFICIENCY = "e2e_efficiency"
+E2E_LOADER_POINT_ID = "e2e_loader_point_id"
+E2E_MODEL_POINT_ID = "e2e_model_point_id"
+E2E_LOADER_CPU_MS_PER_IMAGE = "e2e_loader_cpu_ms_per_image"
+E2E_CORES_TO_FEED = "e2e_cores_to_feed"
+E2E_LOADER_GPU_MEM_MIB = "e2e_loader_gpu_mem_mib"
+SCALING_EFFICIENCY = "scaling_efficiency"
+SCALING_BASE_POINT_ID = "scaling_base_point_id"
 
 
 def split_unresolved(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
@@ -51,12 +65,12 @@ def latest_per_point(rows: Iterable[Row]) -> tuple[list[Row], int]:
     n = 0
     for row in split_unresolved(rows)[0]:
         n += 1
-        pid = row["point_id"]
+        pid = row.point_id
         order.setdefault(pid, len(order))
         prev = chosen.get(pid)
-        if prev is None or row["status"] == "ok" or prev["status"] != "ok":
+        if prev is None or row.ok or not prev.ok:
             chosen[pid] = row
-    kept = sorted(chosen.values(), key=lambda r: order[r["point_id"]])
+    kept = sorted(chosen.values(), key=lambda r: order[r.point_id])
     return kept, n - len(kept)
 
 
@@ -67,15 +81,8 @@ def e2e_limit(loader_ips: float, model_ips: float, model_on_gpu: bool) -> tuple[
     return 1.0 / (1.0 / loader_ips + 1.0 / model_ips), "shared_cpu"
 
 
-def _num(row: Row | None, key: str) -> float | None:
-    if row is None or row["status"] != "ok":
-        return None
-    v = row["metrics"].get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def _ips(row: Row | None) -> float | None:
-    v = _num(row, "images_per_s")
+    v = None if row is None else row.number(IMAGES_PER_S)
     return v if v is not None and v > 0 else None
 
 
@@ -83,47 +90,47 @@ def loader_costs(loader: Row, model_ips: float) -> dict[str, Any]:
     """What feeding the model costs: the loader's CPU ms per image, the cores that makes at the model-only
     rate, and the loader's own GPU memory where it was measured."""
     out: dict[str, Any] = {}
-    cpu_ms = _num(loader, "cpu_ms_per_image")
+    cpu_ms = loader.number(CPU_MS_PER_IMAGE)
     if cpu_ms is not None:
-        out.update(e2e_loader_cpu_ms_per_image=cpu_ms, e2e_cores_to_feed=cpu_ms * model_ips / 1000.0)
-    gpu_mib = _num(loader, "loader_gpu_mem_mib")
+        out.update({E2E_LOADER_CPU_MS_PER_IMAGE: cpu_ms, E2E_CORES_TO_FEED: cpu_ms * model_ips / 1000.0})
+    gpu_mib = loader.number(LOADER_GPU_MEM_MIB)
     if gpu_mib is not None:
-        out["e2e_loader_gpu_mem_mib"] = gpu_mib
+        out[E2E_LOADER_GPU_MEM_MIB] = gpu_mib
     return out
 
 
 def derived(row: Row, by_id: dict[str, Row]) -> dict[str, Any]:
     """The derived metrics of one row, from its companions among `by_id`; {} where they are missing."""
-    comp = row.get("companions") or {}
+    comp = row.companions
     if not comp:
-        return dict(row.get("derived") or {})  # a schema-1 row: what its sweep stored
+        return dict(row.derived)  # a schema-1 row: what its sweep stored
     out: dict[str, Any] = {}
     me = _ips(row)
     if me is None:
         return out
     loader, model = by_id.get(comp.get("loader", "")), by_id.get(comp.get("model", ""))
     lo, mo = _ips(loader), _ips(model)
-    if row["scenario"] == "e2e" and lo and mo:
-        limit, kind = e2e_limit(lo, mo, row["metrics"].get("device") == "cuda")
-        out.update(
-            e2e_loader_images_per_s=lo,
-            e2e_model_images_per_s=mo,
-            e2e_limit_images_per_s=limit,
-            e2e_limit_kind=kind,
-            e2e_efficiency=me / limit,
-            e2e_loader_point_id=loader["point_id"],
-            e2e_model_point_id=model["point_id"],
+    if row.scenario == "e2e" and lo and mo:
+        limit, kind = e2e_limit(lo, mo, row.metrics.get(DEVICE) == "cuda")
+        out.update({
+            E2E_LOADER_IMAGES_PER_S: lo,
+            E2E_MODEL_IMAGES_PER_S: mo,
+            E2E_LIMIT_IMAGES_PER_S: limit,
+            E2E_LIMIT_KIND: kind,
+            E2E_EFFICIENCY: me / limit,
+            E2E_LOADER_POINT_ID: loader.point_id,
+            E2E_MODEL_POINT_ID: model.point_id,
             **loader_costs(loader, mo),
-        )
+        })  # fmt: skip
     base = by_id.get(comp.get("base", ""))
-    n = row["point"].get("world_size", 1)
+    n = row.point.get("world_size", 1)
     if _ips(base) and n > 1:
-        out.update(scaling_efficiency=me / (n * _ips(base)), scaling_base_point_id=base["point_id"])
+        out.update({SCALING_EFFICIENCY: me / (n * _ips(base)), SCALING_BASE_POINT_ID: base.point_id})
     return out
 
 
 def merge(rows: Iterable[Row]) -> list[Row]:
-    """The latest row of each point, each with row["derived"] (see the module docstring)."""
+    """The latest row of each point, each a new Row with its derived metrics (see the module docstring)."""
     kept, _ = latest_per_point(rows)
-    by_id = {r["point_id"]: r for r in kept}
-    return [{**r, "derived": derived(r, by_id)} for r in kept]
+    by_id = {r.point_id: r for r in kept}
+    return [dataclasses.replace(r, derived=derived(r, by_id)) for r in kept]

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from cityseg_fast.config import config_hash, to_dict
 from cityseg_fast.environment import collect_env
-from cityseg_fast.results.rows import point_id, validate_row
 from cityseg_fast.results.scenarios import companions_for, point_for
+from cityseg_fast.results.schema import Row, point_id
 
 if TYPE_CHECKING:
     from cityseg_fast.config import Config
@@ -73,31 +73,28 @@ def row_for(
     world_size: int = 1,
     env: dict[str, Any] | None = None,
     point: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The validated row of one measurement of `scenario` under `cfg` (see the module docstring).
+    sweep: dict[str, Any] | None = None,
+) -> Row:
+    """The checked, read-only row of one measurement of `scenario` under `cfg` (see the module docstring).
 
     point: extra identity keys merged over the table's (e.g. a benchmark's `round`); env defaults to
-    environment.collect_env()."""
+    environment.collect_env(); sweep: how a sweep ran the point (schema.SWEEP_KEYS)."""
 
     if env is None:
         env = collect_env()
     p = {**point_for(scenario, cfg, world_size), **(point or {})}
     status, message = ("ok", None) if error is None else classify(error)
-    row = {
-        "schema": 2,
-        "scenario": scenario,
-        "status": status,
-        "error": message,
-        "point_id": point_id(scenario, p),
-        "point": clean(p),
-        "metrics": clean(dict(metrics or {})),
-        "companions": {
-            role: point_id(s, q) for role, (s, q) in companions_for(scenario, cfg, world_size).items()
-        },
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        "env": clean(env),
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    validate_row(row)
-    return row
+    return Row(
+        scenario=scenario,
+        status=status,
+        error=message,
+        point_id=point_id(scenario, p),
+        point=clean(p),
+        metrics=clean(dict(metrics or {})),
+        companions={role: point_id(s, q) for role, (s, q) in companions_for(scenario, cfg, world_size).items()},
+        sweep=clean(dict(sweep or {})),
+        config=to_dict(cfg),
+        config_hash=config_hash(cfg),
+        env=clean(env),
+        time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )

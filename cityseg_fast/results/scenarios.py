@@ -17,13 +17,13 @@ loader), named only where they differ from the default for the optional ones, so
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cityseg_fast.config import LoaderConfig, TrainConfig
+from cityseg_fast.config import LoaderConfig, TrainConfig, dataset_root_or_none
+from cityseg_fast.hardware import loader_device
 
 if TYPE_CHECKING:
     from cityseg_fast.config import Config
@@ -48,24 +48,19 @@ class Scenario:
 
 
 def resolved_loader_device(cfg: Config) -> str | None:
-    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved as the loader resolves it), 'gpu'
-    for torch's nvJPEG loader (loader.device=gpu; its DataLoader on the CPU stays None, as before), else None."""
-    if cfg.loader.backend == "torch" and cfg.loader.device == "gpu":
-        return "gpu"
-    if cfg.loader.backend != "dali":
-        return None
-    if cfg.loader.device != "auto":
-        return cfg.loader.device
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved by the loader's own rule, without
+    creating a CUDA context: a sweep's parent asks this before it starts its points), 'gpu' for torch's
+    nvJPEG loader (loader.device=gpu; its DataLoader on CPU workers stays None, as before), else None."""
+    if cfg.loader.backend == "torch":
+        return "gpu" if cfg.loader.device == "gpu" else None
+    return loader_device(cfg.loader.device) if cfg.loader.backend == "dali" else None
 
 
 def dataset_tags(cfg: Config) -> Point:
     """What identifies the data a point read: a prepared dataset's image_format / quality / size / scale
     / label_format (from its manifest.json), else the root path itself; {} with no data root."""
-    root = cfg.data.root or os.environ.get("CITYSCAPES_DATASET", "")
-    if not root:
+    root = dataset_root_or_none(cfg)
+    if root is None:
         return {}
     try:
         m = json.loads((Path(root) / "manifest.json").read_text())
@@ -197,29 +192,82 @@ def _base_companion(point: Callable[[Config, int], Point]) -> Callable[[Config, 
     return lambda cfg, world_size: {"base": point(cfg, 1)} if world_size > 1 else {}
 
 
-THROUGHPUT = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr")
-MEMORY = ("mem_host_peak_rss_mib", "cpu_util")
-ACCURACY = ("miou", "per_class_iou", "acc")
+# ---------------------------------------------------------------------------------------------
+# metric names: the table's `metrics` tuples are made of these, and every reader of a row (results/derive.py,
+# report/, the sweep, the study) names a metric by them, so a renamed metric is one edit and a typo an error
+
+IMAGES_PER_S = "images_per_s"  # over the timed iterations, wall clock between two synchronised boundaries
+IMAGES_PER_S_BATCH1 = "images_per_s_batch1"  # infer: at batch 1
+LATENCY_MS_P50 = "latency_ms_p50"  # per-batch (per-step) latency percentiles (bench/timing.latency_metrics)
+LATENCY_MS_MEDIAN = "latency_ms_median"
+LATENCY_MS_P90 = "latency_ms_p90"
+LATENCY_MS_P99 = "latency_ms_p99"
+LATENCY_MS_IQR = "latency_ms_iqr"
+VARIANCE_WARNING = "variance_warning"  # IQR / median above bench.variance_warn
+TIMED_ITERS = "timed_iters"
+FIRST_STEP_S = "first_step_s"
+COMPILE_S = "compile_s"
+RECOMPILES = "recompiles"
+FWD_MS, BWD_MS, OPT_MS = "fwd_ms", "bwd_ms", "opt_ms"  # bench.split_phases
+CPU_UTIL = "cpu_util"
+CPU_MS_PER_IMAGE = "cpu_ms_per_image"
+# the same CPU time by stage, where the loader times its stages (data/handoff.StageTimes: the torch loaders)
+CPU_MS_PER_IMAGE_DECODE = "cpu_ms_per_image_decode"
+CPU_MS_PER_IMAGE_TRANSFORM = "cpu_ms_per_image_transform"
+CPU_MS_PER_IMAGE_HANDOFF = "cpu_ms_per_image_handoff"
+CPU_MS_BY_STAGE = (CPU_MS_PER_IMAGE_DECODE, CPU_MS_PER_IMAGE_TRANSFORM, CPU_MS_PER_IMAGE_HANDOFF)
+MEM_HOST_PEAK_RSS_MIB = "mem_host_peak_rss_mib"
+MEM_TORCH_PEAK_ALLOCATED_MIB = "mem_torch_peak_allocated_mib"
+MEM_TORCH_PEAK_RESERVED_MIB = "mem_torch_peak_reserved_mib"
+MEM_NVML_USED_MIB = "mem_nvml_used_mib"
+LOADER_GPU_MEM_MIB = "loader_gpu_mem_mib"  # the loader's own: NVML used - torch reserved, less its baseline
+DEVICE = "device"  # the torch device type the point ran on: "cuda" | "cpu"
+VISIBLE_DEVICES = "visible_devices"  # $CUDA_VISIBLE_DEVICES of the point's process, where set
+PARAMS = "params"
+FLOPS_PER_IMAGE = "flops_per_image"  # forward
+TRAIN_FLOPS_PER_IMAGE = "train_flops_per_image"
+ACHIEVED_TFLOPS = "achieved_tflops"
+MFU = "mfu"
+GPU_UTIL = "gpu_util"
+GPU_POWER_W = "gpu_power_w"
+DATA_WAIT_MS_P50 = "data_wait_ms_p50"  # engine/stall.py: how long each step waited for its batch
+DATA_WAIT_MS_P99 = "data_wait_ms_p99"
+STALL_FRACTION = "stall_fraction"
+LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
+LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
+PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
+PROFILE_STEPS, PROFILE_TRACE = "profile_steps", "profile_trace"
+MIOU = "miou"  # a fraction, as are ACC and each PER_CLASS_IOU entry
+ACC = "acc"
+PER_CLASS_IOU = "per_class_iou"
+TRAIN_WALL_S = "train_wall_s"
+OUT_DIR = "out_dir"
+CURVES = "curves"  # {"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}
+VAL_PREDICTIONS = "val_predictions"  # [{stem, size, input, label, pred}]: PNG names relative to OUT_DIR
+TRAIN_IMAGES, VAL_IMAGES = "train_images", "val_images"
+
+THROUGHPUT = (IMAGES_PER_S, LATENCY_MS_P50, LATENCY_MS_P90, LATENCY_MS_P99, LATENCY_MS_IQR)
+MEMORY = (MEM_HOST_PEAK_RSS_MIB, CPU_UTIL)
+ACCURACY = (MIOU, PER_CLASS_IOU, ACC)
 # What a training run records besides its accuracy (bench/accuracy.py): speed, size, peak memory, its loss and
-# val-mIoU curves ({"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}) and example predictions
-# ([{stem, input, label, pred}]: PNG names relative to out_dir).
-TRAINING_RUN = ("images_per_s", "train_wall_s", "device", "out_dir", "params", "flops_per_image",
-                "train_flops_per_image", "mem_host_peak_rss_mib", "curves", "val_predictions")  # fmt: skip
-STALL = ("data_wait_ms_p50", "data_wait_ms_p99", "stall_fraction")  # engine/stall.py: how long steps waited
+# val-mIoU curves and example predictions.
+TRAINING_RUN = (IMAGES_PER_S, TRAIN_WALL_S, DEVICE, OUT_DIR, PARAMS, FLOPS_PER_IMAGE, TRAIN_FLOPS_PER_IMAGE,
+                MEM_HOST_PEAK_RSS_MIB, CURVES, VAL_PREDICTIONS)  # fmt: skip
+STALL = (DATA_WAIT_MS_P50, DATA_WAIT_MS_P99, STALL_FRACTION)
 
 _TABLE = (
     Scenario("loader", "Loaders alone", "the data loader alone: images/s, batch latency, CPU ms per image",
-             _loader, THROUGHPUT + ("cpu_ms_per_image", "mem_host_peak_rss_mib"), reads_data=True),
+             _loader, THROUGHPUT + (CPU_MS_PER_IMAGE, MEM_HOST_PEAK_RSS_MIB), reads_data=True),
     Scenario("model", "Model only (train step on a synthetic on-device batch)",
              "engine.step.train_step on synthetic on-device batches, then eval-mode inference",
-             _model, THROUGHPUT + MEMORY + ("timed_iters", "first_step_s", "device", "flops_per_image", "mfu"),
+             _model, THROUGHPUT + MEMORY + (TIMED_ITERS, FIRST_STEP_S, DEVICE, FLOPS_PER_IMAGE, MFU),
              reads_data=False, companions=_base_companion(_model)),
     Scenario("infer", "Inference", "eval-mode forward: latency at batch 1, throughput at loader.batch_size",
-             _infer, THROUGHPUT + MEMORY + ("images_per_s_batch1", "device", "flops_per_image", "mfu"),
+             _infer, THROUGHPUT + MEMORY + (IMAGES_PER_S_BATCH1, DEVICE, FLOPS_PER_IMAGE, MFU),
              reads_data=False),
     Scenario("e2e", "End to end (real loader + the same train step)",
              "the real loader (loader.backend) feeding the same train_step",
-             _e2e, THROUGHPUT + MEMORY + STALL + ("device", "loader_description"), reads_data=True,
+             _e2e, THROUGHPUT + MEMORY + STALL + (DEVICE, LOADER_DESCRIPTION), reads_data=True,
              companions=_e2e_companions),
     Scenario("accuracy", "Accuracy runs", "engine.train.train for train.iters iterations, then val mIoU",
              _accuracy, ACCURACY + TRAINING_RUN, reads_data=True, kind="accuracy"),

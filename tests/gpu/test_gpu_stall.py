@@ -80,7 +80,7 @@ def test_dali_gpu_loader_rows_record_its_gpu_memory_and_the_tuning_section(datas
         assert m["mem_nvml_used_mib"] >= m["mem_nvml_before_loader_mib"] > 0, m
         assert m["mem_torch_reserved_mib"] is not None and m["loader_gpu_mem_mib"] > 0, m
         row = row_for("loader", cfg, m, env={})
-        assert ("hw_decoder_load" in row["point"]) == (hw != "0.65")  # named only when not the default
+        assert ("hw_decoder_load" in row.point) == (hw != "0.65")  # named only when not the default
         append_row(results, row)
     md = build_report([results.parent], tmp_path / "report").read_text()
     section = md.split("## Loader tuning")[1]

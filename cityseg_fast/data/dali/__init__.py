@@ -1,12 +1,13 @@
 """NVIDIA DALI: the ONLY package that imports `nvidia.dali`.
 
     graphs.py   pipeline bodies as free functions of DataNodes and explicit arguments
-    loader.py   the `dali` loader backend: plan feeding, iteration, hand-off to torch
+    loader.py   the `dali` loader backend: its mode table (ROUTES), plan feeding, iteration, hand-off
     probe.py    what DALI can do here (doctor): the version, one batch of the real graphs
     memory.py   release DALI's unused pool memory (memory baselines between points)
 
-Importing this package does not import DALI (only graphs.py and the loader's pipeline do), so the
-package runs where DALI is missing, and a DALI upgrade touches this folder only.
+Importing this package does not import DALI (only graphs.py and loader.py do, and the factory and the
+probe import the loader only once DALI is known to be there), so the package runs where DALI is
+missing, and a DALI upgrade touches this folder only.
 """
 
 from __future__ import annotations

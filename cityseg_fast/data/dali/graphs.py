@@ -1,7 +1,10 @@
 """DALI pipeline bodies as free functions of DataNodes and explicit arguments (no loader state).
 
 The loader (loader.py) wraps them in `pipeline_def`s; benchmarks build their per-operator pipelines
-from the same functions, so what they time is what training runs. Every graph returns images and,
+from the same functions, so what they time is what training runs. A loader graph (`*_graph`) takes its
+DataNode inputs by name before the `*` and its settings after it: the loader feeds it a NamedTuple
+whose fields are those names (`graph_inputs`) and the settings it names from one `Settings`
+(`run_graph`), so inputs and graph cannot fall out of step. Every graph returns images and,
 where there are labels, uint8 H x W trainId targets (255 = ignore): the consumer widens them to
 int64 on the device it trains on, 8x fewer bytes through DALI's buffers and any copy.
 
@@ -16,8 +19,10 @@ GPU after a 4x smaller copy (handoff.py).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nvidia.dali import fn, pipeline_def, types
 
@@ -60,6 +65,36 @@ class Output:
     std: tuple[float, float, float]
     normalize: bool = True
     layout: str = "HWC"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting a loader graph takes after its `*`; `run_graph` passes each graph those it names."""
+
+    decoder: Decoder
+    out: Output
+    crop: tuple[int, int]
+    roi: str  # "slice": decode only the crop window | "resize": decode the frame, resize the window
+    eval_size: tuple[int, int] | None
+    eval_label_resize: bool
+    label_arrays: bool  # labels fed as H x W arrays (prepared npy), not PNG bytes
+    raw_label_ids: bool  # labels hold Cityscapes labelIds, mapped to trainIds here
+
+
+def graph_inputs(graph: Callable[..., Any]) -> tuple[str, ...]:
+    """A graph's DataNode inputs in order: its parameters before the `*` (the rest are settings)."""
+    params = inspect.signature(graph).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+def graph_settings(graph: Callable[..., Any]) -> tuple[str, ...]:
+    """The `Settings` fields a graph takes (its keyword-only parameters)."""
+    return tuple(p.name for p in inspect.signature(graph).parameters.values() if p.kind is p.KEYWORD_ONLY)
+
+
+def run_graph(graph: Callable[..., Any], inputs: NamedTuple, settings: Settings) -> Any:
+    """`graph` on `inputs` (DataNodes named as its inputs) with the settings it names."""
+    return graph(**inputs._asdict(), **{name: getattr(settings, name) for name in graph_settings(graph)})
 
 
 def decode(images: DataNode, decoder: Decoder) -> DataNode:
@@ -126,6 +161,11 @@ def _targets(labels: DataNode) -> DataNode:
     return fn.squeeze(labels, axis_names="C")  # H x W x 1 -> H x W uint8
 
 
+def decode_graph(images: DataNode, *, decoder: Decoder) -> DataNode:
+    """Decode-only (loader.decode_only): whole frames, uint8 H x W x 3, no labels."""
+    return decode(images, decoder)
+
+
 def train_graph(
     images: DataNode,
     labels: DataNode,
@@ -180,10 +220,20 @@ def window_graph(
     raw_label_ids: bool,
 ) -> tuple[DataNode, DataNode]:
     """Training with the torch tail (DALI on the CPU): DALI decodes the source windows (roi "resize":
-    whole frames) and the label windows; resize, flip, normalize and pad happen in torch."""
+    whole frames) and the label windows (npy labels arrive cut by the host); resize, flip, normalize
+    and pad happen in torch."""
     labels = label_input(labels, label_arrays, None if label_arrays else (anchor, shape))
     images = decode_window(images, anchor, shape, decoder) if roi == "slice" else decode(images, decoder)
     return images, train_ids(labels, raw_label_ids)  # the lookup commutes with the NN geometry
+
+
+def frame_graph(
+    images: DataNode, labels: DataNode, *, decoder: Decoder, raw_label_ids: bool
+) -> tuple[DataNode, DataNode]:
+    """Training with the torch tail, roi "resize" and npy labels: nothing to window in DALI (whole
+    frames are decoded; the host fed the label windows), so no window is fed either."""
+    labels = label_input(labels, arrays=True)
+    return decode(images, decoder), train_ids(labels, raw_label_ids)
 
 
 def eval_graph(

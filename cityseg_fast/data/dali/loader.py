@@ -16,55 +16,162 @@ Three hand-offs, by where DALI runs and where the model runs:
   reused buffers (`loader.resampler`; resample.py says why).
 - DALI on the CPU, model on a GPU: uint8 crops and labels (4x and 8x fewer bytes than float and
   int64) into pinned memory, copied and normalized on a side stream one batch ahead (handoff.py).
+
+The loader's mode is computed once (`Mode.of`) and its `route` (pipeline, hand-off) picks one row
+of ROUTES: what the host feeds (a NamedTuple whose `read` makes it from the planned items), the
+graph that takes those fields by name (graphs.py), and the hand-off of the graph's outputs. A row
+whose fields are not its graph's inputs cannot be built, so the feed and the graph agree by
+construction. Extending the loader = a field in Mode, a row (or a column) in ROUTES.
 """
 
 from __future__ import annotations
 
-import collections
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image
 
-from cityseg_fast.data.batch import Batch, to_layout
-from cityseg_fast.data.cityscapes import label_size_error, load_label_array
-from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish, pinned
-from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache, crop_geometry
-from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.cityscapes import load_label_array
+from cityseg_fast.data.dali import graphs
+from cityseg_fast.data.dali.inputs import Augmented, Feed, Frames, HostInputs, Labelled, Windowed
+from cityseg_fast.data.dali.to_torch import ToTorch
+from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch
+from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache
 from cityseg_fast.errors import UserError
 
-_prefetcher = CudaPrefetcher  # module attributes, so a CPU test can stand in for the CUDA pieces
+_prefetcher = CudaPrefetcher  # a module attribute (as to_torch.pinned), so a CPU test can stand in for the CUDA pieces
+Pipeline = Literal["decode", "eval", "train", "window", "frame"]
+Handoff = Literal["gpu", "cpu", "pinned"]
+
+# ---------------------------------------------------------------------------------------------
+# the mode, computed once
 
 
-class _Feed:
-    """The pipeline's external source: serves the current epoch's batches, remembers what it fed."""
+@dataclass(frozen=True)
+class Mode:
+    """What a DaliLoader does; `route` = (pipeline, handoff) is its row in ROUTES.
 
-    def __init__(self, inputs) -> None:
-        self.inputs = inputs
-        self.batches: list = []
-        self.pos = 0
-        self.fed: collections.deque = collections.deque()
+    pipeline: "decode" (loader.decode_only: whole frames, no labels) | "eval" | "train" (DALI resizes,
+      flips, normalizes, pads) | "window" (the torch tail: DALI decodes the crop windows, torch does
+      the rest; resample.py says why) | "frame" (the torch tail with roi "resize" and npy labels:
+      nothing to window in DALI, so no window is fed).
+    handoff: "gpu" (DALI on the GPU, its buffers viewed zero-copy) | "cpu" (DALI and the model on the
+      CPU) | "pinned" (DALI on the CPU feeding a GPU: uint8 to pinned memory, normalized there).
+    """
 
-    def start(self, batches: list) -> None:
-        self.batches, self.pos = batches, 0
-        self.fed.clear()
+    pipeline: Pipeline
+    handoff: Handoff
+    decoder: graphs.Decoder
+    roi: str  # "slice": decode only the crop window | "resize": decode the frame, resize the window
+    label_arrays: bool  # every label is a prepared .npy (fed as arrays; in training the window only)
+    raw_label_ids: bool  # some label holds raw labelIds (mapped to trainIds in the graph)
 
-    def stop(self) -> None:
-        self.pos = len(self.batches)
+    @classmethod
+    def of(
+        cls,
+        spec: LoaderSpec,
+        samples: list,
+        *,
+        dali_device: str,
+        roi: str,
+        resampler: str,
+        hw_decoder_load: float,
+    ) -> Mode:
+        """The mode of a loader over `samples`. dali_device: "cpu" | "gpu" (where loader.device
+        resolved); roi, resampler: the config's words (checked when the config was built)."""
+        on_gpu = dali_device == "gpu"
+        if resampler == "auto":  # DALI's CPU resampler is slower than torch's (resample.py says why)
+            resampler = "dali" if on_gpu else "torch"
+        if resampler == "torch" and on_gpu:
+            raise UserError(
+                "loader.resampler=torch: the torch resize runs only with DALI on the CPU, and DALI runs "
+                "on the GPU here; use loader.resampler=dali or auto, or loader.device=cpu"
+            )
+        label_arrays = bool(samples) and all(s.label.suffix == ".npy" for s in samples)
+        if spec.decode_only:
+            pipeline = "decode"
+        elif not spec.train:
+            pipeline = "eval"
+        elif resampler == "dali":
+            pipeline = "train"
+        else:  # the torch tail needs the window in DALI to slice-decode the image or a PNG label
+            pipeline = "window" if roi == "slice" or not label_arrays else "frame"
+        handoff = "pinned" if _ships_uint8(on_gpu, spec.device) else ("gpu" if on_gpu else "cpu")
+        return cls(
+            pipeline=pipeline,
+            handoff=handoff,
+            decoder=graphs.Decoder("mixed" if on_gpu else "cpu", hw_decoder_load),
+            roi=roi,
+            label_arrays=label_arrays,
+            raw_label_ids=any(s.label_kind == "labelIds" for s in samples),
+        )
 
-    def __call__(self):
-        if self.pos >= len(self.batches):
-            raise StopIteration
-        items = self.batches[self.pos]
-        self.pos += 1
-        self.fed.append(items)
-        return self.inputs(items)
+    @property
+    def route(self) -> tuple[Pipeline, Handoff]:
+        return self.pipeline, self.handoff
+
+    @property
+    def torch_tail(self) -> bool:
+        return self.pipeline in ("window", "frame")
+
+    def describe(self, num_threads: int) -> str:
+        """The loader's description (recorded in every row: keep its words stable)."""
+        if self.decoder.on_gpu:
+            where = f"gpu mixed decode, hw_decoder_load={self.decoder.hw_decoder_load}"
+        else:
+            where = "cpu decode"
+        stage = {"decode": "decode-only", "eval": "eval"}.get(self.pipeline, "train")
+        tail = ", torch resize" if self.torch_tail else ""
+        return f"dali ({where}, {num_threads} threads, {stage}{tail})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the mode table
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of ROUTES: what the host feeds (a NamedTuple type; `feeds.read(host, items)` makes
+    it), the graph that takes those fields as its inputs, and the hand-off of its outputs."""
+
+    feeds: type
+    graph: Callable[..., Any]
+    handoff: Callable[[ToTorch, tuple, list], Batch | HostBatch]
+
+    def __post_init__(self) -> None:
+        fields, inputs = tuple(self.feeds._fields), graphs.graph_inputs(self.graph)
+        if fields != inputs:
+            raise TypeError(f"{self.feeds.__name__} feeds {fields}, {self.graph.__name__} takes {inputs}")
+
+
+# (pipeline, handoff) -> Row: every mode `Mode.of` can return has a row (tests/test_dali.py checks).
+ROUTES: dict[tuple[Pipeline, Handoff], Row] = {
+    ("decode", "gpu"): Row(Frames, graphs.decode_graph, ToTorch.frames),
+    ("decode", "cpu"): Row(Frames, graphs.decode_graph, ToTorch.frames),
+    ("decode", "pinned"): Row(Frames, graphs.decode_graph, ToTorch.pinned_frames),
+    ("eval", "gpu"): Row(Labelled, graphs.eval_graph, ToTorch.gpu),
+    ("eval", "cpu"): Row(Labelled, graphs.eval_graph, ToTorch.cpu),
+    ("eval", "pinned"): Row(Labelled, graphs.eval_graph, ToTorch.pinned),
+    ("train", "gpu"): Row(Augmented, graphs.train_graph, ToTorch.gpu),
+    ("train", "cpu"): Row(Augmented, graphs.train_graph, ToTorch.cpu),
+    ("train", "pinned"): Row(Augmented, graphs.train_graph, ToTorch.pinned),
+    ("window", "cpu"): Row(Windowed, graphs.window_graph, ToTorch.tail),
+    ("window", "pinned"): Row(Windowed, graphs.window_graph, ToTorch.tail),
+    ("frame", "cpu"): Row(Labelled, graphs.frame_graph, ToTorch.tail),
+    ("frame", "pinned"): Row(Labelled, graphs.frame_graph, ToTorch.tail),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
 
 
 class DaliLoader(PlannedLoader):
-    """The `dali` backend: one pipeline per mode (train / eval / decode-only), CPU or GPU."""
+    """The `dali` backend: one pipeline per mode (ROUTES), CPU or GPU."""
 
     def __init__(
         self,
@@ -78,51 +185,35 @@ class DaliLoader(PlannedLoader):
         roi: str = "slice",  # "slice": decode only the crop window | "resize": decode all, resize the ROI
         resampler: str = "auto",  # training image resize/flip/normalize: "dali" | "torch" | auto
     ) -> None:
-        from cityseg_fast.data.dali.graphs import Decoder, Output
-
-        if dali_device not in ("cpu", "gpu"):
-            raise UserError(f"loader.device: expected auto, cpu or gpu, got '{dali_device}'")
-        if roi not in ("slice", "resize"):
-            raise UserError(f"loader.roi: expected slice or resize, got '{roi}'")
-        if resampler == "auto":  # DALI's CPU resampler is slower than torch's (resample.py says why)
-            resampler = "dali" if dali_device == "gpu" else "torch"
-        if resampler not in ("dali", "torch") or (resampler == "torch" and dali_device == "gpu"):
-            raise UserError(
-                f"loader.resampler: expected auto, dali or torch (torch only with DALI on the CPU), got '{resampler}'"
-            )
+        samples = list(samples)
+        self.mode = Mode.of(
+            spec, samples, dali_device=dali_device, roi=roi, resampler=resampler,
+            hw_decoder_load=hw_decoder_load,
+        )  # fmt: skip
         super().__init__(samples, spec)
-        self.dali_device, self.roi = dali_device, roi
-        self.on_gpu = dali_device == "gpu"
-        self.host_uint8 = _ships_uint8(self.on_gpu, self.device)
-        self.torch_tail = spec.train and not spec.decode_only and resampler == "torch"
-
-        self._normalizer = Normalizer(spec.mean, spec.std, device=self.device if self.host_uint8 else None)
-        self._pool = BufferPool(prefetch_queue_depth + 2)
-        self._tail_pool, self._tail_threads = None, max(1, min(num_threads, spec.batch_size))
-        self.raw_labels = any(s.label_kind == "labelIds" for s in self.samples)
-        # prepared with --label-format npy: labels are fed as arrays (train: the crop window only)
-        self.label_arrays = bool(self.samples) and all(s.label.suffix == ".npy" for s in self.samples)
-        self._sizes = SizeCache([s.image for s in self.samples])
-        # the torch tail's DALI graph needs the crop window to slice-decode the image or a PNG label
-        self._tail_needs_window = roi == "slice" or not self.label_arrays
-        self._feed = _Feed(self._inputs)
+        row = ROUTES[self.mode.route]
+        sizes = SizeCache([s.image for s in self.samples])
+        host = HostInputs(self.samples, sizes, spec.crop, spec.train, self.mode.label_arrays)
+        normalize = self.mode.handoff != "pinned"
+        layout = "HWC" if spec.channels_last or not normalize else "CHW"
+        out = graphs.Output(spec.mean, spec.std, normalize, layout)
+        self._handoff = ToTorch(spec, self.mode, host, out.layout, prefetch_queue_depth, num_threads)
+        self._to_batch = functools.partial(row.handoff, self._handoff)
+        self._feed = Feed(functools.partial(row.feeds.read, host))
         self._active = False
-        self._decoder = Decoder("mixed" if self.on_gpu else "cpu", hw_decoder_load)
-        normalize = not self.host_uint8
-        self._out = Output(spec.mean, spec.std, normalize, "HWC" if spec.channels_last or not normalize else "CHW")
-        mode = "decode-only" if spec.decode_only else ("train" if spec.train else "eval")
-        where = f"gpu mixed decode, hw_decoder_load={hw_decoder_load}" if self.on_gpu else "cpu decode"
-        tail = ", torch resize" if self.torch_tail else ""
-        self.description = f"dali ({where}, {num_threads} threads, {mode}{tail})"
-        self._pipe = self._build(num_threads, prefetch_queue_depth)
+        self.description = self.mode.describe(num_threads)
+        settings = graphs.Settings(
+            decoder=self.mode.decoder, out=out, crop=spec.crop, roi=self.mode.roi, eval_size=spec.eval_size,
+            eval_label_resize=spec.eval_label_resize, label_arrays=self.mode.label_arrays,
+            raw_label_ids=self.mode.raw_label_ids,
+        )  # fmt: skip
+        self._pipe = self._build(row, settings, num_threads, prefetch_queue_depth)
 
     # -- the Loader protocol ----------------------------------------------------------------
 
     def close(self) -> None:
         self._pipe = None
-        if self._tail_pool is not None:
-            self._tail_pool.shutdown()
-            self._tail_pool = None
+        self._handoff.close()
 
     def __iter__(self):
         if self._pipe is None:
@@ -130,16 +221,16 @@ class DaliLoader(PlannedLoader):
         self._abandon()
         self._feed.start(self._plan())
         self._active = True
-        if self.host_uint8:
-            yield from _prefetcher(self._epoch(), self._finish_host, self.device)
+        if self.mode.handoff == "pinned":
+            yield from _prefetcher(self._epoch(), self._handoff.finish_host, self.device)
         else:
             yield from self._epoch()
 
     def _epoch(self):
-        pipe = self._pipe
+        pipe, tail = self._pipe, self.mode.torch_tail
         # GPU outputs are bound to the consumer's stream: the step waits for DALI's kernels on the
         # device, and the host never blocks on them.
-        stream = torch.cuda.current_stream(self.device) if self.on_gpu else None
+        stream = torch.cuda.current_stream(self.device) if self.mode.handoff == "gpu" else None
         self._guard(pipe.schedule_run)
         while True:
             try:
@@ -147,46 +238,17 @@ class DaliLoader(PlannedLoader):
             except StopIteration:
                 break
             items = self._feed.fed.popleft()
-            if self.torch_tail:  # keep DALI's threads busy while this thread runs the tail
+            if tail:  # keep DALI's threads busy while this thread runs the tail
                 self._guard(pipe.schedule_run)
             batch = self._to_batch(outs, items)
             pipe.release_outputs()  # with the dynamic executor a buffer lives while a tensor uses it
-            if not self.torch_tail:
+            if not tail:
                 self._guard(pipe.schedule_run)
             yield batch
         pipe.reset()
         self._active = False
 
-    # -- planning and feeding ----------------------------------------------------------------
-
-    def _inputs(self, items: list) -> tuple:
-        srcs = [self.samples[it.source] for it in items]
-        images = [_read_bytes(s.image) for s in srcs]
-        if self.spec.decode_only:
-            return (images,)
-        geo = [self._geometry(it) for it in items] if self.spec.train else [None] * len(items)
-        if self.label_arrays:
-            labels = [
-                _label_array(s.label, g, s.image, self._sizes[it.source])
-                for s, g, it in zip(srcs, geo, items, strict=True)
-            ]
-        else:
-            labels = [
-                _check_label_png(s.label, _read_bytes(s.label), s.image, self._sizes[it.source])
-                for s, it in zip(srcs, items, strict=True)
-            ]
-        if not self.spec.train:
-            return images, labels
-        anchor = [np.array([g.y, g.x], np.int32) for g in geo]
-        shape = [np.array([g.h, g.w], np.int32) for g in geo]
-        if self.torch_tail:  # size and flip are applied in torch (_tail)
-            return (images, labels, anchor, shape) if self._tail_needs_window else (images, labels)
-        size = [np.array([g.out_h, g.out_w], np.float32) for g in geo]
-        flip = [np.array(int(g.flip), np.int32) for g in geo]
-        return images, labels, anchor, shape, size, flip
-
-    def _geometry(self, item):
-        return crop_geometry(self._sizes[item.source], self.spec.crop, item.aug)
+    # -- feeding ------------------------------------------------------------------------------
 
     def _abandon(self) -> None:
         """Finish an epoch the consumer stopped reading: stop feeding, drop what was prefetched."""
@@ -219,24 +281,14 @@ class DaliLoader(PlannedLoader):
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    def _build(self, num_threads: int, depth: int):
-        from cityseg_fast.data.dali import graphs
-
+    def _build(self, row: Row, settings: graphs.Settings, num_threads: int, depth: int):
         device_id = None
-        if self.on_gpu:
+        if self.mode.handoff == "gpu":
             device_id = self.device.index if self.device.index is not None else 0
-        if self.torch_tail:
+        if self.mode.torch_tail:
             # The batch being finished in torch holds its DALI outputs until the tail is done; one
             # more slot lets DALI decode `depth` batches ahead meanwhile (reports/cpu-loaders/).
             depth += 1
-        n_in = 1 if self.spec.decode_only else (2 if not self.spec.train else (4 if self.torch_tail else 6))
-        if self.torch_tail and not self._tail_needs_window:
-            n_in = 2
-        common = {
-            "decoder": self._decoder,
-            "label_arrays": self.label_arrays,
-            "raw_label_ids": self.raw_labels,
-        }
 
         @graphs.pipeline_def(
             batch_size=self.spec.batch_size,
@@ -247,162 +299,17 @@ class DaliLoader(PlannedLoader):
             seed=self.spec.seed,
         )
         def pipe():
-            feeds = graphs.external_inputs(self._feed, n_in, no_copy=True)
-            if self.spec.decode_only:
-                return graphs.decode(feeds[0], self._decoder)
-            if not self.spec.train:
-                return graphs.eval_graph(
-                    *feeds, out=self._out, eval_size=self.spec.eval_size,
-                    eval_label_resize=self.spec.eval_label_resize, **common,
-                )  # fmt: skip
-            if self.torch_tail:
-                window = feeds[2:] if self._tail_needs_window else (None, None)
-                return graphs.window_graph(*feeds[:2], *window, roi=self.roi, **common)
-            return graphs.train_graph(*feeds, out=self._out, crop=self.spec.crop, roi=self.roi, **common)
+            nodes = graphs.external_inputs(self._feed, len(row.feeds._fields), no_copy=True)
+            return graphs.run_graph(row.graph, row.feeds._make(nodes), settings)
 
         p = pipe()
         p.build()
         return p
 
-    # -- hand-off to torch -------------------------------------------------------------------
-
-    def _to_batch(self, outs, items: list) -> Batch | HostBatch:
-        index = torch.tensor([it.index for it in items], dtype=torch.int64)
-        if self.torch_tail:
-            with one_thread():
-                return self._tail(outs[0], outs[1], items, index)
-        if self.on_gpu:
-            return self._gpu_batch(outs, index)
-        image = torch.from_dlpack(outs[0].as_tensor())  # zero copy (the dynamic executor keeps it alive)
-        target = None if self.spec.decode_only else torch.from_dlpack(outs[1].as_tensor())
-        if self.host_uint8:
-            return HostBatch(image, target, self._valid_sizes(items), index)
-        if self.spec.decode_only:
-            return finish(HostBatch(image, None, None, index), self.device, None, True)
-        target = self._pool.get(tuple(target.shape), torch.int64).copy_(target)
-        return Batch(to_layout(_nchw(image, self._out.layout), self.spec.channels_last), target, index)
-
-    def _gpu_batch(self, outs, index: torch.Tensor) -> Batch:
-        with torch.cuda.device(self.device):
-            image = torch.from_dlpack(outs[0].as_tensor())  # a view of DALI's buffer: no copy
-            if self.spec.decode_only:
-                empty = torch.empty((image.shape[0], 0, 0), dtype=torch.int64, device=image.device)
-                return Batch(image.permute(0, 3, 1, 2), empty, index)
-            target = torch.from_dlpack(outs[1].as_tensor()).long()  # uint8 widened on the GPU
-        return Batch(to_layout(_nchw(image, self._out.layout), self.spec.channels_last), target, index)
-
-    def _finish_host(self, hb: HostBatch) -> Batch:
-        return finish(hb, self.device, self._normalizer, self.spec.channels_last)
-
-    def _valid_sizes(self, items: list) -> torch.Tensor | None:
-        """(h, w) of each uint8 sample's content before padding: the crop's resized window in
-        training, the (resized) frame in evaluation; None for decode-only (nothing padded)."""
-        if self.spec.decode_only:
-            return None
-        if self.spec.train:
-            hw = [(g.out_h, g.out_w) for g in map(self._geometry, items)]
-        else:
-            hw = [self.spec.eval_size or self._sizes[it.source] for it in items]
-        return torch.tensor(hw, dtype=torch.int64)
-
-    def _tail(self, images, labels, items: list, index: torch.Tensor) -> Batch | HostBatch:
-        """CPU training: DALI's decoded windows (whole frames with roi="resize") and label windows
-        -> resized, flipped, padded crops, each written once into a batch buffer: normalized float
-        for a CPU model, uint8 in pinned memory for a GPU (normalized there; resample.py says why
-        this part runs in torch)."""
-
-        n, (ch, cw) = len(items), self.spec.crop
-        if self.host_uint8:
-            image, target = pinned((n, ch, cw, 3)), pinned((n, ch, cw))
-        else:
-            image, target = self._pool.get((n, ch, cw, 3)), self._pool.get((n, ch, cw), torch.int64)
-        srcs = [torch.from_dlpack(images[k]) for k in range(n)]  # zero copy: read before release
-        labs = [torch.from_dlpack(labels[k]) for k in range(n)]
-        geo = [self._geometry(it) for it in items]
-
-        def one(k: int) -> None:
-            g, src = geo[k], srcs[k]
-            if self.roi == "resize":
-                src = src[g.y : g.y + g.h, g.x : g.x + g.w]
-            img = resize_image(src, (g.out_h, g.out_w))
-            lab = resize_label(labs[k][:, :, 0], (g.out_h, g.out_w))
-            if g.flip:
-                img, lab = img.flip(1), lab.flip(1)
-            if self.host_uint8:
-                image[k, : g.out_h, : g.out_w] = img  # the padding is zeroed after normalization
-            else:
-                self._normalizer.into(image[k], img)
-                if g.out_h < ch:  # padding: image 0 after normalization (the mean)
-                    image[k, g.out_h :] = 0
-                if g.out_w < cw:
-                    image[k, : g.out_h, g.out_w :] = 0
-            target[k, : g.out_h, : g.out_w] = lab
-            target[k, g.out_h :] = 255
-            target[k, : g.out_h, g.out_w :] = 255
-
-        # Samples in parallel on loader.num_threads threads (torch's kernels release the GIL):
-        # while DALI's threads wait on a slow window, the tail uses the idle core.
-        if self._tail_pool is None:
-            self._tail_pool = ThreadPoolExecutor(self._tail_threads, thread_name_prefix="cityseg-tail")
-
-        futures = [self._tail_pool.submit(one, k) for k in range(n)]
-        wait(futures)  # all samples done (none still reading DALI's outputs) before any error
-        for f in futures:
-            f.result()
-        if self.host_uint8:
-            sizes = torch.tensor([(g.out_h, g.out_w) for g in geo], dtype=torch.int64)
-            return HostBatch(image, target, sizes, index)
-        return Batch(to_layout(image.permute(0, 3, 1, 2), self.spec.channels_last), target, index)
-
 
 def _ships_uint8(dali_on_gpu: bool, device: torch.device) -> bool:
     """DALI on the CPU feeding a GPU: uint8 out of DALI, copied and normalized on the GPU (handoff.py)."""
     return not dali_on_gpu and device.type == "cuda"
-
-
-def _nchw(image: torch.Tensor, layout: str) -> torch.Tensor:
-    """DALI's N x H x W x C (a channels_last view once permuted) or N x C x H x W output as N x C x H x W."""
-    return image.permute(0, 3, 1, 2) if layout == "HWC" else image
-
-
-# ---------------------------------------------------------------------------------------------
-# reading and checking the inputs on the host
-
-
-def _read_bytes(path) -> Any:
-    try:
-        return np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
-
-
-def _check_label_png(path, data: Any, image_path, image_hw: tuple[int, int]) -> Any:
-    """Refuse a palette label PNG (its indices are the ids, but DALI's decoder expands the palette
-    to colours) and one whose size differs from its image's, from the IHDR chunk that follows the
-    8-byte signature: width and height (big-endian) at bytes 16-23, colour type (3 = palette) at 25."""
-
-    if len(data) > 25 and bytes(data[1:4]) == b"PNG":
-        if int(data[25]) == 3:
-            raise UserError(
-                f"{path}: palette (indexed) label PNG, which DALI decodes to colours, not ids; "
-                "convert it with `cityseg prepare` or use loader.backend=torch"
-            )
-        hw = (int.from_bytes(bytes(data[20:24]), "big"), int.from_bytes(bytes(data[16:20]), "big"))
-        if hw != tuple(image_hw):
-            raise UserError(label_size_error(path, hw, image_path, image_hw))
-    return data
-
-
-def _label_array(path, g, image_path, image_hw: tuple[int, int]) -> Any:
-    """A `.npy` label (memory-mapped) as the pipeline's H x W x 1 input: the crop window `g` in
-    training (only its rows are read), the whole frame in evaluation."""
-
-    arr = load_label_array(path)
-    if tuple(arr.shape) != tuple(image_hw):
-        raise UserError(label_size_error(path, arr.shape, image_path, image_hw))
-    if g is not None:
-        arr = arr[g.y : g.y + g.h, g.x : g.x + g.w]
-    return np.array(arr)[:, :, None]  # a copy: it must outlive the memory map
 
 
 def _decode_error(err: Exception, items: list, samples: list) -> UserError:

@@ -3,11 +3,15 @@ reference (a one-off measurement, kept so that the study's time estimate can be 
 
 Each setting runs `cityseg bench model` (engine.step.train_step on synthetic batches at its crop and batch)
 in turn, round-robin, so that all of them share the same background load; one intra-op thread, so that a
-loaded machine's spinning OpenMP threads do not distort the ratios (reports/cpu-models/). Rows are appended
-to ratios.jsonl beside this file:
-    PYTHONPATH=$PWD python reports/cpu-study/sizing/ratios.py 3      # 3 rounds; ~25 min on 2 busy cores
+loaded machine's spinning OpenMP threads do not distort the ratios (reports/cpu-models/). One record per
+measurement (with the load average when it started) is appended to reports/cpu-study/sizing/ratios.jsonl:
+    PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 3      # 3 rounds; ~25 min on 2 busy cores
+    PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 1 --only ref --out /tmp/ratios.jsonl   # one point
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 import subprocess
@@ -15,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "configs" / "train" / "unet_cpu_synth.yaml"  # cpu_synth.yaml's base recipe
 FCN = ["model.name=fcn8s_vgg16_bn", "model.base_width=8"]
 POINTS = {  # cpu_synth.yaml's settings whose step cost differs (lr and image format do not change it)
@@ -44,9 +48,20 @@ def measure(name: str, over: list[str], rnd: int) -> dict:
             "train_gflop": (m.get("train_flops_per_image") or 0) / 1e9}  # fmt: skip
 
 
-if __name__ == "__main__":
-    with open(Path(__file__).with_name("ratios.jsonl"), "a") as out:
-        for rnd in range(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
-            for name, over in POINTS.items():
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rounds", type=int, nargs="?", default=3, help="rounds over every setting (default 3)")
+    ap.add_argument("--only", action="append", choices=list(POINTS), help="measure only these settings")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "cpu-study" / "sizing" / "ratios.jsonl"))
+    args = ap.parse_args(argv)
+    points = {k: v for k, v in POINTS.items() if not args.only or k in args.only}
+    with open(args.out, "a") as out:
+        for rnd in range(args.rounds):
+            for name, over in points.items():
                 out.write(json.dumps(measure(name, over, rnd)) + "\n")
                 out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
