@@ -96,6 +96,7 @@ def loaders_table(rows: list[Row]) -> str:
     """The headline loaders side by side: train and decode-only img/s, and the CPU ms per image by stage
     where the loader times its stages (the torch loaders)."""
     from cityseg_fast.report.runs import loader_label, row_decoder
+    from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE
 
     lines = []
     for want in ({"loader": "dali", "loader_device": "gpu"}, {"loader": "torch", "loader_device": "gpu"},
@@ -105,7 +106,7 @@ def loaders_table(rows: list[Row]) -> str:
             continue
         r = train or dec
         m = r.metrics
-        split = " / ".join(_fmt(m.get(f"cpu_ms_per_image_{k}"), ".1f") for k in ("decode", "transform", "handoff"))
+        split = " / ".join(_fmt(m.get(k), ".1f") for k in CPU_MS_BY_STAGE)
         lines.append(f"| {loader_label(r.point, row_decoder(r))} | {_fmt(_ips(train))} | {_fmt(_ips(dec))} | "
                      f"{_fmt(_ratio(_ips(train), _ips(dec)), '.2f')} | {_fmt(m.get('cpu_ms_per_image'), '.1f')} | {split} |")  # fmt: skip
     if not lines:

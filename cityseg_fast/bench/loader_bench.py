@@ -24,6 +24,7 @@ from cityseg_fast.bench.memory import release_pools
 from cityseg_fast.bench.timing import latency_metrics, summarize
 from cityseg_fast.config import Config
 from cityseg_fast.data.factory import build_loader
+from cityseg_fast.data.handoff import STAGES
 from cityseg_fast.data.plan import endless
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cpu_count, resolve_device
@@ -35,6 +36,7 @@ from cityseg_fast.memstats import (
     torch_memory_mib,
     tree_memory_mib,
 )
+from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, LOADER_DECODER
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -131,10 +133,10 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
         "cpu_cores_used": busy,
         # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles)
         "cpu_ms_per_image": 1e3 * cpu / max(1, n_images),
-        **{f"cpu_ms_per_image_{k}": v for k, v in stages.items()},
+        **({} if not stages else dict(zip(CPU_MS_BY_STAGE, (stages[k] for k in STAGES), strict=True))),
         "wall_s": wall,
         "loader_description": loader.description,
-        "loader_decoder": getattr(loader, "decoder", None),
+        LOADER_DECODER: getattr(loader, "decoder", None),
         "batch_size": int(b.image.shape[0]),
     }
 

@@ -19,6 +19,8 @@ import torch
 
 from cityseg_fast.data.batch import Batch, to_layout
 
+STAGES = ("decode", "transform", "handoff")
+
 
 class StageTimes(NamedTuple):
     """CPU seconds a loader spent on `images` images, by stage: decode (reading and decoding the files),
@@ -40,7 +42,7 @@ class StageTimes(NamedTuple):
         n = self.images - since.images
         if n <= 0:
             return {}
-        return {k: 1e3 * (getattr(self, k) - getattr(since, k)) / n for k in ("decode", "transform", "handoff")}
+        return {k: 1e3 * (getattr(self, k) - getattr(since, k)) / n for k in STAGES}
 
 
 class HostBatch(NamedTuple):
