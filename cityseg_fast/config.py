@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from cityseg_fast import diskio
 from cityseg_fast.config_ranges import (  # noqa: F401 (CHOICES, RANGES, Range: re-exported)
     AT_MOST,
     CHOICES,
@@ -379,11 +380,8 @@ def dump_config(cfg: Config, path: str | os.PathLike | None = None) -> str:
     """The resolved config as YAML (flow-style lists so sizes read as [512, 1024]); written if path given."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
     if path is not None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        with diskio.atomic_path(diskio.make_dirs(Path(path).parent) / Path(path).name) as tmp:
+            tmp.write_text(text)
     return text
 
 

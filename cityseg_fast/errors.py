@@ -1,4 +1,12 @@
-"""The error type for user mistakes: the CLI prints it as one line on stderr and exits 2."""
+"""The error type for user mistakes (one line on stderr, exit 2) and the package's documented exit statuses."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a bug, or a sweep / study with a failed point (the rows say which)
+EXIT_USER_ERROR = 2  # bad input: one line naming the file or key
+EXIT_OOM = 3  # `cityseg bench`: the point ran out of memory (its row says oom)
+# Stopped by SIGTERM / SIGUSR1 (a cluster's time limit or preemption) after saving where it was: rerun the same
+# command to resume. 75 is sysexits' EX_TEMPFAIL ("try again later"); a job script requeues on it.
+EXIT_PREEMPTED = 75
 
 
 class UserError(Exception):
@@ -8,4 +16,4 @@ class UserError(Exception):
     Anything that is not a UserError is a bug and keeps its traceback.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USER_ERROR

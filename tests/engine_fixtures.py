@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +247,20 @@ def trained_run(base: Path) -> tuple[Path, Path]:
             torch.set_num_threads(before)
         done.write_text("ok")
     return data, out
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Turn a hang into a test failure: SIGALRM interrupts whatever the main thread waits on (a pool's
+    workers, a loader's next batch) with a TimeoutError after `seconds`."""
+
+    def boom(*_):
+        raise TimeoutError(f"no answer within {seconds} s: it hangs")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

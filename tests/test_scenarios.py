@@ -123,3 +123,29 @@ def test_bench_json_prints_the_row_alone_on_stdout_even_for_a_training_point(dat
     lines = out.splitlines()
     assert len(lines) == 1, out  # the training's progress, eval lines and IoU table go to stderr
     assert json.loads(lines[0])["status"] == "ok" and "val mIoU" in err
+
+
+def test_a_training_point_that_fails_mid_way_closes_its_loader(data, tmp_path, monkeypatch):
+    import itertools
+
+    from cityseg_fast.data.torch_loader import TorchLoader
+    from cityseg_fast.engine.step import SegLoss
+
+    closed = []
+    close, forward, calls = TorchLoader.close, SegLoss.forward, itertools.count(1)
+
+    def spy(self: TorchLoader) -> None:
+        closed.append(self.spec.train)
+        close(self)
+
+    def fails_at_step_2(self, out, target):
+        if next(calls) == 2:
+            raise RuntimeError("the model failed at step 2")
+        return forward(self, out, target)
+
+    monkeypatch.setattr(TorchLoader, "close", spy)
+    monkeypatch.setattr(SegLoss, "forward", fails_at_step_2)
+    cfg = load_config([], [*TINY, "loader.backend=torch", "loader.num_workers=0", f"data.root={data}"])
+    with pytest.raises(RuntimeError, match="failed at step 2"):
+        run_scenario("e2e", cfg)
+    assert closed == [True]  # the training loader, closed although the point failed

@@ -3,6 +3,7 @@ cleanly, and clear errors for bad checkpoints, wrong models and missing splits."
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -23,7 +24,10 @@ from engine_fixtures import (
 
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
+from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
+from cityseg_fast.engine.step import SegLoss
+from cityseg_fast.engine.train import Schedule, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,6 +153,69 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     logged = [r["iter"] for r in _events(out, "train")]
     assert last["iteration"] < max(logged)  # it stopped after the last good checkpoint, did not overwrite it
+
+
+def _strict(line: str) -> dict:
+    """A JSON line read as strict parsers read it: the bare words NaN / Infinity / -Infinity are errors."""
+
+    def refuse(word: str) -> None:
+        raise ValueError(f"not strict JSON: {word} in {line}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_an_infinite_loss_leaves_strict_json(tmp_path, monkeypatch, capsys):
+    """The loss is +inf at every step (the gradients stay finite, so the run goes on): metrics.jsonl and
+    `train --json` write it as null, never as the word Infinity that JSON.parse, jq or serde reject."""
+    forward = SegLoss.forward
+    monkeypatch.setattr(SegLoss, "forward", lambda self, out, target: forward(self, out, target) + math.inf)
+    data = write_tiny_cityscapes(tmp_path / "data", {"train": 4, "val": 2})
+    out = tmp_path / "run"
+    over = tiny_overrides(data, out, iters=4, **{"train.log_interval": 1, "train.ckpt_interval": 2})
+    assert main(["train", "--json", *over]) == 0
+    rows = [_strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if r["event"] == "train"] == [None] * 4
+    (end,) = [r for r in rows if r["event"] == "end"]
+    assert end["final_loss"] is None and end["iters"] == 4 and end["checkpoint"] is None
+    summary = _strict(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["final_loss"] is None and len(summary["per_class_iou"]) == 19
+    assert not list_checkpoints(out)  # a run whose loss is not finite saves no checkpoint
+
+
+def test_a_run_that_fails_mid_way_closes_its_loaders(tmp_path, monkeypatch):
+    closed = []
+    close = TorchLoader.close
+
+    def spy(self: TorchLoader) -> None:
+        closed.append("train" if self.spec.train else "val")
+        close(self)
+
+    calls = itertools.count(1)
+    forward = SegLoss.forward
+
+    def fails_at_step_3(self, out, target):
+        if next(calls) == 3:
+            raise RuntimeError("the model failed at step 3")
+        return forward(self, out, target)
+
+    monkeypatch.setattr(TorchLoader, "close", spy)
+    monkeypatch.setattr(SegLoss, "forward", fails_at_step_3)
+    data = write_tiny_cityscapes(tmp_path / "data", {"train": 4, "val": 2})
+    cfg = load_config([], tiny_overrides(data, tmp_path / "run", iters=10))
+    with pytest.raises(RuntimeError, match="failed at step 3"):
+        train(cfg)
+    assert sorted(closed) == ["train", "val"]
+
+
+def test_schedule_logs_evaluates_and_checkpoints_at_each_interval_and_the_last_iteration():
+    cfg = load_config([], ["train.iters=23", "train.log_interval=5", "train.eval_interval=100",
+                           "train.ckpt_interval=10"])  # fmt: skip
+    schedule = Schedule.from_config(cfg.train)
+    due = {i: schedule.due(i) for i in range(1, 24)}
+    assert [i for i, d in due.items() if d.log] == [5, 10, 15, 20, 23]
+    assert [i for i, d in due.items() if d.eval] == [23]
+    assert [i for i, d in due.items() if d.ckpt] == [10, 20, 23]
+    assert [i for i, d in due.items() if d.pause] == [10, 20, 23]  # buffers broadcast before eval / ckpt
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):

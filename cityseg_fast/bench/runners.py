@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ from cityseg_fast.bench.memory import MemoryMonitor
 from cityseg_fast.bench.profile import profile_steps, trace_path
 from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
 from cityseg_fast.config import Config, data_root, replace
+from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.cityscapes import find_samples, read_pair
-from cityseg_fast.data.factory import build_loader
+from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.data.synthetic import colour_baseline_miou
 from cityseg_fast.engine.dist import init_distributed, wrap_ddp
@@ -42,7 +45,7 @@ from cityseg_fast.engine.precision import (
     setup_precision,
 )
 from cityseg_fast.engine.stall import StallMeter
-from cityseg_fast.engine.step import build_train_state, train_step
+from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.engine.train import train
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import TRAINID_TO_ID
@@ -129,6 +132,27 @@ def _timing_metrics(times: Any, cfg: Config, batch: int) -> dict[str, Any]:
 # scenarios
 
 
+@dataclass
+class _TrainPoint:
+    """A training point's steps: train_step on the loader's batches, each one's data wait measured."""
+
+    state: TrainState
+    loader: Loader
+    batches: Iterator[Batch]
+    meter: StallMeter
+    before: dict[str, Any] | None = None  # the compile counters when the timed steps began
+
+    def step(self) -> None:
+        batch = self.meter.next(self.batches)
+        with self.meter.step():
+            train_step(self.state, batch)
+
+    def mark_steady(self) -> None:
+        """time_steps' hook at the first timed step."""
+        self.before = _compile_counters()
+        self.meter.reset()  # the stall of the timed steps only
+
+
 def _train_point(
     cfg: Config, loader_cfg: Config, device: Any, dist_info: Any, with_inference: bool = False
 ) -> dict[str, Any]:
@@ -136,67 +160,70 @@ def _train_point(
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
     Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
-    torch.profiler over a few more steps once everything else is measured (bench/profile.py).
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py). The loader
+    is closed however the point ends.
     """
 
     rank = dist_info.rank if dist_info else 0
     world = dist_info.world_size if dist_info else 1
     reset_compile_counters()
-    with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
-        state = build_train_state(cfg, device)
-        state.model = wrap_ddp(state.model, device)
-        loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
-        batches = (b for _, b in endless(loader))
-        state.model.train()
-        meter = StallMeter(device)
-
-        def step() -> None:
-            batch = meter.next(batches)
-            with meter.step():
-                train_step(state, batch)
-
-        before = None
-
-        def mark_steady() -> None:
-            nonlocal before
-            before = _compile_counters()
-            meter.reset()  # the stall of the timed steps only
-
-        times = time_steps(
-            step,
-            cfg.bench.iters,
-            cfg.bench.warmup,
-            device,
-            items_per_step=cfg.loader.batch_size * world,
-            barrier=_barrier(dist_info),
-            on_timed_start=mark_steady,
-        )
-        after = _compile_counters()
-        metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
-        metrics.update(meter.take().metrics())  # time_steps synchronised at its end: every event is readable
-        metrics["loader_description"] = getattr(loader, "description", cfg.loader.backend)
-        metrics["recompiles"] = after.get("recompiles", 0)
-        # Recompiles inside the timed region mean the steady state was not steady: report them apart.
-        metrics["steady_recompiles"] = after.get("recompiles", 0) - (before or after).get("recompiles", 0)
-        metrics["device"] = device.type
-        metrics["world_size"] = world
-        extra = {}
-        if with_inference and cfg.bench.split_phases:
-            extra = _split_phases(state, next(batches), cfg, device)
-        if with_inference:
-            extra.update(_infer_on_batch(state.model, next(batches), cfg, device))
-    metrics.update(mon.metrics())
-    metrics.update(extra)
-    if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
-
-        scenario = "model" if with_inference else "e2e"
-        trace = trace_path(cfg, scenario, world, rank)
-        metrics.update(profile_steps(step, cfg.bench.profile_steps, device, trace))
-    loader.close()
+    with ExitStack() as cleanup:
+        with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
+            point = _start_point(cfg, loader_cfg, device, rank, world, cleanup)
+            metrics = _time_point(point, cfg, device, dist_info, world)
+            extra = _inference_metrics(point, cfg, device) if with_inference else {}
+        metrics.update(mon.metrics())
+        metrics.update(extra)
+        if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
+            trace = trace_path(cfg, "model" if with_inference else "e2e", world, rank)
+            metrics.update(profile_steps(point.step, cfg.bench.profile_steps, device, trace))
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
     return metrics
+
+
+def _start_point(
+    cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack
+) -> _TrainPoint:
+    """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
+    state = build_train_state(cfg, device)
+    state.model = wrap_ddp(state.model, device)
+    loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
+    cleanup.callback(loader.close)
+    state.model.train()
+    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device))
+
+
+def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, world: int) -> dict[str, Any]:
+    """bench.warmup, then bench.iters timed steps: throughput, latency, data wait and recompiles."""
+    times = time_steps(
+        point.step,
+        cfg.bench.iters,
+        cfg.bench.warmup,
+        device,
+        items_per_step=cfg.loader.batch_size * world,
+        barrier=_barrier(dist_info),
+        on_timed_start=point.mark_steady,
+    )
+    after = _compile_counters()
+    metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
+    metrics.update(point.meter.take().metrics())  # time_steps synchronised at its end: every event is readable
+    metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
+    metrics["recompiles"] = after.get("recompiles", 0)
+    # Recompiles inside the timed region mean the steady state was not steady: report them apart.
+    metrics["steady_recompiles"] = after.get("recompiles", 0) - (point.before or after).get("recompiles", 0)
+    metrics["device"] = device.type
+    metrics["world_size"] = world
+    return metrics
+
+
+def _inference_metrics(point: _TrainPoint, cfg: Config, device: Any) -> dict[str, Any]:
+    """The model scenario's extras, each on the loader's next batch: with bench.split_phases the forward /
+    backward / optimizer times, then eval-mode inference."""
+    extra = _split_phases(point.state, next(point.batches), cfg, device) if cfg.bench.split_phases else {}
+    extra.update(_infer_on_batch(point.state.model, next(point.batches), cfg, device))
+    return extra
 
 
 def _split_phases(state: Any, batch: Any, cfg: Config, device: Any) -> dict[str, Any]:
@@ -298,19 +325,19 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         summary = train(cfg)
     wall = time.perf_counter() - t0
-    out = Path(summary["out_dir"])
+    out = Path(summary.out_dir)
     events = accuracy.read_events(out)
     ips = accuracy.train_images_per_s(events)
     metrics = {
-        "miou": summary["miou"],
-        "per_class_iou": list(summary["per_class_iou"]),
-        "acc": summary["acc"],
+        "miou": summary.miou,
+        "per_class_iou": list(summary.per_class_iou),
+        "acc": summary.acc,
         "images_per_s": ips,
-        "final_loss": summary.get("final_loss"),
-        "train_wall_s": summary.get("wall_s", wall),
+        "final_loss": summary.final_loss,
+        "train_wall_s": summary.wall_s,
         "process_wall_s": wall,
-        "iters_done": summary.get("iters"),
-        "stall_fraction": summary.get("stall_fraction_mean"),
+        "iters_done": summary.iters,
+        "stall_fraction": summary.stall_fraction_mean,
         "out_dir": str(out),
         "device": device.type,
         "curves": accuracy.curves(events),
@@ -318,8 +345,8 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
     }
     metrics.update(mon.metrics())
     if int(os.environ.get("RANK", "0")) == 0:
-        metrics["val_predictions"] = accuracy.save_predictions(cfg, summary.get("checkpoint"), out)
-    world = summary.get("world_size", 1)
+        metrics["val_predictions"] = accuracy.save_predictions(cfg, summary.checkpoint, out)
+    world = summary.world_size
     metrics.update(_flops_metrics(cfg, device, tuple(cfg.data.crop), ips, world, train=True))
     return metrics
 

@@ -22,7 +22,6 @@ memory (the row says oom), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.commands.common import add_config_args, config_from_args
 from cityseg_fast.config import CHOICES, parse_hw, replace
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         if args.append:
             append_row(args.append, row)
-        print(json.dumps(row.to_json(), sort_keys=True, default=str)) if args.json else print_row(row)
+        print(jsonsafe.dumps(row.to_json(), sort_keys=True, default=str)) if args.json else print_row(row)
     if failure is None:
         return 0
     if row.status == "oom":

@@ -18,7 +18,6 @@ so `cityseg report OUT` rebuilds the report. On a 2-core CPU: under 5 minutes (u
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.bench.sweep import run_sweep
 from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, load_spec
 from cityseg_fast.config import load_yaml
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report([out], out / "report", title="cityseg demo report", extra=[section])
     timings.append(("Build the report", time.perf_counter() - t0, str(report)))
     total = time.perf_counter() - t_start
-    (out / "demo_timings.json").write_text(json.dumps({"quick": args.quick, "spec": str(spec_path), "total_s": total,
+    (out / "demo_timings.json").write_text(jsonsafe.dumps({"quick": args.quick, "spec": str(spec_path), "total_s": total,
         "steps": [{"step": t, "wall_s": s, "result": r} for t, s, r in timings]}, indent=1) + "\n")  # fmt: skip
     console.print(f"[bold]total {total:.0f} s. Report:[/] {report}")
     return 0

@@ -10,12 +10,12 @@ reported, never a crash.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.environment import bf16_why, collect_env, compiler, nvml_gpus
 
 
@@ -75,7 +75,7 @@ def doctor_report() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     info = doctor_report()
     if args.json:
-        print(json.dumps(info, sort_keys=True))
+        print(jsonsafe.dumps(info, sort_keys=True))
         return 0
 
     t = Table(title="cityseg doctor", show_header=True, header_style="bold")

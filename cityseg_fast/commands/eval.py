@@ -12,16 +12,16 @@ city, as cityscapesscripts' evalPixelLevelSemanticLabeling expects ($CITYSCAPES_
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.config import build_config, data_root, load_config
 from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.factory import build_loader
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist, precision
-from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+from cityseg_fast.engine.evaluate import evaluate, iou_table
 from cityseg_fast.errors import UserError
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.models import model_from_config
@@ -98,19 +98,17 @@ def run(args: argparse.Namespace) -> int:
     dist.cleanup()
     if info.is_main:
         if args.json:
-            row = json_safe(
-                {
-                    "miou": result["miou"],
-                    "per_class_iou": result["per_class_iou"],
-                    "classes": list(CLASS_NAMES),
-                    "acc": result["acc"],
-                    "images": result["images"],
-                    "pixels": result["pixels"],
-                    "checkpoint": args.checkpoint,
-                    "split": cfg.data.val_split,
-                }
-            )
-            print(json.dumps(row))
+            row = {
+                "miou": result["miou"],
+                "per_class_iou": result["per_class_iou"],
+                "classes": list(CLASS_NAMES),
+                "acc": result["acc"],
+                "images": result["images"],
+                "pixels": result["pixels"],
+                "checkpoint": args.checkpoint,
+                "split": cfg.data.val_split,
+            }
+            print(jsonsafe.dumps(row))
         else:
             Console().print(
                 iou_table(

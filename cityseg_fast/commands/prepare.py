@@ -13,9 +13,9 @@ label) stops with one line naming the file. Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.config import parse_hw
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.errors import UserError
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, progress=not args.no_progress, label_format=args.label_format,
     )
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print(jsonsafe.dumps(summary, sort_keys=True))
     else:
         rate = f", {summary['pairs_per_s']:.2f} pairs/s" if summary["pairs_per_s"] else ""
         print(f"prepared {summary['pairs']} pairs ({summary['written']} written, {summary['skipped']} already done) "

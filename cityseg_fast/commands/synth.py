@@ -14,8 +14,8 @@ Test frames are labelled too (unlike the real test split). Example:
 from __future__ import annotations
 
 import argparse
-import json
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.config import parse_hw
 from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     summary = write_synthetic(args.out, args.train, args.val, args.test, size, args.seed,
                               workers=args.workers, progress=not args.no_progress)
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print(jsonsafe.dumps(summary, sort_keys=True))
     else:
         c = summary["counts"]
         print(f"wrote {c['train']} train, {c['val']} val, {c['test']} test frames of {size[0]}x{size[1]} to "

@@ -15,11 +15,11 @@ train.iters, the log/eval/checkpoint intervals, keep_ckpts, data.root, loader wo
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from dataclasses import asdict
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.commands.common import add_config_args, config_from_args
-from cityseg_fast.engine.evaluate import json_safe
 from cityseg_fast.engine.train import train
 
 
@@ -52,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
         extra.append("train.resume=never")
     cfg = config_from_args(args, extra)
     summary = train(cfg)
-    if summary.get("world_size", 1) == 1 or _is_rank0():
+    if summary.world_size == 1 or _is_rank0():
         if args.json:
-            print(json.dumps(json_safe(summary)))
+            print(jsonsafe.dumps(asdict(summary)))
         else:
-            stall = summary.get("stall_fraction_mean")
+            stall = summary.stall_fraction_mean
             waited = f", waited for data {stall:.0%} of the time" if stall is not None else ""
             print(
-                f"done: {summary['iters']} iterations, val mIoU {100 * summary['miou']:.2f}, "
-                f"{summary['wall_s']:.1f} s{waited}, run in {summary['out_dir']}"
+                f"done: {summary.iters} iterations, val mIoU {100 * summary.miou:.2f}, "
+                f"{summary.wall_s:.1f} s{waited}, run in {summary.out_dir}"
             )
     return 0
 

@@ -205,15 +205,3 @@ def iou_table(result: dict[str, Any], title: str = "per-class IoU"):
         table.add_row(name, "n/a" if math.isnan(v) else f"{100 * v:.2f}")
     return table
 
-
-def json_safe(result: dict[str, Any]) -> dict[str, Any]:
-    """NaN -> None so the result is valid JSON (strict parsers reject NaN)."""
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        return v
-
-    return {k: fix(v) for k, v in result.items()}

@@ -1,24 +1,36 @@
 """Iteration-based training: one process or DDP under torchrun, periodic eval, checkpoints, exact resume.
 
-    summary = train(cfg)   # {"miou", "per_class_iou", "iters", "wall_s", "out_dir", "checkpoint", ...}
+    summary = train(cfg)   # a TrainSummary: miou, per_class_iou, acc, iters, wall_s, out_dir, checkpoint, ...
 
-The loop calls `step.train_step` and never reads a value on the host except at log intervals, where the
-summed loss is pulled once (the one sync point per interval) and written to out_dir/metrics.jsonl. Each
+`_train` reads top to bottom: `_set_up` (claim the run directory, loaders, model and optimizer, resume),
+`_loop` (about 25 lines, like mmengine's IterBasedTrainLoop.run: one `step.train_step`, then the interval
+actions `Schedule.due` names: log, evaluate, checkpoint), `_finish` (final numbers, the 'end' event); an
+ExitStack closes the loaders, NVML and the event logs however the run ends.
+
+The loop never reads a value on the host except at log intervals, where the summed loss is pulled once
+(`LogWindow.mean_loss`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
 reserved and NVML's used). Every line has its wall-clock `timestamp`.
+
+Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
+another place for the events (TensorBoard beside metrics.jsonl) is a second `EventLog`, added in
+`_event_logs`.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import random
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,12 +45,14 @@ from rich.progress import (
 )
 from torch import nn
 
-from cityseg_fast.config import Config, dump_config, to_dict
-from cityseg_fast.data.factory import build_loader
+from cityseg_fast import diskio, jsonsafe
+from cityseg_fast.config import Config, TrainConfig, dump_config, to_dict
+from cityseg_fast.data.batch import Batch
+from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist, rundir
-from cityseg_fast.engine.evaluate import evaluate, iou_table, json_safe
+from cityseg_fast.engine.evaluate import evaluate, iou_table
 from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
@@ -53,19 +67,155 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+# ---------------------------------------------------------------------------------------------
+# where the events go
+
+
+class EventLog(Protocol):
+    """A place a run's events go, on rank 0: 'start' or 'resume', 'train' per log interval, 'eval', 'end'.
+    Fields are plain values; floats may be NaN or inf (each writer makes them what its format takes)."""
+
+    def write(self, event: str, **fields: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsLog:
-    """JSON lines in out_dir/metrics.jsonl, written by rank 0 only, flushed per line."""
+    """The EventLog of out_dir/metrics.jsonl: one strict-JSON line per event (NaN and inf are null), each
+    stamped with its wall-clock `timestamp`, written and flushed at once (a killed run keeps every line)."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    def write(self, **row: Any) -> None:
-        if not self.enabled:
+    def write(self, event: str, **fields: Any) -> None:
+        row = {"timestamp": round(time.time(), 3), "event": event, **fields}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # the whole line or none of it; a full disk is one line naming the file (diskio)
+            diskio.append_all(fd, (jsonsafe.dumps(row) + "\n").encode(), self.path)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Nothing held open: each line opened and closed its file."""
+
+
+class EventLogs:
+    """Every EventLog of a run, written in order; none on the other ranks (rank 0 alone logs)."""
+
+    def __init__(self, logs: Sequence[EventLog]) -> None:
+        self.logs = list(logs)
+
+    def write(self, event: str, **fields: Any) -> None:
+        for log in self.logs:
+            log.write(event, **fields)
+
+    def close(self) -> None:
+        for log in self.logs:
+            log.close()
+
+
+def _event_logs(out: Path, info: dist.DistInfo) -> EventLogs:
+    """Where this rank's events go: metrics.jsonl on rank 0 (another EventLog is appended here), none elsewhere."""
+    return EventLogs([MetricsLog(out / rundir.METRICS_FILE)] if info.is_main else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# what the loop decides once per iteration
+
+
+@dataclass(frozen=True)
+class Due:
+    """The interval actions due after one iteration, in the order `_loop` runs them."""
+
+    log: bool
+    eval: bool
+    ckpt: bool
+
+    @property
+    def pause(self) -> bool:
+        """Evaluation or a checkpoint follows: every rank needs rank 0's BatchNorm statistics, and the time
+        it takes is not a data wait."""
+        return self.eval or self.ckpt
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When each interval action runs: at every multiple of its interval, and at the last iteration."""
+
+    iters: int
+    log: int
+    eval: int
+    ckpt: int
+
+    @classmethod
+    def from_config(cls, t: TrainConfig) -> Schedule:
+        return cls(iters=t.iters, log=t.log_interval, eval=t.eval_interval, ckpt=t.ckpt_interval)
+
+    def _at(self, it: int, interval: int) -> bool:
+        return it % interval == 0 or it == self.iters
+
+    def due(self, it: int) -> Due:
+        return Due(log=self._at(it, self.log), eval=self._at(it, self.eval), ckpt=self._at(it, self.ckpt))
+
+
+class LogWindow:
+    """The current log interval: its summed loss, kept on the device until the interval's one sync, and the
+    iteration and clock it started at."""
+
+    def __init__(self, device: torch.device, it: int, now: float) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps, self.start_it, self.start_t = 0, it, now
+
+    def add(self, loss: torch.Tensor) -> None:
+        # Outside the step's events: the log sync waits for this add, so for the step's end event.
+        self.loss_sum += loss
+        self.steps += 1
+
+    def mean_loss(self, world_size: int) -> float:
+        """The loss averaged over the interval and the ranks: the one host sync per log interval."""
+        dist.all_reduce_sum(self.loss_sum)
+        return self.loss_sum.item() / (self.steps * world_size)
+
+    def next(self, it: int, now: float) -> None:
+        """Start the next interval at iteration `it`, time `now`."""
+        self.loss_sum.zero_()
+        self.steps, self.start_it, self.start_t = 0, it, now
+
+    def restart_clock(self) -> None:
+        self.start_t = time.perf_counter()
+
+
+@dataclass
+class NonFiniteGuard:
+    """Stops a run whose logged loss stayed non-finite for `limit` consecutive log intervals; while the last
+    logged loss is not finite, no checkpoint is saved."""
+
+    limit: int
+    bad: int = 0  # consecutive non-finite logged losses
+
+    def check(self, loss: float, it: int, out: Path, last_ckpt: Path | None) -> None:
+        if math.isfinite(loss):
+            self.bad = 0
             return
-        row = {"timestamp": round(time.time(), 3), **row}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(json_safe(row)) + "\n")
-            f.flush()
+        self.bad += 1
+        if self.bad >= self.limit:
+            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
+            raise UserError(
+                f"{out}: loss non-finite for {self.bad} consecutive log intervals (iteration {it}); "
+                f"lower train.lr or use precision.dtype=fp32/bf16{where}"
+            )
+
+    def healthy(self, model: nn.Module) -> bool:
+        """Whether the weights are worth a checkpoint: no non-finite logged loss, and every weight and buffer
+        finite (BatchNorm statistics blow up too). One sync, only at checkpoint time, which syncs anyway."""
+        if self.bad:
+            return False
+        flags = [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and log lines
 
 
 def make_checkpoint(state: TrainState, iteration: int) -> dict[str, Any]:
@@ -136,168 +286,271 @@ def interval_fields(meter: StallMeter, iters: int, seconds: float) -> dict[str, 
     }
 
 
-def _healthy(bad_checks: int, model: nn.Module) -> bool:
-    """Whether the weights are worth a checkpoint: no non-finite logged loss, and every weight and buffer
-    finite (BatchNorm statistics blow up too). One sync, only at checkpoint time, which syncs anyway."""
-    if bad_checks:
-        return False
-    flags = [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+class _Bar:
+    """The console's progress bar (disabled on ranks other than 0): a tick per step, stats per log line."""
+
+    def __init__(self, progress: Progress, total: int, completed: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("train", total=total, completed=completed, stats="")
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def show(self, stats: str) -> None:
+        self.progress.update(self.task, stats=stats)
+
+    def print(self, text: str) -> None:
+        self.progress.console.print(text)
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train per `cfg` (single process, or DDP when launched by torchrun); returns a summary dict."""
+def progress_text(line: dict[str, Any]) -> str:
+    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall."""
+    stall = line["stall_fraction"]
+    stall_text = f"  stall {stall:.0%}" if stall is not None else ""
+    return f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s{stall_text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What `train` returns; the 'end' event records the same but per_class_iou (the 'eval' event has it)."""
+
+    miou: float  # the last evaluation's (a fraction)
+    per_class_iou: list[float]  # 19, NaN where a class is undefined
+    acc: float  # pixel accuracy
+    iters: int  # the iteration the run ended at
+    start_iter: int  # where this process started: 0, or the iteration of the checkpoint it resumed
+    final_loss: float  # the last logged loss (NaN when this process logged none)
+    wall_s: float  # this process's loop and final evaluation
+    out_dir: str
+    checkpoint: str | None  # the last checkpoint saved or resumed from
+    world_size: int
+    replicas_in_sync: bool  # DDP kept every rank's weights identical
+    stall_fraction_mean: float | None  # rank 0's: waiting time / wall of every logged step
+
+    def end_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "per_class_iou"}
+
+
+@dataclass
+class _Run:
+    """What the loop reads and updates, built once by `_set_up`."""
+
+    cfg: Config
+    info: dist.DistInfo
+    out: Path
+    state: TrainState  # state.model: what train_step calls (DDP-wrapped under torchrun)
+    net: nn.Module  # the prepared module without DDP: evaluation, buffers, the health check
+    val_loader: Loader
+    stream: Iterator[tuple[int, Batch]]  # (epoch, batch) from the train loader, from the resumed position
+    logs: EventLogs
+    meter: StallMeter
+    nvml: NvmlDevice | None  # rank 0 on a GPU with NVML, else None
+    schedule: Schedule
+    window: LogWindow
+    guard: NonFiniteGuard
+    start: int
+    t0: float
+    last_ckpt: Path | None
+    it: int = 0
+    last_loss: float = math.nan
+    result: dict[str, Any] | None = None  # the last evaluation's
+
+
+def train(cfg: Config) -> TrainSummary:
+    """Train per `cfg` (single process, or DDP when launched by torchrun); returns its TrainSummary. A
+    collective that times out (a stopped rank) is one line naming it (dist.run_distributed)."""
     return dist.run_distributed(lambda info: _train(cfg, info), cfg.train.dist_timeout_s)
 
 
-def _train(cfg: Config, info: dist.DistInfo) -> dict[str, Any]:
-    t = cfg.train
-    if t.sync_bn and info.world_size > 1 and cfg.precision.compile != "off":
+def _train(cfg: Config, info: dist.DistInfo) -> TrainSummary:
+    """This process's run; the loaders, NVML and the event logs are closed however it ends."""
+    if cfg.train.sync_bn and info.world_size > 1 and cfg.precision.compile != "off":
         raise UserError(
             "train.sync_bn=true with precision.compile under DDP: dynamo graph-breaks at every "
             "SyncBatchNorm (pytorch#161302) and compile + DDP + SyncBN fails in open reports "
             "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
         )
-    out = Path(t.out_dir)
+    with ExitStack() as cleanup:
+        run = _set_up(cfg, info, cleanup)
+        _loop(run)
+        return _finish(run)
+
+
+def _loop(run: _Run) -> None:
+    """The iterations: one train step, then the interval actions the schedule says are due."""
+    with _progress(run.info.is_main) as progress:
+        bar = _Bar(progress, total=run.cfg.train.iters, completed=run.start)
+        while run.it < run.cfg.train.iters:
+            epoch, batch = run.meter.next(run.stream)
+            with run.meter.step():
+                loss = train_step(run.state, batch)
+            run.window.add(loss)
+            run.it += 1
+            bar.advance()
+            due = run.schedule.due(run.it)
+            if due.log:
+                _log(run, epoch, bar)
+            if due.pause:
+                dist.broadcast_buffers(run.net)  # every rank evaluates, rank 0 saves, the same BN statistics
+                run.meter.restart()  # the evaluation / checkpoint that follows is not a data wait
+            if due.eval:
+                _evaluate(run, bar)
+            if due.ckpt:
+                _checkpoint(run)
+            if due.log:
+                run.window.restart_clock()  # images/s of the next interval excludes eval and checkpoint time
+
+
+def _log(run: _Run, epoch: int, bar: _Bar) -> None:
+    """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard."""
+    run.last_loss = run.window.mean_loss(run.info.world_size)
+    now = time.perf_counter()
+    line = train_line(run, epoch, now)
+    run.logs.write("train", **line)
+    bar.show(progress_text(line))
+    run.window.next(run.it, now)
+    run.guard.check(run.last_loss, run.it, run.out, run.last_ckpt)
+
+
+def train_line(run: _Run, epoch: int, now: float) -> dict[str, Any]:
+    """A 'train' line's fields, for the interval that ends at `now`: iter, epoch, loss, lr, images_per_s
+    (global), wall_s since the loop started, then the interval's timing and memory."""
+    iters, seconds = run.it - run.window.start_it, now - run.window.start_t
+    global_batch = run.cfg.loader.batch_size * run.info.world_size
+    return {
+        "iter": run.it,
+        "epoch": epoch,
+        "loss": run.last_loss,
+        "lr": run.state.optimizer.param_groups[0]["lr"],
+        "images_per_s": iters * global_batch / max(seconds, 1e-9),
+        "wall_s": now - run.t0,
+        **interval_fields(run.meter, iters, seconds),
+        **memory_fields(run.info.device, run.nvml),
+    }
+
+
+def _evaluate(run: _Run, bar: _Bar) -> None:
+    main = run.info.is_main
+    r = evaluate(run.net, run.val_loader, run.cfg, run.info.device, progress=bar.progress if main else None)
+    run.result = r
+    run.logs.write("eval", iter=run.it, miou=r["miou"], per_class_iou=r["per_class_iou"], acc=r["acc"],
+                   images=r["images"])  # fmt: skip
+    if main:
+        bar.print(f"iter {run.it}: val mIoU {100 * r['miou']:.2f}")
+
+
+def _checkpoint(run: _Run) -> None:
+    """A checkpoint of healthy weights, written by rank 0 while the others wait."""
+    if not run.guard.healthy(run.net):
+        return
+    if run.info.is_main:
+        ck = make_checkpoint(run.state, run.it)
+        run.last_ckpt = ckpt_io.save_checkpoint(ck, run.out, keep=run.cfg.train.keep_ckpts)
+    dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
+
+
+# ---------------------------------------------------------------------------------------------
+# before and after the loop
+
+
+def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
+    """Claim the run directory, build the loaders, model and optimizer, resume, write config.yaml and
+    env.json, announce the run. What must be closed is registered on `cleanup`."""
+    out = Path(cfg.train.out_dir)
     # Rank 0 decides (its view of out_dir is the one with the checkpoints); a refusal there stops every rank.
     claim = dist.run_on_main(lambda: rundir.claim_run_dir(cfg))  # None on the other ranks
     for note in claim.notes if claim else ():
         print(note, file=sys.stderr, flush=True)
     resume_from = dist.broadcast_object(claim.resume if claim else None)  # every rank loads that file
-    seed_everything(t.seed)  # same seed on every rank: identical initial weights (DDP also broadcasts them)
-
-    train_loader = build_loader(
-        cfg, cfg.data.train_split, info.rank, info.world_size, train=True, device=info.device
-    )
-    val_loader = build_loader(
-        cfg, cfg.data.val_split, info.rank, info.world_size, train=False, device=info.device
-    )
-    if len(train_loader) == 0:
-        raise UserError(f"{cfg.data.root or 'data.root'}: fewer training images than one batch per rank")
-
-    model = None
-    if t.sync_bn and info.world_size > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
-    state = build_train_state(cfg, info.device, model)
+    seed_everything(cfg.train.seed)  # every rank: identical initial weights (DDP also broadcasts them)
+    train_loader, val_loader = _open_loaders(cfg, info, cleanup)
+    state = _build_state(cfg, info)
     net = state.model  # prepared (compiled) module, used for evaluation
     start = 0
-    if resume_from is not None:
+    if resume_from is not None:  # the loaded checkpoint goes with `claim` when this function returns
         start = restore(state, resume_from, claim.ckpt if claim else None)
-    claim = None  # its checkpoint is in the model and optimizer now: do not hold a second copy
     state.model = dist.wrap_ddp(net, info.device)
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
         dump_config(cfg, out / rundir.CONFIG_FILE)
-        (out / "env.json").write_text(json.dumps(collect_env(), indent=1, default=str) + "\n")
-
-    log = MetricsLog(out / rundir.METRICS_FILE, info.is_main)
-    if resume_from is not None:
-        log.write(event="resume", iter=start, checkpoint=str(resume_from))
-        if info.is_main:
-            print(f"resuming from {resume_from} at iteration {start} of {t.iters}", file=sys.stderr, flush=True)
-    else:
-        log.write(
-            event="start",
-            iter=0,
-            world_size=info.world_size,
-            train_loader=train_loader.description,
-            images_per_epoch=train_loader.num_samples * info.world_size,
-        )
+        with diskio.atomic_path(out / "env.json") as tmp:
+            tmp.write_text(jsonsafe.dumps(collect_env(), indent=1, default=str) + "\n")
+    logs = _event_logs(out, info)
+    cleanup.callback(logs.close)
+    _announce(logs, cfg, info, train_loader, resume_from, start)
+    nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
+    if nvml is not None:
+        cleanup.callback(nvml.close)
     steps_per_epoch = len(train_loader)
     stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
-    global_batch = cfg.loader.batch_size * info.world_size
+    meter, now = StallMeter(info.device), time.perf_counter()
+    return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream,
+                logs=logs, meter=meter, nvml=nvml, schedule=Schedule.from_config(cfg.train),
+                window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
+                start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
 
-    last_ckpt: Path | None = resume_from
-    result: dict[str, Any] | None = None
-    meter = StallMeter(info.device)
-    nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
-    loss_sum = torch.zeros((), device=info.device)
-    n_in_sum, bad_checks, last_loss = 0, 0, float("nan")
-    t0 = time.perf_counter()
-    t_log, it_log = t0, start
-    it = start
-    with _progress(info.is_main) as progress:
-        task = progress.add_task("train", total=t.iters, completed=start, stats="")
-        while it < t.iters:
-            epoch, batch = meter.next(stream)
-            with meter.step():
-                loss = train_step(state, batch)
-            loss_sum += loss  # outside the step's events: the log sync waits for this add, so for the end event
-            n_in_sum += 1
-            it += 1
-            progress.advance(task)
-            if it % t.log_interval == 0 or it == t.iters:
-                # The one host sync per log interval: average the loss over the interval and the ranks.
-                dist.all_reduce_sum(loss_sum)
-                last_loss = loss_sum.item() / (n_in_sum * info.world_size)
-                now = time.perf_counter()
-                ips = (it - it_log) * global_batch / max(now - t_log, 1e-9)
-                lr = state.optimizer.param_groups[0]["lr"]
-                timing = interval_fields(meter, it - it_log, now - t_log)
-                log.write(event="train", iter=it, epoch=epoch, loss=last_loss, lr=lr, images_per_s=ips,
-                          wall_s=now - t0, **timing, **memory_fields(info.device, nvml))  # fmt: skip
-                stall = timing["stall_fraction"]
-                stall_text = f"  stall {stall:.0%}" if stall is not None else ""
-                progress.update(task, stats=f"loss {last_loss:.4f}  lr {lr:.2e}  {ips:.1f} img/s{stall_text}")
-                loss_sum.zero_()
-                n_in_sum, t_log, it_log = 0, now, it
-                if math.isfinite(last_loss):
-                    bad_checks = 0
-                else:
-                    bad_checks += 1
-                    if bad_checks >= t.max_nonfinite:
-                        where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
-                        raise UserError(
-                            f"{out}: loss non-finite for {bad_checks} consecutive log intervals (iteration {it}); "
-                            f"lower train.lr or use precision.dtype=fp32/bf16{where}"
-                        )
-            if it % t.eval_interval == 0 or it == t.iters or it % t.ckpt_interval == 0:
-                dist.broadcast_buffers(net)  # every rank evaluates and rank 0 saves the same BN statistics
-                meter.restart()  # the evaluation / checkpoint that follows is not a data wait
-            if it % t.eval_interval == 0 or it == t.iters:
-                result = evaluate(
-                    net, val_loader, cfg, info.device, progress=progress if info.is_main else None
-                )
-                log.write(
-                    event="eval",
-                    iter=it,
-                    miou=result["miou"],
-                    per_class_iou=result["per_class_iou"],
-                    acc=result["acc"],
-                    images=result["images"],
-                )
-                if info.is_main:
-                    progress.console.print(f"iter {it}: val mIoU {100 * result['miou']:.2f}")
-            if (it % t.ckpt_interval == 0 or it == t.iters) and _healthy(bad_checks, net):
-                if info.is_main:
-                    last_ckpt = ckpt_io.save_checkpoint(make_checkpoint(state, it), out, keep=t.keep_ckpts)
-                dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
-            if it % t.log_interval == 0:
-                t_log = time.perf_counter()  # images/s of the next interval excludes eval and checkpoint time
 
-    dist.broadcast_buffers(net)
-    if result is None:  # resumed a finished run: evaluate once so the summary still has numbers
-        result = evaluate(net, val_loader, cfg, info.device)
-    wall = time.perf_counter() - t0
-    in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(state.model))  # DDP must keep the replicas identical
-    if info.is_main:
-        Console(stderr=True).print(iou_table(result, title=f"{cfg.model.name} @ iter {it}"))
-    train_loader.close()
-    val_loader.close()
-    if nvml is not None:
-        nvml.close()
-    summary = {
-        "miou": result["miou"],
-        "per_class_iou": result["per_class_iou"],
-        "acc": result["acc"],
-        "iters": it,
-        "start_iter": start,
-        "final_loss": last_loss,
-        "wall_s": wall,
-        "out_dir": str(out),
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "world_size": info.world_size,
-        "replicas_in_sync": in_sync,
-        "stall_fraction_mean": meter.mean_stall_fraction(),  # rank 0's: waiting time / wall of every logged step
-    }
-    log.write(event="end", **{k: v for k, v in summary.items() if k != "per_class_iou"})
+def _open_loaders(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> tuple[Loader, Loader]:
+    """This rank's train and val loaders, each closed by `cleanup` however the run ends."""
+    loaders = []
+    for split, train in ((cfg.data.train_split, True), (cfg.data.val_split, False)):
+        loader = build_loader(cfg, split, info.rank, info.world_size, train=train, device=info.device)
+        cleanup.callback(loader.close)
+        loaders.append(loader)
+    if len(loaders[0]) == 0:
+        raise UserError(f"{cfg.data.root or 'data.root'}: fewer training images than one batch per rank")
+    return loaders[0], loaders[1]
+
+
+def _build_state(cfg: Config, info: dist.DistInfo) -> TrainState:
+    """Model (SyncBatchNorm under DDP with train.sync_bn), optimizer, schedule, scaler and loss on this
+    rank's device; wrapping in DDP comes after a resume."""
+    model = None
+    if cfg.train.sync_bn and info.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
+    return build_train_state(cfg, info.device, model)
+
+
+def _announce(logs: EventLogs, cfg: Config, info: dist.DistInfo, train_loader: Loader,
+              resume_from: Path | None, start: int) -> None:  # fmt: skip
+    """The run's first event: 'resume' (and a console line) or 'start'."""
+    if resume_from is not None:
+        logs.write("resume", iter=start, checkpoint=str(resume_from))
+        if info.is_main:
+            print(f"resuming from {resume_from} at iteration {start} of {cfg.train.iters}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        return
+    logs.write("start", iter=0, world_size=info.world_size, train_loader=train_loader.description,
+               images_per_epoch=train_loader.num_samples * info.world_size)  # fmt: skip
+
+
+def _finish(run: _Run) -> TrainSummary:
+    """After the last iteration: the final numbers (evaluating once if this process never did), the
+    replicas check, the IoU table on the console and the 'end' event."""
+    dist.broadcast_buffers(run.net)
+    if run.result is None:  # resumed a finished run: evaluate once so the summary still has numbers
+        run.result = evaluate(run.net, run.val_loader, run.cfg, run.info.device)
+    wall = time.perf_counter() - run.t0
+    # DDP must keep the replicas identical: every rank compares its weights with the others'.
+    in_sync = dist.replicas_in_sync(ckpt_io.unwrap_model(run.state.model))
+    if run.info.is_main:
+        Console(stderr=True).print(iou_table(run.result, title=f"{run.cfg.model.name} @ iter {run.it}"))
+    summary = TrainSummary(
+        miou=run.result["miou"],
+        per_class_iou=run.result["per_class_iou"],
+        acc=run.result["acc"],
+        iters=run.it,
+        start_iter=run.start,
+        final_loss=run.last_loss,
+        wall_s=wall,
+        out_dir=str(run.out),
+        checkpoint=str(run.last_ckpt) if run.last_ckpt else None,
+        world_size=run.info.world_size,
+        replicas_in_sync=in_sync,
+        stall_fraction_mean=run.meter.mean_stall_fraction(),
+    )
+    run.logs.write("end", **summary.end_fields())
     return summary

@@ -5,18 +5,18 @@
     row = row_for("e2e", cfg, error="timeout: point ran longer than 600 s", world_size=2)
 
 Like timm's benchmark `_try_run`, failures become results in one place: `classify` decides oom vs
-error and makes the one-line message, `clean` makes metrics strict JSON (NaN and inf are null), and
+error and makes the one-line message, `clean` (cityseg_fast/jsonsafe.py) makes metrics strict JSON, and
 the point, its id and its companions come from the scenario table.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from typing import TYPE_CHECKING, Any
 
 from cityseg_fast.config import config_hash, to_dict
 from cityseg_fast.environment import collect_env
+from cityseg_fast.jsonsafe import clean  # re-exported: results.clean is the rows' cleaner too
 from cityseg_fast.results.scenarios import companions_for, point_for
 from cityseg_fast.results.schema import Row, point_id
 
@@ -49,19 +49,6 @@ def is_oom(error: BaseException | str) -> bool:
 def classify(error: BaseException | str) -> tuple[str, str]:
     """(status, one-line message) of a failed measurement: 'oom' or 'error'."""
     return ("oom" if is_oom(error) else "error"), one_line(error)
-
-
-def clean(value: Any) -> Any:
-    """Strict-JSON values: NaN / inf -> None, tuples -> lists, numpy and 0-d torch scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if callable(getattr(value, "item", None)) and not getattr(value, "shape", (1,)):
-        value = value.item()  # a numpy scalar or a 0-d array / tensor (shape () is empty)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def row_for(

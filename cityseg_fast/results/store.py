@@ -18,13 +18,14 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cityseg_fast import jsonsafe
 from cityseg_fast.diskio import append_all, make_dirs
 from cityseg_fast.results.schema import Row
 
 
 def append_row(path: str | os.PathLike, row: Row) -> None:
     """Append one row atomically (one write of the whole line under an exclusive lock, then fsync)."""
-    line = (json.dumps(row.to_json(), sort_keys=True, default=str) + "\n").encode()
+    line = (jsonsafe.dumps(row.to_json(), sort_keys=True, default=str) + "\n").encode()
     p = Path(path)
     make_dirs(p.parent)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
