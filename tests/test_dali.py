@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
-
 import pytest
 import torch
+from engine_fixtures import deadline
 from loader_fixtures import loader_cfg, write_prepared, write_raw
 
 from cityseg_fast.data import dali
@@ -20,22 +18,6 @@ CPU = torch.device("cpu")
 
 def make_cfg(root, backend: str, *extra: str):
     return loader_cfg(root, backend, "loader.num_workers=0", *extra)
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Turn a hang into a test failure."""
-
-    def boom(*_):
-        raise TimeoutError(f"no answer within {seconds} s: the loader hangs")
-
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def all_batches(root, backend, split, *extra):

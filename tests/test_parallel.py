@@ -8,32 +8,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from contextlib import contextmanager
 
 import pytest
-from engine_fixtures import REPO, child_pids
+from engine_fixtures import REPO, child_pids, deadline
 from pool_fixtures import bug_at, fail_at, killed_at, name
 
 from cityseg_fast.data.parallel import RemoteTraceback, run_parallel
 from cityseg_fast.errors import UserError
 
 TESTS = REPO / "tests"
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Turn a hang of the pool into a test failure (SIGALRM interrupts the wait on the workers)."""
-
-    def boom(*_):
-        raise TimeoutError(f"no answer within {seconds} s: the pool hangs")
-
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_results_of_every_task_inline_and_in_workers():
