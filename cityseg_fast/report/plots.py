@@ -116,12 +116,9 @@ def _vs_batch(
     if len({r.point["batch_size"] for r in rows}) < 2:
         return "only one batch size was measured", ""
     keys = [k for k in split_keys(rows)[0] if k not in ("model", "batch_size")]
-    models, cut_models = _best_groups(rows, lambda r: str(r.point.get("model", "?")), value, MAX_PANELS)
-    series, cut_series = _best_groups(rows, lambda r: _series_label(r, keys), value, MAX_SERIES)
-    rows = [r for r in rows if str(r.point.get("model", "?")) in models and _series_label(r, keys) in series]
-    left = ", ".join(f"{n:,} more {what}" for n, what in ((cut_models, "models"), (cut_series, "configurations")) if n)
+    rows, left = _keep_best(rows, keys, value)
     plt = _plt()
-    models = sorted(models)
+    models = sorted({str(r.point.get("model", "?")) for r in rows})
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
@@ -176,7 +173,17 @@ def _vs_batch(
         frameon=False,
     )
     _save(fig, path)
-    return None, (f" Shown: the {len(series)} configurations with the highest values ({left} in results.csv)."
+    return None, left
+
+
+def _keep_best(rows: list[RunRow], keys: Sequence[str], value: Callable[[Row], float | None]) -> tuple[list[RunRow], str]:
+    """The rows of the MAX_PANELS models and MAX_SERIES configurations that reach the highest value, and the
+    caption's note on the rest ('' when nothing was left out)."""
+    models, cut_models = _best_groups(rows, lambda r: str(r.point.get("model", "?")), value, MAX_PANELS)
+    series, cut_series = _best_groups(rows, lambda r: _series_label(r, keys), value, MAX_SERIES)
+    kept = [r for r in rows if str(r.point.get("model", "?")) in models and _series_label(r, keys) in series]
+    left = ", ".join(f"{n:,} more {what}" for n, what in ((cut_models, "models"), (cut_series, "configurations")) if n)
+    return kept, (f" Shown: the {len(series)} configurations with the highest values ({left} in results.csv)."
                   if left else "")  # fmt: skip
 
 
