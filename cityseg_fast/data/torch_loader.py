@@ -34,6 +34,7 @@ from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometr
 from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
 from cityseg_fast.labels import ID_TO_TRAINID
+from cityseg_fast.preemption import ignore_stop_signals
 
 
 class PlanDataset(torch.utils.data.Dataset):
@@ -184,6 +185,8 @@ class TorchLoader(PlannedLoader):
                 "persistent_workers": True,
                 "prefetch_factor": prefetch_factor,  # batches each worker loads ahead
                 "multiprocessing_context": _worker_context(),
+                # A job's SIGTERM reaches every process: the training process saves, its workers must not die
+                "worker_init_fn": ignore_stop_signals,
             }
         self._dl = torch.utils.data.DataLoader(
             dataset,
