@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import signal
 import subprocess
 import time
@@ -140,11 +141,13 @@ def _losses(run_dir) -> dict[int, float]:
 def test_sigterm_saves_where_it_stops_and_a_rerun_matches_an_uninterrupted_run(tmp_path, capsys):
     data = write_tiny_cityscapes(tmp_path / "data")
     out, ref = tmp_path / "run", tmp_path / "ref"
-    extra = {"train.log_interval": 2, "train.ckpt_interval": 50}
+    # A loader worker: SIGTERM goes to every process, as Slurm sends it, and the worker must not die of it.
+    extra = {"train.log_interval": 2, "train.ckpt_interval": 50, "loader.num_workers": 1}
     args = tiny_overrides(data, out, iters=40, **extra)
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen([PY, "-m", "cityseg_fast", "train", *args], cwd=REPO, env=env(),
-                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)  # fmt: skip
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
         try:
             deadline = time.monotonic() + 150
             while time.monotonic() < deadline and proc.poll() is None:
@@ -157,7 +160,7 @@ def test_sigterm_saves_where_it_stops_and_a_rerun_matches_an_uninterrupted_run(t
             refused = capsys.readouterr().err.strip()
             assert len(refused.splitlines()) == 1 and f"pid {proc.pid} on host" in refused, refused
             assert "(cityseg train, since " in refused and "is writing here" in refused
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)  # the process and its loader worker and forkserver
             assert proc.wait(60) == EXIT_PREEMPTED
         finally:
             if proc.poll() is None:

@@ -364,10 +364,10 @@ def run_sweep(
 
 def _run_points(state: _Sweep, live: bool, time_budget_s: float | None, stop: StopRequest) -> None:
     """run_sweep's loop: start what the devices allow, collect what finishes, until nothing is left."""
-    t0, name = time.perf_counter(), state.spec.name
+    t0, name, console = time.perf_counter(), state.spec.name, Console(stderr=True)
     table = state.progress.table(name)
-    with Live(table, console=Console(stderr=True), refresh_per_second=2, transient=False, auto_refresh=live) as view:
-        try:
+    try:
+        with Live(table, console=console, refresh_per_second=2, transient=False, auto_refresh=live) as view:
             while state.todo or state.slots.running:
                 if stop.requested:
                     state.stop()
@@ -379,9 +379,12 @@ def _run_points(state: _Sweep, live: bool, time_budget_s: float | None, stop: St
                 if state.slots.running:
                     state.collect_one(stop)
                     view.update(state.progress.table(name))
-        except BaseException:  # Ctrl-C (or a bug): no child outlives the sweep
-            _stop_children()
-            raise
+    except BaseException:  # Ctrl-C (or a bug): no child outlives the sweep
+        _stop_children()
+        raise
+    finally:
+        if not console.is_terminal:  # rich ends the table there without a newline: the next line would join it
+            console.line()
 
 
 class _Sweep:
