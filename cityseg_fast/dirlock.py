@@ -4,10 +4,12 @@
         ...                                 # a second process that holds(out) meanwhile gets a UserError
 
 `cityseg train`, `sweep`, `study` and `prepare` hold their output directory's lock while they write there. A
-second one is refused with one line naming the holder (pid, host, command, since when), exit 2. The lock
-file stays (its content: who holds it); the lock is the kernel's, and the kernel drops it when the holder
-ends however it ends (a SIGKILL, the out-of-memory killer), so a lock left by a dead process is taken over
-silently. Never unlinked: a process that unlinked it could let two others lock two different files.
+second one is refused with one line naming the holder (pid, host, command, since when: the lock file's
+content), exit 2. The lock is the kernel's, and the kernel drops it when the holder ends however it ends (a
+SIGKILL, the out-of-memory killer), so a lock file left by a dead process is taken over silently. The
+holder removes the file when it releases the lock, so a finished (or refused) command leaves the directory
+as it would be without one; whoever locked a file that was removed meanwhile sees that its inode is no
+longer the path's and locks the new file instead (else two processes could hold two different files).
 
 One process, one writer: holding a directory this process already holds nests (a study holds its folder,
 then its sweep asks for it again). The ranks of a torchrun job are one writer: rank 0 alone takes the lock
@@ -58,6 +60,7 @@ class DirLock:
             return
         _HELD.pop(self.path, None)
         if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: no one else holds this file now
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = None
 
@@ -80,24 +83,40 @@ def hold(directory: str | os.PathLike, command: str, scope: str | None = None) -
     if mine is not None:
         mine.holds += 1
         return mine
-    with disk_full_is_user_error(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+    while True:
+        with disk_full_is_user_error(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
             os.close(fd)
-            raise UserError(f"{directory}: {_holder(path)} is writing here; wait for it to end or use another "
-                            "output directory") from None  # fmt: skip
-        os.close(fd)
-        if e.errno not in UNSUPPORTED:
-            raise
-        print(f"warning: {directory}: not locked, the filesystem refuses flock ({e.strerror}): a second "
-              "writer would not be refused", file=sys.stderr, flush=True)  # fmt: skip
-        return DirLock(path, None)
+            return _not_locked(directory, path, e)
+        if _still_there(fd, path):
+            break
+        os.close(fd)  # its holder removed it between our open and our lock: lock the path's new file
     _write_holder(fd, path, command)
     lock = _HELD[path] = DirLock(path, fd)
     return lock
+
+
+def _not_locked(directory: Path, path: Path, e: OSError) -> DirLock:
+    """flock's refusal: another holder (a UserError naming it), or a filesystem without flock (a warning)."""
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        raise UserError(f"{directory}: {_holder(path)} is writing here; wait for it to end or use another "
+                        "output directory") from None  # fmt: skip
+    if e.errno not in UNSUPPORTED:
+        raise e
+    print(f"warning: {directory}: not locked, the filesystem refuses flock ({e.strerror}): a second writer "
+          "would not be refused", file=sys.stderr, flush=True)  # fmt: skip
+    return DirLock(path, None)
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether the file `fd` locks is still the one at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -120,7 +139,7 @@ def _write_holder(fd: int, path: Path, command: str) -> None:
 
 def _holder(path: Path) -> str:
     """'pid 123 on host n7 (cityseg train, since 2025-01-01T09:00:00+01:00)', from the lock file. The holder
-    writes it just after locking: an empty file is read again for a moment."""
+    writes it just after locking: an empty (or just removed) file is read again for a moment."""
     for _ in range(10):
         try:
             who = json.loads(path.read_text())

@@ -1,5 +1,6 @@
-"""One writer per directory: a live holder is named and refused, a dead one's lock is taken over silently,
-holds nest in one process, sweep shards have their own locks; prepare and sweep refuse a second writer."""
+"""One writer per directory: a live holder is named and refused, a dead one's lock is taken over silently, a
+released one's file is gone, holds nest in one process, sweep shards have their own locks; prepare and sweep
+refuse a second writer."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def test_holds_nest_in_one_process_and_sweep_shards_lock_apart(tmp_path):
     assert outer.fd is not None  # the inner release left the outer hold
     assert f"pid {os.getpid()} on host" in _refused_elsewhere(tmp_path)  # and it still keeps others out
     outer.release()
-    assert outer.fd is None and _refused_elsewhere(tmp_path) == ""
+    assert outer.fd is None and not (tmp_path / dirlock.LOCK_FILE).exists()  # released: the file is gone
+    assert _refused_elsewhere(tmp_path) == ""
     with dirlock.held(tmp_path, "cityseg sweep", "results.shard-0-of-2"):
         with dirlock.held(tmp_path, "cityseg sweep", "results.shard-1-of-2") as second:
             assert second.path.name == ".cityseg.results.shard-1-of-2.lock"
@@ -78,5 +80,8 @@ def test_a_second_prepare_or_sweep_into_a_live_folder_is_refused(tmp_path, capsy
             run_sweep(SweepSpec(name="t", points=[]), out, live=False)
     finally:
         proc.communicate("")
-    assert main(prepare) == 0  # once it has ended; its lock file does not make `out` "not empty"
-    assert (out / "manifest.json").is_file()
+    proc = _holder(out, "cityseg prepare")
+    proc.send_signal(signal.SIGKILL)  # a killed holder's lock file stays ...
+    proc.wait()
+    assert main(prepare) == 0  # ... and does not make `out` "not empty": taken over
+    assert (out / "manifest.json").is_file() and not (out / dirlock.LOCK_FILE).exists()

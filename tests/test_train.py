@@ -30,8 +30,9 @@ from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.dirlock import LOCK_FILE
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.engine.step import SegLoss
-from cityseg_fast.engine.train import Schedule, train
+from cityseg_fast.engine.train import LogWindow, Schedule, train
 from cityseg_fast.errors import EXIT_PREEMPTED
+from cityseg_fast.preemption import catch_stop_signals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -275,6 +276,24 @@ def test_schedule_logs_evaluates_and_checkpoints_at_each_interval_and_the_last_i
     assert [i for i, d in due.items() if d.eval] == [23]
     assert [i for i, d in due.items() if d.ckpt] == [10, 20, 23]
     assert [i for i, d in due.items() if d.pause] == [10, 20, 23]  # buffers broadcast before eval / ckpt
+
+
+def test_a_stop_signal_sets_a_flag_that_the_log_sync_carries_and_turns_the_due_actions_into_a_save():
+    before = signal.getsignal(signal.SIGUSR1)
+    window = LogWindow(torch.device("cpu"), 0, 0.0)
+    window.add(torch.tensor(2.0))
+    window.add(torch.tensor(4.0))
+    with catch_stop_signals() as stop:
+        assert window.sync(1, stop.requested) == (3.0, False)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the handler only records it
+        assert stop.requested and stop.name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) == before  # restored after the block
+    window.next(10, 0.0)
+    window.add(torch.tensor(1.0))
+    assert window.sync(1, True) == (1.0, True)  # the same all-reduce as the loss (a no-op in one process)
+    due = Schedule(iters=100, log=5, eval=5, ckpt=50).due(5)
+    assert (due.eval, due.ckpt, due.stop) == (True, False, False)
+    assert (due.stopping().eval, due.stopping().ckpt, due.stopping().stop) == (False, True, True)
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
