@@ -158,8 +158,8 @@ def start_point(
     sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()
 ) -> Callable[[], Row | None]:
     """Start one point in a fresh subprocess (on `devices` when given); the function returned waits for
-    it and returns its schema row (ok, oom or error), or None when a stop signal ended it first. Call it from the thread that lives longest: the
-    child's parent-death signal follows the thread that started it."""
+    it and returns its schema row (ok, oom or error), or None when a stop signal ended it first. Call it
+    from the thread that lives longest: the child's parent-death signal follows the thread that started it."""
     cfg_path = work / f"{sp.scenario}-{sp.id}.yaml"
     row_path = work / f"{sp.scenario}-{sp.id}.jsonl"
     dump_config(sp.cfg, cfg_path)

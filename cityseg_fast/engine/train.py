@@ -24,11 +24,10 @@ resumes from that checkpoint exactly. The worst case, a signal just after a log 
 period (Slurm's KillWait, or the `--signal=...@SECONDS` lead; under torchrun also its `--shutdown-timeout`,
 30 s by default) of
 
-    grace >= train.log_interval x (seconds per iteration) + one checkpoint write (+ start-up, if signalled
-             before the first log interval)
+    grace >= train.log_interval x (seconds per iteration) + one checkpoint write
 
-An evaluation under way when the signal comes is finished first (its time adds to the bound if
-train.eval_interval is not a multiple of the log interval).
+plus any evaluation or regular checkpoint the schedule puts between the signal and that log interval
+(one under way is finished first), and the set-up when the signal comes before the first log interval.
 
 Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
 another place for the events (TensorBoard beside metrics.jsonl) is a second `EventLog`, added in
