@@ -1,4 +1,4 @@
-"""Preemption: SIGTERM or SIGUSR1 (a cluster's time limit or preemption) recorded as a flag, never acted on in the handler.
+"""Preemption: SIGTERM and SIGUSR1 (a time limit, a preemption) set a flag, read where the work can stop.
 
     with catch_stop_signals() as stop:     # the handlers for the block, the previous ones restored after
         ...
