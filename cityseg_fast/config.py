@@ -73,10 +73,12 @@ class DataConfig(_Section):
 @dataclass(frozen=True)
 class LoaderConfig(_Section):
     backend: str = "dali"  # which loader (data/factory.py); the words every key takes: CHOICES
-    device: str = "auto"  # dali only: where decode + augmentation run; auto = where the model runs
+    device: str = "auto"  # where decode + augmentation run; dali: auto = where the model runs; torch: auto/cpu =
+    # its DataLoader on CPU workers, gpu = its nvJPEG loader (torch ops on the training GPU)
     batch_size: int = 8  # per rank
     eval_batch_size: int = 1  # per rank
-    num_workers: int = 2  # torch DataLoader worker processes
+    decoder: str = "torchvision"  # torch: torchvision.io (to a tensor; the faster on the CPU: data/decode.py) | pil
+    num_workers: int = 2  # torch DataLoader worker processes (loader.device=gpu: file-reading threads)
     num_threads: int = 0  # DALI CPU threads; 0 = the cores available per GPU rank (hardware.cores_per_rank)
     prefetch_queue_depth: int = 2  # DALI: batches the pipeline prepares ahead
     prefetch_factor: int = 2  # torch DataLoader: batches each worker loads ahead (torch's own default)

@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
 CHOICES: dict[str, tuple[str | None, ...]] = {
     "loader.backend": ("dali", "torch", "synthetic"),
     "loader.device": ("auto", "gpu", "cpu"),  # dali: where it runs; auto follows the device (hardware.loader_device)
+    "loader.decoder": ("torchvision", "pil"),  # torch: gpu decodes with nvJPEG through torchvision.io only
     "loader.roi": ("slice", "resize"),
     "loader.resampler": ("auto", "dali", "torch"),
     "model.upsample": ("bilinear", "transposed", None),

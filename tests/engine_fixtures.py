@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cityseg_fast.bench.sweep import _DIE_WITH_PARENT  # PR_SET_PDEATHSIG: the child stops when we die
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -115,7 +117,9 @@ def env() -> dict[str, str]:
 
 
 def _start(cmd: list[str]) -> subprocess.Popen:
-    """Start `cmd` from the repo root with the test environment, both streams captured."""
+    """Start `cmd` from the repo root with the test environment, both streams captured, in a process group
+    of its own (its workers, torchrun's ranks and DALI's processes with it: `_kill_group` stops them all),
+    and told to stop when the test process dies (so a killed pytest leaves no child on the GPU)."""
     return subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -124,17 +128,33 @@ def _start(cmd: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_DIE_WITH_PARENT,
     )
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group (it leads it: start_new_session), then reap the child."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
 def _finish(proc: subprocess.Popen, timeout: float, check: bool) -> subprocess.CompletedProcess:
-    """Wait for `proc`; a timeout or (with check) a non-zero exit fails the test with both streams' tails."""
+    """Wait for `proc`; a timeout or (with check) a non-zero exit fails the test with both streams' tails.
+    On a timeout, or anything else that ends the wait (the suite's per-test time limit), the child's
+    whole process group is killed: no worker of it keeps running into the next test."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_group(proc)
         out, err = proc.communicate()
         raise AssertionError(f"{proc.args[2]} timed out\nstdout:\n{out}\nstderr:\n{err}") from None
+    except BaseException:
+        _kill_group(proc)
+        proc.communicate()
+        raise
     p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}")
@@ -142,6 +162,7 @@ def _finish(proc: subprocess.Popen, timeout: float, check: bool) -> subprocess.C
 
 
 def _run(cmd: list[str], timeout: float, check: bool) -> subprocess.CompletedProcess:
+    """Run `cmd` to the end (see _start and _finish)."""
     return _finish(_start(cmd), timeout, check)
 
 
@@ -206,7 +227,7 @@ def torchrun_nodes(nnodes: int, *args: str, timeout: float = 240) -> list[subpro
     finally:
         for p in procs:  # a node that failed leaves the others waiting for it
             if p.poll() is None:
-                p.kill()
+                _kill_group(p)
                 p.communicate()
 
 

@@ -4,7 +4,12 @@
 
 The loop only pulls batches (the consumer does no work), so the numbers are the loader's ceiling
 at this setting. `--decode-only` runs the same backend over the same files with the same decoder
-but decodes full frames and does nothing else: the rate a loader is compared with.
+but decodes full frames and does nothing else: the rate a loader is compared with. On a GPU a batch
+counts once the consumer's stream has it (an event on that stream, not a device-wide sync, which would
+also wait for the loader's own prefetching). Loaders that time their stages (handoff.StageTimes: the
+torch backends) split the CPU ms per image into decode, transform and hand-off. Memory baselines start
+from released pools (bench.memory.release_pools) and a reset host peak, so a point measured after
+another in the same process does not inherit its pools or its peak.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cityseg_fast.bench.memory import release_pools
 from cityseg_fast.bench.timing import latency_metrics, summarize
 from cityseg_fast.config import Config
 from cityseg_fast.data.factory import build_loader
+from cityseg_fast.data.handoff import STAGES
 from cityseg_fast.data.plan import endless
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cpu_count, resolve_device
@@ -25,9 +32,11 @@ from cityseg_fast.memstats import (
     NvmlDevice,
     descendants,
     host_peak_rss_mib,
+    reset_host_peak,
     torch_memory_mib,
     tree_memory_mib,
 )
+from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, LOADER_DECODER
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -71,6 +80,8 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
     if iters < 1 or warmup < 0:
         raise UserError(f"bench loader: --iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     device = resolve_device()  # CUDA initialised first: its context is in the GPU memory baseline
+    release_pools(device)  # an earlier point's cached blocks (DALI's, torch's) are not this loader's
+    reset_host_peak()
     gpu = GpuMemory.before_loader(device)
     try:
         loader = build_loader(cfg, cfg.data.train_split, train=True, device=device)
@@ -88,28 +99,27 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
 
 
 def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> dict[str, Any]:
-    import torch
-
-    on_gpu = loader_device(loader).type == "cuda"
+    arrived = _arrival(loader_device(loader))
     batches = (b for _, b in endless(loader))
     n_images, lat = 0, []
     try:
         for _ in range(warmup):
-            next(batches)
-        if on_gpu:
-            torch.cuda.synchronize()  # start the clock with no copies still in flight
+            b = next(batches)
+        if warmup:
+            arrived(b)  # start the clock with no copy of the warm-up still in flight
+        stages0 = getattr(loader, "stages", None)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         last = t0
         for _ in range(iters):
             b = next(batches)
-            if on_gpu:
-                torch.cuda.synchronize()  # a batch counts when its data is on the device, not when queued
+            arrived(b)
             now = time.perf_counter()
             lat.append(now - last)
             last = now
             n_images += b.image.shape[0]
         wall = time.perf_counter() - t0
         cpu1 = cpu_seconds()
+        stages = loader.stages.per_image_ms(stages0) if stages0 is not None else {}
     finally:
         batches.close()
     cores = cpu_count() or os.cpu_count() or 1
@@ -123,10 +133,29 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
         "cpu_cores_used": busy,
         # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles)
         "cpu_ms_per_image": 1e3 * cpu / max(1, n_images),
+        **({} if not stages else dict(zip(CPU_MS_BY_STAGE, (stages[k] for k in STAGES), strict=True))),
         "wall_s": wall,
         "loader_description": loader.description,
+        LOADER_DECODER: getattr(loader, "decoder", None),
         "batch_size": int(b.image.shape[0]),
     }
+
+
+def _arrival(device: Any) -> Any:
+    """A function that returns once a batch's data is on the device for its consumer: on a GPU, an event
+    recorded on the consumer's (current) stream and waited for: the loader's copies and kernels for this
+    batch are ordered before it on that stream, while its prefetching of later batches on its own streams
+    is not waited for (torch.cuda.synchronize() would wait for those too and understate the rate)."""
+    if device.type != "cuda":
+        return lambda batch: None
+    import torch
+
+    def arrived(batch: Any) -> None:
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(device))
+        done.synchronize()  # the measurement boundary: a batch counts when its data is on the device
+
+    return arrived
 
 
 def host_memory() -> dict[str, Any]:

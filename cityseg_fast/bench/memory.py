@@ -4,7 +4,9 @@
         run_the_point()
     metrics = mon.metrics()   # mem_torch_peak_allocated_mib, mem_nvml_used_mib, gpu_power_w, ...
 
-- torch peaks (allocated / reserved) are reset on entry, so they belong to this point only;
+- torch peaks (allocated / reserved) are reset on entry, so they belong to this point only, after
+  `release_pools`: the blocks an earlier point of the same process left cached in DALI's and torch's
+  pools are given back first, so NVML's reading is this point's;
 - NVML (device memory used, power, SM clock, utilisation) is sampled in a daemon thread; without
   NVML or a GPU the thread never starts and those metrics are None (never an error);
 - host peak RSS is the larger of getrusage's ru_maxrss and /proc/self/status VmHWM; VmHWM is reset
@@ -20,10 +22,21 @@ import threading
 import time
 from typing import Any
 
+from cityseg_fast.data.dali.memory import release_unused_memory
 from cityseg_fast.hardware import cpu_count, init_cuda
 from cityseg_fast.memstats import MIB, NvmlDevice, host_peak_rss_mib, reset_host_peak
 
-__all__ = ["MIB", "MemoryMonitor", "NvmlSampler", "host_peak_rss_mib", "reset_host_peak"]
+__all__ = ["MIB", "MemoryMonitor", "NvmlSampler", "host_peak_rss_mib", "release_pools", "reset_host_peak"]
+
+
+def release_pools(device: Any) -> None:
+    """Give back the cached blocks nothing uses any more: DALI's pools (device and pinned host, if DALI
+    was imported at all) and, on a GPU, torch's caching allocator. Before a point's memory baseline."""
+    import torch
+
+    release_unused_memory()
+    if torch.device(device).type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class NvmlSampler:
@@ -122,6 +135,7 @@ class MemoryMonitor:
 
         if self.cuda:
             init_cuda(self.device)  # idempotent; the allocator must exist before its peaks are reset
+            release_pools(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.nvml = NvmlSampler(self.device, self.sample_interval_s)
             self.nvml.start()

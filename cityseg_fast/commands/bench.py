@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset root (raw Cityscapes or prepared); sets data.root")
     p.add_argument("--loader", choices=CHOICES["loader.backend"], help="sets loader.backend")
-    p.add_argument("--device", choices=CHOICES["loader.device"], help="dali: where decode runs; sets loader.device")
+    p.add_argument("--device", choices=CHOICES["loader.device"], help="where decode runs (dali; torch: gpu = its nvJPEG loader); sets loader.device")
     p.add_argument("--crop", metavar="HxW", help="training crop / input size, e.g. 512x1024; sets data.crop")
     p.add_argument("--batch-size", type=int, metavar="N", help="sets loader.batch_size")
     p.add_argument("--iters", type=int, metavar="K", help="timed iterations; sets bench.iters")

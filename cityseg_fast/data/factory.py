@@ -5,7 +5,9 @@ epoch on this rank), `set_epoch(epoch)`, `samples` (the whole split), `num_sampl
 rank sees per epoch), `description` and `close()`:
 
     dali       DALI pipeline, decode + augmentation on the GPU (`mixed`) or the CPU (dali/)
-    torch      PIL + DataLoader baseline doing the same work (torch_loader.py)
+    torch      DataLoader baseline doing the same work, decoding with torchvision.io or PIL
+               (`loader.decoder`; torch_loader.py); with loader.device=gpu, nvJPEG through
+               torchvision.io and torch ops on the GPU (torch_gpu_loader.py)
     synthetic  fixed random on-device batches: the I/O-free upper bound (synthetic_loader.py)
 """
 
@@ -20,6 +22,7 @@ from cityseg_fast.data.cityscapes import find_samples
 from cityseg_fast.data.dali import dali_available
 from cityseg_fast.data.plan import LoaderSpec
 from cityseg_fast.data.synthetic_loader import SyntheticLoader
+from cityseg_fast.data.torch_gpu_loader import TorchGpuLoader
 from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import cores_per_rank, loader_device, resolve_device
@@ -43,6 +46,20 @@ def dali_device(requested: str, device: torch.device) -> str:
     if where == "gpu" and not torch.cuda.is_available():
         raise UserError("loader.device=gpu: no CUDA GPU is available here (use auto or cpu)")
     return where
+
+
+def torch_loader(samples: list, spec: LoaderSpec, cfg: Config) -> Loader:
+    """The torch backend: DataLoader workers on the CPU (loader.device auto | cpu), or nvJPEG and torch ops
+    on the training GPU (loader.device=gpu, the torchvision decoder only)."""
+    lc = cfg.loader  # loader.device and loader.decoder are CHOICES words: the config checked them
+    if lc.device != "gpu":
+        return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_factor=lc.prefetch_factor,
+                           pin_memory=lc.pin_memory, decoder=lc.decoder)  # fmt: skip
+    if spec.device.type != "cuda":
+        raise UserError(f"loader.device=gpu: the torch backend decodes on the training GPU, but the training device is {spec.device} (use auto or cpu)")
+    if lc.decoder != "torchvision":
+        raise UserError(f"loader.device=gpu decodes with nvJPEG through torchvision.io: loader.decoder={lc.decoder} runs on the CPU only")
+    return TorchGpuLoader(samples, spec, num_threads=lc.num_workers, prefetch=lc.prefetch_factor)
 
 
 def loader_spec(cfg: Config, train: bool, rank: int, world_size: int, device: torch.device) -> LoaderSpec:
@@ -94,8 +111,7 @@ def build_loader(
         return SyntheticLoader(samples, spec, cfg.data.num_classes)
     samples = find_samples(data_root(cfg), split)
     if backend == "torch":
-        return TorchLoader(samples, spec, num_workers=lc.num_workers, prefetch_factor=lc.prefetch_factor,
-                           pin_memory=lc.pin_memory)  # fmt: skip
+        return torch_loader(samples, spec, cfg)
 
     if not dali_available():
         raise UserError(

@@ -19,16 +19,43 @@ import torch
 
 from cityseg_fast.data.batch import Batch, to_layout
 
+STAGES = ("decode", "transform", "handoff")
+
+
+class StageTimes(NamedTuple):
+    """CPU seconds a loader spent on `images` images, by stage: decode (reading and decoding the files),
+    transform (crop, resize, flip, label mapping), hand-off (batching, copying, normalizing, delivering).
+    Each stage is timed on the thread that runs it (time.thread_time), wherever that thread lives."""
+
+    decode: float = 0.0
+    transform: float = 0.0
+    handoff: float = 0.0
+    images: int = 0
+
+    def plus(self, other: StageTimes | None, handoff_s: float = 0.0) -> StageTimes:
+        o = other or StageTimes()
+        return StageTimes(self.decode + o.decode, self.transform + o.transform,
+                          self.handoff + o.handoff + handoff_s, self.images + o.images)  # fmt: skip
+
+    def per_image_ms(self, since: StageTimes) -> dict[str, float]:
+        """{'decode': ms, 'transform': ms, 'handoff': ms} per image since an earlier reading; {} if none."""
+        n = self.images - since.images
+        if n <= 0:
+            return {}
+        return {k: 1e3 * (getattr(self, k) - getattr(since, k)) / n for k in STAGES}
+
 
 class HostBatch(NamedTuple):
     """image: uint8 N x H x W x 3; target: uint8 or int64 N x H x W, or None (decode-only);
     sizes: int64 N x 2, the valid (h, w) of each image from its top-left corner (the rest is
-    padding), or None when nothing is padded; index: as Batch.index."""
+    padding), or None when nothing is padded; index: as Batch.index; stages: the CPU time its
+    samples cost so far (StageTimes), where the producer timed it."""
 
     image: torch.Tensor
     target: torch.Tensor | None
     sizes: torch.Tensor | None
     index: torch.Tensor | None
+    stages: StageTimes | None = None
 
 
 def pinned(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The `torch` loader backend: a Dataset + DataLoader baseline doing the same work as the DALI pipeline.
+"""The `torch` backend: a Dataset + DataLoader baseline doing the same work as the DALI pipeline.
 
 Same plan (plan.py: sharding, per-epoch shuffle, one random draw per sample), same geometry (crop
 before resize: only the source window of the crop is converted and resized), nearest for labels,
@@ -7,8 +7,13 @@ DeepLearningExamples tune theirs: workers return uint8 crops (4x less to move be
 than float) collated straight into shared memory, normalization and channels_last happen on the
 training device, batches are pinned and copied non-blocking, and on a GPU a side-stream prefetcher
 overlaps the copy and the normalization of batch k+1 with the step on batch k (handoff.py). Workers are
-persistent. PIL decodes (libjpeg-turbo, and palette label PNGs keep their indices); the resizes and
-the normalization are torch's SIMD uint8 kernels (resample.py), faster than PIL's resize (reports/cpu-loaders/).
+persistent. `loader.decoder` picks the decoder (decode.py): torchvision.io (the default: libjpeg-turbo
+straight to a tensor) or PIL; palette label PNGs keep their indices either way. The resizes and the
+normalization are torch's SIMD uint8 kernels (resample.py), faster than PIL's resize (reports/cpu-loaders/).
+
+Each batch carries the CPU time its samples cost in the workers, by stage (decode, transform, and the
+collate as the start of the hand-off); the main process adds its own hand-off and sums them in
+`loader.stages` (handoff.StageTimes), which `cityseg bench loader` reports per image.
 
 Workers start from a forkserver (see `_worker_context`), so, as with `spawn`, a script that builds
 this loader needs the usual `if __name__ == "__main__":` guard (the `cityseg` CLI has it).
@@ -19,16 +24,26 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import multiprocessing.connection
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cityseg_fast.data.batch import Batch
-from cityseg_fast.data.cityscapes import label_size_error, load_label_array
-from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, finish
+from cityseg_fast.data.cityscapes import label_size_error
+from cityseg_fast.data.decode import (
+    DECODER_NAMES,
+    DecodeError,
+    decode_image,
+    decode_label,
+    size_of,
+    torchvision_io,
+    whole,
+    window,
+)
+from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch, StageTimes, finish
 from cityseg_fast.data.parallel import process_death
 from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometry
 from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
@@ -38,10 +53,11 @@ from cityseg_fast.preemption import ignore_stop_signals
 
 
 class PlanDataset(torch.utils.data.Dataset):
-    """Reads one plan Item: decode with PIL, crop-before-resize, flip; returns uint8 arrays."""
+    """Reads one plan Item: decode (decode.py), crop-before-resize, flip; returns uint8 tensors and the
+    thread CPU seconds of its decode and transform stages."""
 
-    def __init__(self, samples: list, spec: LoaderSpec) -> None:
-        self.samples, self.spec = samples, spec
+    def __init__(self, samples: list, spec: LoaderSpec, decoder: str = "torchvision") -> None:
+        self.samples, self.spec, self.decoder = samples, spec, decoder
         self.lut = np.asarray(ID_TO_TRAINID, dtype=np.uint8)
 
     def __len__(self) -> int:
@@ -49,91 +65,75 @@ class PlanDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: Item) -> tuple | str:
         try:
+            if torch.utils.data.get_worker_info() is None:  # loading on the caller's thread (num_workers=0)
+                with one_thread():  # its thread CPU time is then all of the stage's CPU time
+                    return self._load(item)
             return self._load(item)
-        except _DecodeError as e:
+        except DecodeError as e:
             return str(e)  # a plain message survives the worker boundary intact; raised in the main process
 
-    def _open(self, path, mode: str):
-        try:
-            im = Image.open(path)
-            im.load()  # decode now, so a corrupt file fails here and is named
-            if mode == "L" and im.mode == "P":
-                return im  # a palette label's indices are its ids (as read_label); NEAREST keeps them
-            return im.convert(mode) if im.mode != mode else im
-        except Exception as e:
-            raise _DecodeError(f"{path}: cannot decode ({type(e).__name__})") from None
-
-    def _open_array(self, path) -> np.ndarray:
-        try:
-            return load_label_array(path)
-        except UserError as e:
-            raise _DecodeError(str(e)) from None
-
     def _load(self, item: Item) -> tuple:
-        s = self.samples[item.source]
-        img = self._open(s.image, "RGB")
-        spec = self.spec
-        if spec.decode_only:
-            return _tensor(img), None, item.index
-        lab = self._open_array(s.label) if s.label.suffix == ".npy" else self._open(s.label, "L")
-        lab_hw = tuple(lab.shape) if isinstance(lab, np.ndarray) else (lab.height, lab.width)
-        if lab_hw != (img.height, img.width):  # PIL's crop would pad it with 0 (road): refuse
-
-            raise _DecodeError(label_size_error(s.label, lab_hw, s.image, (img.height, img.width)))
+        s, spec = self.samples[item.source], self.spec
+        t0 = time.thread_time()
+        img = decode_image(s.image, self.decoder)
+        hw = size_of(img)
+        if spec.decode_only:  # decoded to a tensor: torchvision's is a view (the collate's copy is its one
+            image = whole(img)  # copy); PIL's export copy is part of decoding to a tensor
+            return image, None, item.index, (time.thread_time() - t0, 0.0)
+        lab = decode_label(s.label, self.decoder)
+        if size_of(lab) != hw:  # a crop would pad it with 0 (road): refuse
+            raise DecodeError(label_size_error(s.label, size_of(lab), s.image, hw))
+        t1 = time.thread_time()
         if spec.train:
-            g = crop_geometry((img.height, img.width), spec.crop, item.aug)
-            box = (g.x, g.y, g.x + g.w, g.y + g.h)  # convert only the window: crop before resize
-            image = resize_image(_tensor(img.crop(box)), (g.out_h, g.out_w))
-            if isinstance(lab, np.ndarray):  # a memory-mapped array: read the window's rows only
-                window = torch.from_numpy(np.array(lab[g.y : g.y + g.h, g.x : g.x + g.w]))
-            else:
-                window = _tensor(lab.crop(box))
-            label = resize_label(window, (g.out_h, g.out_w))
+            g = crop_geometry(hw, spec.crop, item.aug)
+            # crop before resize: only the window is converted (PIL) or read (.npy) and resized
+            image = resize_image(window(img, g.y, g.x, g.h, g.w), (g.out_h, g.out_w))
+            label = resize_label(window(lab, g.y, g.x, g.h, g.w), (g.out_h, g.out_w))
             if g.flip:
                 image, label = image.flip(1), label.flip(1)
         else:
-            image, label = _tensor(img), _tensor(lab)
+            image, label = whole(img), whole(lab)
             if spec.eval_size is not None:
                 image = resize_image(image, spec.eval_size)
                 if spec.eval_label_resize:
                     label = resize_label(label, spec.eval_size)
         if s.label_kind == "labelIds":  # after the geometry: map crop-sized labels, not frames
             label = torch.from_numpy(self.lut[label.numpy()])
-        return image, label, item.index
-
-
-def _tensor(im) -> torch.Tensor:
-    """PIL image (or memory-mapped array) -> uint8 H x W (x 3) tensor (a writable copy)."""
-    return torch.from_numpy(np.array(im))
-
-
-class _DecodeError(Exception):
-    pass
+        return image, label, item.index, (t1 - t0, time.thread_time() - t1)
 
 
 def collate(items: list, pad_to: tuple[int, int] = (0, 0)) -> HostBatch | str:
     """Stack uint8 HxWx3 images, labels padded with 255, to the batch's largest size and at least
-    `pad_to` (training: the crop, so that every batch has the same shape as DALI's)."""
+    `pad_to` (training: the crop, so that every batch has the same shape as DALI's). The batch carries
+    its samples' decode and transform CPU seconds, and this copy's as the start of its hand-off."""
     for it in items:
         if isinstance(it, str):
             return it
+    t0 = time.thread_time()
     n = len(items)
     H = max(pad_to[0], *(it[0].shape[0] for it in items))
     W = max(pad_to[1], *(it[0].shape[1] for it in items))
     images = _buffer((n, H, W, 3), 0)
     sizes = torch.empty((n, 2), dtype=torch.int64)
-    for k, (img, _, _) in enumerate(items):
+    for k, it in enumerate(items):
+        img = it[0]
         images[k, : img.shape[0], : img.shape[1]] = img
         sizes[k, 0], sizes[k, 1] = img.shape[0], img.shape[1]
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
-    if items[0][1] is None:  # decode-only
-        return HostBatch(images, None, None, index)
-    lh = max(pad_to[0], *(it[1].shape[0] for it in items))
-    lw = max(pad_to[1], *(it[1].shape[1] for it in items))
-    labels = _buffer((n, lh, lw), 255)
-    for k, (_, lab, _) in enumerate(items):
-        labels[k, : lab.shape[0], : lab.shape[1]] = lab
-    return HostBatch(images, labels, sizes, index)
+    labels = None
+    if items[0][1] is None:  # decode-only: no labels, and nothing is normalized, so nothing to pad
+        sizes = None
+    else:
+        lh = max(pad_to[0], *(it[1].shape[0] for it in items))
+        lw = max(pad_to[1], *(it[1].shape[1] for it in items))
+        labels = _buffer((n, lh, lw), 255)
+        for k, it in enumerate(items):
+            labels[k, : it[1].shape[0], : it[1].shape[1]] = it[1]
+    stages = StageTimes(
+        decode=sum(it[3][0] for it in items), transform=sum(it[3][1] for it in items),
+        handoff=time.thread_time() - t0, images=n,
+    )  # fmt: skip
+    return HostBatch(images, labels, sizes, index, stages)
 
 
 def _buffer(shape: tuple, fill: int) -> torch.Tensor:
@@ -172,22 +172,26 @@ class TorchLoader(PlannedLoader):
         num_workers: int,
         prefetch_factor: int = 2,
         pin_memory: bool = True,
+        decoder: str = "torchvision",
     ) -> None:
         super().__init__(samples, spec)
         on_gpu = spec.device.type == "cuda"
+        self.decoder = DECODER_NAMES[decoder]  # a CHOICES word: the config checked it
+        self.stages = StageTimes()  # CPU time by stage of the batches handed out so far
         self._norm = Normalizer(spec.mean, spec.std, device=spec.device)
         # The finished batches the consumer holds at once (a step's and the next); GPU: the caching allocator.
         self._pool = BufferPool(4) if not on_gpu else None
-        dataset = PlanDataset(self.samples, spec)
+        dataset = PlanDataset(self.samples, spec, decoder)
         kw: dict[str, Any] = {}
         if num_workers > 0:
             kw = {
                 "persistent_workers": True,
                 "prefetch_factor": prefetch_factor,  # batches each worker loads ahead
                 "multiprocessing_context": _worker_context(),
-                # A job's SIGTERM reaches every process: the training process saves, its workers must not die
-                "worker_init_fn": ignore_stop_signals,
+                "worker_init_fn": functools.partial(_init_worker, decoder),
             }
+        else:
+            _import_decoder(decoder)
         self._dl = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=_PlanBatches(self),
@@ -200,7 +204,7 @@ class TorchLoader(PlannedLoader):
             **kw,
         )
         mode = "decode-only" if spec.decode_only else ("train" if spec.train else "eval")
-        self.description = f"torch ({num_workers} workers, {mode})"
+        self.description = f"torch ({num_workers} workers, {mode}, decoder {self.decoder})"
 
     def close(self) -> None:
         it = getattr(self._dl, "_iterator", None)
@@ -239,6 +243,12 @@ class TorchLoader(PlannedLoader):
 
     def _finish(self, b: HostBatch) -> Batch:
         """uint8 N x H x W x 3 on the host -> the Batch on the device (handoff.finish)."""
+        t0 = time.thread_time()
+        batch = self._deliver(b)
+        self.stages = self.stages.plus(b.stages, time.thread_time() - t0)
+        return batch
+
+    def _deliver(self, b: HostBatch) -> Batch:
         if self.device.type != "cpu":
             return finish(b, self.device, self._norm, self.spec.channels_last)
 
@@ -248,6 +258,20 @@ class TorchLoader(PlannedLoader):
             target_out = self._pool.get(tuple(b.target.shape), torch.int64)
         with one_thread():  # the workers hold the cores: no spinning OpenMP pool
             return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
+
+
+def _init_worker(decoder: str, worker_id: int) -> None:
+    """A worker's start. A job's SIGTERM reaches every process: the training process saves and then stops
+    its workers, which must not die of it first (preemption.py). Then the decoder's import."""
+    ignore_stop_signals()
+    _import_decoder(decoder, worker_id)
+
+
+def _import_decoder(decoder: str, worker_id: int = 0) -> None:
+    """Import the decoder before the first sample: its import (a second for torchvision) is start-up, not
+    the first batch's decode time."""
+    if decoder == "torchvision":
+        torchvision_io()
 
 
 def _dead_worker(iterator: Any, wait_s: float = 2.0) -> mp.process.BaseProcess | None:

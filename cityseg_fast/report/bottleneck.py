@@ -11,7 +11,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cityseg_fast.report.format import DASH, fmt_mib, fmt_num, fmt_pct, md_table, sort_rows
-from cityseg_fast.report.runs import Run, flat_point, loader_label, point_keys, point_label, split_keys
+from cityseg_fast.report.runs import (
+    Run,
+    flat_point,
+    loader_label,
+    point_keys,
+    point_label,
+    row_decoder,
+    split_keys,
+)
 from cityseg_fast.results import Row
 from cityseg_fast.results.derive import (
     E2E_CORES_TO_FEED,
@@ -117,7 +125,10 @@ COLUMNS: list[tuple[str, str | None, Callable[[dict[str, Any]], str]]] = [
 NOTE = (
     "\n\nlimit = the throughput end to end could reach from the loader alone and the model alone at the same "
     "point: the slower of the two when the model runs on a GPU (min: the stages overlap), 1/(1/loader + "
-    "1/model) when both take turns on the same CPU cores (shared). e2e efficiency = end to end ÷ limit "
+    "1/model) when both take turns on the same CPU cores (shared). The min assumes the loader and the model "
+    "do not share the GPU: a loader that decodes or resizes on the GPU (DALI mixed, nvJPEG) takes SMs and "
+    "memory bandwidth from the model, so its limit is optimistic and such a row's efficiency understates "
+    "the overlap. The loader column names the decoder each row ran. e2e efficiency = end to end ÷ limit "
     "(100% = nothing lost to the combination). The bottleneck is the slower stage; 'overlap loss' marks end "
     "to end below 90% of the limit.\n"
 )
@@ -132,7 +143,7 @@ STALL_NOTE = (
 
 
 def _label(rec: dict[str, Any], keys: Sequence[str]) -> str:
-    return f"{loader_label(rec['point'])} → {point_label(rec['point'], keys)}".strip()
+    return f"{loader_label(rec['point'], row_decoder(rec['row']))} → {point_label(rec['point'], keys)}".strip()
 
 
 def bottleneck_section(runs: Sequence[Run]) -> str:
@@ -143,7 +154,7 @@ def bottleneck_section(runs: Sequence[Run]) -> str:
         if not recs:
             continue
         varying, _ = split_keys([r["row"] for r in recs])
-        keys = [k for k in varying if k not in ("loader", "loader_device")] or [
+        keys = [k for k in varying if k not in ("loader", "loader_device", "decoder")] or [
             "model", "resolution", "batch_size", "dtype"]  # fmt: skip
         labelled += [(run.name, _label(rec, keys), rec) for rec in recs]
     if not labelled:

@@ -23,6 +23,7 @@ from cityseg_fast.report.runs import (
     peak_memory,
     point_label,
     res_pixels,
+    row_decoder,
     split_keys,
     tagged_rows,
 )
@@ -236,12 +237,12 @@ def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     if not rows:
         return Plot(name, "Loader comparison", None, "no ok loader-scenario rows")
     varying, _ = split_keys(rows)
-    keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
+    keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only", "decoder")]
     rows.sort(key=lambda r: -r.number(IMAGES_PER_S))
     labels, colors, hatches = [], [], []
     for r in rows:
         p = flat_point(r)
-        lab = loader_label(p) + (f"  [{point_label(p, keys) or 'defaults'}]" if keys else "")
+        lab = loader_label(p, row_decoder(r)) + (f"  [{point_label(p, keys) or 'defaults'}]" if keys else "")
         labels.append(f"{r.run}: {lab}" if len(runs) > 1 else lab)
         colors.append(LOADER_COLORS.get(loader_label({**p, "decode_only": False}), "#9467bd"))
         hatches.append("//" if p.get("decode_only") else "")

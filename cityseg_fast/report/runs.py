@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from cityseg_fast.results import (
 )
 from cityseg_fast.results.rounds import collapse_rounds
 from cityseg_fast.results.scenarios import (
+    LOADER_DECODER,
+    LOADER_DESCRIPTION,
     MEM_HOST_PEAK_RSS_MIB,
     MEM_NVML_USED_MIB,
     MEM_TORCH_PEAK_ALLOCATED_MIB,
@@ -269,14 +272,39 @@ def point_label(point: Mapping[str, Any], keys: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def loader_label(point: Mapping[str, Any]) -> str:
-    """'dali (gpu)', 'dali (cpu) decode-only', 'torch', 'synthetic' ..."""
+def loader_label(point: Mapping[str, Any], decoder: str = "") -> str:
+    """'dali (gpu)', 'dali (cpu) decode-only', 'torch', 'synthetic' ...; with the row's decoder
+    (`row_decoder`): 'torch [PIL]', 'torch (gpu) [torchvision.io nvJPEG] decode-only', 'dali (gpu) [DALI nvJPEG]'."""
     name = str(point.get("loader", "?"))
     dev = point.get("loader_device")
-    label = f"{name} ({dev})" if dev and name == "dali" else name
+    label = f"{name} ({dev})" if dev and name in ("dali", "torch") else name
+    if decoder:
+        label += f" [{decoder}]"
     if point.get("decode_only"):
         label += " decode-only"
     return label
+
+
+_DECODER_IN_DESCRIPTION = re.compile(r"decoder ([^,()]+)")
+
+
+def row_decoder(row: Row) -> str:
+    """The decoder a loader or e2e row's loader ran, as the row recorded it: LOADER_DECODER (loader rows),
+    else named in its LOADER_DESCRIPTION (the torch loaders name it there); rows recorded before the
+    decoder was: the torch backend's only decoder then (PIL), DALI's by where it ran. '' where the row
+    holds no description (a failed point) or names no loader."""
+    if row.metrics.get(LOADER_DECODER):
+        return str(row.metrics[LOADER_DECODER])
+    desc = str(row.metrics.get(LOADER_DESCRIPTION) or "")
+    found = _DECODER_IN_DESCRIPTION.search(desc)
+    if found:
+        return found.group(1).strip()
+    backend = row.point.get("loader")
+    if not desc or backend not in ("torch", "dali"):
+        return ""
+    if backend == "torch":
+        return "PIL"  # the torch loader decoded with PIL alone before loader.decoder existed
+    return "DALI nvJPEG" if row.point.get("loader_device") == "gpu" else "DALI CPU"
 
 
 def peak_memory(row: Row) -> tuple[float | None, str]:

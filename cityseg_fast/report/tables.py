@@ -32,6 +32,7 @@ from cityseg_fast.report.runs import (
     peak_memory,
     point_label,
     res_pixels,
+    row_decoder,
     split_keys,
     tagged_rows,
 )
@@ -42,7 +43,9 @@ from cityseg_fast.results.scenarios import (
     ACHIEVED_TFLOPS,
     BWD_MS,
     COMPILE_S,
+    CPU_MS_BY_STAGE,
     CPU_MS_PER_IMAGE,
+    CPU_MS_PER_IMAGE_DECODE,
     CPU_UTIL,
     FLOPS_PER_IMAGE,
     FWD_MS,
@@ -194,6 +197,11 @@ SPEED_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
     ("CPU util", CPU_UTIL, _m(CPU_UTIL, fmt_pct)),
     # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
     ("CPU ms/img", CPU_MS_PER_IMAGE, _m(CPU_MS_PER_IMAGE)),
+    (  # where the loader times its stages (the torch loaders): the same CPU time, by stage
+        "decode / transform / hand-off (CPU ms/img)",
+        CPU_MS_PER_IMAGE_DECODE,
+        lambda r: " / ".join(fmt_num(r.number(k)) for k in CPU_MS_BY_STAGE),
+    ),
     ("compile", COMPILE_S, _m(COMPILE_S, fmt_s)),
     ("recompiles", RECOMPILES, _m(RECOMPILES, lambda v: DASH if v is None else f"{v:.0f}")),
 ]
@@ -234,9 +242,9 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
         return ""
     with_run = len(runs) > 1
     varying, constant = split_keys(rows)
-    if scenario == "loader":
-        varying = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
-        constant = {k: v for k, v in constant.items() if k not in ("loader", "loader_device", "decode_only")}
+    if scenario == "loader":  # the loader column names these (and the decoder each row ran)
+        varying = [k for k in varying if k not in ("loader", "loader_device", "decode_only", "decoder")]
+        constant = {k: v for k, v in constant.items() if k not in ("loader", "loader_device", "decode_only", "decoder")}
     # by point, not by when it ran (shards merge in any order); a loader table's loader columns last
     rows = sort_rows(rows, varying + (["loader", "loader_device", "decode_only"] if scenario == "loader" else []))
     head = (["run"] if with_run else []) + (["loader"] if scenario == "loader" else []) + varying
@@ -245,7 +253,7 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     def lead(r: RunRow) -> list[str]:
         cells = _point_cells(r, varying, with_run)
         if scenario == "loader":
-            cells.insert(1 if with_run else 0, loader_label(flat_point(r)))
+            cells.insert(1 if with_run else 0, loader_label(flat_point(r), row_decoder(r)))
         return cells
 
     speed = _present(rows, SPEED_COLS)
@@ -300,9 +308,9 @@ def best_section(runs: Sequence[Run]) -> str:
                 p, [k for k in label_keys if k not in ("loader", "loader_device", "decode_only")]
             )
             if scenario == "loader":
-                label = f"{loader_label(p)} {rest}"
+                label = f"{loader_label(p, row_decoder(best))} {rest}"
             elif scenario == "e2e" and "loader" in p:
-                label = f"{loader_label(p)} → {rest or p.get('model', '')}"
+                label = f"{loader_label(p, row_decoder(best))} → {rest or p.get('model', '')}"
             else:
                 label = rest
             if len(runs) > 1:

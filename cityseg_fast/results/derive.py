@@ -15,6 +15,11 @@ of both: they are no measurement of the point they name.
                                                                     keep up with the model alone
     scaling_efficiency = throughput(N) / (N x throughput(1))
 
+The min rule assumes the loader and the model do not share the GPU. A loader that decodes or augments on
+the GPU (DALI `mixed`, the torch backend's nvJPEG loader) runs on the same SMs and memory bandwidth as the
+model, so each alone is faster than beside the other: the limit is then an upper bound that e2e cannot
+reach even with perfect overlap, and the efficiency understates the overlap (the report says so).
+
 An e2e row also carries its loader row's CPU ms per image and GPU memory (loader_gpu_mem_mib, on a GPU)
 as e2e_loader_cpu_ms_per_image and e2e_loader_gpu_mem_mib, so the bottleneck table reads one row.
 """

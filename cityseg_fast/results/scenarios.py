@@ -49,7 +49,10 @@ class Scenario:
 
 def resolved_loader_device(cfg: Config) -> str | None:
     """Where the loader decodes: 'gpu' | 'cpu' for DALI ('auto' resolved by the loader's own rule, without
-    creating a CUDA context: a sweep's parent asks this before it starts its points), else None."""
+    creating a CUDA context: a sweep's parent asks this before it starts its points), 'gpu' for torch's
+    nvJPEG loader (loader.device=gpu; its DataLoader on CPU workers stays None, as before), else None."""
+    if cfg.loader.backend == "torch":
+        return "gpu" if cfg.loader.device == "gpu" else None
     return loader_device(cfg.loader.device) if cfg.loader.backend == "dali" else None
 
 
@@ -114,14 +117,15 @@ def tuning_of(point: Point) -> tuple[Point, Point]:
 
 def loader_keys(cfg: Config) -> Point:
     """The loader and, named only where they differ from the defaults (so existing points keep their
-    ids), the settings that change its speed: DALI's resampler and ROI mode, and each backend's tuning
-    knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's workers and
-    prefetch factor)."""
+    ids), the settings that change its speed: DALI's resampler and ROI mode, torch's decoder, and each
+    backend's tuning knobs (TUNING_KEYS: DALI's threads, hardware-decoder share, queue depth; torch's
+    workers and prefetch factor)."""
 
     lc, default = cfg.loader, LoaderConfig()
     device = resolved_loader_device(cfg)
     keys: Point = {"loader": lc.backend, "loader_device": device}
-    wanted = (("resampler", "roi") if lc.backend == "dali" else ()) + tuning_knobs(lc.backend, device, lc.num_workers)
+    own = {"dali": ("resampler", "roi"), "torch": ("decoder",)}.get(lc.backend, ())
+    wanted = own + tuning_knobs(lc.backend, device, lc.num_workers)
     for name in wanted:
         if getattr(lc, name) != getattr(default, name):
             keys[name] = getattr(lc, name)
@@ -207,6 +211,11 @@ RECOMPILES = "recompiles"
 FWD_MS, BWD_MS, OPT_MS = "fwd_ms", "bwd_ms", "opt_ms"  # bench.split_phases
 CPU_UTIL = "cpu_util"
 CPU_MS_PER_IMAGE = "cpu_ms_per_image"
+# the same CPU time by stage, where the loader times its stages (data/handoff.StageTimes: the torch loaders)
+CPU_MS_PER_IMAGE_DECODE = "cpu_ms_per_image_decode"
+CPU_MS_PER_IMAGE_TRANSFORM = "cpu_ms_per_image_transform"
+CPU_MS_PER_IMAGE_HANDOFF = "cpu_ms_per_image_handoff"
+CPU_MS_BY_STAGE = (CPU_MS_PER_IMAGE_DECODE, CPU_MS_PER_IMAGE_TRANSFORM, CPU_MS_PER_IMAGE_HANDOFF)
 MEM_HOST_PEAK_RSS_MIB = "mem_host_peak_rss_mib"
 MEM_TORCH_PEAK_ALLOCATED_MIB = "mem_torch_peak_allocated_mib"
 MEM_TORCH_PEAK_RESERVED_MIB = "mem_torch_peak_reserved_mib"
@@ -224,7 +233,8 @@ GPU_POWER_W = "gpu_power_w"
 DATA_WAIT_MS_P50 = "data_wait_ms_p50"  # engine/stall.py: how long each step waited for its batch
 DATA_WAIT_MS_P99 = "data_wait_ms_p99"
 STALL_FRACTION = "stall_fraction"
-LOADER_DESCRIPTION = "loader_description"
+LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
+LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
 PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
 PROFILE_STEPS, PROFILE_TRACE = "profile_steps", "profile_trace"
 MIOU = "miou"  # a fraction, as are ACC and each PER_CLASS_IOU entry

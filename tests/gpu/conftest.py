@@ -1,6 +1,8 @@
-"""Fixtures of the GPU suite (marker `gpu`; the root conftest skips it without CUDA).
+"""Fixtures of the GPU suite (marker `gpu`; the root conftest skips it without CUDA, or fails it with
+CITYSEG_REQUIRE_GPU=1, which also makes any skip of a gpu test a failure).
 
-Run on a GPU machine: `python -m pytest -m gpu tests/gpu -q` (benchmarks/gpu_session.py runs it first).
+Run on a GPU machine: `CITYSEG_REQUIRE_GPU=1 python -m pytest -m gpu tests/gpu -q` (benchmarks/gpu_session.py
+runs it after the headline measurements, with a time limit per test and a progress log it resumes from).
 The datasets are tiny and written once per session: 128x256 frames, JPEG with PNG or npy trainId
 labels (the prepared layout), and PNG with raw labelIds (the Cityscapes layout).
 """

@@ -1,9 +1,21 @@
-"""Helpers of the GPU suite: its loader config and an epoch of batches brought to the CPU."""
+"""Helpers of the GPU suite: its loader config, an epoch of batches brought to the CPU, pixel tolerances that
+hold between decoders, and what a fresh process really loaded (to tell GPU decoding from a CPU fallback)."""
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+import textwrap
+
 import torch
+from engine_fixtures import _run
 from loader_fixtures import loader_cfg
+
+ONE_LEVEL = 1 / (255 * 0.229)  # about one 8-bit level after normalization (the std's of 0.224..0.229)
+# DALI's own nvJPEG (through nvImageCodec's extension) is `libnvjpeg.so.N`; torchvision bundles a renamed
+# copy (libnvjpeg.<hash>.so.N), mapped as soon as torchvision.io is imported, which proves nothing.
+DALI_NVJPEG = re.compile(r"/libnvjpeg\.so\.\d+")
 
 
 def gpu_cfg(root, backend: str, *extra: str):
@@ -26,3 +38,27 @@ def all_batches(cfg, split: str, device: torch.device) -> list:
         return out
     finally:
         loader.close()
+
+
+def assert_decoders_agree(a: torch.Tensor, b: torch.Tensor, uint8: bool) -> None:
+    """Two decoders' images of the same frames: nvJPEG's IDCT and chroma upsampling are not bit-exact with
+    libjpeg-turbo's (nor its hardware decoder with its CUDA one), so single pixels may differ by many levels
+    on sharp detail; on average they stay within a level or two, while a wrong crop, flip or scale (what
+    this guards) moves the test frames' gradients by tens of levels on average."""
+    diff = (a.float() - b.float()).abs()
+    levels = diff if uint8 else diff / ONE_LEVEL
+    sample = levels.flatten()[:: max(1, levels.numel() // 1_000_000)]  # torch.quantile's input is bounded
+    assert float(levels.mean()) < 3.0, float(levels.mean())
+    assert float(torch.quantile(sample, 0.99)) < 16, float(torch.quantile(sample, 0.99))
+
+
+def run_child(code: str, timeout: float = 300) -> dict:
+    """Run `code` in a fresh Python process (nothing another test loaded is in it); it prints one JSON
+    object last, which is returned. `nvjpeg_mapped()` is defined for it: whether DALI's nvJPEG is loaded."""
+    prelude = textwrap.dedent(f"""
+        import json, re
+        def nvjpeg_mapped():
+            return bool(re.search({DALI_NVJPEG.pattern!r}, open("/proc/self/maps").read()))
+    """)
+    p = _run([sys.executable, "-c", prelude + textwrap.dedent(code)], timeout, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])

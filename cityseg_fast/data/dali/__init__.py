@@ -3,6 +3,7 @@
     graphs.py   pipeline bodies as free functions of DataNodes and explicit arguments
     loader.py   the `dali` loader backend: its mode table (ROUTES), plan feeding, iteration, hand-off
     probe.py    what DALI can do here (doctor): the version, one batch of the real graphs
+    memory.py   release DALI's unused pool memory (memory baselines between points)
 
 Importing this package does not import DALI (only graphs.py and loader.py do, and the factory and the
 probe import the loader only once DALI is known to be there), so the package runs where DALI is
