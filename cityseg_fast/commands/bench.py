@@ -36,6 +36,7 @@ from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.commands.common import add_config_args, config_from_args
 from cityseg_fast.config import CHOICES, parse_hw, replace
 from cityseg_fast.engine.dist import cleanup
+from cityseg_fast.errors import Preempted
 from cityseg_fast.paths import check_append_file
 from cityseg_fast.results import SCENARIOS, Row, append_row, row_for
 
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     metrics, failure = {}, None
     try:
         metrics = run_scenario(scenario, cfg)
+    except Preempted:  # an accuracy point stopped by SIGTERM / SIGUSR1 after saving: no row, a rerun resumes
+        raise
     except Exception as e:  # a failure is a result too: recorded, printed, then reported by exit status
         failure = e
     cleanup(failed=failure is not None)  # under torchrun: leave the process group before exiting

@@ -16,7 +16,9 @@ A study config (configs/studies/*.yaml) is a sweep spec of `accuracy` (and `base
   cityseg study configs/studies/cpu_synth.yaml --out runs/study # run it (rerun the same to resume)
   cityseg study configs/studies/cpu_synth.yaml --out runs/study --report-only
 
-Exit status: 0 when every run is ok, 1 when any failed (the report still shows the rest).
+Exit status: 0 when every run is ok, 1 when any failed (the report still shows the rest), 2 when another
+process is writing OUT, 75 when SIGTERM / SIGUSR1 stopped it (the runs in flight are stopped, finished rows
+kept, no report yet; rerun the same command to resume: a stopped run trains again from iteration 0).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from cityseg_fast.bench.study_runs import load_study, make_data, plan, total_s, write_sweep
+from cityseg_fast import dirlock
+from cityseg_fast.bench.study_runs import Study, load_study, make_data, plan, total_s, write_sweep
 from cityseg_fast.bench.sweep import run_sweep
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report.format import fmt_s
@@ -70,16 +73,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(study, console)
         return 0
-    counts: dict[str, int] = {}
-    if not args.report_only:
-        write_sweep(study)
-        for line in make_data(study, progress=console.is_terminal):
-            console.print(line)
-        console.print(f"study '{study.name}': {len(study.spec.points)} runs -> {study.out}/results.jsonl")
-        counts = run_sweep(study.spec, study.out, live=console.is_terminal)
-        console.print("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    report = build_study_report(
-        study.out, study.out / "report", title=study.title, description=study.description
-    )
+    with dirlock.held(study.out, "cityseg study"):  # one study writes OUT at a time (its sweep nests in it)
+        counts = {} if args.report_only else _run_study(study, console)
+        report = build_study_report(
+            study.out, study.out / "report", title=study.title, description=study.description
+        )
     console.print(f"report: {report}")
     return 1 if counts.get("error") else 0
+
+
+def _run_study(study: Study, console: Console) -> dict[str, int]:
+    """Make the data and run every point not done; the sweep's counts. A stop signal ends it with
+    Preempted (exit 75) before the report: a rerun resumes."""
+    write_sweep(study)
+    for line in make_data(study, progress=console.is_terminal):
+        console.print(line)
+    console.print(f"study '{study.name}': {len(study.spec.points)} runs -> {study.out}/results.jsonl")
+    counts = run_sweep(study.spec, study.out, live=console.is_terminal)
+    console.print("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts

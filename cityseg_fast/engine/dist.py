@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
 from cityseg_fast.hardware import resolve_device
 
 T = TypeVar("T")
@@ -89,6 +89,9 @@ def run_distributed(fn: Callable[[DistInfo], T], timeout_s: float) -> T:
         result = fn(info)
         cleanup()  # its barrier is a collective too
         return result
+    except Preempted:  # every rank stopped at the same iteration (engine/train.py): they leave together
+        cleanup()
+        raise
     except BaseException as e:
         line = timeout_line(e)
         if line is None:

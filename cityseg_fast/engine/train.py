@@ -8,13 +8,28 @@ actions `Schedule.due` names: log, evaluate, checkpoint), `_finish` (final numbe
 ExitStack closes the loaders, NVML and the event logs however the run ends.
 
 The loop never reads a value on the host except at log intervals, where the summed loss is pulled once
-(`LogWindow.mean_loss`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
+(`LogWindow.sync`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
 reserved and NVML's used). Under DDP it also has every rank's data wait, compute and all-reduce wait (min /
 median / max, each rank's, the slowest rank and the straggler: engine/ranks.py), one all_gather of three floats
 right after that sync. Every line has its wall-clock `timestamp`.
+
+Preemption. SIGTERM or SIGUSR1 (a cluster's time limit or preemption) only sets a flag (preemption.py). The
+ranks agree on it in the log interval's all-reduce, which already runs: `LogWindow.sync` reduces the tensor
+[summed loss, stop flag] (one all-reduce, one host read, as before), so no sync is added and every rank
+learns at the same iteration that some rank was signalled. There the due actions become `Due.stopping`:
+no evaluation, a checkpoint (the usual atomic write, rank 0, unless one is due anyway), a 'preempted' event,
+then `Preempted` on every rank: the process exits EXIT_PREEMPTED (75), and rerunning the same command
+resumes from that checkpoint exactly. The worst case, a signal just after a log interval, needs a grace
+period (Slurm's KillWait, or the `--signal=...@SECONDS` lead; under torchrun also its `--shutdown-timeout`,
+30 s by default) of
+
+    grace >= train.log_interval x (seconds per iteration) + one checkpoint write
+
+plus any evaluation or regular checkpoint the schedule puts between the signal and that log interval
+(one under way is finished first), and the set-up when the signal comes before the first log interval.
 
 Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
 another place for the events is another `EventLog`, added in `_event_logs` (TensorBoard is one:
@@ -66,10 +81,11 @@ from cityseg_fast.engine.ranks import (
 from cityseg_fast.engine.stall import StallMeter, StallStats
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
 from cityseg_fast.hardware import affinity_warning, rank_cpus
 from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
 from cityseg_fast.models import model_from_config
+from cityseg_fast.preemption import StopRequest, catch_stop_signals
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +162,12 @@ class Due:
     log: bool
     eval: bool
     ckpt: bool
+    stop: bool = False  # a stop signal: save and stop here (after a log, where the ranks agreed on it)
+
+    def stopping(self) -> Due:
+        """What is due when the ranks have agreed to stop: a checkpoint, not an evaluation (the grace
+        period is short), then the stop."""
+        return Due(log=self.log, eval=False, ckpt=True, stop=True)
 
     @property
     def pause(self) -> bool:
@@ -179,7 +201,8 @@ class LogWindow:
     iteration and clock it started at."""
 
     def __init__(self, device: torch.device, it: int, now: float) -> None:
-        self.loss_sum = torch.zeros((), device=device)
+        self.totals = torch.zeros(2, device=device)  # [summed loss, stop flag]: one all-reduce carries both
+        self.loss_sum = self.totals[0]  # a view: the per-step add writes into `totals`
         self.steps, self.start_it, self.start_t = 0, it, now
 
     def add(self, loss: torch.Tensor) -> None:
@@ -187,14 +210,18 @@ class LogWindow:
         self.loss_sum += loss
         self.steps += 1
 
-    def mean_loss(self, world_size: int) -> float:
-        """The loss averaged over the interval and the ranks: the one host sync per log interval."""
-        dist.all_reduce_sum(self.loss_sum)
-        return self.loss_sum.item() / (self.steps * world_size)
+    def sync(self, world_size: int, stop: bool) -> tuple[float, bool]:
+        """(the loss averaged over the interval and the ranks, whether any rank asked to stop): the one
+        all-reduce and host sync per log interval. The flag is summed in the same reduction, so every rank
+        gets the same answer at the same iteration."""
+        self.totals[1].fill_(float(stop))  # a scalar fill: no host-to-device copy
+        dist.all_reduce_sum(self.totals)
+        loss_sum, stops = self.totals.tolist()
+        return loss_sum / (self.steps * world_size), stops > 0
 
     def next(self, it: int, now: float) -> None:
         """Start the next interval at iteration `it`, time `now`."""
-        self.loss_sum.zero_()
+        self.totals.zero_()
         self.steps, self.start_it, self.start_t = 0, it, now
 
     def restart_clock(self) -> None:
@@ -366,6 +393,7 @@ class _Run:
     meter: StallMeter
     clock: AllReduceClock | None  # the gradient all-reduce's wait under DDP (engine/ranks.py), else None
     nvml: NvmlDevice | None  # rank 0 on a GPU with NVML, else None
+    stop: StopRequest  # set by SIGTERM / SIGUSR1; the ranks agree on it at the log interval
     schedule: Schedule
     window: LogWindow
     guard: NonFiniteGuard
@@ -411,8 +439,8 @@ def _loop(run: _Run) -> None:
             run.it += 1
             bar.advance()
             due = run.schedule.due(run.it)
-            if due.log:
-                _log(run, epoch, bar)
+            if due.log and _log(run, epoch, bar):  # every rank learns of a stop signal here, at the same it
+                due = due.stopping()
             if due.pause:
                 dist.broadcast_buffers(run.net)  # every rank evaluates, rank 0 saves, the same BN statistics
                 run.meter.restart()  # the evaluation / checkpoint that follows is not a data wait
@@ -420,13 +448,16 @@ def _loop(run: _Run) -> None:
                 _evaluate(run, bar)
             if due.ckpt:
                 _checkpoint(run)
+            if due.stop:
+                _stop(run)
             if due.log:
                 run.window.restart_clock()  # images/s of the next interval excludes eval and checkpoint time
 
 
-def _log(run: _Run, epoch: int, bar: _Bar) -> None:
-    """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard."""
-    run.last_loss = run.window.mean_loss(run.info.world_size)
+def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
+    """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard.
+    Returns whether any rank was asked to stop (the same on every rank)."""
+    run.last_loss, stop = run.window.sync(run.info.world_size, run.stop.requested)
     now = time.perf_counter()
     stats = run.meter.take()
     line = {**train_line(run, epoch, now, stats), **_rank_fields(run, stats)}
@@ -434,6 +465,7 @@ def _log(run: _Run, epoch: int, bar: _Bar) -> None:
     bar.show(progress_text(line))
     run.window.next(run.it, now)
     run.guard.check(run.last_loss, run.it, run.out, run.last_ckpt)
+    return stop
 
 
 def _rank_fields(run: _Run, stats: StallStats) -> dict[str, Any]:
@@ -482,6 +514,21 @@ def _checkpoint(run: _Run) -> None:
     dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
 
 
+def _stop(run: _Run) -> None:
+    """After the checkpoint of an agreed stop: the 'preempted' event, then Preempted on every rank."""
+    ckpt = run.last_ckpt  # rank 0's: the others' is the one they resumed from
+    saved = ckpt is not None and ckpt.name == ckpt_io.checkpoint_name(run.it)
+    run.logs.write("preempted", iter=run.it, signal=run.stop.name, checkpoint=str(ckpt) if ckpt else None,
+                   saved=saved)  # fmt: skip
+    if not run.info.is_main:
+        kept = "rank 0 saves"
+    else:  # not saved: the weights were not finite (NonFiniteGuard), the last good checkpoint stays
+        kept = f"saved {ckpt}" if saved else f"nothing saved, the last good checkpoint is {ckpt}"
+    by = run.stop.name or "a signal to another rank"
+    raise Preempted(f"stopped by {by} at iteration {run.it} of {run.cfg.train.iters} ({kept}); "
+                    "rerun the same command to resume")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # before and after the loop
 
@@ -489,9 +536,12 @@ def _checkpoint(run: _Run) -> None:
 def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     """Claim the run directory, build the loaders, model and optimizer, resume, write config.yaml and
     env.json, announce the run. What must be closed is registered on `cleanup`."""
+    stop = cleanup.enter_context(catch_stop_signals())  # first: a signal during the set-up stops at the first log
     out = Path(cfg.train.out_dir)
     # Rank 0 decides (its view of out_dir is the one with the checkpoints); a refusal there stops every rank.
     claim = dist.run_on_main(lambda: rundir.claim_run_dir(cfg))  # None on the other ranks
+    if claim is not None:
+        cleanup.callback(claim.lock.release)  # held for the run's life: one writer per run directory
     for note in claim.notes if claim else ():
         print(note, file=sys.stderr, flush=True)
     resume_from = dist.broadcast_object(claim.resume if claim else None)  # every rank loads that file
@@ -517,7 +567,7 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
     meter, now = StallMeter(info.device), time.perf_counter()
     return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream,
-                logs=logs, meter=meter, clock=clock, nvml=nvml, schedule=Schedule.from_config(cfg.train),
+                logs=logs, meter=meter, clock=clock, nvml=nvml, stop=stop, schedule=Schedule.from_config(cfg.train),
                 window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
                 start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
 
