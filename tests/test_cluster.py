@@ -1,7 +1,8 @@
 """The cluster recipes (scripts/slurm/) on this machine: train.sbatch run as Slurm would run it on 2 nodes, with
 `srun` and `scontrol` faked (srun starts the node script once per node, each in its own process group, as on
 its own host) and the SLURM_* variables of a 2-node job: 2 gloo processes train with replicas in sync. Then a
-stop signal to every node's process group: the job exits EXIT_PREEMPTED and asks to be requeued."""
+stop signal to every node's process group: the ranks save, the job exits EXIT_PREEMPTED and asks to be
+requeued. A sweep as a job array, then its merged report."""
 
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ def test_a_stop_signal_makes_the_job_exit_preempted_and_requeue(tmp_path):
     assert (tmp_path / "slurm.log").read_text().split() == ["requeue", "4242"]
     assert "stopped by SIGUSR1" in stderr
     assert left == []
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])  # the ranks saved, then stopped
+    assert last["event"] == "preempted" and last["saved"] is True and Path(last["checkpoint"]).is_file()
 
 
 SPEC = """name: tiny_array
