@@ -131,6 +131,8 @@ class TrainConfig(_Section):
     resume: str = "auto"  # auto (latest readable checkpoint in out_dir) | never (start afresh) | a path
     dist_timeout_s: int = 300  # a dead rank makes the others fail within this many seconds
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    straggler_threshold: float = 1.2  # DDP: name the slowest rank when its work exceeds the median rank's by this
+    tensorboard: bool = False  # rank 0 also writes metrics.jsonl's scalars to out_dir/tb (cityseg_fast[tensorboard])
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class BenchConfig(_Section):
     trace_dir: str = ""  # where profile traces go; "" = beside `bench --append FILE` (FILE's folder/traces)
     sample_interval_s: float = 0.1  # NVML / host memory sampling period
     variance_warn: float = 0.15  # warn when IQR / median exceeds this
+    memory_snapshot: bool = False  # GPU model / e2e: torch's allocator history over one step (and at an OOM)
 
 
 @dataclass(frozen=True)

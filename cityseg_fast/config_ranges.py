@@ -74,6 +74,7 @@ RANGES: dict[str, Range] = {
     "train.seed": NON_NEGATIVE,
     "train.dist_timeout_s": AT_LEAST_1,
     "train.max_nonfinite": AT_LEAST_1,
+    "train.straggler_threshold": Range(1),  # a ratio max / median, never below 1
     "bench.warmup": NON_NEGATIVE,
     "bench.iters": AT_LEAST_1,
     "bench.sample_interval_s": POSITIVE,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.bench.memory import release_pools
+from cityseg_fast.bench.memory import NvmlSampler, release_pools
 from cityseg_fast.bench.timing import latency_metrics, summarize
 from cityseg_fast.config import Config
 from cityseg_fast.data.factory import build_loader
@@ -36,7 +36,7 @@ from cityseg_fast.memstats import (
     torch_memory_mib,
     tree_memory_mib,
 )
-from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, LOADER_DECODER
+from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, GPU_JPG_UTIL, GPU_UTIL, LOADER_DECODER
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -86,7 +86,7 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
     try:
         loader = build_loader(cfg, cfg.data.train_split, train=True, device=device)
         try:
-            metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
+            metrics = _sampled_pull(loader, iters, warmup, cfg, device)
             # After the timed region, the workers and the pipeline still alive: what they hold now.
             metrics.update(host_memory())
             metrics.update(gpu.while_loader_runs() if gpu else {})
@@ -95,6 +95,21 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
     finally:
         if gpu:
             gpu.close()
+    return metrics
+
+
+def _sampled_pull(loader: Any, iters: int, warmup: int, cfg: Config, device: Any) -> dict[str, Any]:
+    """`_timed_pull`, with the GPU's utilisation and its NVJPG engines' (the hardware JPEG decoder: does a
+    hw_decoder_load sweep saturate it?) sampled by NVML meanwhile, where there is a GPU with NVML."""
+    sampler = NvmlSampler(device, cfg.bench.sample_interval_s)
+    sampling = sampler.start()  # False on the CPU or without NVML: no thread, no metrics
+    try:
+        metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
+    finally:
+        sampler.stop()
+    if sampling:
+        summary = sampler.summary()
+        metrics.update({GPU_UTIL: summary[GPU_UTIL], GPU_JPG_UTIL: summary[GPU_JPG_UTIL]})
     return metrics
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from cityseg_fast.bench import accuracy
 from cityseg_fast.bench.flops import count_flops, mfu
 from cityseg_fast.bench.loader_bench import measure_loader
-from cityseg_fast.bench.memory import MemoryMonitor
+from cityseg_fast.bench.memory import MemoryMonitor, MemorySnapshot
 from cityseg_fast.bench.profile import profile_steps, trace_path
 from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
 from cityseg_fast.config import Config, data_root, replace
@@ -44,9 +44,11 @@ from cityseg_fast.engine.precision import (
     reset_compile_counters,
     setup_precision,
 )
+from cityseg_fast.engine.ranks import AllReduceClock, gather_rank_times, rank_fields, rank_times
 from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.engine.train import train
+from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import TRAINID_TO_ID
 from cityseg_fast.models import model_from_config
@@ -140,6 +142,8 @@ class _TrainPoint:
     loader: Loader
     batches: Iterator[Batch]
     meter: StallMeter
+    clock: AllReduceClock | None = None  # under torchrun: the gradient all-reduce's wait (engine/ranks.py)
+    snapshot: MemorySnapshot | None = None  # bench.memory_snapshot: recording during the warm-up
     before: dict[str, Any] | None = None  # the compile counters when the timed steps began
 
     def step(self) -> None:
@@ -151,6 +155,10 @@ class _TrainPoint:
         """time_steps' hook at the first timed step."""
         self.before = _compile_counters()
         self.meter.reset()  # the stall of the timed steps only
+        if self.clock is not None:
+            self.clock.reset()
+        if self.snapshot is not None:
+            self.snapshot.pause()  # the timed steps run without the allocator's recording
 
 
 def _train_point(
@@ -160,39 +168,67 @@ def _train_point(
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
     Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
-    torch.profiler over a few more steps once everything else is measured (bench/profile.py). The loader
-    is closed however the point ends.
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py), and
+    bench.memory_snapshot records the allocator over one more (bench/memory.py MemorySnapshot, which also
+    records the warm-up and writes its state at an out-of-memory: the error then carries the file in
+    `row_metrics`). The loader is closed however the point ends.
     """
 
     rank = dist_info.rank if dist_info else 0
     world = dist_info.world_size if dist_info else 1
+    scenario = "model" if with_inference else "e2e"
     reset_compile_counters()
     with ExitStack() as cleanup:
-        with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
-            point = _start_point(cfg, loader_cfg, device, rank, world, cleanup)
-            metrics = _time_point(point, cfg, device, dist_info, world)
-            extra = _inference_metrics(point, cfg, device) if with_inference else {}
+        snap = _memory_snapshot(cfg, device, scenario, world, rank, cleanup)
+        try:
+            with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
+                point = _start_point(cfg, loader_cfg, device, rank, world, cleanup, snap)
+                metrics = _time_point(point, cfg, device, dist_info, world)
+                extra = _inference_metrics(point, cfg, device) if with_inference else {}
+        except Exception as e:
+            if snap is not None:  # an out-of-memory's row says where the allocator's state then went
+                e.row_metrics = snap.oom_metrics()  # type: ignore[attr-defined]
+            raise
         metrics.update(mon.metrics())
         metrics.update(extra)
         if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
-            trace = trace_path(cfg, "model" if with_inference else "e2e", world, rank)
+            trace = trace_path(cfg, scenario, world, rank)
             metrics.update(profile_steps(point.step, cfg.bench.profile_steps, device, trace))
+        if snap is not None:  # likewise after everything measured
+            metrics.update(snap.record_step(point.step))
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
     return metrics
 
 
+def _memory_snapshot(cfg: Config, device: Any, scenario: str, world: int, rank: int,
+                     cleanup: ExitStack) -> MemorySnapshot | None:  # fmt: skip
+    """bench.memory_snapshot's recorder, started (its file beside the row: bench.trace_dir); None when not asked.
+    A UserError on the CPU: the allocator history is CUDA's."""
+    if not cfg.bench.memory_snapshot:
+        return None
+    if device.type != "cuda":
+        raise UserError("config key 'bench.memory_snapshot': true records torch's CUDA allocator; this point runs "
+                        "on the CPU (set it false, or run on a GPU)")  # fmt: skip
+    snap = MemorySnapshot(device, trace_path(cfg, scenario, world, rank, kind=".memory.pickle"))
+    cleanup.callback(snap.close)
+    snap.start()
+    return snap
+
+
 def _start_point(
-    cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack
+    cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack,
+    snapshot: MemorySnapshot | None = None,
 ) -> _TrainPoint:
     """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
     state = build_train_state(cfg, device)
     state.model = wrap_ddp(state.model, device)
+    clock = AllReduceClock.install(state.model, device)  # None in one process
     loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
     cleanup.callback(loader.close)
     state.model.train()
-    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device))
+    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device), clock, snapshot)
 
 
 def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, world: int) -> dict[str, Any]:
@@ -208,7 +244,11 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
     )
     after = _compile_counters()
     metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
-    metrics.update(point.meter.take().metrics())  # time_steps synchronised at its end: every event is readable
+    stats = point.meter.take()  # time_steps synchronised at its end: every event is readable
+    metrics.update(stats.metrics())
+    if world > 1:  # every rank's data wait, compute and all-reduce wait, the straggler: one all_gather
+        ranks = gather_rank_times(rank_times(stats, point.clock), device)
+        metrics.update(rank_fields(ranks, cfg.train.straggler_threshold))
     metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
     metrics["recompiles"] = after.get("recompiles", 0)
     # Recompiles inside the timed region mean the steady state was not steady: report them apart.

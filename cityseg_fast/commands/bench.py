@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         failure = e
     cleanup(failed=failure is not None)  # under torchrun: leave the process group before exiting
     extra = None if args.round is None else {"round": args.round}
+    metrics = metrics or getattr(failure, "row_metrics", None) or {}  # what a failure left (an OOM's snapshot)
     row = row_for(scenario, cfg, metrics, error=failure, world_size=world, point=extra)
     if rank == 0:
         if args.append:

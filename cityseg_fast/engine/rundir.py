@@ -54,6 +54,8 @@ RESUMABLE_KEYS = frozenset(
         "train.out_dir",
         "train.dist_timeout_s",
         "train.max_nonfinite",
+        "train.straggler_threshold",
+        "train.tensorboard",
         "data.root",
         "loader.eval_batch_size",
         "loader.num_workers",

@@ -12,7 +12,9 @@ The loop never reads a value on the host except at log intervals, where the summ
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
-reserved and NVML's used). Every line has its wall-clock `timestamp`.
+reserved and NVML's used). Under DDP it also has every rank's data wait, compute and all-reduce wait (min /
+median / max, each rank's, the slowest rank and the straggler: engine/ranks.py), one all_gather of three floats
+right after that sync. Every line has its wall-clock `timestamp`.
 
 Preemption. SIGTERM or SIGUSR1 (a cluster's time limit or preemption) only sets a flag (preemption.py). The
 ranks agree on it in the log interval's all-reduce, which already runs: `LogWindow.sync` reduces the tensor
@@ -30,8 +32,8 @@ plus any evaluation or regular checkpoint the schedule puts between the signal a
 (one under way is finished first), and the set-up when the signal comes before the first log interval.
 
 Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
-another place for the events (TensorBoard beside metrics.jsonl) is a second `EventLog`, added in
-`_event_logs`.
+another place for the events is another `EventLog`, added in `_event_logs` (TensorBoard is one:
+engine/tensorboard.py, with train.tensorboard=true).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -66,12 +69,20 @@ from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
-from cityseg_fast.engine import dist, rundir
+from cityseg_fast.engine import dist, rundir, tensorboard
 from cityseg_fast.engine.evaluate import evaluate, iou_table
-from cityseg_fast.engine.stall import StallMeter
+from cityseg_fast.engine.ranks import (
+    AllReduceClock,
+    gather_rank_times,
+    rank_fields,
+    rank_times,
+    straggler_text,
+)
+from cityseg_fast.engine.stall import StallMeter, StallStats
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
 from cityseg_fast.errors import Preempted, UserError
+from cityseg_fast.hardware import affinity_warning, rank_cpus
 from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
 from cityseg_fast.models import model_from_config
 from cityseg_fast.preemption import StopRequest, catch_stop_signals
@@ -130,9 +141,14 @@ class EventLogs:
             log.close()
 
 
-def _event_logs(out: Path, info: dist.DistInfo) -> EventLogs:
-    """Where this rank's events go: metrics.jsonl on rank 0 (another EventLog is appended here), none elsewhere."""
-    return EventLogs([MetricsLog(out / rundir.METRICS_FILE)] if info.is_main else [])
+def _event_logs(out: Path, info: dist.DistInfo, t: TrainConfig, start: int) -> EventLogs:
+    """Where this rank's events go: on rank 0 metrics.jsonl and, with train.tensorboard, OUT/tb; none elsewhere."""
+    if not info.is_main:
+        return EventLogs([])
+    logs: list[EventLog] = [MetricsLog(out / rundir.METRICS_FILE)]
+    if t.tensorboard:
+        logs.append(tensorboard.TensorBoardLog.open(out, start))
+    return EventLogs(logs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,10 +314,9 @@ def memory_fields(device: torch.device, nvml: Any) -> dict[str, float | None]:
     }
 
 
-def interval_fields(meter: StallMeter, iters: int, seconds: float) -> dict[str, float | None]:
+def interval_fields(stats: StallStats, iters: int, seconds: float) -> dict[str, float | None]:
     """A 'train' line's timing: s per iteration, s per iteration blocked in next(), and the data wait the
-    meter measured (this rank's); called right after the interval's sync, so every step in it has ended."""
-    stats = meter.take()
+    meter measured (this rank's `take`, right after the interval's sync, so every step in it has ended)."""
     m = stats.metrics()
     n = len(stats.host_wait_s)
     return {
@@ -331,10 +346,11 @@ class _Bar:
 
 
 def progress_text(line: dict[str, Any]) -> str:
-    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall."""
+    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall and a straggler."""
     stall = line["stall_fraction"]
     stall_text = f"  stall {stall:.0%}" if stall is not None else ""
-    return f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s{stall_text}"
+    rate = f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s"
+    return rate + stall_text + straggler_text(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +391,7 @@ class _Run:
     stream: Iterator[tuple[int, Batch]]  # (epoch, batch) from the train loader, from the resumed position
     logs: EventLogs
     meter: StallMeter
+    clock: AllReduceClock | None  # the gradient all-reduce's wait under DDP (engine/ranks.py), else None
     nvml: NvmlDevice | None  # rank 0 on a GPU with NVML, else None
     stop: StopRequest  # set by SIGTERM / SIGUSR1; the ranks agree on it at the log interval
     schedule: Schedule
@@ -402,6 +419,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> TrainSummary:
             "SyncBatchNorm (pytorch#161302) and compile + DDP + SyncBN fails in open reports "
             "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
         )
+    if cfg.train.tensorboard:
+        tensorboard.require()  # every rank, before any work: none waits for a rank 0 that cannot log
     with ExitStack() as cleanup:
         run = _set_up(cfg, info, cleanup)
         _loop(run)
@@ -440,7 +459,8 @@ def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
     Returns whether any rank was asked to stop (the same on every rank)."""
     run.last_loss, stop = run.window.sync(run.info.world_size, run.stop.requested)
     now = time.perf_counter()
-    line = train_line(run, epoch, now)
+    stats = run.meter.take()
+    line = {**train_line(run, epoch, now, stats), **_rank_fields(run, stats)}
     run.logs.write("train", **line)
     bar.show(progress_text(line))
     run.window.next(run.it, now)
@@ -448,9 +468,18 @@ def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
     return stop
 
 
-def train_line(run: _Run, epoch: int, now: float) -> dict[str, Any]:
+def _rank_fields(run: _Run, stats: StallStats) -> dict[str, Any]:
+    """Under DDP, every rank's timing figures (engine/ranks.py): a collective, so every rank calls it, right
+    after the interval's sync; {} in one process."""
+    if run.info.world_size < 2:
+        return {}
+    ranks = gather_rank_times(rank_times(stats, run.clock), run.info.device)
+    return rank_fields(ranks, run.cfg.train.straggler_threshold)
+
+
+def train_line(run: _Run, epoch: int, now: float, stats: StallStats) -> dict[str, Any]:
     """A 'train' line's fields, for the interval that ends at `now`: iter, epoch, loss, lr, images_per_s
-    (global), wall_s since the loop started, then the interval's timing and memory."""
+    (global), wall_s since the loop started, then the interval's timing (`stats`: the meter's) and memory."""
     iters, seconds = run.it - run.window.start_it, now - run.window.start_t
     global_batch = run.cfg.loader.batch_size * run.info.world_size
     return {
@@ -460,7 +489,7 @@ def train_line(run: _Run, epoch: int, now: float) -> dict[str, Any]:
         "lr": run.state.optimizer.param_groups[0]["lr"],
         "images_per_s": iters * global_batch / max(seconds, 1e-9),
         "wall_s": now - run.t0,
-        **interval_fields(run.meter, iters, seconds),
+        **interval_fields(stats, iters, seconds),
         **memory_fields(run.info.device, run.nvml),
     }
 
@@ -524,11 +553,11 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     if resume_from is not None:  # the loaded checkpoint goes with `claim` when this function returns
         start = restore(state, resume_from, claim.ckpt if claim else None)
     state.model = dist.wrap_ddp(net, info.device)
+    clock = AllReduceClock.install(state.model, info.device)  # None in one process
+    ranks = dist.all_gather_object(_rank_env(info))  # every rank's CPU sets, for rank 0's env.json
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
-        dump_config(cfg, out / rundir.CONFIG_FILE)
-        with diskio.atomic_path(out / "env.json") as tmp:
-            tmp.write_text(jsonsafe.dumps(collect_env(), indent=1, default=str) + "\n")
-    logs = _event_logs(out, info)
+        _write_run_files(cfg, out, ranks)
+    logs = _event_logs(out, info, cfg.train, start)
     cleanup.callback(logs.close)
     _announce(logs, cfg, info, train_loader, resume_from, start)
     nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
@@ -538,9 +567,26 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
     meter, now = StallMeter(info.device), time.perf_counter()
     return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream,
-                logs=logs, meter=meter, nvml=nvml, stop=stop, schedule=Schedule.from_config(cfg.train),
+                logs=logs, meter=meter, clock=clock, nvml=nvml, stop=stop, schedule=Schedule.from_config(cfg.train),
                 window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
                 start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
+
+
+def _rank_env(info: dist.DistInfo) -> dict[str, Any]:
+    """This rank's place: host, device, the CPUs it may run on and NVML's ideal set for its GPU (hardware.py)."""
+    return {"rank": info.rank, "host": socket.gethostname(), "local_rank": info.local_rank,
+            "device": str(info.device), **rank_cpus(info.device)}  # fmt: skip
+
+
+def _write_run_files(cfg: Config, out: Path, ranks: list[Any]) -> None:
+    """Rank 0: config.yaml, and env.json (the environment and every rank's CPU sets); a warning on the console
+    when ranks run outside their GPU's ideal CPU set."""
+    dump_config(cfg, out / rundir.CONFIG_FILE)
+    with diskio.atomic_path(out / "env.json") as tmp:
+        tmp.write_text(jsonsafe.dumps({**collect_env(), "ranks": ranks}, indent=1, default=str) + "\n")
+    warning = affinity_warning(ranks)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _open_loaders(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> tuple[Loader, Loader]:

@@ -229,10 +229,23 @@ TRAIN_FLOPS_PER_IMAGE = "train_flops_per_image"
 ACHIEVED_TFLOPS = "achieved_tflops"
 MFU = "mfu"
 GPU_UTIL = "gpu_util"
+GPU_JPG_UTIL = "gpu_jpg_util"  # NVML's utilisation of the NVJPG engines (hardware JPEG decoding), a fraction
+MEMORY_SNAPSHOT = "memory_snapshot"  # bench.memory_snapshot: the allocator history pickle (pytorch.org/memory_viz)
+MEMORY_SNAPSHOT_NVML_USED_MIB = "memory_snapshot_nvml_used_mib"  # NVML's used memory when it was taken
 GPU_POWER_W = "gpu_power_w"
 DATA_WAIT_MS_P50 = "data_wait_ms_p50"  # engine/stall.py: how long each step waited for its batch
 DATA_WAIT_MS_P99 = "data_wait_ms_p99"
 STALL_FRACTION = "stall_fraction"
+# model / e2e rows at world size > 1 (engine/ranks.py makes them, as it makes the 'train' lines'): seconds per
+# step across the ranks: each rank's work (its data wait + compute), data wait, compute, and its wait in the
+# gradient all-reduce (min / median / max; one list per figure, index = rank), the rank with the most work,
+# max / median of the work, and the straggler (that rank when the ratio exceeds train.straggler_threshold).
+RANK_WORK_S_MIN, RANK_WORK_S_MEDIAN, RANK_WORK_S_MAX = "rank_work_s_min", "rank_work_s_median", "rank_work_s_max"
+RANK_DATA_WAIT_S_MIN, RANK_DATA_WAIT_S_MAX = "rank_data_wait_s_min", "rank_data_wait_s_max"
+RANK_COMPUTE_S_MIN, RANK_COMPUTE_S_MAX = "rank_compute_s_min", "rank_compute_s_max"
+RANK_ALLREDUCE_WAIT_S_MIN, RANK_ALLREDUCE_WAIT_S_MAX = "rank_allreduce_wait_s_min", "rank_allreduce_wait_s_max"
+RANK_DATA_WAIT_S, RANK_COMPUTE_S, RANK_ALLREDUCE_WAIT_S = "rank_data_wait_s", "rank_compute_s", "rank_allreduce_wait_s"
+SLOWEST_RANK, STRAGGLER_RATIO, STRAGGLER = "slowest_rank", "straggler_ratio", "straggler"
 LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
 LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
 PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
