@@ -29,8 +29,17 @@ from rich.console import Console
 from rich.table import Table
 
 from cityseg_fast import dirlock
-from cityseg_fast.bench.study_runs import Study, load_study, make_data, plan, total_s, write_sweep
+from cityseg_fast.bench.study_runs import (
+    Study,
+    load_study,
+    make_data,
+    plan,
+    speed_notes,
+    total_s,
+    write_sweep,
+)
 from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.hardware import bf16_support_why, resolve_device
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report.format import fmt_s
 from cityseg_fast.report.study_report import build_study_report
@@ -48,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def print_plan(study, console) -> None:
-    runs = plan(study)
+    bf16, why = bf16_support_why(resolve_device())
+    runs = plan(study, bf16)
     t = Table(title=f"study '{study.name}': {len(runs)} runs, seeds {study.seeds}")
     for col in ("#", "scenario", "point", "seed", "estimate", "status"):
         t.add_column(col, justify="right" if col in ("#", "seed", "estimate") else "left")
@@ -64,6 +74,8 @@ def print_plan(study, console) -> None:
         f"({prior.gflop_per_s:g} GFLOP/s + {prior.overhead_s:g} s per run); the others at the rate that "
         "this study's finished runs of the same model measured."
     )
+    for line in speed_notes(study, runs, bf16, why):
+        console.print(line)
 
 
 def run(args: argparse.Namespace) -> int:

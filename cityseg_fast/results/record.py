@@ -96,6 +96,7 @@ def rows_for(
     *,
     error: BaseException | str | None = None,
     world_size: int = 1,
+    env: dict[str, Any] | None = None,
     point: dict[str, Any] | None = None,
 ) -> list[Row]:
     """The rows one measurement records: `row_for`'s, then, where its metrics hold SCALES (an accuracy run
@@ -103,7 +104,7 @@ def rows_for(
     training row as its companion 'train'. One training run, several points, each with its own id."""
     metrics = dict(metrics or {})
     scales = metrics.pop(SCALES, None) or []
-    env = collect_env()
+    env = collect_env() if env is None else env
     main = row_for(scenario, cfg, metrics, error=error, world_size=world_size, env=env, point=point)
     rows = [main]
     for entry in scales:
