@@ -6,20 +6,26 @@ scaler's fields in metrics.jsonl of a tiny fp16 run."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from engine_fixtures import tiny_overrides, trained_run
 from PIL import Image
 
 from cityseg_fast.bench.accuracy import curves, read_events, scaler_summary
 from cityseg_fast.bench.study_runs import load_study, plan, speed_notes, total_s
+from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.bench.sweep_spec import load_spec
+from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
+from cityseg_fast.config import replace as replace_cfg
 from cityseg_fast.engine.train import train
 from cityseg_fast.errors import UserError
 from cityseg_fast.report.study_design import design, resolution_settings
 from cityseg_fast.report.study_report import build_study_report
-from cityseg_fast.results import append_row, read_rows, rows_for
+from cityseg_fast.results import append_row, point_for, point_id, read_rows, row_for, rows_for
 from cityseg_fast.results.scenarios import EVAL_SCALE, EVAL_SIZE, INFER_IMAGES_PER_S, MIOU, SCALES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +207,117 @@ def test_fp16_run_logs_the_loss_scale_and_skipped_steps(tmp_path):
     events = read_events(out)
     assert scaler_summary(events) == {"loss_scale": logged[-1]["loss_scale"], "skipped_steps": skipped[-1]}
     assert curves(events)["train"]["loss_scale"] == [e["loss_scale"] for e in logged]
+
+
+# ---------------------------------------------------------------- eval --scales, and a sweep's rows per scale
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_scales_gives_one_row_per_scale_and_scale_1_is_plain_eval(run, capsys):
+    data, out = run
+    ck = str(sorted(out.glob("ckpt_*.pt"))[-1])
+    assert main(["eval", "--checkpoint", ck, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", ck, "--scales", "0.5,0.75,1.0", "--json", "bench.iters=2", "bench.warmup=1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["eval_scale"], r["eval_size"]) for r in rows] == [(0.5, [32, 64]), (0.75, [48, 96]), (1.0, [64, 128])]
+    assert rows[-1]["miou"] == plain["miou"] and rows[-1]["per_class_iou"] == plain["per_class_iou"]
+    assert all(r["images"] == plain["images"] and r["pixels"] == plain["pixels"] for r in rows)  # full-size labels
+    assert all(r["infer_images_per_s"] > 0 and r["infer_latency_ms_p50"] > 0 for r in rows)
+    assert rows[0]["miou"] != plain["miou"]  # another input, another prediction
+    assert main(["eval", "--checkpoint", ck, "--scales", "0.5,1", "bench.iters=1", "bench.warmup=0"]) == 0
+    table = capsys.readouterr().out
+    assert "32x64" in table and "64x128" in table and "inference img/s" in table
+
+
+@pytest.mark.parametrize("scales, message", [
+    ("0,1", "--scales '0,1': every value must be > 0"),
+    ("-0.5", "--scales '-0.5': every value must be > 0"),
+    ("half,1", "--scales 'half,1': expected numbers separated by commas"),
+    ("inf", "--scales 'inf': expected numbers"),
+    ("1,1.0", "--scales '1,1.0': a scale is repeated"),
+])  # fmt: skip
+def test_bad_scales_are_one_line_exit_2(tmp_path, capsys, scales, message):
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--scales", scales]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[0.5,0]", "config key 'bench.eval_scales': every value must be > 0, got [0.5, 0.0]"),
+    ("[1,1.0]", "config key 'bench.eval_scales': a value is repeated in [1.0, 1.0]"),
+    ("[x]", "config key 'bench.eval_scales[0]': expected a number, got 'x'"),
+])  # fmt: skip
+def test_bad_eval_scales_in_a_config_are_one_line(value, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config([], [f"bench.eval_scales={value}"])
+    assert load_config([], ["bench.eval_scales=0.5,1"]).bench.eval_scales == (0.5, 1.0)
+
+
+def test_a_sweep_records_one_row_per_scale_from_one_training_run_and_resumes(run, tmp_path):
+    data, _ = run
+    spec = {"name": "scales", "timeout_s": 300, "runs": [{"scenarios": ["accuracy"]}],
+            "overrides": {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in tiny_overrides(data, tmp_path, 4))}
+            | {"train.out_dir": str(tmp_path / "train"), "bench.eval_scales": [0.5, 1.0], "bench.iters": 1,
+               "bench.warmup": 0}}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert run_sweep(load_spec(tmp_path / "spec.yaml"), out, live=False)["ok"] == 1
+    rows = list(read_rows(out / "results.jsonl"))
+    train_row, *scaled = rows
+    assert [r.point.get(EVAL_SCALE) for r in rows] == [None, 0.5, 1.0] and all(r.ok for r in rows)
+    assert train_row.point["eval_scales"] == [0.5, 1.0] and "point_wall_s" in train_row.sweep
+    assert all(r.companions == {"train": train_row.point_id} for r in scaled)
+    assert scaled[1].metrics[MIOU] == train_row.metrics[MIOU]  # scale 1: the run's own evaluation
+    assert run_sweep(load_spec(tmp_path / "spec.yaml"), out, live=False)["skipped"] == 1  # one run: done
+    assert len(list(read_rows(out / "results.jsonl"))) == 3
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def test_demo_runs_bf16_beside_fp32_only_where_bf16_is_native(tmp_path):
+    from cityseg_fast.commands import demo
+
+    path = ROOT / "configs" / "sweeps" / "demo_cpu.yaml"
+    for quick in (False, True):
+        counts = {}
+        for bf16 in ("native", "emulated"):
+            _, sweep = demo.demo_plan(path, quick, tmp_path / "prepared", bf16)
+            (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+            points = load_spec(tmp_path / "sweep.yaml", tmp_path).points
+            counts[bf16] = points
+        native = {(p.scenario, p.cfg.precision.dtype) for p in counts["native"]}
+        assert {("model", "bf16"), ("e2e", "bf16")} <= native and all(p.cfg.precision.dtype == "fp32" for p in counts["emulated"])
+        fp32_ids = {p.id for p in counts["emulated"]}
+        for p in (p for p in counts["native"] if p.cfg.precision.dtype == "bf16"):  # each has its fp32 twin
+            twin = replace_cfg(p.cfg, precision={"dtype": "fp32"})
+            assert point_id(p.scenario, point_for(p.scenario, twin)) in fp32_ids, (quick, p.scenario)
+
+
+def test_mixed_precision_section_pairs_points_that_differ_in_precision_alone(tmp_path):
+    from cityseg_fast.report.mixed_precision import emulated_note, mixed_precision_section
+    from cityseg_fast.report.runs import load_runs
+
+    def row(scenario, dtype, ips, infer=None, **extra):
+        cfg = load_config([], [f"precision.dtype={dtype}", "loader.batch_size=4", *extra.get("over", [])])
+        metrics = {"images_per_s": ips, "device": "cpu", **({"infer_images_per_s": infer} if infer else {})}
+        return row_for(scenario, cfg, metrics, env={"bf16": {"cpu": extra.get("bf16", "native")}})
+
+    for r in (row("model", "fp32", 10.0, 40.0), row("model", "bf16", 16.5, 90.0), row("e2e", "fp32", 8.0),
+              row("e2e", "bf16", 12.0), row("model", "bf16", 99.0, over=["loader.batch_size=8"])):  # fmt: skip
+        append_row(tmp_path / "results.jsonl", r)
+    text = mixed_precision_section(load_runs([tmp_path]))
+    lines = [line for line in text.splitlines() if line.startswith("| model") or line.startswith("| e2e")]
+    assert len(lines) == 2  # the batch-8 bf16 point has no fp32 twin: no pair
+    assert "| 1.65x | 2.25x |" in lines[0] and "| 1.50x | – |" in lines[1]
+    assert emulated_note(load_runs([tmp_path])) == ""
+    other = tmp_path / "emulated"
+    append_row(other / "results.jsonl", row("model", "fp32", 10.0, bf16="emulated"))
+    runs = load_runs([other])
+    assert mixed_precision_section(runs) == "" and "this CPU emulates bf16" in emulated_note(runs)
