@@ -9,9 +9,13 @@ measurement (with the load average when it started) is appended to the study's s
     PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 3      # 3 rounds; ~25 min on 2 busy cores
     PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 1 --only ref --out /tmp/ratios.jsonl   # one point
     PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 3 --study precision_cpu  # -> reports/cpu-precision/
+    PYTHONPATH=$PWD python benchmarks/study_sizing_ratios.py 5 --study precision_cpu --paired 4 --only ref --only bf16
 
 A setting named NAME@avx2 runs with oneDNN and ATen capped to AVX2 (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY):
 on a CPU with native bf16, what a CPU without it does (bf16 emulated), measured beside the native settings.
+--paired times the settings in one process, in short bursts back to back (robust to a shared machine's
+drifting load); the caps are read when a process starts, so the @avx2 settings are paired in a process of
+their own: `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... --paired 3 --only ref@avx2 --only bf16@avx2`.
 """
 
 from __future__ import annotations
@@ -64,17 +68,56 @@ def measure(name: str, over: list[str], rnd: int) -> dict:
             "infer_ips": m.get("infer_images_per_s")}  # fmt: skip
 
 
+def paired(points: dict[str, list[str]], rounds: int, steps: int) -> list[dict]:
+    """--paired: in this one process, each setting's train step (engine.step) built once on a synthetic batch,
+    then `rounds` rounds of `steps` timed steps per setting back to back: a ratio compares bursts seconds
+    apart, where separate processes minutes apart saw a shared machine's load move 2.5 -> 6.5 in between."""
+    import torch
+
+    from cityseg_fast.config import load_config
+    from cityseg_fast.data.batch import Batch, to_layout
+    from cityseg_fast.engine.step import build_train_state, train_step
+
+    torch.set_num_threads(1)  # as the subprocess mode's OMP_NUM_THREADS=1
+    steps_of, isa = {}, torch.backends.cpu.get_cpu_capability()
+    for name, over in points.items():
+        cfg = load_config([CFG], over)
+        n, (h, w) = cfg.loader.batch_size, cfg.data.crop
+        batch = Batch(to_layout(torch.randn(n, 3, h, w), cfg.precision.channels_last), torch.randint(0, 19, (n, h, w)))
+        state = build_train_state(cfg, "cpu")
+        t0 = time.perf_counter()
+        train_step(state, batch)  # the first step: compilation, if any, and lazy init
+        steps_of[name] = (state, batch, n, time.perf_counter() - t0)
+    out = []
+    for rnd in range(rounds):
+        for name, (state, batch, n, first) in steps_of.items():
+            load, t0 = open("/proc/loadavg").read().split()[0], time.perf_counter()
+            for _ in range(steps):
+                train_step(state, batch)
+            ips = steps * n / (time.perf_counter() - t0)
+            out.append({"mode": "paired", "round": rnd, "name": name, "isa": isa, "load": load, "ips": ips,
+                        "first_step_s": first})  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rounds", type=int, nargs="?", default=3, help="rounds over every setting (default 3)")
     ap.add_argument("--study", choices=list(STUDIES), default="cpu_synth", help="whose settings (default cpu_synth)")
     ap.add_argument("--only", action="append", help="measure only these settings (names: the script's tables)")
     ap.add_argument("--out", help="default: reports/<the study's folder>/sizing/ratios.jsonl")
+    ap.add_argument("--paired", type=int, metavar="STEPS", help="time STEPS steps per setting per round in this one "
+                    "process (the settings without @avx2; run it again under the @avx2 caps for those)")  # fmt: skip
     args = ap.parse_args(argv)
     table, folder = STUDIES[args.study]
     args.out = args.out or str(ROOT / "reports" / folder / "sizing" / "ratios.jsonl")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     points = {k: v for k, v in table.items() if not args.only or k in args.only}
+    if args.paired:
+        with open(args.out, "a") as out:
+            for rec in paired({k.removesuffix("@avx2"): v for k, v in points.items()}, args.rounds, args.paired):
+                out.write(json.dumps(rec) + "\n")
+        return 0
     with open(args.out, "a") as out:
         for rnd in range(args.rounds):
             for name, over in points.items():
