@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cityseg_fast.report.format import fmt_num, md_table
+from cityseg_fast.report.format import DASH, fmt_num, fmt_ratio, md_table
 from cityseg_fast.report.runs import Run, point_label, split_keys
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import IMAGES_PER_S, INFER_IMAGES_PER_S
@@ -37,24 +37,25 @@ def pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
     return out
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a and b else "–"
+def _speed_ups(base: Row, other: Row) -> tuple[str, str]:
+    """(training, inference) speed-up of `other` over `base`: an infer row's images/s is inference already;
+    a model row also timed eval-mode inference on its batch; an e2e row trains only."""
+    if other.scenario == "infer":
+        return DASH, fmt_ratio(other.number(IMAGES_PER_S), base.number(IMAGES_PER_S))
+    train = fmt_ratio(other.number(IMAGES_PER_S), base.number(IMAGES_PER_S))
+    return train, fmt_ratio(other.number(INFER_IMAGES_PER_S), base.number(INFER_IMAGES_PER_S))
 
 
 def mixed_precision_section(runs: Sequence[Run]) -> str:
-    """A table per run of the pairs: the point, fp32 and the other precision's images/s, the speed-up."""
+    """A table of every run's pairs: the point, fp32's and the other precision's images/s, the speed-ups."""
     body = []
     for run in runs:
         found = pairs(run.rows)
-        keys, _ = split_keys([r for pair in found for r in pair])
-        keys = [k for k in keys if k != "dtype"]
+        keys = [k for k in split_keys([r for pair in found for r in pair])[0] if k != "dtype"]
         for base, other in found:
-            train = (other.scenario != "infer", IMAGES_PER_S)  # infer's images/s is inference already
-            cells = [other.scenario, point_label(base.point, keys) or other.scenario, str(other.point["dtype"])]
-            cells += [fmt_num(base.number(IMAGES_PER_S)), fmt_num(other.number(IMAGES_PER_S)),
-                      _ratio(other.number(IMAGES_PER_S), base.number(IMAGES_PER_S)) if train[0] else "–",
-                      _ratio(*(r.number(INFER_IMAGES_PER_S if train[0] else IMAGES_PER_S) for r in (other, base)))]  # fmt: skip
-            body.append(cells)
+            body.append([other.scenario, point_label(base.point, keys) or other.scenario, str(other.point["dtype"]),
+                         fmt_num(base.number(IMAGES_PER_S)), fmt_num(other.number(IMAGES_PER_S)),
+                         *_speed_ups(base, other)])  # fmt: skip
     if not body:
         return ""
     head = ["scenario", "point", "precision", "fp32 img/s", "img/s", "training speed-up", "inference speed-up"]

@@ -19,7 +19,7 @@ from cityseg_fast.diskio import atomic_path
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
-from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_s, md_table
+from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_ratio, fmt_s, md_table
 from cityseg_fast.report.plots import Plot, pareto_front
 from cityseg_fast.report.runs import Run, load_run
 from cityseg_fast.report.stats import summarize
@@ -90,7 +90,7 @@ def precision_table(axis: Axis) -> str:
     for s in axis.settings:
         anchor, mem = axis.anchor_for(s), s.summary("memory")
         cells = [model_label(s.point), value_label("dtype", s.point), str(len(s.runs)), text.pm(s.summary(MIOU)),
-                 text.pm(s.summary(IMAGES_PER_S), 1.0, 1), text.ratio(s.mean(IMAGES_PER_S), anchor.mean(IMAGES_PER_S)),
+                 text.pm(s.summary(IMAGES_PER_S), 1.0, 1), fmt_ratio(s.mean(IMAGES_PER_S), anchor.mean(IMAGES_PER_S)),
                  fmt_mib(mem.mean) if mem else "–",
                  "(fp32: the anchor)" if s is anchor else text.verdict(s.values(MIOU), anchor.values(MIOU))]  # fmt: skip
         if scaled:
@@ -117,7 +117,7 @@ def resolution_table(d: Design) -> str:
             body.append([model_label(s.point), value_label("dtype", s.point), f"{scale:g}",
                          format_hw(runs[0].metrics.get(EVAL_SIZE)), text.pm(summarize(s.at_scale(scale, MIOU))),
                          text.pm(summarize(s.at_scale(scale, ACC))), text.pm(ips, 1.0, 1),
-                         text.ratio(ips.mean if ips else None, one.mean if one else None), verdict])  # fmt: skip
+                         fmt_ratio(ips.mean if ips else None, one.mean if one else None), verdict])  # fmt: skip
     return md_table(RESOLUTION_HEAD, body, [False, False] + [True] * 6 + [False])
 
 

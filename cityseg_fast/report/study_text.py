@@ -122,11 +122,6 @@ def verdict(xs: Sequence[float], ys: Sequence[float]) -> str:
     return f"{100 * w.diff:+.1f} points: a difference (p = {w.p:.2g})"
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    """'1.65x' (a / b), or '–' without both."""
-    return f"{a / b:.2f}x" if a is not None and b else "–"
-
-
 def neutrality_conclusion(d: Design) -> str:
     """Whether the settings that only change speed (torch.compile, the memory format) changed mIoU beyond
     the seed spread: each against the reference."""
@@ -142,8 +137,7 @@ def neutrality_conclusion(d: Design) -> str:
                 differ.append(f"{name} ({100 * w.diff:+.1f} points, p = {w.p:.2g})")
             else:
                 same.append(f"{name} (p = {w.p:.2g})")
-    if not (same or differ or untested):
-        return ""
+    text = ""
     if differ:
         text = f"A speed setting changed accuracy beyond the seed spread: {'; '.join(differ)}"
         text += f"; no measurable difference for {'; '.join(same)}." if same else "."
@@ -151,9 +145,7 @@ def neutrality_conclusion(d: Design) -> str:
         text = (f"The speed settings are accuracy-neutral as far as {_seeds(d)} seeds can tell: "
                 f"{'; '.join(same)}: no measurable mIoU difference, so their speed-ups come at no measured "
                 "cost in accuracy.")  # fmt: skip
-    else:
-        text = ""
-    return text + (f" Too few seeds to test {'; '.join(untested)}." if untested else "")
+    return (text + (f" Too few seeds to test {'; '.join(untested)}." if untested else "")).strip()
 
 
 def _seeds(d: Design) -> int:
