@@ -11,10 +11,12 @@ the precision's and nothing else's. The model scenario also times eval-mode infe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from cityseg_fast.config import format_hw
 from cityseg_fast.report.format import DASH, fmt_num, fmt_ratio, md_table
-from cityseg_fast.report.runs import Run, point_label, split_keys
+from cityseg_fast.report.runs import Run
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import IMAGES_PER_S, INFER_IMAGES_PER_S
 
@@ -37,6 +39,14 @@ def pairs(rows: Sequence[Row]) -> list[tuple[Row, Row]]:
     return out
 
 
+def _label(point: Mapping[str, Any]) -> str:
+    """'unet_s16 64x128 bs4', and the loader where the point has one: 'unet_s16 64x128 bs4, dali (cpu)'."""
+    text = f"{point.get('model')} {format_hw(point.get('resolution'))} bs{point.get('batch_size')}"
+    loader = point.get("loader")
+    return text + (f", {loader} ({point['loader_device']})" if loader and point.get("loader_device") else
+                   f", {loader}" if loader else "")  # fmt: skip
+
+
 def _speed_ups(base: Row, other: Row) -> tuple[str, str]:
     """(training, inference) speed-up of `other` over `base`: an infer row's images/s is inference already;
     a model row also timed eval-mode inference on its batch; an e2e row trains only."""
@@ -51,9 +61,8 @@ def mixed_precision_section(runs: Sequence[Run]) -> str:
     body = []
     for run in runs:
         found = pairs(run.rows)
-        keys = [k for k in split_keys([r for pair in found for r in pair])[0] if k != "dtype"]
         for base, other in found:
-            body.append([other.scenario, point_label(base.point, keys) or other.scenario, str(other.point["dtype"]),
+            body.append([other.scenario, _label(base.point), str(other.point["dtype"]),
                          fmt_num(base.number(IMAGES_PER_S)), fmt_num(other.number(IMAGES_PER_S)),
                          *_speed_ups(base, other)])  # fmt: skip
     if not body:
