@@ -10,7 +10,12 @@ A study config (configs/studies/*.yaml) is a sweep spec of `accuracy` (and `base
   3. builds OUT/report/STUDY.md from the rows only: methodology, a table per axis (mIoU mean ± std over
      seeds, img/s, memory), the speed/accuracy front, effect plots, learning curves, per-class IoU,
      example predictions, and conclusions that call a difference a difference only when Welch's t-test
-     says it exceeds the seed spread (p < 0.05).
+     says it exceeds the seed spread (p < 0.05); where the study has them, a precision table (each dtype
+     against fp32), the inference-resolution table and curves (bench.eval_scales) and whether the speed
+     settings (torch.compile, channels_last) moved mIoU.
+
+The dry run prices each precision by the config's measured ratio, and bf16 by its emulation cost where the
+device emulates it (`cityseg doctor`), and says so.
 
   cityseg study configs/studies/cpu_synth.yaml --dry-run        # every run, its seed and estimated time
   cityseg study configs/studies/cpu_synth.yaml --out runs/study # run it (rerun the same to resume)
