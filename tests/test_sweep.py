@@ -278,9 +278,9 @@ class Stub:
                        "visible_devices": ",".join(devices)}  # fmt: skip
             ran = {"point_wall_s": 0.0}
             if sp.cfg.loader.batch_size > self.fits:
-                return row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={},
-                               sweep=ran)  # fmt: skip
-            return row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, sweep=ran)
+                return [row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={},
+                                sweep=ran)]  # fmt: skip
+            return [row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, sweep=ran)]
 
         return wait
 

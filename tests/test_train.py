@@ -284,13 +284,13 @@ def test_a_stop_signal_sets_a_flag_that_the_log_sync_carries_and_turns_the_due_a
     window.add(torch.tensor(2.0))
     window.add(torch.tensor(4.0))
     with catch_stop_signals() as stop:
-        assert window.sync(1, stop.requested) == (3.0, False)
+        assert window.sync(1, stop.requested) == (3.0, False, [])  # [] : no fp16 scaler trace to read with it
         os.kill(os.getpid(), signal.SIGUSR1)  # the handler only records it
         assert stop.requested and stop.name == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) == before  # restored after the block
     window.next(10, 0.0)
     window.add(torch.tensor(1.0))
-    assert window.sync(1, True) == (1.0, True)  # the same all-reduce as the loss (a no-op in one process)
+    assert window.sync(1, True) == (1.0, True, [])  # the same all-reduce as the loss (a no-op in one process)
     due = Schedule(iters=100, log=5, eval=5, ckpt=50).due(5)
     assert (due.eval, due.ckpt, due.stop) == (True, False, False)
     assert (due.stopping().eval, due.stopping().ckpt, due.stopping().stop) == (False, True, True)

@@ -26,6 +26,7 @@ from typing import Any
 
 from cityseg_fast.bench import accuracy
 from cityseg_fast.bench.flops import count_flops, mfu
+from cityseg_fast.bench.inference import evaluate_at_scales, inference_model, time_forward
 from cityseg_fast.bench.loader_bench import measure_loader
 from cityseg_fast.bench.memory import MemoryMonitor, MemorySnapshot
 from cityseg_fast.bench.profile import profile_steps, trace_path
@@ -36,6 +37,7 @@ from cityseg_fast.data.cityscapes import find_samples, read_pair
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.data.synthetic import colour_baseline_miou
+from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine.dist import init_distributed, wrap_ddp
 from cityseg_fast.engine.precision import (
     autocast,
@@ -52,6 +54,7 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import TRAINID_TO_ID
 from cityseg_fast.models import model_from_config
+from cityseg_fast.results.scenarios import SCALES
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
@@ -317,8 +320,6 @@ def run_e2e(cfg: Config) -> dict[str, Any]:
 
 def run_infer(cfg: Config) -> dict[str, Any]:
     """Latency at batch 1 and throughput at batch N (= loader.batch_size) at data.crop, eval mode."""
-    import torch
-
     device, _ = _device_and_dist(cfg)
     h, w = cfg.data.crop
     n = cfg.loader.batch_size
@@ -327,26 +328,14 @@ def run_infer(cfg: Config) -> dict[str, Any]:
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         model = prepare_model(model_from_config(cfg), cfg.precision, device).eval()
         metrics: dict[str, Any] = {}
-        with torch.inference_mode():
-            for bs in (1, n) if n > 1 else (1,):
-                x = torch.randn(bs, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
-                if not cfg.precision.channels_last:
-                    x = x.contiguous()
-
-                def fwd(x: torch.Tensor = x) -> None:
-                    with autocast(cfg.precision.dtype, device.type):
-                        model(x)
-
-                t = time_steps(fwd, cfg.bench.iters, cfg.bench.warmup, device, items_per_step=bs)
-                s = summarize(t.step_s, variance_warn=cfg.bench.variance_warn)
-                if bs == 1:
-                    metrics.update(latency_metrics(s))
-                    metrics["images_per_s_batch1"] = t.items_per_s
-                    metrics["first_step_s"] = t.first_step_s
-                    metrics["compile_s"] = (
-                        t.compile_s(s["median_ms"] / 1e3) if cfg.precision.compile != "off" else None
-                    )
-                metrics["images_per_s"] = t.items_per_s  # batch N (or 1 when N == 1)
+        for bs in (1, n) if n > 1 else (1,):
+            t, s = time_forward(model, cfg, device, (h, w), bs)
+            if bs == 1:
+                metrics.update(latency_metrics(s))
+                metrics["images_per_s_batch1"] = t.items_per_s
+                metrics["first_step_s"] = t.first_step_s
+                metrics["compile_s"] = t.compile_s(s["median_ms"] / 1e3) if cfg.precision.compile != "off" else None
+            metrics["images_per_s"] = t.items_per_s  # batch N (or 1 when N == 1)
         metrics["recompiles"] = _compile_counters().get("recompiles", 0)
         metrics["device"] = device.type
     metrics.update(mon.metrics())
@@ -357,8 +346,10 @@ def run_infer(cfg: Config) -> dict[str, Any]:
 def run_accuracy(cfg: Config) -> dict[str, Any]:
     """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its val mIoU
     (a fraction), per-class IoU, pixel accuracy, median training throughput, peak memory, parameters and
-    FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl) and, on rank 0, predictions of
-    the first val frames written under out_dir/predictions (bench/accuracy.py)."""
+    FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl; with fp16 the loss scale too,
+    and the steps the scaler skipped) and, on rank 0, predictions of the first val frames written under
+    out_dir/predictions (bench/accuracy.py) and, with bench.eval_scales, the model evaluated and timed at
+    each scale (SCALES: rows of their own, record.rows_for)."""
 
     device = resolve_device()
     t0 = time.perf_counter()
@@ -384,11 +375,23 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
         **accuracy.data_counts(events),
     }
     metrics.update(mon.metrics())
+    metrics.update(accuracy.scaler_summary(events))
     if int(os.environ.get("RANK", "0")) == 0:
         metrics["val_predictions"] = accuracy.save_predictions(cfg, summary.checkpoint, out)
+        if cfg.bench.eval_scales:
+            metrics[SCALES] = _scales_of(cfg, summary.checkpoint, device)
     world = summary.world_size
     metrics.update(_flops_metrics(cfg, device, tuple(cfg.data.crop), ips, world, train=True))
     return metrics
+
+
+def _scales_of(cfg: Config, checkpoint: str | None, device: Any) -> list[dict[str, Any]]:
+    """The trained model (its last checkpoint: the weights the run's final evaluation saw) evaluated and
+    timed at each of bench.eval_scales, here on rank 0 alone (the process group is gone after training)."""
+    if checkpoint is None:
+        raise RuntimeError("bench.eval_scales: the run saved no checkpoint to evaluate at the scales")
+    model = inference_model(cfg, ckpt_io.load_checkpoint(checkpoint)["model"], checkpoint, device)
+    return evaluate_at_scales(model, cfg, device, cfg.bench.eval_scales)
 
 
 def run_loader(cfg: Config) -> dict[str, Any]:

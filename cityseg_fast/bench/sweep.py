@@ -70,8 +70,10 @@ from cityseg_fast.results import (
 )
 from cityseg_fast.results.scenarios import IMAGES_PER_S, VISIBLE_DEVICES
 
-# Starts a point's child now and returns the function that waits for it and gives its row (None: stopped).
-Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], Row | None]]
+# Starts a point's child now and returns the function that waits for it and gives its rows: the point's own
+# first, then any more the measurement records (an accuracy point's one per eval scale: results.rows_for);
+# None when a stop signal ended it first.
+Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], list[Row] | None]]
 
 _LIVE: set[subprocess.Popen] = set()  # children in flight, stopped together on Ctrl-C
 _LIVE_LOCK = threading.Lock()
@@ -156,10 +158,11 @@ def _failure(returncode: int, err: str, timed_out: bool, timeout_s: float) -> st
 
 def start_point(
     sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()
-) -> Callable[[], Row | None]:
+) -> Callable[[], list[Row] | None]:
     """Start one point in a fresh subprocess (on `devices` when given); the function returned waits for
-    it and returns its schema row (ok, oom or error), or None when a stop signal ended it first. Call it
-    from the thread that lives longest: the child's parent-death signal follows the thread that started it."""
+    it and returns its rows: the point's (ok, oom or error), then any more the child recorded with it; None
+    when a stop signal ended it first. Call it from the thread that lives longest: the child's parent-death
+    signal follows the thread that started it."""
     cfg_path = work / f"{sp.scenario}-{sp.id}.yaml"
     row_path = work / f"{sp.scenario}-{sp.id}.jsonl"
     dump_config(sp.cfg, cfg_path)
@@ -181,7 +184,7 @@ def start_point(
 def _finish(
     sp: SweepPoint, proc: subprocess.Popen, work: Path, row_path: Path, timeout_s: float,
     devices: tuple[str, ...], t0: float,
-) -> Row | None:  # fmt: skip
+) -> list[Row] | None:  # fmt: skip
 
     try:
         err, timed_out = _wait(proc, timeout_s)
@@ -194,20 +197,20 @@ def _finish(
     if not rows and not timed_out and (_STOPPING.is_set() or stopped_status(proc.returncode)):
         return None  # stopped, not failed: no row (torchrun's exit status is 1 then, hence _STOPPING)
     if rows and not timed_out:
-        # The child built and checked it with row_for (the same point as sp.point): the sweep's record goes
-        # beside its measurement, in a new row.
-        row = replace(rows[-1], sweep=ran)
+        # The child built and checked them with rows_for (its first: the same point as sp.point): the sweep's
+        # record goes beside that measurement, in a new row; the rows after it (per eval scale) are as made.
+        rows = [replace(rows[0], sweep=ran), *rows[1:]]
     else:
         msg = _failure(proc.returncode, err, timed_out, timeout_s)
         seen = {VISIBLE_DEVICES: ",".join(devices)} if devices else None
-        row = row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)
-    if not row.ok:
+        rows = [row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)]
+    if not rows[0].ok:
         (work / f"{sp.scenario}-{sp.id}.stderr.txt").write_text(err[-20000:])
-    return row
+    return rows
 
 
-def run_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> Row | None:
-    """Run one point in a fresh subprocess and return its row (None: a stop signal ended it)."""
+def run_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> list[Row] | None:
+    """Run one point in a fresh subprocess and return its rows, its own first (None: a stop signal ended it)."""
     return start_point(sp, work, timeout_s, devices)()
 
 
@@ -444,7 +447,7 @@ class _Sweep:
             i = self.progress.add(sp, "running", got)
             threading.Thread(target=self._wait, args=(sp, got, i, wait), daemon=True).start()
 
-    def _wait(self, sp: SweepPoint, got: tuple[str, ...], i: int, wait: Callable[[], Row | None]) -> None:
+    def _wait(self, sp: SweepPoint, got: tuple[str, ...], i: int, wait: Callable[[], list[Row] | None]) -> None:
         try:
             result: Any = wait()
         except BaseException as e:  # handed to the main thread, which raises it
@@ -456,19 +459,20 @@ class _Sweep:
         early when a stop signal comes, for the caller to stop the points first."""
         while True:
             try:
-                sp, got, i, row = self.finished.get(timeout=0.5)
+                sp, got, i, rows = self.finished.get(timeout=0.5)
                 break
             except queue.Empty:
                 if stop.requested and not self.stopping:
                     return
         self.slots.give(got)
-        if isinstance(row, BaseException):
-            raise row
-        if row is None:  # ended by a stop signal: no row, a rerun measures it
+        if isinstance(rows, BaseException):
+            raise rows
+        if rows is None:  # ended by a stop signal: no row, a rerun measures it
             self.progress.stopped(i)
             return
-
-        append_row(self.results, row)
+        for r in rows:
+            append_row(self.results, r)
+        row = rows[0]  # the point's own: what the progress shows and the batch search reads
         self.progress.finish(i, row)
         if row.status in self.done_status:  # a max-batch-search try may be a later point of the grid
             self.done.add(row.point_id)

@@ -10,7 +10,12 @@ A study config (configs/studies/*.yaml) is a sweep spec of `accuracy` (and `base
   3. builds OUT/report/STUDY.md from the rows only: methodology, a table per axis (mIoU mean ± std over
      seeds, img/s, memory), the speed/accuracy front, effect plots, learning curves, per-class IoU,
      example predictions, and conclusions that call a difference a difference only when Welch's t-test
-     says it exceeds the seed spread (p < 0.05).
+     says it exceeds the seed spread (p < 0.05); where the study has them, a precision table (each dtype
+     against fp32), the inference-resolution table and curves (bench.eval_scales) and whether the speed
+     settings (torch.compile, channels_last) moved mIoU.
+
+The dry run prices each precision by the config's measured ratio, and bf16 by its emulation cost where the
+device emulates it (`cityseg doctor`), and says so.
 
   cityseg study configs/studies/cpu_synth.yaml --dry-run        # every run, its seed and estimated time
   cityseg study configs/studies/cpu_synth.yaml --out runs/study # run it (rerun the same to resume)
@@ -29,8 +34,17 @@ from rich.console import Console
 from rich.table import Table
 
 from cityseg_fast import dirlock
-from cityseg_fast.bench.study_runs import Study, load_study, make_data, plan, total_s, write_sweep
+from cityseg_fast.bench.study_runs import (
+    Study,
+    load_study,
+    make_data,
+    plan,
+    speed_notes,
+    total_s,
+    write_sweep,
+)
 from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.hardware import bf16_support_why, resolve_device
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report.format import fmt_s
 from cityseg_fast.report.study_report import build_study_report
@@ -48,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def print_plan(study, console) -> None:
-    runs = plan(study)
+    bf16, why = bf16_support_why(resolve_device())
+    runs = plan(study, bf16)
     t = Table(title=f"study '{study.name}': {len(runs)} runs, seeds {study.seeds}")
     for col in ("#", "scenario", "point", "seed", "estimate", "status"):
         t.add_column(col, justify="right" if col in ("#", "seed", "estimate") else "left")
@@ -64,6 +79,8 @@ def print_plan(study, console) -> None:
         f"({prior.gflop_per_s:g} GFLOP/s + {prior.overhead_s:g} s per run); the others at the rate that "
         "this study's finished runs of the same model measured."
     )
+    for line in speed_notes(study, runs, bf16, why):
+        console.print(line)
 
 
 def run(args: argparse.Namespace) -> int:

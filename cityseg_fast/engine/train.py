@@ -12,7 +12,8 @@ The loop never reads a value on the host except at log intervals, where the summ
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
-reserved and NVML's used). Under DDP it also has every rank's data wait, compute and all-reduce wait (min /
+reserved and NVML's used); with fp16, the GradScaler's `loss_scale` and `skipped_steps` so far, read in that
+same transfer (`ScalerStep.trace`). Under DDP it also has every rank's data wait, compute and all-reduce wait (min /
 median / max, each rank's, the slowest rank and the straggler: engine/ranks.py), one all_gather of three floats
 right after that sync. Every line has its wall-clock `timestamp`.
 
@@ -210,14 +211,16 @@ class LogWindow:
         self.loss_sum += loss
         self.steps += 1
 
-    def sync(self, world_size: int, stop: bool) -> tuple[float, bool]:
-        """(the loss averaged over the interval and the ranks, whether any rank asked to stop): the one
-        all-reduce and host sync per log interval. The flag is summed in the same reduction, so every rank
-        gets the same answer at the same iteration."""
+    def sync(self, world_size: int, stop: bool, also: torch.Tensor | None = None) -> tuple[float, bool, list[float]]:
+        """(the loss averaged over the interval and the ranks, whether any rank asked to stop, the values of
+        `also`: the fp16 scaler's trace, this rank's): the one all-reduce and host sync per log interval. The
+        flag is summed in the same reduction, so every rank gets the same answer at the same iteration; `also`
+        is read in the same transfer, not reduced."""
         self.totals[1].fill_(float(stop))  # a scalar fill: no host-to-device copy
         dist.all_reduce_sum(self.totals)
-        loss_sum, stops = self.totals.tolist()
-        return loss_sum / (self.steps * world_size), stops > 0
+        values = self.totals if also is None else torch.cat([self.totals, also.float()])
+        loss_sum, stops, *rest = values.tolist()
+        return loss_sum / (self.steps * world_size), stops > 0, rest
 
     def next(self, it: int, now: float) -> None:
         """Start the next interval at iteration `it`, time `now`."""
@@ -457,10 +460,10 @@ def _loop(run: _Run) -> None:
 def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
     """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard.
     Returns whether any rank was asked to stop (the same on every rank)."""
-    run.last_loss, stop = run.window.sync(run.info.world_size, run.stop.requested)
+    run.last_loss, stop, scaler = run.window.sync(run.info.world_size, run.stop.requested, run.state.scaler.trace())
     now = time.perf_counter()
     stats = run.meter.take()
-    line = {**train_line(run, epoch, now, stats), **_rank_fields(run, stats)}
+    line = {**train_line(run, epoch, now, stats), **_rank_fields(run, stats), **run.state.scaler.trace_fields(scaler)}
     run.logs.write("train", **line)
     bar.show(progress_text(line))
     run.window.next(run.it, now)

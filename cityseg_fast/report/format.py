@@ -38,6 +38,11 @@ def fmt_mib(v: float | None) -> str:
     return f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"
 
 
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    """'1.65x' (a / b: a speed-up), or '–' without both."""
+    return f"{a / b:.2f}x" if a is not None and b else DASH
+
+
 def fmt_pct(v: float | None, digits: int = 1) -> str:
     return DASH if v is None else f"{100 * v:.{digits}f}%"
 

@@ -169,6 +169,8 @@ def _accuracy(cfg: Config, world_size: int = 1) -> Point:
         p["pretrained"] = cfg.model.pretrained
     if cfg.model.aux_loss and t.aux_weight != TrainConfig.aux_weight:
         p["aux_weight"] = t.aux_weight
+    if cfg.bench.eval_scales:  # the run also records a row per scale (record.rows_for): a different measurement
+        p["eval_scales"] = list(cfg.bench.eval_scales)
     return p
 
 
@@ -258,6 +260,14 @@ OUT_DIR = "out_dir"
 CURVES = "curves"  # {"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}
 VAL_PREDICTIONS = "val_predictions"  # [{stem, size, input, label, pred}]: PNG names relative to OUT_DIR
 TRAIN_IMAGES, VAL_IMAGES = "train_images", "val_images"
+LOSS_SCALE, SKIPPED_STEPS = "loss_scale", "skipped_steps"  # fp16: the GradScaler's last scale, steps it skipped
+# Inference resolution (bench/inference.py): an accuracy run with bench.eval_scales returns SCALES, one entry per
+# scale, which record.rows_for makes into rows of their own: the run's point plus EVAL_SCALE, and these metrics.
+SCALES = "scales"
+EVAL_SCALE = "eval_scale"  # a point key: the input scale of the evaluated frame (1.0 = as plain `cityseg eval`)
+EVAL_SIZE = "eval_size"  # [H, W] the model saw at that scale (labels stay at full resolution)
+INFER_IMAGES_PER_S = "infer_images_per_s"  # eval-mode forward, timed as `bench infer` times it
+INFER_LATENCY_MS_P50 = "infer_latency_ms_p50"
 
 THROUGHPUT = (IMAGES_PER_S, LATENCY_MS_P50, LATENCY_MS_P90, LATENCY_MS_P99, LATENCY_MS_IQR)
 MEMORY = (MEM_HOST_PEAK_RSS_MIB, CPU_UTIL)
