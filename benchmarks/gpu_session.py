@@ -199,12 +199,14 @@ def run_cmd(ctx: Ctx, args: list[str], log: str | None = None, env: dict[str, st
     """Run `python ARGS` from the repo root, in a process group of its own (told to stop if the session
     dies), until the step's deadline; returns its exit code (124 when the deadline killed it, with
     everything it started)."""
-    from cityseg_fast.bench.sweep import _DIE_WITH_PARENT  # PR_SET_PDEATHSIG: it stops if the session dies
+    from cityseg_fast.bench.sweep_point import (
+        DIE_WITH_PARENT,  # PR_SET_PDEATHSIG: it stops if the session dies
+    )
 
     limit = max(1.0, ctx.left())
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env or ctx.env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=_DIE_WITH_PARENT)  # fmt: skip
+                            preexec_fn=DIE_WITH_PARENT)  # fmt: skip
     try:
         text, _ = proc.communicate(timeout=limit)
         rc = proc.returncode

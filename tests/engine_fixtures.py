@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cityseg_fast.bench.sweep import _DIE_WITH_PARENT  # PR_SET_PDEATHSIG: the child stops when we die
+from cityseg_fast.bench.sweep_point import DIE_WITH_PARENT  # PR_SET_PDEATHSIG: the child stops when we die
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -129,7 +129,7 @@ def _start(cmd: list[str]) -> subprocess.Popen:
         text=True,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_DIE_WITH_PARENT,
+        preexec_fn=DIE_WITH_PARENT,
     )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cityseg_fast.bench.sweep import point_command, run_sweep
+from cityseg_fast.bench.sweep import run_sweep
+from cityseg_fast.bench.sweep_point import point_command
 from cityseg_fast.bench.sweep_spec import load_spec
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
