@@ -18,7 +18,8 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.report import compare
 from cityseg_fast.report.build import build_report
 from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_pct
-from cityseg_fast.report.plots import PLOT_FILES, pareto_front
+from cityseg_fast.report.pareto import pareto_front
+from cityseg_fast.report.plots import PLOT_FILES
 from cityseg_fast.report.runs import load_run
 from cityseg_fast.results import Row, append_row, read_rows, row_for
 
@@ -287,7 +288,7 @@ def test_plot_labels_stay_inside_the_axes_and_do_not_overlap():
     inside the plot and apart from each other."""
     from matplotlib.text import Text
 
-    from cityseg_fast.report.plots import _plt, place_labels
+    from cityseg_fast.report.figure import _plt, place_labels
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))

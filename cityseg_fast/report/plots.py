@@ -1,4 +1,4 @@
-"""PNG plots of a report (matplotlib, Agg): throughput and memory vs batch size, loaders, e2e, mIoU Pareto.
+"""PNG plots of a report: throughput and memory vs batch size, loaders, e2e, mIoU Pareto, scaling (report/scaling.py).
 
 Each `plot_*` function takes the loaded runs and an output path and returns a `Plot`: the file it
 wrote, or no file and the reason it was skipped (the data for it is absent). A skipped plot is
@@ -11,13 +11,13 @@ with the rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.bottleneck import bottleneck_rows
-from cityseg_fast.report.format import TOP_N, fmt_num, miou_pct
+from cityseg_fast.report.figure import LINESTYLES, MAX_PANELS, MAX_SERIES, Plot, _plt, _save
+from cityseg_fast.report.format import TOP_N, fmt_num
+from cityseg_fast.report.pareto import plot_pareto
 from cityseg_fast.report.runs import (
     Run,
     RunRow,
@@ -30,14 +30,10 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
-from cityseg_fast.report.scaling import scaling_lines
+from cityseg_fast.report.scaling import plot_scaling
 from cityseg_fast.results import Row
-from cityseg_fast.results.scenarios import IMAGES_PER_S, MIOU
+from cityseg_fast.results.scenarios import IMAGES_PER_S
 
-DPI = 110
-MAX_SERIES = 8  # lines per vs-batch figure: the configurations with the best value
-MAX_PANELS = 6  # models per vs-batch figure
-MAX_LABELS = 30  # point labels in a scatter
 LOADER_COLORS = {
     "dali (gpu)": "#2ca02c",
     "dali (cpu)": "#1f77b4",
@@ -45,37 +41,6 @@ LOADER_COLORS = {
     "torch": "#ff7f0e",
     "synthetic": "#7f7f7f",
 }
-
-
-@dataclass
-class Plot:
-    name: str  # file name, e.g. "throughput_vs_batch.png"
-    title: str
-    path: Path | None  # None = skipped
-    reason: str = ""  # why it was skipped
-    caption: str = ""
-    optional: bool = False  # skipped without a word in REPORT.md (the scaling plot of a one-process report)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {"font.size": 10, "axes.titlesize": 11, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3}
-    )
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:  # a full disk: one line, no half-written PNG
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
 
 
 def _batch_rows(runs: Sequence[Run], scenario: str) -> list[RunRow]:
@@ -92,7 +57,6 @@ def _series(rows: list[RunRow], keys: Sequence[str]) -> dict[str, list[RunRow]]:
     return series
 
 
-LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _vs_batch(
@@ -381,207 +345,6 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
         "The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table)."
         + _left_out(len(recs), total, "end-to-end points"),
     )  # fmt: skip
-
-
-def pareto_points(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], str]:
-    """[{label, miou (%), ips, row}] from ok accuracy rows, and what the throughput axis measures."""
-    pts, sources = [], set()
-    for run in runs:
-        acc = [r for r in run.rows if r.scenario == "accuracy" and r.number(MIOU) is not None]
-        varying, _ = split_keys(acc) if acc else ([], {})
-        for r in acc:
-            p = flat_point(r)
-            ips = r.number(IMAGES_PER_S)  # every accuracy row records its training throughput
-            if ips is None:
-                continue
-            sources.add("training throughput of the accuracy run")
-            label = point_label(p, ["model"] + [k for k in varying if k != "model"])
-            pts.append(
-                {
-                    "label": f"{run.name}: {label}" if len(runs) > 1 else label,
-                    "miou": miou_pct(r.number(MIOU)),
-                    "ips": ips,
-                    "row": r,
-                }
-            )
-    return pts, " / ".join(sorted(sources))
-
-
-def pareto_front(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points no other point beats on both throughput and mIoU, fastest first."""
-    front, best = [], float("-inf")
-    for p in sorted(pts, key=lambda p: (-p["ips"], -p["miou"])):
-        if p["miou"] > best:
-            front.append(p)
-            best = p["miou"]
-    return front
-
-
-def baselines(runs: Sequence[Run]) -> list[tuple[str, float]]:
-    """(label, mIoU %) of each run's colour baseline (the best one where a run has several)."""
-    out = []
-    for run in runs:
-        vals = [miou_pct(r.number(MIOU)) for r in run.rows if r.scenario == "baseline" and r.number(MIOU) is not None]
-        if vals:
-            out.append((f"{run.name}: colour baseline" if len(runs) > 1 else "colour baseline", max(vals)))
-    return out
-
-
-def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
-    name = "miou_vs_throughput.png"
-    pts, source = pareto_points(runs)
-    if len(pts) < 2:
-        return Plot(
-            name,
-            "mIoU vs throughput",
-            None,
-            f"needs at least two accuracy rows with mIoU and a throughput (found {len(pts)})",
-        )
-    front = pareto_front(pts)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    xs, ys = [p["ips"] for p in pts], [p["miou"] for p in pts]
-    ax.scatter(xs, ys, s=45, color="#7f7f7f", label="configuration", zorder=3)
-    fs = sorted(front, key=lambda p: p["ips"])
-    ax.plot([p["ips"] for p in fs], [p["miou"] for p in fs], "-o", color="#d62728", ms=8, mfc="none", mew=2,
-            label="Pareto frontier", zorder=4)  # fmt: skip
-    base = baselines(runs)
-    for (label, value), style in zip(base, LINESTYLES, strict=False):
-        ax.axhline(value, color="black", linestyle=":" if style == "-" else style, linewidth=1,
-                   label=f"{label} ({value:.1f})")  # fmt: skip
-    ax.set_xlabel(f"throughput (images/s; {source})")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Accuracy vs speed (up and to the right is better)")
-    ax.set_xlim(0, max(xs) * 1.25)
-    ax.set_ylim(0, max(max(ys) * 1.2, *(v * 1.2 for _, v in base), 1))
-    legend = ax.legend(loc="lower left")
-    fig.tight_layout()
-    named = pts if len(pts) <= MAX_LABELS else _labelled(pts, front)  # many points: the front and the best
-    place_labels(ax, [(p["ips"], p["miou"], p["label"]) for p in named], size=8, avoid=[legend])
-    caption = "Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU."
-    if len(named) < len(pts):
-        caption += f" Labelled: {len(named)} of {len(pts):,} points (the frontier and the most accurate)."
-    if base:
-        caption += " Dotted: what the per-pixel colour baseline reaches on the same data."
-    return Plot(name, "mIoU vs throughput", _save(fig, out / name), caption=caption)
-
-
-def _labelled(pts: list[dict[str, Any]], front: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """At most MAX_LABELS points to name: the frontier first, then the most accurate of the rest."""
-    chosen = front[:MAX_LABELS]
-    rest = sorted((p for p in pts if not any(p is f for f in chosen)), key=lambda p: -p["miou"])
-    return chosen + rest[: MAX_LABELS - len(chosen)]
-
-
-# Where a label may go, in points from its marker, in order of preference: right, left, above, below,
-# then further out (the arrow back to the marker shows whose label it is).
-LABEL_OFFSETS = [(dx, dy) for dy in (4, -12, 14, -22, 24, -32, 34, -42) for dx in (6, -6)] + [(0, 14), (0, -20)]
-
-
-def place_labels(ax: Any, items: Sequence[tuple[float, float, str]], size: float = 7.0,
-                 avoid: Sequence[Any] = ()) -> list[Any]:  # fmt: skip
-    """Annotate each (x, y, text) beside its point at the first of LABEL_OFFSETS where the text stays
-    inside the axes and overlaps no label placed before, no marker, no plotted line and nothing in `avoid`
-    (artists: a legend); where none is free, the one that overlaps least. Call it last, once the axes'
-    limits and the figure's layout are final: it measures the texts as drawn. Returns the annotations."""
-    renderer = ax.figure.canvas.get_renderer()
-    frame = tuple(ax.get_window_extent(renderer).extents)
-    px = [ax.transData.transform((x, y)) for x, y, _ in items]
-    marks = [(a - 6, b - 6, a + 6, b + 6) for a, b in px]
-    taken = [tuple(a.get_window_extent(renderer).extents) for a in avoid] + _line_dots(ax)
-    placed = []
-    for i in sorted(range(len(items)), key=lambda i: -items[i][1]):  # top first: the front is drawn there
-        x, y, text = items[i]
-        others = taken + [m for j, m in enumerate(marks) if j != i]
-        costs = []
-        for dx, dy in LABEL_OFFSETS:
-            box = _text_box(ax, renderer, (x, y, text), (dx, dy), size)
-            costs.append(100 * _outside(box, frame) + sum(_overlap(box, o) for o in others))
-            if costs[-1] == 0:
-                break
-        dx, dy = LABEL_OFFSETS[costs.index(min(costs))]
-        arrow = {"arrowstyle": "-", "lw": 0.4, "color": "#999999"} if abs(dy) > 4 else None  # far from its marker
-        ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=size,
-                          ha=_align(dx), va="bottom", arrowprops=arrow)  # fmt: skip
-        taken.append(_text_box(ax, renderer, (x, y, text), (dx, dy), size))
-        placed.append(ann)
-    return placed
-
-
-def _line_dots(ax: Any, step: float = 4.0) -> list[tuple[float, float, float, float]]:
-    """Small pixel boxes every `step` pixels along the axes' plotted lines (not axhline: a label may sit
-    on a reference line rather than leave the plot)."""
-    dots = []
-    for line in ax.get_lines():
-        if line.get_transform() != ax.transData or line.get_linestyle() in ("None", "none", "", " "):
-            continue  # a reference line across the axes, or markers only
-        xy = ax.transData.transform(line.get_xydata())
-        for (x0, y0), (x1, y1) in zip(xy[:-1], xy[1:], strict=True):
-            n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step))
-            for k in range(n + 1):
-                x, y = x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n
-                dots.append((x - 1, y - 1, x + 1, y + 1))
-    return dots
-
-
-def _align(dx: float) -> str:
-    return "left" if dx > 0 else "right" if dx < 0 else "center"
-
-
-def _text_box(ax: Any, renderer: Any, item: tuple[float, float, str], offset: tuple[float, float],
-              size: float) -> tuple[float, float, float, float]:  # fmt: skip
-    """The pixel box (x0, y0, x1, y1) of a label drawn at `offset` points from its point (text only)."""
-    x, y, text = item
-    ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=size,
-                      ha=_align(offset[0]), va="bottom")  # fmt: skip
-    box = tuple(ann.get_window_extent(renderer).extents)
-    ann.remove()
-    return box
-
-
-def _overlap(a: Sequence[float], b: Sequence[float]) -> int:
-    return int(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
-
-
-def _outside(box: Sequence[float], frame: Sequence[float]) -> int:
-    """1 when any part of `box` lies outside `frame` (x0, y0, x1, y1 in pixels)."""
-    return int(box[0] < frame[0] or box[1] < frame[1] or box[2] > frame[2] or box[3] > frame[3])
-
-
-def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
-    """img/s against world size per configuration (its world-size-1 point and each N), N x img/s at 1 dashed;
-    a panel per scenario, the MAX_SERIES configurations fastest at their largest N (report/scaling.py)."""
-    name = "scaling.png"
-    lines = scaling_lines(runs)
-    if not lines:
-        return Plot(name, "Scaling", None, "no model or e2e rows at world size > 1 beside their world-size-1 row",
-                    optional=True)
-    shown = lines[:MAX_SERIES]
-    scenarios = list(dict.fromkeys(v["scenario"] for v in shown))
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios) + 2.5, 4.6), squeeze=False)
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, scenario in zip(axes.flat, scenarios, strict=True):
-        mine = [v for v in shown if v["scenario"] == scenario]
-        for i, line in enumerate(mine):
-            xs, ys = zip(*sorted(line["points"]), strict=True)
-            color = cycle[i % len(cycle)]
-            ax.plot(xs, ys, "-o", color=color, label=line["label"].split(": ", 1)[1])
-            ax.plot([1, max(xs)], [line["base"], line["base"] * max(xs)], "--", color=color, alpha=0.5, linewidth=1)
-            for x, y in zip(xs[1:], ys[1:], strict=True):
-                ax.annotate(f"{y / (x * line['base']):.0%}", (x, y), textcoords="offset points", xytext=(5, -12),
-                            fontsize=8, color=color)  # fmt: skip
-        ax.set_xticks(sorted({x for v in mine for x, _ in v["points"]}))
-        ax.set_xlabel("world size (ranks)")
-        ax.set_ylabel("images/s (all ranks)")
-        ax.set_title(f"{scenario}: img/s vs world size (dashed: N × img/s at 1)")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    caption = "The percentage at each point is its scaling efficiency; the Scaling table has the per-rank figures."
-    if len(lines) > len(shown):
-        caption += f" Shown: the {len(shown)} fastest of {len(lines):,} configurations; every row is in results.csv."
-    return Plot(name, "Scaling", _save(fig, out / name), caption=caption)
 
 
 PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto, plot_scaling)

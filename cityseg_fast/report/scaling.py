@@ -10,8 +10,10 @@ per point at N > 1; `scaling_lines` gives report/plots.py img/s against world si
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from cityseg_fast.report.figure import MAX_SERIES, Plot, _plt, _save
 from cityseg_fast.report.format import DASH, best_rows, fmt_num, fmt_pct, md_table
 from cityseg_fast.report.runs import Run, RunRow, flat_point, point_label, split_keys, tagged_rows
 from cityseg_fast.results.derive import (
@@ -109,3 +111,39 @@ def _label_keys(rows: Sequence[RunRow]) -> list[str]:
     """A configuration's label: model and precision, then whatever else varies but the world size."""
     varying, _ = split_keys(rows)
     return ["model", "dtype"] + [k for k in varying if k not in ("model", "dtype", "world_size")]
+
+
+def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
+    """img/s against world size per configuration (its world-size-1 point and each N), N x img/s at 1 dashed;
+    a panel per scenario, the MAX_SERIES configurations fastest at their largest N (report/scaling.py)."""
+    name = "scaling.png"
+    lines = scaling_lines(runs)
+    if not lines:
+        return Plot(name, "Scaling", None, "no model or e2e rows at world size > 1 beside their world-size-1 row",
+                    optional=True)
+    shown = lines[:MAX_SERIES]
+    scenarios = list(dict.fromkeys(v["scenario"] for v in shown))
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios) + 2.5, 4.6), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, scenario in zip(axes.flat, scenarios, strict=True):
+        mine = [v for v in shown if v["scenario"] == scenario]
+        for i, line in enumerate(mine):
+            xs, ys = zip(*sorted(line["points"]), strict=True)
+            color = cycle[i % len(cycle)]
+            ax.plot(xs, ys, "-o", color=color, label=line["label"].split(": ", 1)[1])
+            ax.plot([1, max(xs)], [line["base"], line["base"] * max(xs)], "--", color=color, alpha=0.5, linewidth=1)
+            for x, y in zip(xs[1:], ys[1:], strict=True):
+                ax.annotate(f"{y / (x * line['base']):.0%}", (x, y), textcoords="offset points", xytext=(5, -12),
+                            fontsize=8, color=color)  # fmt: skip
+        ax.set_xticks(sorted({x for v in mine for x, _ in v["points"]}))
+        ax.set_xlabel("world size (ranks)")
+        ax.set_ylabel("images/s (all ranks)")
+        ax.set_title(f"{scenario}: img/s vs world size (dashed: N × img/s at 1)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    caption = "The percentage at each point is its scaling efficiency; the Scaling table has the per-rank figures."
+    if len(lines) > len(shown):
+        caption += f" Shown: the {len(shown)} fastest of {len(lines):,} configurations; every row is in results.csv."
+    return Plot(name, "Scaling", _save(fig, out / name), caption=caption)

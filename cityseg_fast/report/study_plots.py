@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image
 
 from cityseg_fast.labels import CLASS_COLORS, CLASS_NAMES
+from cityseg_fast.report.figure import Plot, _plt, _save, place_labels
 from cityseg_fast.report.format import fmt_num
-from cityseg_fast.report.plots import Plot, _plt, _save, pareto_front, place_labels
+from cityseg_fast.report.pareto import pareto_front
 from cityseg_fast.report.stats import summarize
 from cityseg_fast.report.study_design import (
     Axis,

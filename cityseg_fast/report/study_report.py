@@ -19,8 +19,9 @@ from cityseg_fast.diskio import atomic_path
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
+from cityseg_fast.report.figure import Plot
 from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_ratio, fmt_s, md_table
-from cityseg_fast.report.plots import Plot, pareto_front
+from cityseg_fast.report.pareto import pareto_front
 from cityseg_fast.report.runs import Run, load_run
 from cityseg_fast.report.stats import summarize
 from cityseg_fast.report.study_design import (
@@ -193,7 +194,7 @@ def results(d: Design, figures: list[Plot]) -> str:
 
 
 def front(d: Design) -> list[Setting]:
-    """The settings no other one beats on both mean throughput and mean mIoU (report/plots.pareto_front)."""
+    """The settings no other one beats on both mean throughput and mean mIoU (report/pareto.pareto_front)."""
     pts = [{"ips": s.mean(IMAGES_PER_S), "miou": s.mean(MIOU), "s": s} for s in d.settings]
     return [p["s"] for p in pareto_front([p for p in pts if p["ips"] is not None and p["miou"] is not None])]
 
