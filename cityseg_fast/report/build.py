@@ -18,7 +18,7 @@ from typing import Any
 
 from cityseg_fast.diskio import atomic_path
 from cityseg_fast.paths import check_out_dir
-from cityseg_fast.report import bottleneck, compare, plots, scaling, steps, tables, tuning
+from cityseg_fast.report import accuracy_tables, bottleneck, compare, plots, scaling, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
 from cityseg_fast.results import SCENARIOS
 
@@ -103,7 +103,7 @@ def render_markdown(
     parts.append(
         _section(
             "Accuracy",
-            tables.accuracy_section(runs),
+            accuracy_tables.accuracy_section(runs),
             "no accuracy rows (`cityseg bench accuracy` or `cityseg demo`)",
         )
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.report.format import (
     DASH,
     TOP_N,
@@ -22,7 +21,6 @@ from cityseg_fast.report.format import (
     fmt_pct,
     fmt_s,
     md_table,
-    miou_pct,
     sort_rows,
     status_cell,
 )
@@ -38,10 +36,9 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
-from cityseg_fast.results import SCENARIOS, Row
+from cityseg_fast.results import Row
 from cityseg_fast.results.rounds import IMAGES_PER_S_ROUNDS, ROUNDS
 from cityseg_fast.results.scenarios import (
-    ACC,
     ACHIEVED_TFLOPS,
     BWD_MS,
     COMPILE_S,
@@ -64,11 +61,8 @@ from cityseg_fast.results.scenarios import (
     MEM_TORCH_PEAK_ALLOCATED_MIB,
     MEM_TORCH_PEAK_RESERVED_MIB,
     MFU,
-    MIOU,
     OPT_MS,
-    PER_CLASS_IOU,
     RECOMPILES,
-    TRAIN_WALL_S,
     VARIANCE_WARNING,
 )
 
@@ -202,7 +196,7 @@ def runs_section(runs: Sequence[Run]) -> str:
 
 # ---------------------------------------------------------------- per-scenario tables
 
-def _m(key: str, fmt: Callable[[float | None], str] = fmt_num) -> Callable[[Row], str]:
+def metric_cell(key: str, fmt: Callable[[float | None], str] = fmt_num) -> Callable[[Row], str]:
     return lambda r: fmt(r.number(key))
 
 
@@ -225,46 +219,46 @@ def _rounds(r: Row) -> str:
 
 
 SPEED_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
-    ("img/s", IMAGES_PER_S, _m(IMAGES_PER_S)),
+    ("img/s", IMAGES_PER_S, metric_cell(IMAGES_PER_S)),
     ("rounds: img/s range", ROUNDS, _rounds),  # a repeated point (sweep `repeats`): img/s is the median
-    ("p50 (ms)", LATENCY_MS_P50, _m(LATENCY_MS_P50)),
-    ("p90 (ms)", LATENCY_MS_P90, _m(LATENCY_MS_P90)),
-    ("p99 (ms)", LATENCY_MS_P99, _m(LATENCY_MS_P99)),
+    ("p50 (ms)", LATENCY_MS_P50, metric_cell(LATENCY_MS_P50)),
+    ("p90 (ms)", LATENCY_MS_P90, metric_cell(LATENCY_MS_P90)),
+    ("p99 (ms)", LATENCY_MS_P99, metric_cell(LATENCY_MS_P99)),
     ("spread (IQR/median)", LATENCY_MS_IQR, _spread),
     (
         "fwd / bwd / opt (ms)",
         FWD_MS,
         lambda r: " / ".join(fmt_num(r.number(k)) for k in (FWD_MS, BWD_MS, OPT_MS)),
     ),
-    ("CPU util", CPU_UTIL, _m(CPU_UTIL, fmt_pct)),
+    ("CPU util", CPU_UTIL, metric_cell(CPU_UTIL, fmt_pct)),
     # CPU time per image: steadier than images/s on a shared machine (other load takes cores, not cycles).
-    ("CPU ms/img", CPU_MS_PER_IMAGE, _m(CPU_MS_PER_IMAGE)),
+    ("CPU ms/img", CPU_MS_PER_IMAGE, metric_cell(CPU_MS_PER_IMAGE)),
     (  # where the loader times its stages (the torch loaders): the same CPU time, by stage
         "decode / transform / hand-off (CPU ms/img)",
         CPU_MS_PER_IMAGE_DECODE,
         lambda r: " / ".join(fmt_num(r.number(k)) for k in CPU_MS_BY_STAGE),
     ),
-    ("compile", COMPILE_S, _m(COMPILE_S, fmt_s)),
-    ("recompiles", RECOMPILES, _m(RECOMPILES, lambda v: DASH if v is None else f"{v:.0f}")),
+    ("compile", COMPILE_S, metric_cell(COMPILE_S, fmt_s)),
+    ("recompiles", RECOMPILES, metric_cell(RECOMPILES, lambda v: DASH if v is None else f"{v:.0f}")),
 ]
 MEM_COLS: list[tuple[str, str | None, Callable[[Row], str]]] = [
-    ("torch peak alloc", MEM_TORCH_PEAK_ALLOCATED_MIB, _m(MEM_TORCH_PEAK_ALLOCATED_MIB, fmt_mib)),
-    ("torch peak reserved", MEM_TORCH_PEAK_RESERVED_MIB, _m(MEM_TORCH_PEAK_RESERVED_MIB, fmt_mib)),
-    ("GPU used (NVML)", MEM_NVML_USED_MIB, _m(MEM_NVML_USED_MIB, fmt_mib)),
-    ("host peak RSS", MEM_HOST_PEAK_RSS_MIB, _m(MEM_HOST_PEAK_RSS_MIB, fmt_mib)),
+    ("torch peak alloc", MEM_TORCH_PEAK_ALLOCATED_MIB, metric_cell(MEM_TORCH_PEAK_ALLOCATED_MIB, fmt_mib)),
+    ("torch peak reserved", MEM_TORCH_PEAK_RESERVED_MIB, metric_cell(MEM_TORCH_PEAK_RESERVED_MIB, fmt_mib)),
+    ("GPU used (NVML)", MEM_NVML_USED_MIB, metric_cell(MEM_NVML_USED_MIB, fmt_mib)),
+    ("host peak RSS", MEM_HOST_PEAK_RSS_MIB, metric_cell(MEM_HOST_PEAK_RSS_MIB, fmt_mib)),
     (
         "GFLOP/img (fwd)",
         FLOPS_PER_IMAGE,
-        _m(FLOPS_PER_IMAGE, lambda v: fmt_num(None if v is None else v / 1e9)),
+        metric_cell(FLOPS_PER_IMAGE, lambda v: fmt_num(None if v is None else v / 1e9)),
     ),
-    ("TFLOP/s", ACHIEVED_TFLOPS, _m(ACHIEVED_TFLOPS)),
-    ("MFU", MFU, _m(MFU, fmt_pct)),
+    ("TFLOP/s", ACHIEVED_TFLOPS, metric_cell(ACHIEVED_TFLOPS)),
+    ("MFU", MFU, metric_cell(MFU, fmt_pct)),
     (
         "GPU util",
         GPU_UTIL,
-        _m(GPU_UTIL, lambda v: DASH if v is None else fmt_pct(v if v <= 1 else v / 100)),
+        metric_cell(GPU_UTIL, lambda v: DASH if v is None else fmt_pct(v if v <= 1 else v / 100)),
     ),
-    ("GPU power (W)", GPU_POWER_W, _m(GPU_POWER_W)),
+    ("GPU power (W)", GPU_POWER_W, metric_cell(GPU_POWER_W)),
 ]
 
 
@@ -272,7 +266,7 @@ def _present(rows: Sequence[Row], cols):
     return [c for c in cols if c[1] is None or any(r.number(c[1]) is not None for r in rows)]
 
 
-def _point_cells(r: RunRow, keys: Sequence[str], with_run: bool) -> list[str]:
+def point_cells(r: RunRow, keys: Sequence[str], with_run: bool) -> list[str]:
     p = flat_point(r)
     return ([r.run] if with_run else []) + [_cell(p.get(k)) for k in keys]
 
@@ -295,7 +289,7 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     out = [constants_line(constant), note]
 
     def lead(r: RunRow) -> list[str]:
-        cells = _point_cells(r, varying, with_run)
+        cells = point_cells(r, varying, with_run)
         if scenario == "loader":
             cells.insert(1 if with_run else 0, loader_label(flat_point(r), row_decoder(r)))
         return cells
@@ -390,83 +384,3 @@ def best_section(runs: Sequence[Run]) -> str:
         )
         + "\n"
     )
-
-
-# ---------------------------------------------------------------- accuracy
-
-
-def accuracy_section(runs: Sequence[Run]) -> str:
-    """mIoU, pixel accuracy, train img/s of every accuracy-kind row (training runs and the colour
-    baseline side by side), then per-class IoU."""
-
-    rows = [r for name, s in SCENARIOS.items() if s.kind == "accuracy" for r in tagged_rows(runs, name)]
-    if not rows:
-        return ""
-    with_run = len(runs) > 1
-    varying, constant = split_keys(rows)
-    rows, note = best_rows(rows, MIOU, "mIoU")
-    rows = rows if note else sort_rows(rows, varying)
-    cols = [
-        ("mIoU", lambda r: DASH if r.number(MIOU) is None else f"{miou_pct(r.number(MIOU)):.1f}%"),
-        ("pixel acc", lambda r: DASH if r.number(ACC) is None else f"{miou_pct(r.number(ACC)):.1f}%"),
-        ("train img/s", _m(IMAGES_PER_S)),
-        ("train wall", _m(TRAIN_WALL_S, fmt_s)),
-    ]
-    cols = [c for c in cols if c[0] == "mIoU" or any(c[1](r) != DASH for r in rows)]
-    head = (["run"] if with_run else []) + varying + [c[0] for c in cols] + ["status"]
-    body = [_point_cells(r, varying, with_run) + [c[1](r) for c in cols] + [status_cell(r)] for r in rows]
-    out = [
-        constants_line(constant),
-        note,
-        md_table(head, body, [False] * (len(head) - len(cols) - 1) + [True] * len(cols) + [False]),
-    ]
-    with_classes = [
-        r for r in rows if r.ok and isinstance(r.metrics.get(PER_CLASS_IOU), list)
-    ]
-    if with_classes:
-        out.append("\n\nPer-class IoU (%; – = the class is in neither the predictions nor the labels):\n\n")
-        out.append(per_class_table(with_classes, varying, with_run))
-    return "".join(out) + "\n"
-
-
-HEADER_MODEL_CHARS = 20  # a per-class column header: its letter and at most this much of the model name
-
-
-def column_labels(
-    rows: Sequence[RunRow], keys: Sequence[str], with_run: bool
-) -> list[tuple[str, str]]:
-    """(short header, full label) per row: 'A unet_s16' for a column whose full configuration (the `keys`
-    that vary, and the run) goes in the legend under the table."""
-    out = []
-    for i, r in enumerate(rows):
-        p = flat_point(r)
-        full = point_label(p, keys) or "run"
-        full = f"{r.run}: {full}" if with_run else full
-        model = str(p.get("model") or "")
-        model = model if len(model) <= HEADER_MODEL_CHARS else model[: HEADER_MODEL_CHARS - 1] + "…"
-        out.append((f"{_letters(i)} {model}".strip(), full))
-    return out
-
-
-def _letters(i: int) -> str:
-    """A, B, ..., Z, AA, AB, ...: the i-th column's name."""
-    return ("" if i < 26 else _letters(i // 26 - 1)) + chr(ord("A") + i % 26)
-
-
-def per_class_table(rows: Sequence[RunRow], keys: Sequence[str], with_run: bool) -> str:
-    """IoU per class (rows) and configuration (columns headed by a letter and the model), then the legend
-    that names each column's whole configuration."""
-    labels = column_labels(rows, keys, with_run)
-    n = max(len(r.metrics[PER_CLASS_IOU]) for r in rows)
-    names = list(CLASS_NAMES) if n == len(CLASS_NAMES) else [f"class {i}" for i in range(n)]
-    body = []
-    for i, name in enumerate(names):
-        cells = []
-        for r in rows:
-            ious = r.metrics[PER_CLASS_IOU]
-            v = ious[i] if i < len(ious) else None
-            cells.append(DASH if v is None or v != v else f"{miou_pct(v):.1f}")
-        body.append([name] + cells)
-    legend = "".join(f"\n- **{head.split()[0]}**: {full}" for head, full in labels)
-    table = md_table(["class"] + [head for head, _ in labels], body, [False] + [True] * len(rows))
-    return f"{table}\n\nColumns:\n{legend}"
