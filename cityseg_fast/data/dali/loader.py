@@ -7,6 +7,8 @@ rank, with which random scale/crop/flip) is built on the host, and the pipeline 
 label bytes, crop window, output size, flip) per batch. Image and label travel in the same tuple, so
 they cannot fall out of step; the random values are drawn once per sample and applied to both; the
 k-th output batch is the k-th fed batch, which names the files of a batch that fails to decode.
+The feed reads ahead on its own threads (inputs.Feed), so the consumer's thread, which DALI calls the
+source from, only hands over batches that are already read.
 
 Three hand-offs, by where DALI runs and where the model runs:
 - DALI on the GPU: outputs bound to the consumer's CUDA stream (`share_outputs(cuda_stream)`, no host
@@ -199,7 +201,8 @@ class DaliLoader(PlannedLoader):
         out = graphs.Output(spec.mean, spec.std, normalize, layout)
         self._handoff = ToTorch(spec, self.mode, host, out.layout, prefetch_queue_depth, num_threads)
         self._to_batch = functools.partial(row.handoff, self._handoff)
-        self._feed = Feed(functools.partial(row.feeds.read, host))
+        # reads `depth` batches ahead of DALI's own queue, on as many threads (inputs.Feed says why)
+        self._feed = Feed(functools.partial(row.feeds.read, host), ahead=prefetch_queue_depth)
         self._active = False
         self.description = self.mode.describe(num_threads)
         settings = graphs.Settings(
@@ -213,6 +216,7 @@ class DaliLoader(PlannedLoader):
 
     def close(self) -> None:
         self._pipe = None
+        self._feed.close()
         self._handoff.close()
 
     def __iter__(self):
