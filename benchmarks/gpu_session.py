@@ -340,8 +340,9 @@ POINTS["sweeps"] = sweep_points()
 
 
 def step_doctor(ctx: Ctx) -> str:
-    """Versions, the GPU, one batch of DALI's real graphs on CPU and GPU; on a GPU machine the step fails
-    unless CUDA works and DALI's GPU decode ran (the rest of the session would measure a fallback)."""
+    """Versions, the GPU, one batch of DALI's real graphs on CPU and GPU, the nvJPEG DALI loaded and the
+    hardware decoder; on a GPU machine the step fails unless CUDA works and DALI decoded on the GPU with
+    nvJPEG and the JPEG engines (the rest of the session would measure a fallback)."""
     rc = run_cmd(ctx, ["-m", "cityseg_fast", "doctor", "--json"], log="doctor.log")
     text = (ctx.out / "doctor.log").read_text().splitlines()
     info = next((json.loads(ln) for ln in reversed(text) if ln.startswith("{")), None)
@@ -350,10 +351,30 @@ def step_doctor(ctx: Ctx) -> str:
     (ctx.out / "doctor.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     gpu = info["gpus"][0]["name"] if info.get("gpus") else "no GPU"
     d = info["dali_probe"]
-    said = f"{gpu}; DALI {d['version']}: cpu graphs {d.get('cpu_pipeline')}, gpu graphs {d.get('gpu_decode')}"
-    if not ctx.smoke and not (info.get("cuda_available") and d.get("gpu_decode")):
-        raise RuntimeError(f"no GPU decoding here ({said}; {d.get('error')})")
+    said = (f"{gpu}; DALI {d['version']}: cpu graphs {d.get('cpu_pipeline')}, gpu graphs {d.get('gpu_decode')}, "
+            f"nvjpeg {d.get('nvjpeg_version')}, hw decoder {d.get('hw_decoder')} ({d.get('hw_decoder_engines')} "
+            "engines)")  # fmt: skip
+    missing = gpu_decoding_missing(info)
+    if not ctx.smoke and missing:
+        raise RuntimeError(f"{missing} ({said}; {d.get('error')})")
     return said
+
+
+def gpu_decoding_missing(info: dict[str, Any]) -> str | None:
+    """Why doctor's report (`cityseg doctor --json`) shows no GPU decoding as the session needs it, or None:
+    CUDA, DALI's graphs through the mixed decoder, the nvJPEG DALI loaded (without it the mixed decoder
+    decodes on the CPU and still runs) and the hardware JPEG decoder (the headline rates assume its engines)."""
+    d = info.get("dali_probe") or {}
+    note = d.get("gpu_decode_note") or "no reason given"
+    if not info.get("cuda_available"):
+        return "no GPU decoding here: CUDA is not available"
+    if not d.get("nvjpeg_version"):
+        return f"no GPU decoding here: DALI's mixed decoder ran without nvJPEG ({note})"
+    if not d.get("gpu_decode"):
+        return "no GPU decoding here: DALI's GPU graphs did not run"
+    if not d.get("hw_decoder"):
+        return f"no hardware JPEG decoder here ({note}): DALI's mixed decode would run on CUDA cores only"
+    return None
 
 
 def step_data(ctx: Ctx) -> str:

@@ -36,7 +36,14 @@ from cityseg_fast.memstats import (
     torch_memory_mib,
     tree_memory_mib,
 )
-from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, LOADER_DECODER
+from cityseg_fast.results.scenarios import (
+    CPU_MS_BY_STAGE,
+    HW_DECODER,
+    HW_DECODER_ENGINES,
+    HW_DECODER_UTIL,
+    LOADER_DECODER,
+    NVJPEG_VERSION,
+)
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -89,7 +96,9 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
             metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
             # After the timed region, the workers and the pipeline still alive: what they hold now.
             metrics.update(host_memory())
-            metrics.update(gpu.while_loader_runs() if gpu else {})
+            if gpu:
+                metrics.update(gpu.while_loader_runs())
+                metrics[HW_DECODER_UTIL] = jpeg_engine_util(gpu.nvml)
         finally:
             loader.close()
     finally:
@@ -137,8 +146,18 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
         "wall_s": wall,
         "loader_description": loader.description,
         LOADER_DECODER: getattr(loader, "decoder", None),
+        **decode_metrics(loader),
         "batch_size": int(b.image.shape[0]),
     }
+
+
+def decode_metrics(loader: Any) -> dict[str, Any]:
+    """A DALI loader's decoding as row metrics, once it has run a batch: the nvJPEG it ran on and whether
+    the hardware decoder took a share (data/dali/nvjpeg.GpuDecode); {} for other loaders."""
+    ran = getattr(loader, "gpu_decode", None)
+    if ran is None:
+        return {}
+    return {NVJPEG_VERSION: ran.nvjpeg_version, HW_DECODER: ran.hw_decoder, HW_DECODER_ENGINES: ran.hw_engines}
 
 
 def _arrival(device: Any) -> Any:
@@ -156,6 +175,15 @@ def _arrival(device: Any) -> Any:
         done.synchronize()  # the measurement boundary: a batch counts when its data is on the device
 
     return arrived
+
+
+def jpeg_engine_util(nvml: NvmlDevice) -> float | None:
+    """NVML's JPEG-engine utilisation (%), averaged over its last sampling period (1/6 to 1 s): read just
+    after the timed pull, above 0 when the hardware decoder decoded during it. None where NVML cannot say."""
+    try:
+        return float(nvml.nvml.nvmlDeviceGetJpgUtilization(nvml.handle)[0])
+    except Exception:  # an older driver or NVML, a MIG slice
+        return None
 
 
 def host_memory() -> dict[str, Any]:

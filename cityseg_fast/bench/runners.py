@@ -26,7 +26,7 @@ from typing import Any
 
 from cityseg_fast.bench import accuracy
 from cityseg_fast.bench.flops import count_flops, mfu
-from cityseg_fast.bench.loader_bench import measure_loader
+from cityseg_fast.bench.loader_bench import decode_metrics, measure_loader
 from cityseg_fast.bench.memory import MemoryMonitor
 from cityseg_fast.bench.profile import profile_steps, trace_path
 from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
@@ -210,6 +210,7 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
     metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
     metrics.update(point.meter.take().metrics())  # time_steps synchronised at its end: every event is readable
     metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
+    metrics.update(decode_metrics(point.loader))
     metrics["recompiles"] = after.get("recompiles", 0)
     # Recompiles inside the timed region mean the steady state was not steady: report them apart.
     metrics["steady_recompiles"] = after.get("recompiles", 0) - (point.before or after).get("recompiles", 0)

@@ -235,6 +235,10 @@ DATA_WAIT_MS_P99 = "data_wait_ms_p99"
 STALL_FRACTION = "stall_fraction"
 LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
 LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
+# DALI loader and e2e rows (data/dali/nvjpeg.py): the nvJPEG DALI's decoding ran on (None: a CPU decode, or a
+# mixed decoder's CPU fallback), whether the GPU's JPEG engines took a share, and how many there are
+NVJPEG_VERSION, HW_DECODER, HW_DECODER_ENGINES = "nvjpeg_version", "hw_decoder", "hw_decoder_engines"
+HW_DECODER_UTIL = "hw_decoder_util"  # GPU loader rows: NVML's JPEG-engine utilisation (%) just after the timed pull
 PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
 PROFILE_STEPS, PROFILE_TRACE = "profile_steps", "profile_trace"
 MIOU = "miou"  # a fraction, as are ACC and each PER_CLASS_IOU entry
