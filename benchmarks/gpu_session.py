@@ -74,8 +74,9 @@ COST = {
     # FCN-R50 bf16 batch 16 at 512x1024: build, cuDNN autotune of the first steps ~10 s, 35 train steps
     # (~1 TFLOP each image: ~2 s at 40 % of 989 TFLOP/s), the eval-mode half, FLOP counting ~5 s
     "model": 30.0,
-    # the same, compiled: inductor takes 40-90 s cold for the train graph and compiles again for the eval
-    # half (bench/runners.py); with the inductor cache under --work warm (a rerun), a fraction of that
+    # the same, compiled: inductor takes 40-90 s cold for the train graph and once more for the eval-mode
+    # half's own graph (the row's infer_compile_s); with the inductor cache under --work warm (a rerun), a
+    # fraction of that
     "model-compiled-cold": 120.0,
     "model-compiled-warm": 45.0,
     # the same train step fed by a real loader: its build + 35 steps (the autotune is cached in the process)

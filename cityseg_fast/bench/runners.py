@@ -187,8 +187,7 @@ def _start_point(
     cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack
 ) -> _TrainPoint:
     """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
-    state = build_train_state(cfg, device)
-    state.model = wrap_ddp(state.model, device)
+    state = build_train_state(cfg, device, wrap=lambda m: wrap_ddp(m, device))  # DDP, then compile
     loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
     cleanup.callback(loader.close)
     state.model.train()
@@ -221,9 +220,10 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
 
 def _inference_metrics(point: _TrainPoint, cfg: Config, device: Any) -> dict[str, Any]:
     """The model scenario's extras, each on the loader's next batch: with bench.split_phases the forward /
-    backward / optimizer times, then eval-mode inference."""
+    backward / optimizer times, then eval-mode inference on the model without DDP (TrainState.eval_model)."""
     extra = _split_phases(point.state, next(point.batches), cfg, device) if cfg.bench.split_phases else {}
-    extra.update(_infer_on_batch(point.state.model, next(point.batches), cfg, device))
+    model = point.state.model if point.state.eval_model is None else point.state.eval_model
+    extra.update(_infer_on_batch(model, next(point.batches), cfg, device))
     return extra
 
 
@@ -250,9 +250,15 @@ def _split_phases(state: Any, batch: Any, cfg: Config, device: Any) -> dict[str,
 
 
 def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[str, Any]:
-    """Eval-mode forward throughput on the training batch (model scenario's inference half)."""
+    """Eval-mode forward throughput on the training batch (model scenario's inference half).
+
+    A compiled model compiles its eval-mode graph here, once (dynamo counts it as a recompile of the
+    training graph: grad mode and BatchNorm's mode changed); the row keeps that apart from the training
+    loop's compile_s and recompiles: infer_compile_s (the first inference step minus a steady one) and
+    infer_compiles (graphs compiled for inference: 1 with compile on, 0 off; more would be a recompile)."""
     import torch
 
+    before = _compile_counters()
     model.eval()
     with torch.inference_mode():
         def fwd() -> None:
@@ -262,7 +268,13 @@ def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[st
         t = time_steps(fwd, cfg.bench.iters, cfg.bench.warmup, device, items_per_step=batch.image.shape[0])
     model.train()
     s = summarize(t.step_s)
-    return {"infer_images_per_s": t.items_per_s, "infer_latency_ms_p50": s["median_ms"]}
+    compiled = cfg.precision.compile != "off"
+    return {
+        "infer_images_per_s": t.items_per_s,
+        "infer_latency_ms_p50": s["median_ms"],
+        "infer_compile_s": t.compile_s(s["median_ms"] / 1e3) if compiled else None,
+        "infer_compiles": _compile_counters()["unique_graphs"] - before["unique_graphs"],
+    }
 
 
 def run_model(cfg: Config) -> dict[str, Any]:
