@@ -108,13 +108,16 @@ def test_stop_ends_the_epoch_and_the_next_start_begins_a_new_one():
 def test_close_ends_the_reader_threads():
     reads = Reads()
     feed = Feed(reads, ahead=2)
+    before = set(threading.enumerate())
     feed.start([[0], [1]])
     assert reads.began(0) and reads.began(1)
+    readers = set(threading.enumerate()) - before
+    assert readers, "the reads ran on threads of the feed's own"
     reads.let_go(0, 1)
     feed.close()
-    with deadline(30):
-        while any(t.name.startswith("cityseg-feed") for t in threading.enumerate()):
-            time.sleep(0.01)
+    for t in readers:
+        t.join(WAIT_S)
+        assert not t.is_alive(), f"{t.name} outlived close()"
     with pytest.raises(StopIteration):
         feed()
 

@@ -5,8 +5,9 @@ CPU and still runs: a row that only echoes loader.device would say "gpu" over a 
 the GPU's JPEG engines (NVJPG: 1 on an A100, 7 on an H100/H200; none in some VMs) `hw_decoder_load`
 sends nothing to hardware. So, once DALI has run a mixed decode in this process:
 
-- nvJPEG: DALI (through nvImageCodec's nvjpeg extension) dlopens `libnvjpeg.so.N` when it needs it; if it
-  is mapped into this process (/proc/self/maps) it was loaded, and its version is asked of it
+- nvJPEG: DALI (through nvImageCodec's nvjpeg extension, which looks in the wheel's nvidia/cu13/lib, then
+  /usr/local/cuda) dlopens `libnvjpeg.so.N` as it builds a decoder (DALI 2.4: a CPU pipeline's build maps it
+  too); if it is mapped into this process (/proc/self/maps) it was found, and its version is asked of it
   (`nvjpegGetProperty`). DALI 2.4's `backend.GetNvjpegVersion()` says nothing here: DALI no longer links
   nvJPEG itself and it returns -1. torchvision maps its own renamed copy (`libnvjpeg.<hash>.so.N`), which
   is not DALI's and is not matched. The library is opened with RTLD_NOLOAD: this module never loads a
