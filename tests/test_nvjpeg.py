@@ -90,10 +90,13 @@ def test_the_hardware_decoder_is_asked_of_the_loaded_nvjpeg(monkeypatch, lib, lo
 
 
 def test_the_words_a_row_records():
-    assert GpuDecode("13.0.2", 7, True).words() == "nvjpeg 13.0.2, hw decoder 7 engines"
-    assert GpuDecode("13.0.2", None, True).words() == "nvjpeg 13.0.2, hw decoder"
+    assert GpuDecode("13.0.2", 7, True).words() == "nvjpeg 13.0.2, hardware JPEG decode on 7 engines"
+    assert GpuDecode("13.0.2", None, True).words() == "nvjpeg 13.0.2, hardware JPEG decode"
     no_hw = GpuDecode("13.0.2", 0, False, "hardware backend: ARCH_MISMATCH")
-    assert no_hw.words() == "nvjpeg 13.0.2, NO hw decoder (hardware backend: ARCH_MISMATCH)"
+    assert no_hw.words() == "nvjpeg 13.0.2, NO hardware JPEG decode (hardware backend: ARCH_MISMATCH)"
+    assert GpuDecode("13.0.2", 7, True).decoder() == no_hw.decoder() == "DALI nvJPEG"
+    assert nvjpeg.CPU_DECODE.decoder() == "DALI CPU"
+    assert GpuDecode(note="libnvjpeg not loaded: a CPU fallback").decoder() == "DALI CPU fallback (no nvJPEG)"
 
 
 NO_DALI = pytest.mark.skipif(not dali_available(), reason="nvidia.dali not installed")
@@ -103,13 +106,21 @@ NO_DALI = pytest.mark.skipif(not dali_available(), reason="nvidia.dali not insta
 def test_a_gpu_loaders_description_says_what_its_decode_ran_on():
     from cityseg_fast.data.dali.graphs import Decoder
     from cityseg_fast.data.dali.loader import Mode
+    from cityseg_fast.report.runs import row_decoder
+    from cityseg_fast.results import Row
 
     mode = Mode("train", "gpu", Decoder("mixed", 0.75), "slice", True, False)
     assert mode.describe(8) == "dali (gpu mixed decode, hw_decoder_load=0.75, 8 threads, train)"
     ran = mode.describe(8, GpuDecode("13.0.2", 7, True))
-    assert ran == "dali (gpu mixed decode, nvjpeg 13.0.2, hw decoder 7 engines, hw_decoder_load=0.75, 8 threads, train)"
+    want = "dali (gpu mixed decode, nvjpeg 13.0.2, hardware JPEG decode on 7 engines, hw_decoder_load=0.75, 8 threads, train)"
+    assert ran == want
     fallback = mode.describe(8, GpuDecode(note="libnvjpeg not loaded: a CPU fallback"))
     assert "NO nvjpeg" in fallback and "CPU fallback" in fallback
+    # the report names an e2e row's decoder from its description: these words must not read as one
+    for desc in (ran, fallback, mode.describe(8, GpuDecode("13.0.2", 0, False, "0 hardware engines"))):
+        row = Row(scenario="e2e", status="ok", error=None, point_id="p", point={"loader": "dali", "loader_device": "gpu"},
+                  metrics={"loader_description": desc}, config={}, config_hash="c", env={}, time="t")  # fmt: skip
+        assert row_decoder(row) == "DALI nvJPEG", desc
 
 
 BUNDLED = next(Path(p) / "nvidia" / "cu13" / "lib" / "libnvjpeg.so.13" for p in sys.path if "site-packages" in p)
@@ -164,4 +175,5 @@ def test_a_dali_cpu_loader_row_says_no_nvjpeg(tmp_path):
     cfg = loader_cfg(write_prepared(tmp_path, {"train": 4}), "dali")
     m = measure_loader(cfg, iters=2, warmup=1)
     assert m[NVJPEG_VERSION] is None and m[HW_DECODER] is False and m[HW_DECODER_ENGINES] is None
+    assert m["loader_decoder"] == "DALI CPU"
     assert "cpu decode" in m["loader_description"]

@@ -226,6 +226,11 @@ class DaliLoader(PlannedLoader):
     def description(self) -> str:
         return self.mode.describe(self._num_threads, self.gpu_decode if self.mode.decoder.on_gpu else None)
 
+    @property
+    def decoder(self) -> str | None:
+        """The decoder rows name (LOADER_DECODER), once known: a mixed decoder's after its first batch."""
+        return None if self.gpu_decode is None else self.gpu_decode.decoder()
+
     def close(self) -> None:
         self._pipe = None
         self._feed.close()

@@ -50,13 +50,21 @@ class GpuDecode:
     note: str = ""
 
     def words(self) -> str:
-        """For the loader's description: 'nvjpeg 13.0.2, hw decoder 7 engines', or what is missing."""
+        """For the loader's description: 'nvjpeg 13.0.2, hardware JPEG decode on 7 engines', or what is
+        missing. (Never "decoder <name>": the report reads a torch loader's decoder from those words.)"""
         if self.nvjpeg_version is None:
             return f"NO nvjpeg ({self.note})" if self.note else "NO nvjpeg"
         if self.hw_decoder:
-            engines = "" if self.hw_engines is None else f" {self.hw_engines} engines"
-            return f"nvjpeg {self.nvjpeg_version}, hw decoder{engines}"
-        return f"nvjpeg {self.nvjpeg_version}, NO hw decoder ({self.note})"
+            engines = "" if self.hw_engines is None else f" on {self.hw_engines} engines"
+            return f"nvjpeg {self.nvjpeg_version}, hardware JPEG decode{engines}"
+        return f"nvjpeg {self.nvjpeg_version}, NO hardware JPEG decode ({self.note})"
+
+    def decoder(self) -> str:
+        """The row's decoder name (LOADER_DECODER): DALI's CPU decoder, nvJPEG, or the mixed decoder's CPU
+        fallback."""
+        if self == CPU_DECODE:
+            return "DALI CPU"
+        return "DALI nvJPEG" if self.nvjpeg_version else "DALI CPU fallback (no nvJPEG)"
 
 
 CPU_DECODE = GpuDecode(note="cpu decode")
