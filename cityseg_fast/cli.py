@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from cityseg_fast import __version__
 from cityseg_fast.diskio import disk_full_cause, disk_full_error
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
 
 # name -> (module under cityseg_fast.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"cityseg {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:  # SIGTERM / SIGUSR1 after saving: not an error, a job script requeues on the status
+        print(f"cityseg {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"cityseg {args.command}: interrupted", file=sys.stderr)

@@ -31,6 +31,7 @@ from cityseg_fast import diskio
 from cityseg_fast.config_ranges import (  # noqa: F401 (CHOICES, RANGES, Range: re-exported)
     AT_MOST,
     CHOICES,
+    DISTINCT,
     ORDERED,
     RANGES,
     Range,
@@ -131,6 +132,8 @@ class TrainConfig(_Section):
     resume: str = "auto"  # auto (latest readable checkpoint in out_dir) | never (start afresh) | a path
     dist_timeout_s: int = 300  # a dead rank makes the others fail within this many seconds
     max_nonfinite: int = 20  # consecutive non-finite losses before the run stops
+    straggler_threshold: float = 1.2  # DDP: name the slowest rank when its work exceeds the median rank's by this
+    tensorboard: bool = False  # rank 0 also writes metrics.jsonl's scalars to out_dir/tb (cityseg_fast[tensorboard])
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class BenchConfig(_Section):
     trace_dir: str = ""  # where profile traces go; "" = beside `bench --append FILE` (FILE's folder/traces)
     sample_interval_s: float = 0.1  # NVML / host memory sampling period
     variance_warn: float = 0.15  # warn when IQR / median exceeds this
+    memory_snapshot: bool = False  # GPU model / e2e: torch's allocator history over one step (and at an OOM)
+    eval_scales: tuple[float, ...] = ()  # accuracy: also evaluate the trained model at these input scales
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except UserError:
                 continue
         raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # tuple[float, ...]: any length
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]  # "0.5,1.0", as a command line writes it
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, str) and "x" in value.lower() and all(a is int for a in args):
@@ -252,6 +266,10 @@ def _check_relations(cfg: Config, origins: Mapping[str, str]) -> None:
         lo, hi = _value(cfg, key)
         if lo > hi:
             raise UserError(f"{origins.get(key, '')}config key '{key}': low {lo} exceeds high {hi}")
+    for key in DISTINCT:
+        values = _value(cfg, key)
+        if len(set(values)) != len(values):
+            raise UserError(f"{origins.get(key, '')}config key '{key}': a value is repeated in {list(values)}")
     for key, bound in AT_MOST.items():
         if _value(cfg, key) > _value(cfg, bound):
             raise UserError(

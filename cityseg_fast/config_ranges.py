@@ -74,11 +74,13 @@ RANGES: dict[str, Range] = {
     "train.seed": NON_NEGATIVE,
     "train.dist_timeout_s": AT_LEAST_1,
     "train.max_nonfinite": AT_LEAST_1,
+    "train.straggler_threshold": Range(1),  # a ratio max / median, never below 1
     "bench.warmup": NON_NEGATIVE,
     "bench.iters": AT_LEAST_1,
     "bench.sample_interval_s": POSITIVE,
     "bench.profile_steps": AT_LEAST_1,
     "bench.variance_warn": NON_NEGATIVE,
+    "bench.eval_scales": POSITIVE,  # of the evaluated frame (data.eval_size, else full size); 1.0 = as trained
 }
 # 'section.key' -> the words it may take; None = the key may be null (the model variant's default).
 CHOICES: dict[str, tuple[str | None, ...]] = {
@@ -98,9 +100,10 @@ CHOICES: dict[str, tuple[str | None, ...]] = {
 # Here a path must look like one (a '/' or a '.'), so a mistyped word ('nevr') is refused, not looked for as a file.
 OR_PATH: frozenset[str] = frozenset({"model.pretrained", "train.resume"})
 
-# Relations between values: tuples read as (low, high), and keys that must not exceed another key.
+# Relations between values: tuples read as (low, high), keys that must not exceed another key, lists without a repeat.
 ORDERED: tuple[str, ...] = ("data.scale_range",)
 AT_MOST: dict[str, str] = {"train.min_lr": "train.lr"}  # the poly schedule decays from lr down to min_lr
+DISTINCT: tuple[str, ...] = ("bench.eval_scales",)  # lists without a repeat: each value is a row of its own
 
 
 def check_range(key: str, value: Any) -> None:

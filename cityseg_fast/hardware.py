@@ -4,6 +4,7 @@ The one place the package resolves a device (every command, loader and benchmark
     device = resolve_device()          # cuda:LOCAL_RANK (initialised) or cpu
     cores = cores_per_rank()           # CPU cores this rank may keep busy (loader threads)
     where = loader_device("auto")      # where DALI runs for loader.device=auto: "gpu" | "cpu"
+    rank_cpus(device)                  # the CPUs this rank may run on, and NVML's ideal set for its GPU
 
 `resolve_device` also initialises CUDA on that device (set_device, then the caching allocator), so
 the first CUDA call anywhere after it, e.g. `torch.cuda.reset_peak_memory_stats`, finds torch ready
@@ -168,6 +169,74 @@ def _nvml_devices(pynvml: Any):
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# which CPUs a rank runs on, and which ones its GPU is close to
+
+
+def cpu_affinity() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), in order; every CPU where the OS cannot say."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def cpus_from_mask(words: Sequence[int], bits: int = 64) -> list[int]:
+    """The CPUs set in an NVML CPU set: an array of `bits`-bit words, CPU i being bit i % bits of word
+    i // bits (nvmlDeviceGetCpuAffinity's form)."""
+    return [w * bits + b for w, word in enumerate(words) for b in range(bits) if int(word) >> b & 1]
+
+
+def cpu_list_text(cpus: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 8, 10, 11] -> '0-3,8,10-11' (how taskset and /proc write CPU lists)."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def nvml_ideal_cpus(device: torch.device) -> list[int] | None:
+    """NVML's ideal CPU set for `device` (nvmlDeviceGetCpuAffinity: the CPUs of the GPU's NUMA node), or None
+    on the CPU, without NVML, or where the driver does not say."""
+    if device.type != "cuda":
+        return None
+    found = nvml_handle(device)
+    if found is None:
+        return None
+    nvml, handle = found
+    try:
+        words = nvml.nvmlDeviceGetCpuAffinity(handle, -(-(os.cpu_count() or 1) // 64))
+        return cpus_from_mask(list(words)) or None
+    except Exception:  # an old driver, a MIG slice: no answer is no warning
+        return None
+    finally:
+        nvml.nvmlShutdown()
+
+
+def rank_cpus(device: torch.device) -> dict[str, Any]:
+    """{cpu_affinity, nvml_ideal_cpus}: the CPUs this rank may run on and NVML's ideal set for its GPU
+    (None on the CPU or without NVML), each as a CPU list text ('0-31,64-95')."""
+    ideal = nvml_ideal_cpus(device)
+    return {"cpu_affinity": cpu_list_text(cpu_affinity()), "nvml_ideal_cpus": None if ideal is None else cpu_list_text(ideal)}
+
+
+def affinity_warning(ranks: Sequence[dict[str, Any]]) -> str | None:
+    """One line naming the ranks whose CPU affinity is not NVML's ideal set for their GPU (DeepLearningExamples
+    pins each rank to it: loader threads on the far socket cross the interconnect for every batch); None
+    when every rank runs on its GPU's set or there is no set to compare with. `ranks`: rank_cpus() + rank."""
+    off = [r for r in ranks if r.get("nvml_ideal_cpus") and r["cpu_affinity"] != r["nvml_ideal_cpus"]]
+    if not off:
+        return None
+    shown = "; ".join(f"rank {r['rank']} runs on CPUs {r['cpu_affinity']}, its GPU's are {r['nvml_ideal_cpus']}"
+                      for r in off[:4])  # fmt: skip
+    more = f"; and {len(off) - 4} more" if len(off) > 4 else ""
+    return (f"{len(off)} of {len(ranks)} rank(s) outside NVML's ideal CPU set for their GPU ({shown}{more}): pin "
+            "each rank to its GPU's CPUs (srun --cpu-bind, numactl or taskset), as env.json's 'ranks' records")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,3 +131,25 @@ def test_a_point_id_creates_no_cuda_context():
         "assert not torch.cuda.is_initialized()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_sets_read_and_written_as_the_tools_write_them():
+    from cityseg_fast.hardware import cpu_list_text, cpus_from_mask
+
+    # NVML's set for a GPU on the second socket of a 2 x 32-core machine: CPUs 32-63 and 96-127 (SMT siblings)
+    words = [0xFFFFFFFF00000000, 0xFFFFFFFF00000000]
+    assert cpus_from_mask(words) == list(range(32, 64)) + list(range(96, 128))
+    assert cpu_list_text(cpus_from_mask(words)) == "32-63,96-127"
+    assert cpu_list_text([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10-11" and cpu_list_text([]) == ""
+
+
+def test_ranks_outside_their_gpus_cpu_set_are_named_once():
+    from cityseg_fast.hardware import affinity_warning
+
+    pinned = {"cpu_affinity": "0-31", "nvml_ideal_cpus": "0-31"}
+    assert affinity_warning([{"rank": 0, **pinned}]) is None
+    assert affinity_warning([{"rank": 0, "cpu_affinity": "0-1", "nvml_ideal_cpus": None}]) is None  # the CPU
+    loose = [{"rank": r, "cpu_affinity": "0-127", "nvml_ideal_cpus": "0-31" if r < 4 else "32-63"} for r in range(8)]
+    line = affinity_warning([{"rank": 8, **pinned}, *loose])
+    assert line.startswith("8 of 9 rank(s) outside NVML's ideal CPU set")
+    assert "rank 0 runs on CPUs 0-127, its GPU's are 0-31" in line and "and 4 more" in line and "\n" not in line

@@ -57,3 +57,59 @@ NVML = [
 )
 def test_nvml_device_is_matched_by_uuid(cuda_uuid, expected):
     assert match_nvml_device(cuda_uuid, NVML) == expected
+
+
+class _FakeNvml:
+    """What NvmlSampler asks pynvml, for one GPU: memory, power, clock, utilisation and, where `jpg` is not
+    None, the NVJPG engines' utilisation (else NotSupported, as on a GPU without them)."""
+
+    NVML_CLOCK_SM = 1
+
+    def __init__(self, jpg: int | None) -> None:
+        self.jpg, self.jpg_calls = jpg, 0
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("Mem", (), {"used": 2 * 2**30})()
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 300_000
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        return 1980
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("Util", (), {"gpu": 90})()
+
+    def nvmlDeviceGetJpgUtilization(self, h):
+        self.jpg_calls += 1
+        if self.jpg is None:
+            raise RuntimeError("NVMLError_NotSupported")
+        return [self.jpg, 166_666]  # [utilisation %, sampling period us]
+
+
+@pytest.mark.parametrize("jpg", [40, None])
+def test_nvml_sampler_samples_the_jpeg_engines_where_the_gpu_has_them(jpg):
+    from cityseg_fast.memstats import NvmlDevice
+
+    nvml = _FakeNvml(jpg)
+    s = NvmlSampler("cpu")
+    s._dev, s._nvml, s._handle = NvmlDevice(nvml, "h0"), nvml, "h0"  # what start() sets up on a GPU
+    for _ in range(3):
+        s.samples.append(s._sample())
+    summary = s.summary()
+    assert summary["gpu_util"] == pytest.approx(0.9) and summary["mem_nvml_used_mib"] == pytest.approx(2048)
+    if jpg is None:
+        assert summary["gpu_jpg_util"] is None and nvml.jpg_calls == 1  # NotSupported once: not asked again
+    else:
+        assert summary["gpu_jpg_util"] == pytest.approx(0.4) and nvml.jpg_calls == 3
+
+
+def test_a_memory_snapshot_on_the_cpu_is_one_line():
+    from cityseg_fast.bench.runners import run_scenario
+    from cityseg_fast.config import load_config
+    from cityseg_fast.errors import UserError
+
+    cfg = load_config([], ["model.name=unet_s16", "model.base_width=4", "data.crop=[32,64]", "loader.batch_size=2",
+                           "bench.memory_snapshot=true"])  # fmt: skip
+    with pytest.raises(UserError, match=r"bench\.memory_snapshot.*CPU"):
+        run_scenario("model", cfg)

@@ -178,19 +178,3 @@ def test_a_dali_cpu_loader_row_says_no_nvjpeg(tmp_path):
     assert m["loader_decoder"] == "DALI CPU"
     assert "cpu decode" in m["loader_description"]
 
-
-def test_the_jpeg_engines_utilisation_is_read_from_nvml_or_left_out():
-    from types import SimpleNamespace
-
-    from cityseg_fast.bench.loader_bench import jpeg_engine_util
-
-    class Nvml:
-        def nvmlDeviceGetJpgUtilization(self, handle):
-            return [37, 166_666]  # percent, sampling period in microseconds
-
-    class OldNvml:
-        def nvmlDeviceGetJpgUtilization(self, handle):
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-
-    assert jpeg_engine_util(SimpleNamespace(nvml=Nvml(), handle=0)) == 37.0
-    assert jpeg_engine_util(SimpleNamespace(nvml=OldNvml(), handle=0)) is None

@@ -365,3 +365,14 @@ def test_loader_tuning_section_marks_the_best_setting_and_the_default(tmp_path):
     assert "| num_threads=auto prefetch_queue_depth=2 (default) | 100 |" in section
     assert "| num_workers=0 | 30.0 |" in section  # no workers: no prefetch factor to name
     assert "synthetic" not in section
+
+
+def test_scaling_section_puts_world_size_n_beside_n_times_world_size_one(report):
+    md = report.read_text()
+    section = md.split("## Scaling across ranks", 1)[1].split("\n## ", 1)[0]
+    # fcn_resnet50 at 4 ranks: 324 img/s against 4 x 104; its rank 3 computes 25% slower: named
+    assert "| model | fcn_resnet50 bf16 | 4 | 324 | 104 | 416 | 78% | rank 3 ×1.25 |" in section
+    (fcn,) = [line for line in section.splitlines() if "| fcn_resnet50 bf16 |" in line]
+    assert fcn.endswith("| **rank 3** |")
+    assert "| model | unet bf16 | 4 | 919 | 247 | 988 | 93% | rank 1 ×1.01 |" in section  # no straggler
+    assert "![Scaling](scaling.png)" in md

@@ -101,7 +101,7 @@ class Stub:
 
     def __call__(self, sp, work, timeout_s, devices):
         metrics = {"images_per_s": float(int(sp.id[:4], 16) % 97 + 1), "device": "cpu"}
-        return lambda: row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, point=sp.extra)
+        return lambda: [row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, point=sp.extra)]
 
 
 def test_a_repeated_sweep_resumes_by_round_and_reports_the_median(tmp_path):

@@ -6,16 +6,19 @@ import csv
 import dataclasses
 import json
 import re
+import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from engine_fixtures import kill_after_first_row, run_cli
+from engine_fixtures import PY, REPO, env, kill_after_first_row, run_cli, write_tiny_cityscapes
 
 from cityseg_fast.bench.sweep import run_sweep
 from cityseg_fast.bench.sweep_spec import SweepSpec, load_spec
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import EXIT_PREEMPTED, UserError
 from cityseg_fast.results import read_rows, validate_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +117,57 @@ def test_killed_sweep_resumes_without_lost_or_duplicate_rows(tmp_path):
     assert len({r.point_id for r in rows}) == 2
     assert sorted(r.point["batch_size"] for r in rows) == [1, 2]
     assert rows[0].point_id == first[0].point_id
+
+
+def _stop_sweep_once_training(args: tuple[str, ...], runs: Path, timeout: float = 180) -> tuple[int, str]:
+    """Start `cityseg ARGS`, SIGTERM it (it alone, as `sbatch --signal=B:TERM` does) once a training point
+    under `runs` has logged; (exit status, last stderr line)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([PY, "-m", "cityseg_fast", *args], cwd=REPO, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline and proc.poll() is None:
+                if any('"train"' in p.read_text() for p in runs.glob("*/metrics.jsonl")):
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        return code, err.read().strip().splitlines()[-1]
+
+
+def test_sigterm_stops_a_sweep_and_a_rerun_loses_or_duplicates_no_row(tmp_path):
+    """A benchmark point, then a training point that is SIGTERMed with the sweep: it saves and exits 75, the
+    sweep writes no row for it and exits 75; the rerun skips the finished point and resumes the training."""
+    data = write_tiny_cityscapes(tmp_path / "data", {"train": 4, "val": 2})
+    train = {"data.root": str(data), "model.name": "unet_s16", "model.base_width": 4, "loader.backend": "torch",
+             "loader.num_workers": 0, "loader.batch_size": 2, "train.iters": 200, "train.log_interval": 2,
+             "train.eval_interval": 200, "train.ckpt_interval": 200, "train.optimizer": "adamw"}  # fmt: skip
+    spec_path = _spec(tmp_path, {}, scenarios=("infer", "accuracy"), overrides={**CHEAP, **train})
+    out = tmp_path / "out"
+    results, args = out / "results.jsonl", ("sweep", str(spec_path), "--out", str(out))
+    code, last = _stop_sweep_once_training(args, out / "runs")
+    assert code == EXIT_PREEMPTED, last
+    assert last.startswith("cityseg sweep: stopped by SIGTERM: 1 point(s) stopped before they finished"), last
+    (first,) = read_rows(results)  # the finished point's row; none, not even an error row, for the stopped one
+    assert first.scenario == "infer" and first.ok
+    (run_dir,) = (out / "runs").iterdir()
+    stopped = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stopped["event"] == "preempted" and stopped["saved"] is True  # the child saved where it stopped
+
+    done = run_cli(*args, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(read_rows(results))
+    assert [r.scenario for r in rows] == ["infer", "accuracy"] and all(r.ok for r in rows)
+    assert rows[0] == first and len({r.point_id for r in rows}) == 2
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (resume,) = [e for e in events if e["event"] == "resume"]
+    assert resume["iter"] == stopped["iter"] and events[-1]["event"] == "end" and events[-1]["iters"] == 200
 
 
 # -- variables, paths, shards (no point runs) ------------------------------------------------------
@@ -224,9 +278,9 @@ class Stub:
                        "visible_devices": ",".join(devices)}  # fmt: skip
             ran = {"point_wall_s": 0.0}
             if sp.cfg.loader.batch_size > self.fits:
-                return row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={},
-                               sweep=ran)  # fmt: skip
-            return row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, sweep=ran)
+                return [row_for(sp.scenario, sp.cfg, error="CUDA out of memory", world_size=sp.world_size, env={},
+                                sweep=ran)]  # fmt: skip
+            return [row_for(sp.scenario, sp.cfg, metrics, world_size=sp.world_size, env={}, sweep=ran)]
 
         return wait
 

@@ -1,11 +1,13 @@
-"""Training runs: run-directory contents, SIGKILL + resume continues exactly, non-finite loss stops
-cleanly, and clear errors for bad checkpoints, wrong models and missing splits."""
+"""Training runs: run-directory contents, SIGKILL + resume continues exactly (the dead run's lock taken over),
+SIGTERM saves where it stops and a rerun matches an uninterrupted run (a second writer refused meanwhile),
+non-finite loss stops cleanly, and clear errors for bad checkpoints, wrong models and missing splits."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import os
 import signal
 import subprocess
 import time
@@ -25,9 +27,12 @@ from engine_fixtures import (
 from cityseg_fast.cli import main
 from cityseg_fast.config import load_config
 from cityseg_fast.data.torch_loader import TorchLoader
+from cityseg_fast.dirlock import LOCK_FILE
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
 from cityseg_fast.engine.step import SegLoss
-from cityseg_fast.engine.train import Schedule, train
+from cityseg_fast.engine.train import LogWindow, Schedule, train
+from cityseg_fast.errors import EXIT_PREEMPTED
+from cityseg_fast.preemption import catch_stop_signals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,8 +113,10 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     assert survivors, "a checkpoint was lost"
     resumed_from = load_checkpoint(survivors[-1])["iteration"]  # loads: no torn file
     assert resumed_from in (20, 40)
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == proc.pid  # the dead run's lock file stays
 
-    run_cli("train", *args)
+    rerun = run_cli("train", *args)
+    assert "writing here" not in rerun.stderr and "warning" not in rerun.stderr  # taken over silently
     rows = _events(out)
     (resume,) = [r for r in rows if r["event"] == "resume"]
     assert resume["iter"] == resumed_from
@@ -126,6 +133,59 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     assert [p.name for p in list_checkpoints(out)][-1] == "ckpt_00000060.pt"
     end = [r for r in rows if r["event"] == "end"][-1]
     assert end["iters"] == 60 and end["start_iter"] == resumed_from
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {r["iter"]: r["loss"] for r in _events(run_dir, "train")}
+
+
+def test_sigterm_saves_where_it_stops_and_a_rerun_matches_an_uninterrupted_run(tmp_path, capsys):
+    data = write_tiny_cityscapes(tmp_path / "data")
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    # A loader worker: SIGTERM goes to every process, as Slurm sends it, and the worker must not die of it.
+    extra = {"train.log_interval": 2, "train.ckpt_interval": 50, "loader.num_workers": 1}
+    args = tiny_overrides(data, out, iters=40, **extra)
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([PY, "-m", "cityseg_fast", "train", *args], cwd=REPO, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and proc.poll() is None:
+                logged = _events(out, "train") if (out / "metrics.jsonl").exists() else []
+                if logged and logged[-1]["iter"] >= 4:
+                    break
+                time.sleep(0.05)
+            # One writer: a second train into the live run directory is refused, naming the first.
+            assert main(["train", *args]) == 2
+            refused = capsys.readouterr().err.strip()
+            assert len(refused.splitlines()) == 1 and f"pid {proc.pid} on host" in refused, refused
+            assert "(cityseg train, since " in refused and "is writing here" in refused
+            os.killpg(proc.pid, signal.SIGTERM)  # the process and its loader worker and forkserver
+            assert proc.wait(60) == EXIT_PREEMPTED
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        last = err.read().strip().splitlines()[-1]
+    stopped = _events(out)[-1]
+    assert stopped["event"] == "preempted" and stopped["signal"] == "SIGTERM" and stopped["saved"] is True
+    k = stopped["iter"]
+    assert 4 < k < 40 and k % 2 == 0, k  # at a log interval: where the ranks agree, and no sync is added
+    assert last.startswith(f"cityseg train: stopped by SIGTERM at iteration {k} of 40 (saved "), last
+    assert load_checkpoint(out / f"ckpt_{k:08d}.pt")["iteration"] == k  # written there, atomically
+    assert "eval" not in {r["event"] for r in _events(out)}  # the grace period is not spent evaluating
+
+    assert main(["train", *args]) == 0  # the same command resumes
+    (resume,) = _events(out, "resume")
+    assert resume["iter"] == k
+    assert main(["train", *tiny_overrides(data, ref, iters=40, **extra)]) == 0  # never interrupted
+    resumed, uninterrupted = _losses(out), _losses(ref)
+    assert sorted(resumed) == sorted(uninterrupted) == list(range(2, 41, 2))
+    for it, loss in uninterrupted.items():  # same weights, optimizer, schedule, RNG and data order
+        assert math.isclose(resumed[it], loss, rel_tol=1e-5), (it, resumed[it], loss)
+    assert _events(out, "end")[-1]["iters"] == 40
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
@@ -216,6 +276,24 @@ def test_schedule_logs_evaluates_and_checkpoints_at_each_interval_and_the_last_i
     assert [i for i, d in due.items() if d.eval] == [23]
     assert [i for i, d in due.items() if d.ckpt] == [10, 20, 23]
     assert [i for i, d in due.items() if d.pause] == [10, 20, 23]  # buffers broadcast before eval / ckpt
+
+
+def test_a_stop_signal_sets_a_flag_that_the_log_sync_carries_and_turns_the_due_actions_into_a_save():
+    before = signal.getsignal(signal.SIGUSR1)
+    window = LogWindow(torch.device("cpu"), 0, 0.0)
+    window.add(torch.tensor(2.0))
+    window.add(torch.tensor(4.0))
+    with catch_stop_signals() as stop:
+        assert window.sync(1, stop.requested) == (3.0, False, [])  # [] : no fp16 scaler trace to read with it
+        os.kill(os.getpid(), signal.SIGUSR1)  # the handler only records it
+        assert stop.requested and stop.name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) == before  # restored after the block
+    window.next(10, 0.0)
+    window.add(torch.tensor(1.0))
+    assert window.sync(1, True) == (1.0, True, [])  # the same all-reduce as the loss (a no-op in one process)
+    due = Schedule(iters=100, log=5, eval=5, ckpt=50).due(5)
+    assert (due.eval, due.ckpt, due.stop) == (True, False, False)
+    assert (due.stopping().eval, due.stopping().ckpt, due.stopping().stop) == (False, True, True)
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """What an accuracy run leaves besides its mIoU: its curves, its size, and example predictions.
 
     events = read_events(out_dir)               # the run's metrics.jsonl (engine/train.py writes it)
-    curves(events)                              # {"train": {iter, loss, wall_s}, "eval": {iter, miou, ...}}
+    curves(events)                              # {"train": {iter, loss, wall_s[, loss_scale]}, "eval": {...}}
+    scaler_summary(events)                      # fp16: {loss_scale, skipped_steps} at the last log line
     save_predictions(cfg, checkpoint, out_dir)  # [{stem, input, label, pred}]: PNGs under out_dir/predictions
 
 The curves are read from metrics.jsonl, never from the training loop, and thinned to at most
@@ -27,6 +28,7 @@ from cityseg_fast.engine.evaluate import predict_image
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import train_palette
 from cityseg_fast.models import model_from_config
+from cityseg_fast.results.scenarios import LOSS_SCALE, SKIPPED_STEPS
 
 MAX_POINTS = 100
 EXAMPLES = (
@@ -77,14 +79,21 @@ def curves(events: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
             offset, t0 = last, stamp
         elif kind == "train" and e.get("wall_s") is not None:
             last = offset + e["wall_s"]
-            train.append((e["iter"], e.get("loss"), round(last, 2)))
+            train.append((e["iter"], e.get("loss"), round(last, 2), e.get(LOSS_SCALE)))
         elif kind == "eval" and t0 is not None and stamp is not None:
             last = offset + stamp - t0
             evals.append((e["iter"], e.get("miou"), round(last, 2)))
+    scaled = any(p[3] is not None for p in train)  # fp16: the loss-scale trace beside the loss
     return {
-        "train": _columns(("iter", "loss", "wall_s"), train),
+        "train": _columns(("iter", "loss", "wall_s", LOSS_SCALE)[: 4 if scaled else 3], train),
         "eval": _columns(("iter", "miou", "wall_s"), evals),
     }
+
+
+def scaler_summary(events: list[dict[str, Any]]) -> dict[str, float | int]:
+    """fp16: the loss scale and the steps skipped so far at the last 'train' line ({} for other precisions)."""
+    last = next((e for e in reversed(events) if e.get("event") == "train" and LOSS_SCALE in e), None)
+    return {} if last is None else {LOSS_SCALE: last[LOSS_SCALE], SKIPPED_STEPS: last.get(SKIPPED_STEPS)}
 
 
 def _columns(names: tuple[str, ...], points: list[tuple]) -> dict[str, list[Any]]:

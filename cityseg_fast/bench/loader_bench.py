@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cityseg_fast.bench.memory import release_pools
+from cityseg_fast.bench.memory import NvmlSampler, release_pools
 from cityseg_fast.bench.timing import latency_metrics, summarize
 from cityseg_fast.config import Config
 from cityseg_fast.data.factory import build_loader
@@ -38,9 +38,10 @@ from cityseg_fast.memstats import (
 )
 from cityseg_fast.results.scenarios import (
     CPU_MS_BY_STAGE,
+    GPU_JPG_UTIL,
+    GPU_UTIL,
     HW_DECODER,
     HW_DECODER_ENGINES,
-    HW_DECODER_UTIL,
     LOADER_DECODER,
     NVJPEG_VERSION,
 )
@@ -93,17 +94,30 @@ def measure_loader(cfg: Config, iters: int, warmup: int) -> dict[str, Any]:
     try:
         loader = build_loader(cfg, cfg.data.train_split, train=True, device=device)
         try:
-            metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
+            metrics = _sampled_pull(loader, iters, warmup, cfg, device)
             # After the timed region, the workers and the pipeline still alive: what they hold now.
             metrics.update(host_memory())
-            if gpu:
-                metrics.update(gpu.while_loader_runs())
-                metrics[HW_DECODER_UTIL] = jpeg_engine_util(gpu.nvml)
+            metrics.update(gpu.while_loader_runs() if gpu else {})
         finally:
             loader.close()
     finally:
         if gpu:
             gpu.close()
+    return metrics
+
+
+def _sampled_pull(loader: Any, iters: int, warmup: int, cfg: Config, device: Any) -> dict[str, Any]:
+    """`_timed_pull`, with the GPU's utilisation and its NVJPG engines' (the hardware JPEG decoder: does a
+    hw_decoder_load sweep saturate it?) sampled by NVML meanwhile, where there is a GPU with NVML."""
+    sampler = NvmlSampler(device, cfg.bench.sample_interval_s)
+    sampling = sampler.start()  # False on the CPU or without NVML: no thread, no metrics
+    try:
+        metrics = _timed_pull(loader, iters, warmup, cfg.bench.variance_warn)
+    finally:
+        sampler.stop()
+    if sampling:
+        summary = sampler.summary()
+        metrics.update({GPU_UTIL: summary[GPU_UTIL], GPU_JPG_UTIL: summary[GPU_JPG_UTIL]})
     return metrics
 
 
@@ -175,15 +189,6 @@ def _arrival(device: Any) -> Any:
         done.synchronize()  # the measurement boundary: a batch counts when its data is on the device
 
     return arrived
-
-
-def jpeg_engine_util(nvml: NvmlDevice) -> float | None:
-    """NVML's JPEG-engine utilisation (%), averaged over its last sampling period (1/6 to 1 s): read just
-    after the timed pull, above 0 when the hardware decoder decoded during it. None where NVML cannot say."""
-    try:
-        return float(nvml.nvml.nvmlDeviceGetJpgUtilization(nvml.handle)[0])
-    except Exception:  # an older driver or NVML, a MIG slice
-        return None
 
 
 def host_memory() -> dict[str, Any]:

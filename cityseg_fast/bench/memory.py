@@ -7,12 +7,15 @@
 - torch peaks (allocated / reserved) are reset on entry, so they belong to this point only, after
   `release_pools`: the blocks an earlier point of the same process left cached in DALI's and torch's
   pools are given back first, so NVML's reading is this point's;
-- NVML (device memory used, power, SM clock, utilisation) is sampled in a daemon thread; without
-  NVML or a GPU the thread never starts and those metrics are None (never an error);
+- NVML (device memory used, power, SM clock, utilisation, and where the GPU has NVJPG engines their
+  utilisation: is the hardware JPEG decoder saturated?) is sampled in a daemon thread; without NVML or a
+  GPU the thread never starts and those metrics are None (never an error);
 - host peak RSS is the larger of getrusage's ru_maxrss and /proc/self/status VmHWM; VmHWM is reset
   on entry where the kernel allows it (/proc/self/clear_refs), otherwise it is the process's peak,
   which for a sweep point (one fresh process per point) is the same thing;
 - cpu_util is this process's CPU time (plus reaped children) over wall time x usable cores (0..1).
+
+`MemorySnapshot` (bench.memory_snapshot on a GPU) records torch's allocator history for pytorch.org/memory_viz.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from cityseg_fast.data.dali.memory import release_unused_memory
 from cityseg_fast.hardware import cpu_count, init_cuda
 from cityseg_fast.memstats import MIB, NvmlDevice, host_peak_rss_mib, reset_host_peak
+from cityseg_fast.results.scenarios import MEMORY_SNAPSHOT, MEMORY_SNAPSHOT_NVML_USED_MIB
 
-__all__ = ["MIB", "MemoryMonitor", "NvmlSampler", "host_peak_rss_mib", "release_pools", "reset_host_peak"]
+__all__ = ["MIB", "MemoryMonitor", "MemorySnapshot", "NvmlSampler", "host_peak_rss_mib", "release_pools",
+           "reset_host_peak"]  # fmt: skip
 
 
 def release_pools(device: Any) -> None:
@@ -53,6 +59,7 @@ class NvmlSampler:
         self._dev: NvmlDevice | None = None
         self._nvml: Any = None
         self._handle: Any = None
+        self._jpg = True  # NVJPG utilisation asked for until the GPU says it has none (NVMLError_NotSupported)
 
     def start(self) -> bool:
         self._dev = NvmlDevice.open(self.device)
@@ -76,6 +83,11 @@ class NvmlSampler:
                 s[key] = fn()
             except Exception:  # some GPUs / MIG slices do not report every field
                 pass
+        if self._jpg:
+            try:  # [utilisation %, sampling period us] of the JPEG decoder engines (A100: 1 NVJPG, H100: 7)
+                s["jpg_util"] = n.nvmlDeviceGetJpgUtilization(h)[0] / 100.0
+            except Exception:  # no NVJPG engine, or a driver / pynvml without the call: not asked again
+                self._jpg = False
         return s
 
     def _run(self) -> None:
@@ -106,6 +118,7 @@ class NvmlSampler:
             "gpu_power_w": agg("power_w", mean),
             "gpu_sm_clock_mhz": agg("sm_clock_mhz", mean),
             "gpu_util": agg("util", mean),
+            "gpu_jpg_util": agg("jpg_util", mean),  # None where the GPU has no NVJPG engine
             "nvml_samples": len(self.samples),
         }
 
@@ -169,3 +182,78 @@ class MemoryMonitor:
         if self.nvml is not None:
             m.update(self.nvml.summary())
         return m
+
+
+class MemorySnapshot:
+    """bench.memory_snapshot on a GPU: what the caching allocator holds and which Python line allocated it,
+    for pytorch.org/memory_viz (torch.cuda.memory._record_memory_history / _dump_snapshot).
+
+        snap = MemorySnapshot(device, path)      # path: beside the row (profile.trace_path, .memory.pickle)
+        snap.start()      # from the point's start through its warm-up, where memory first peaks (and an OOM
+                          # happens): an out-of-memory then writes PATH-oom.memory.pickle, the allocator's state
+        snap.pause()      # before the timed steps: recording costs host time on every allocation
+        snap.record_step(step)   # after the measurement: one more step recorded, written to PATH; its metrics
+
+    Beside each file, NVML's used memory at that moment: the snapshot sees torch's allocator only, not NCCL's
+    buffers nor DALI's pools, which NVML counts (their difference is theirs). The out-of-memory observer stays
+    attached for the process's life (torch has no detach): a benchmark point is one process."""
+
+    MAX_ENTRIES = 100_000  # allocation / free events kept: a few steps of a segmentation model
+
+    def __init__(self, device: Any, path: Path) -> None:
+        import torch
+
+        self.device, self.path = torch.device(device), Path(path)
+        self.oom_path = self.path.with_name(self.path.name.replace(".memory.pickle", "") + "-oom.memory.pickle")
+        self.oom_nvml_used_mib: float | None = None
+        self._nvml = NvmlDevice.open(self.device)  # None without NVML
+
+    def _record(self, on: bool) -> None:
+        import torch
+
+        if on:  # python stacks: C++ unwinding on every allocation would cost far more
+            torch.cuda.memory._record_memory_history("all", max_entries=self.MAX_ENTRIES, stacks="python")
+        else:
+            torch.cuda.memory._record_memory_history(enabled=None)
+
+    def start(self) -> None:
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._record(True)
+        torch._C._cuda_attach_out_of_memory_observer(self._on_oom)
+
+    def _on_oom(self, device: int, alloc: int, device_alloc: int, device_free: int) -> None:
+        """The allocator's observer, called before the OutOfMemoryError unwinds (nothing freed yet)."""
+        import torch
+
+        torch.cuda.memory._dump_snapshot(str(self.oom_path))
+        self.oom_nvml_used_mib = self._nvml.used_mib() if self._nvml is not None else None
+
+    def pause(self) -> None:
+        self._record(False)
+
+    def record_step(self, step: Any) -> dict[str, Any]:
+        """One more `step()` recorded and written to `path`; the row's memory_snapshot metrics."""
+        import torch
+
+        self._record(True)
+        try:
+            step()
+            torch.cuda.synchronize(self.device)  # after the measurement: the step's frees are in the history
+            torch.cuda.memory._dump_snapshot(str(self.path))
+            used = self._nvml.used_mib() if self._nvml is not None else None
+        finally:
+            self._record(False)
+        return {MEMORY_SNAPSHOT: str(self.path.resolve()), MEMORY_SNAPSHOT_NVML_USED_MIB: used,
+                "memory_snapshot_torch_reserved_mib": torch.cuda.memory_reserved(self.device) / MIB}  # fmt: skip
+
+    def oom_metrics(self) -> dict[str, Any]:
+        """An out-of-memory row's: where the allocator's state at the OOM went, NVML's used memory then."""
+        if not self.oom_path.exists():
+            return {}
+        return {MEMORY_SNAPSHOT: str(self.oom_path.resolve()), MEMORY_SNAPSHOT_NVML_USED_MIB: self.oom_nvml_used_mib}
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            self._nvml.close()

@@ -23,13 +23,14 @@ TOP_N = 10
 DEFAULT_TRACE_DIR = "runs/traces"
 
 
-def trace_path(cfg: Config, scenario: str, world_size: int = 1, rank: int = 0) -> Path:
-    """bench.trace_dir (or runs/traces) / SCENARIO-POINT_ID[-rankR].pt.trace.json: one file per point
-    (and per rank under torchrun: every rank runs the profiled steps, their collectives need it)."""
+def trace_path(cfg: Config, scenario: str, world_size: int = 1, rank: int = 0, kind: str = ".pt.trace.json") -> Path:
+    """bench.trace_dir (or runs/traces) / SCENARIO-POINT_ID[-rankR]KIND: one file per point (and per rank under
+    torchrun: every rank runs the profiled steps, their collectives need it). `kind`: the trace's suffix, or
+    another file that goes beside the row (bench/memory.py's allocator snapshot, .memory.pickle)."""
 
     pid = point_id(scenario, point_for(scenario, cfg, world_size))
     suffix = f"-rank{rank}" if rank else ""
-    return Path(cfg.bench.trace_dir or DEFAULT_TRACE_DIR) / f"{scenario}-{pid}{suffix}.pt.trace.json"
+    return Path(cfg.bench.trace_dir or DEFAULT_TRACE_DIR) / f"{scenario}-{pid}{suffix}{kind}"
 
 
 def profile_steps(step: Callable[[], Any], steps: int, device: Any, trace: Path) -> dict[str, Any]:

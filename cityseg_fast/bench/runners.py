@@ -26,8 +26,9 @@ from typing import Any
 
 from cityseg_fast.bench import accuracy
 from cityseg_fast.bench.flops import count_flops, mfu
+from cityseg_fast.bench.inference import evaluate_at_scales, inference_model, time_forward
 from cityseg_fast.bench.loader_bench import decode_metrics, measure_loader
-from cityseg_fast.bench.memory import MemoryMonitor
+from cityseg_fast.bench.memory import MemoryMonitor, MemorySnapshot
 from cityseg_fast.bench.profile import profile_steps, trace_path
 from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
 from cityseg_fast.config import Config, data_root, replace
@@ -36,6 +37,7 @@ from cityseg_fast.data.cityscapes import find_samples, read_pair
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.data.synthetic import colour_baseline_miou
+from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine.dist import init_distributed, wrap_ddp
 from cityseg_fast.engine.precision import (
     autocast,
@@ -44,12 +46,21 @@ from cityseg_fast.engine.precision import (
     reset_compile_counters,
     setup_precision,
 )
+from cityseg_fast.engine.ranks import AllReduceClock, gather_rank_times, rank_fields, rank_times
 from cityseg_fast.engine.stall import StallMeter
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.engine.train import train
+from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import TRAINID_TO_ID
 from cityseg_fast.models import model_from_config
+from cityseg_fast.results.scenarios import (
+    INFER_COMPILE_S,
+    INFER_COMPILES,
+    INFER_IMAGES_PER_S,
+    INFER_LATENCY_MS_P50,
+    SCALES,
+)
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
@@ -140,6 +151,8 @@ class _TrainPoint:
     loader: Loader
     batches: Iterator[Batch]
     meter: StallMeter
+    clock: AllReduceClock | None = None  # under torchrun: the gradient all-reduce's wait (engine/ranks.py)
+    snapshot: MemorySnapshot | None = None  # bench.memory_snapshot: recording during the warm-up
     before: dict[str, Any] | None = None  # the compile counters when the timed steps began
 
     def step(self) -> None:
@@ -151,6 +164,10 @@ class _TrainPoint:
         """time_steps' hook at the first timed step."""
         self.before = _compile_counters()
         self.meter.reset()  # the stall of the timed steps only
+        if self.clock is not None:
+            self.clock.reset()
+        if self.snapshot is not None:
+            self.snapshot.pause()  # the timed steps run without the allocator's recording
 
 
 def _train_point(
@@ -160,38 +177,66 @@ def _train_point(
 
     with_inference (the model scenario): also time eval-mode forward on a batch, after the train loop.
     Each step's data wait is measured as training measures it (engine/stall.py); bench.profile runs
-    torch.profiler over a few more steps once everything else is measured (bench/profile.py). The loader
-    is closed however the point ends.
+    torch.profiler over a few more steps once everything else is measured (bench/profile.py), and
+    bench.memory_snapshot records the allocator over one more (bench/memory.py MemorySnapshot, which also
+    records the warm-up and writes its state at an out-of-memory: the error then carries the file in
+    `row_metrics`). The loader is closed however the point ends.
     """
 
     rank = dist_info.rank if dist_info else 0
     world = dist_info.world_size if dist_info else 1
+    scenario = "model" if with_inference else "e2e"
     reset_compile_counters()
     with ExitStack() as cleanup:
-        with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
-            point = _start_point(cfg, loader_cfg, device, rank, world, cleanup)
-            metrics = _time_point(point, cfg, device, dist_info, world)
-            extra = _inference_metrics(point, cfg, device) if with_inference else {}
+        snap = _memory_snapshot(cfg, device, scenario, world, rank, cleanup)
+        try:
+            with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
+                point = _start_point(cfg, loader_cfg, device, rank, world, cleanup, snap)
+                metrics = _time_point(point, cfg, device, dist_info, world)
+                extra = _inference_metrics(point, cfg, device) if with_inference else {}
+        except Exception as e:
+            if snap is not None:  # an out-of-memory's row says where the allocator's state then went
+                e.row_metrics = snap.oom_metrics()  # type: ignore[attr-defined]
+            raise
         metrics.update(mon.metrics())
         metrics.update(extra)
         if cfg.bench.profile:  # after the timed region and the memory readings: its overhead touches neither
-            trace = trace_path(cfg, "model" if with_inference else "e2e", world, rank)
+            trace = trace_path(cfg, scenario, world, rank)
             metrics.update(profile_steps(point.step, cfg.bench.profile_steps, device, trace))
+        if snap is not None:  # likewise after everything measured
+            metrics.update(snap.record_step(point.step))
     metrics.update(
         _flops_metrics(cfg, device, tuple(cfg.data.crop), metrics["images_per_s"], world, train=True)
     )
     return metrics
 
 
+def _memory_snapshot(cfg: Config, device: Any, scenario: str, world: int, rank: int,
+                     cleanup: ExitStack) -> MemorySnapshot | None:  # fmt: skip
+    """bench.memory_snapshot's recorder, started (its file beside the row: bench.trace_dir); None when not asked.
+    A UserError on the CPU: the allocator history is CUDA's."""
+    if not cfg.bench.memory_snapshot:
+        return None
+    if device.type != "cuda":
+        raise UserError("config key 'bench.memory_snapshot': true records torch's CUDA allocator; this point runs "
+                        "on the CPU (set it false, or run on a GPU)")  # fmt: skip
+    snap = MemorySnapshot(device, trace_path(cfg, scenario, world, rank, kind=".memory.pickle"))
+    cleanup.callback(snap.close)
+    snap.start()
+    return snap
+
+
 def _start_point(
-    cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack
+    cfg: Config, loader_cfg: Config, device: Any, rank: int, world: int, cleanup: ExitStack,
+    snapshot: MemorySnapshot | None = None,
 ) -> _TrainPoint:
     """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
     state = build_train_state(cfg, device, wrap=lambda m: wrap_ddp(m, device))  # DDP, then compile
+    clock = AllReduceClock.install(state.model, device)  # None in one process
     loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
     cleanup.callback(loader.close)
     state.model.train()
-    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device))
+    return _TrainPoint(state, loader, (b for _, b in endless(loader)), StallMeter(device), clock, snapshot)
 
 
 def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, world: int) -> dict[str, Any]:
@@ -207,7 +252,11 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
     )
     after = _compile_counters()
     metrics = _timing_metrics(times, cfg, cfg.loader.batch_size)
-    metrics.update(point.meter.take().metrics())  # time_steps synchronised at its end: every event is readable
+    stats = point.meter.take()  # time_steps synchronised at its end: every event is readable
+    metrics.update(stats.metrics())
+    if world > 1:  # every rank's data wait, compute and all-reduce wait, the straggler: one all_gather
+        ranks = gather_rank_times(rank_times(stats, point.clock), device)
+        metrics.update(rank_fields(ranks, cfg.train.straggler_threshold))
     metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
     metrics.update(decode_metrics(point.loader))
     metrics["recompiles"] = after.get("recompiles", 0)
@@ -270,10 +319,10 @@ def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[st
     s = summarize(t.step_s)
     compiled = cfg.precision.compile != "off"
     return {
-        "infer_images_per_s": t.items_per_s,
-        "infer_latency_ms_p50": s["median_ms"],
-        "infer_compile_s": t.compile_s(s["median_ms"] / 1e3) if compiled else None,
-        "infer_compiles": _compile_counters()["unique_graphs"] - before["unique_graphs"],
+        INFER_IMAGES_PER_S: t.items_per_s,
+        INFER_LATENCY_MS_P50: s["median_ms"],
+        INFER_COMPILE_S: t.compile_s(s["median_ms"] / 1e3) if compiled else None,
+        INFER_COMPILES: _compile_counters()["unique_graphs"] - before["unique_graphs"],
     }
 
 
@@ -290,8 +339,6 @@ def run_e2e(cfg: Config) -> dict[str, Any]:
 
 def run_infer(cfg: Config) -> dict[str, Any]:
     """Latency at batch 1 and throughput at batch N (= loader.batch_size) at data.crop, eval mode."""
-    import torch
-
     device, _ = _device_and_dist(cfg)
     h, w = cfg.data.crop
     n = cfg.loader.batch_size
@@ -300,26 +347,14 @@ def run_infer(cfg: Config) -> dict[str, Any]:
     with MemoryMonitor(device, cfg.bench.sample_interval_s) as mon:
         model = prepare_model(model_from_config(cfg), cfg.precision, device).eval()
         metrics: dict[str, Any] = {}
-        with torch.inference_mode():
-            for bs in (1, n) if n > 1 else (1,):
-                x = torch.randn(bs, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
-                if not cfg.precision.channels_last:
-                    x = x.contiguous()
-
-                def fwd(x: torch.Tensor = x) -> None:
-                    with autocast(cfg.precision.dtype, device.type):
-                        model(x)
-
-                t = time_steps(fwd, cfg.bench.iters, cfg.bench.warmup, device, items_per_step=bs)
-                s = summarize(t.step_s, variance_warn=cfg.bench.variance_warn)
-                if bs == 1:
-                    metrics.update(latency_metrics(s))
-                    metrics["images_per_s_batch1"] = t.items_per_s
-                    metrics["first_step_s"] = t.first_step_s
-                    metrics["compile_s"] = (
-                        t.compile_s(s["median_ms"] / 1e3) if cfg.precision.compile != "off" else None
-                    )
-                metrics["images_per_s"] = t.items_per_s  # batch N (or 1 when N == 1)
+        for bs in (1, n) if n > 1 else (1,):
+            t, s = time_forward(model, cfg, device, (h, w), bs)
+            if bs == 1:
+                metrics.update(latency_metrics(s))
+                metrics["images_per_s_batch1"] = t.items_per_s
+                metrics["first_step_s"] = t.first_step_s
+                metrics["compile_s"] = t.compile_s(s["median_ms"] / 1e3) if cfg.precision.compile != "off" else None
+            metrics["images_per_s"] = t.items_per_s  # batch N (or 1 when N == 1)
         metrics["recompiles"] = _compile_counters().get("recompiles", 0)
         metrics["device"] = device.type
     metrics.update(mon.metrics())
@@ -330,8 +365,10 @@ def run_infer(cfg: Config) -> dict[str, Any]:
 def run_accuracy(cfg: Config) -> dict[str, Any]:
     """engine.train.train for train.iters iterations (its out_dir: train.out_dir), then its val mIoU
     (a fraction), per-class IoU, pixel accuracy, median training throughput, peak memory, parameters and
-    FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl) and, on rank 0, predictions of
-    the first val frames written under out_dir/predictions (bench/accuracy.py)."""
+    FLOPs per image, its loss and val-mIoU curves (from its metrics.jsonl; with fp16 the loss scale too,
+    and the steps the scaler skipped) and, on rank 0, predictions of the first val frames written under
+    out_dir/predictions (bench/accuracy.py) and, with bench.eval_scales, the model evaluated and timed at
+    each scale (SCALES: rows of their own, record.rows_for)."""
 
     device = resolve_device()
     t0 = time.perf_counter()
@@ -357,11 +394,23 @@ def run_accuracy(cfg: Config) -> dict[str, Any]:
         **accuracy.data_counts(events),
     }
     metrics.update(mon.metrics())
+    metrics.update(accuracy.scaler_summary(events))
     if int(os.environ.get("RANK", "0")) == 0:
         metrics["val_predictions"] = accuracy.save_predictions(cfg, summary.checkpoint, out)
+        if cfg.bench.eval_scales:
+            metrics[SCALES] = _scales_of(cfg, summary.checkpoint, device)
     world = summary.world_size
     metrics.update(_flops_metrics(cfg, device, tuple(cfg.data.crop), ips, world, train=True))
     return metrics
+
+
+def _scales_of(cfg: Config, checkpoint: str | None, device: Any) -> list[dict[str, Any]]:
+    """The trained model (its last checkpoint: the weights the run's final evaluation saw) evaluated and
+    timed at each of bench.eval_scales, here on rank 0 alone (the process group is gone after training)."""
+    if checkpoint is None:
+        raise RuntimeError("bench.eval_scales: the run saved no checkpoint to evaluate at the scales")
+    model = inference_model(cfg, ckpt_io.load_checkpoint(checkpoint)["model"], checkpoint, device)
+    return evaluate_at_scales(model, cfg, device, cfg.bench.eval_scales)
 
 
 def run_loader(cfg: Config) -> dict[str, Any]:

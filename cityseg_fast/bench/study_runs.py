@@ -13,7 +13,12 @@ A study config is a sweep spec (bench/sweep.py: config, overrides, runs of scena
       data:                     # optional: made under OUT/data, which $STUDY_DATA names in the spec
         synth: {train: 80, val: 30, size: [128, 256], seed: 0}    # or source: ${CITYSCAPES_DATASET}
         prepare: {q95: {image_format: jpeg, quality: 95}, png: {image_format: png}}
-      estimate: {gflop_per_s: 100, overhead_s: 8}   # the --dry-run's prior; finished runs calibrate it
+      estimate:                 # the --dry-run's prior; finished runs calibrate it
+        gflop_per_s: 100        # training FLOP rate of one device, in the precision the speeds below are relative to
+        overhead_s: 8           # per run
+        compile_s: 60           # per run with precision.compile on: its compilation
+        speed: {bf16: 1.65}     # precision.dtype -> training rate relative to gflop_per_s's (measured; default 1)
+        emulated: {bf16: 0.13}  # the same where the device emulates bf16 (hardware.bf16_support), instead
 
 The seed sets both the initial weights (train.seed) and the data order, crops and flips (loader.seed), so
 the spread over seeds is the whole run-to-run variation; both are in the accuracy point. Every run starts
@@ -37,10 +42,11 @@ import yaml
 
 from cityseg_fast.bench.flops import count_flops
 from cityseg_fast.bench.sweep_spec import SweepPoint, SweepSpec, find_spec, load_spec
-from cityseg_fast.config import Config, format_hw, load_yaml, replace
+from cityseg_fast.config import CHOICES, Config, format_hw, load_yaml, replace
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import bf16_support, resolve_device
 from cityseg_fast.models import model_from_config
 from cityseg_fast.results import POINT_WALL_S, Row, read_rows
 
@@ -56,6 +62,18 @@ CITYSCAPES_VAL = (500, (1024, 2048))  # val frames and their size, when neither 
 class Estimate:
     gflop_per_s: float = 100.0  # effective training FLOP rate of one device (each shipped config sets its own)
     overhead_s: float = 10.0  # per run: process start, loader and model build, FLOP count, predictions
+    compile_s: float = 0.0  # per run with precision.compile on: compiling the steps (and each eval shape)
+    speed: dict[str, float] = field(default_factory=dict)  # dtype -> rate relative to gflop_per_s's (default 1)
+    emulated: dict[str, float] = field(default_factory=dict)  # the same where the device emulates bf16
+
+    def dtype_speed(self, dtype: str, bf16: str) -> float:
+        """A run's rate in `dtype` relative to gflop_per_s's; `bf16`: "native" or "emulated" on the device."""
+        if dtype == "bf16" and bf16 == "emulated" and dtype in self.emulated:
+            return self.emulated[dtype]
+        return self.speed.get(dtype, 1.0)
+
+    def run_overhead_s(self, cfg: Config) -> float:
+        return self.overhead_s + (self.compile_s if cfg.precision.compile != "off" else 0.0)
 
 
 @dataclass
@@ -82,6 +100,7 @@ class PlannedRun:
     estimate_s: float
     done: bool
     calibrated: bool  # the estimate's rate was measured by finished runs of this study
+    dtype: str = "fp32"  # precision.dtype: the estimate's speed ratio depends on it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,11 +203,22 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
 
 
 def _estimate(block: dict[str, Any], src: Path) -> Estimate:
-    est = block.get("estimate") or {}
+    est = dict(block.get("estimate") or {})
     try:
-        return Estimate(**{k: float(v) for k, v in est.items()})
-    except (TypeError, ValueError):
-        raise UserError(f"{src}: study.estimate takes gflop_per_s and overhead_s, not {est!r}") from None
+        ratios = {k: _ratios(est.pop(k, None) or {}) for k in ("speed", "emulated")}
+        return Estimate(**{k: float(v) for k, v in est.items()}, **ratios)
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(
+            f"{src}: study.estimate takes gflop_per_s, overhead_s, compile_s (numbers) and speed, emulated "
+            f"({{dtype: ratio}} with a dtype of {', '.join(CHOICES['precision.dtype'])}), not {block['estimate']!r}"
+        ) from None
+
+
+def _ratios(values: dict[str, Any]) -> dict[str, float]:
+    ratios = {str(k): float(v) for k, v in values.items()}
+    if set(ratios) - set(CHOICES["precision.dtype"]) or not all(v > 0 for v in ratios.values()):
+        raise ValueError("not a dtype or not positive")
+    return ratios
 
 
 def write_sweep(study: Study) -> Path:
@@ -284,7 +314,8 @@ def _val_frames(study: Study, cfg: Config) -> tuple[int, tuple[int, int]]:
 
 def work_gflop(study: Study, sp: SweepPoint, cache: dict[str, tuple[float, float]]) -> float:
     """GFLOP a run computes on one device: its training steps and its evaluations (forward FLOPs scaled
-    from the crop to the evaluated frame by pixels)."""
+    from the crop to the evaluated frame by pixels), and with bench.eval_scales one more evaluation and
+    bench.warmup + bench.iters timed forward batches per scale (scaled by its pixels)."""
     cfg = sp.cfg
     if sp.scenario != "accuracy":
         return 0.0
@@ -293,45 +324,94 @@ def work_gflop(study: Study, sp: SweepPoint, cache: dict[str, tuple[float, float
     evals = len({*range(t.eval_interval, t.iters + 1, t.eval_interval), t.iters})
     n_val, (h, w) = _val_frames(study, cfg)
     per_frame = fwd * (h * w) / (cfg.data.crop[0] * cfg.data.crop[1])
-    return t.iters * cfg.loader.batch_size * train + evals * per_frame * n_val / sp.world_size
+    timed = (cfg.bench.warmup + cfg.bench.iters) * cfg.loader.eval_batch_size
+    at_scales = sum(s * s for s in cfg.bench.eval_scales) * per_frame * (n_val + timed)
+    return t.iters * cfg.loader.batch_size * train + (evals * per_frame * n_val + at_scales) / sp.world_size
 
 
-def _measured_rates(study: Study, rows: list[Row], cache: dict) -> dict[str, float]:
-    """GFLOP/s per model (and '*' over all) of this study's finished runs: work / (point wall - overhead)."""
+SpeedKey = tuple[str, str]  # (model name, precision.dtype); "*" for any
+
+
+def _measured_rates(study: Study, rows: list[Row], cache: dict, bf16: str) -> dict[SpeedKey, float]:
+    """GFLOP/s of this study's finished runs: work / (point wall - overhead), per (model, dtype), per dtype
+    ('*', dtype), and converted to the prior's precision by the config's speed ratios per model (model, '*')
+    and over all ('*', '*')."""
     by_id = {sp_id: sp for sp_id, sp in _ids(study)}
-    rates: dict[str, list[float]] = {}
+    rates: dict[SpeedKey, list[float]] = {}
     for row in rows:
         sp, wall = by_id.get(row.point_id), row.sweep.get(POINT_WALL_S)
         if sp is None or not row.ok or sp.scenario != "accuracy" or not wall:
             continue
-        rate = work_gflop(study, sp, cache) / max(wall - study.estimate.overhead_s, 1.0)
-        rates.setdefault(sp.cfg.model.name, []).append(rate)
-        rates.setdefault("*", []).append(rate)
+        model, dtype = sp.cfg.model.name, sp.cfg.precision.dtype
+        rate = work_gflop(study, sp, cache) / max(wall - study.estimate.run_overhead_s(sp.cfg), 1.0)
+        base = rate / study.estimate.dtype_speed(dtype, bf16)
+        for key, value in (((model, dtype), rate), (("*", dtype), rate), ((model, "*"), base), (("*", "*"), base)):
+            rates.setdefault(key, []).append(value)
     return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def _rate(rates: dict[SpeedKey, float], model: str, dtype: str, speed: float) -> float | None:
+    """The measured rate for a run of `model` in `dtype` (`speed`: dtype's ratio), most specific first."""
+    for key, factor in (((model, dtype), 1.0), ((model, "*"), speed), (("*", dtype), 1.0), (("*", "*"), speed)):
+        if key in rates:
+            return rates[key] * factor
+    return None
 
 
 def _ids(study: Study) -> list[tuple[str, SweepPoint]]:
     return [(sp.id, sp) for sp in study.spec.points]
 
 
-def plan(study: Study) -> list[PlannedRun]:
-    """Every run of the study in order, with its seed, whether it is done (an ok row in OUT/results.jsonl)
-    and its estimated seconds: its GFLOP over the rate finished runs of the same model measured (any
-    model's, else the config's prior), plus the per-run overhead."""
+def device_bf16() -> str:
+    """"native" or "emulated": bf16 on the device the study's runs train on (hardware.bf16_support)."""
+    return bf16_support(resolve_device())
 
+
+def plan(study: Study, bf16: str | None = None) -> list[PlannedRun]:
+    """Every run of the study in order, with its seed, whether it is done (an ok row in OUT/results.jsonl)
+    and its estimated seconds: its GFLOP over the rate finished runs of the same model and precision
+    measured (else of the model in another precision, times the config's speed ratio; else any model's;
+    else the config's prior times that ratio), plus the per-run overhead (and compile time). `bf16`:
+    whether the device runs bf16 "native" or "emulated" (default: ask the hardware)."""
+
+    bf16 = bf16 or device_bf16()
     rows = list(read_rows(study.out / "results.jsonl"))
     done = {r.point_id for r in rows if r.ok}
     cache: dict[str, tuple[float, float]] = {}
-    rates = _measured_rates(study, rows, cache)
+    rates = _measured_rates(study, rows, cache, bf16)
     runs = []
     labels = _labels(study.spec.points)
     for i, (pid, sp) in enumerate(_ids(study), 1):
-        rate = rates.get(sp.cfg.model.name) or rates.get("*")
-        gflop_per_s = rate or study.estimate.gflop_per_s
-        est = study.estimate.overhead_s + work_gflop(study, sp, cache) / gflop_per_s
+        speed = study.estimate.dtype_speed(sp.cfg.precision.dtype, bf16)
+        rate = _rate(rates, sp.cfg.model.name, sp.cfg.precision.dtype, speed)
+        gflop_per_s = rate or study.estimate.gflop_per_s * speed
+        est = study.estimate.run_overhead_s(sp.cfg) + work_gflop(study, sp, cache) / gflop_per_s
         seed = sp.point.get("seed") if sp.scenario == "accuracy" else None
-        runs.append(PlannedRun(i, sp.scenario, labels[i - 1], seed, pid, est, pid in done, rate is not None))
+        runs.append(PlannedRun(i, sp.scenario, labels[i - 1], seed, pid, est, pid in done, rate is not None,
+                               sp.cfg.precision.dtype))  # fmt: skip
     return runs
+
+
+def speed_notes(study: Study, runs: list[PlannedRun], bf16: str, why: str) -> list[str]:
+    """One line per precision whose runs the prior rates apart: at which ratio, and why (bf16 native or
+    emulated on this device: `why`, hardware.bf16_support_why), with their share of the estimate."""
+    lines = []
+    for dtype in dict.fromkeys(r.dtype for r in runs if r.scenario == "accuracy"):
+        speed, mine = study.estimate.dtype_speed(dtype, bf16), [r for r in runs if r.dtype == dtype]
+        emulated = dtype == "bf16" and bf16 == "emulated"
+        if speed == 1.0 and not emulated:
+            continue
+        head = f"{dtype}: {len(mine)} runs, {total_s(mine, todo_only=False) / 60:.1f} min, at {speed:g}x the prior's rate"
+        if emulated and dtype in study.estimate.emulated:
+            lines.append(f"{head}: this device emulates bf16 ({why}); the ratio is the emulation cost the config "
+                         "measured (its header says how)")  # fmt: skip
+        elif emulated:
+            lines.append(f"{head}: this device emulates bf16 ({why}) but the config gives no `emulated` ratio: "
+                         "emulated bf16 is many times slower, so this estimate is far too low")  # fmt: skip
+        else:
+            native = f" (bf16 native here: {why})" if dtype == "bf16" else ""
+            lines.append(f"{head}, the config's measured ratio{native}")
+    return lines
 
 
 def _labels(points: list[SweepPoint]) -> list[str]:

@@ -24,7 +24,15 @@ Guarantees:
   `error` points are retried; rows recorded under an unresolved ${VAR} never count as done;
 - any failure (exception, crash, timeout) becomes an `error` row with a one-line message; an
   out-of-memory becomes `oom`, and with max_batch_search the same point at half the batch runs next;
-  the sweep always goes on to the next point.
+  the sweep always goes on to the next point;
+- SIGTERM or SIGUSR1 (a cluster's time limit or preemption; preemption.py) stops the sweep: no new point
+  starts, the running ones get SIGTERM (a training point saves and exits 75, torchrun passes it to its
+  workers, a benchmark point just ends), their rows are not written (a point that finished first keeps
+  its row), and run_sweep raises Preempted (exit 75); a rerun measures the stopped points, and a training
+  point resumes from its checkpoint where its train.resume allows. A point ended by a stop signal sent to
+  it alone (exit 75, or killed by SIGTERM / SIGUSR1) is likewise stopped, not failed;
+- one sweep writes a results file at a time: a second one into the same folder and file is refused
+  (dirlock.py); the shards of a sweep, each with its own file, may share the folder.
 """
 
 from __future__ import annotations
@@ -45,9 +53,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cityseg_fast import dirlock
 from cityseg_fast.bench.sweep_spec import PACKAGE_ROOT, SweepPoint, SweepSpec, halved
 from cityseg_fast.config import dump_config
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
+from cityseg_fast.preemption import StopRequest, catch_stop_signals, stopped_status
 from cityseg_fast.results import (
     MAX_BATCH_SEARCH_FROM,
     POINT_WALL_S,
@@ -60,11 +70,14 @@ from cityseg_fast.results import (
 )
 from cityseg_fast.results.scenarios import IMAGES_PER_S, VISIBLE_DEVICES
 
-# Starts a point's child now and returns the function that waits for it and gives its row.
-Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], Row]]
+# Starts a point's child now and returns the function that waits for it and gives its rows: the point's own
+# first, then any more the measurement records (an accuracy point's one per eval scale: results.rows_for);
+# None when a stop signal ended it first.
+Runner = Callable[[SweepPoint, Path, float, tuple[str, ...]], Callable[[], list[Row] | None]]
 
 _LIVE: set[subprocess.Popen] = set()  # children in flight, stopped together on Ctrl-C
 _LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # the sweep was told to stop: a child that ends without a row was stopped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +156,13 @@ def _failure(returncode: int, err: str, timed_out: bool, timeout_s: float) -> st
     return _last_line(err) or f"exit code {returncode} and no result row"
 
 
-def start_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> Callable[[], Row]:
+def start_point(
+    sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()
+) -> Callable[[], list[Row] | None]:
     """Start one point in a fresh subprocess (on `devices` when given); the function returned waits for
-    it and returns its schema row (ok, oom or error). Call it from the thread that lives longest: the
-    child's parent-death signal follows the thread that started it."""
+    it and returns its rows: the point's (ok, oom or error), then any more the child recorded with it; None
+    when a stop signal ended it first. Call it from the thread that lives longest: the child's parent-death
+    signal follows the thread that started it."""
     cfg_path = work / f"{sp.scenario}-{sp.id}.yaml"
     row_path = work / f"{sp.scenario}-{sp.id}.jsonl"
     dump_config(sp.cfg, cfg_path)
@@ -168,7 +184,7 @@ def start_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str
 def _finish(
     sp: SweepPoint, proc: subprocess.Popen, work: Path, row_path: Path, timeout_s: float,
     devices: tuple[str, ...], t0: float,
-) -> Row:  # fmt: skip
+) -> list[Row] | None:  # fmt: skip
 
     try:
         err, timed_out = _wait(proc, timeout_s)
@@ -178,29 +194,37 @@ def _finish(
     wall = time.perf_counter() - t0
     ran = {POINT_WALL_S: wall, **({MAX_BATCH_SEARCH_FROM: sp.search_from} if sp.search_from is not None else {})}
     rows = list(read_rows(row_path))
+    if not rows and not timed_out and (_STOPPING.is_set() or stopped_status(proc.returncode)):
+        return None  # stopped, not failed: no row (torchrun's exit status is 1 then, hence _STOPPING)
     if rows and not timed_out:
-        # The child built and checked it with row_for (the same point as sp.point): the sweep's record goes
-        # beside its measurement, in a new row.
-        row = replace(rows[-1], sweep=ran)
+        # The child built and checked them with rows_for (its first: the same point as sp.point): the sweep's
+        # record goes beside that measurement, in a new row; the rows after it (per eval scale) are as made.
+        rows = [replace(rows[0], sweep=ran), *rows[1:]]
     else:
         msg = _failure(proc.returncode, err, timed_out, timeout_s)
         seen = {VISIBLE_DEVICES: ",".join(devices)} if devices else None
-        row = row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)
-    if not row.ok:
+        rows = [row_for(sp.scenario, sp.cfg, seen, error=msg, world_size=sp.world_size, sweep=ran, point=sp.extra)]
+    if not rows[0].ok:
         (work / f"{sp.scenario}-{sp.id}.stderr.txt").write_text(err[-20000:])
-    return row
+    return rows
 
 
-def run_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> Row:
-    """Run one point in a fresh subprocess and return its row."""
+def run_point(sp: SweepPoint, work: Path, timeout_s: float, devices: tuple[str, ...] = ()) -> list[Row] | None:
+    """Run one point in a fresh subprocess and return its rows, its own first (None: a stop signal ended it)."""
     return start_point(sp, work, timeout_s, devices)()
 
 
-def _stop_children() -> None:
+def _signal_children() -> list[subprocess.Popen]:
+    """SIGTERM to every child in flight (torchrun passes it on to its workers); returns them."""
     with _LIVE_LOCK:
         procs = list(_LIVE)
     for proc in procs:
         proc.terminate()
+    return procs
+
+
+def _stop_children() -> None:
+    procs = _signal_children()
     for proc in procs:
         try:
             proc.wait(timeout=15)
@@ -219,7 +243,7 @@ class ProgressLine:
     scenario: str
     point: str  # the sweep point's label
     devices: str  # the devices it runs on, comma-separated ('' without a device list)
-    status: str  # running | skipped | ok | oom | error
+    status: str  # running | skipped | ok | oom | error | stopped
     images_per_s: str = ""
     wall_s: str = ""
 
@@ -245,6 +269,11 @@ class Progress:
         line.wall_s = f"{wall:.0f}" if isinstance(wall, float) else ""
         self.counts[row.status] += 1
 
+    def stopped(self, i: int) -> None:
+        """Point `i` was ended by a stop signal before it finished: no row."""
+        self.lines[i].status = "stopped"
+        self.counts["stopped"] = self.counts.get("stopped", 0) + 1
+
     def table(self, title: str) -> Any:
         t = Table(
             title=f"{title}: {sum(self.counts.values())}/{self.total}  "
@@ -254,7 +283,8 @@ class Progress:
         for col in cols:
             t.add_column(col, justify="right" if col in ("images/s", "s") else "left")
         for ln in self.lines[-30:]:
-            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan"}[ln.status]
+            color = {"ok": "green", "oom": "yellow", "error": "red", "skipped": "dim", "running": "cyan",
+                     "stopped": "magenta"}[ln.status]  # fmt: skip
             status = f"[{color}]{ln.status}[/{color}]"
             where = [ln.devices] if self.devices else []
             t.add_row(ln.scenario, ln.point, *where, status, ln.images_per_s, ln.wall_s)
@@ -320,27 +350,44 @@ def run_sweep(
 
     devices: run points side by side on these (see the module docstring). time_budget_s: start no new
     point once this much wall time has passed (points in flight finish, bounded by the spec's timeout_s);
-    the rest is left for a rerun, which resumes. runner: how a point is started (tests pass a stub)."""
+    the rest is left for a rerun, which resumes. runner: how a point is started (tests pass a stub).
+    Holds the out folder's lock for its results file; a stop signal (or a point stopped by one) ends it
+    with Preempted once the points in flight have ended (see the module docstring)."""
 
     check_devices(spec, devices)
-    state = _Sweep(spec, Path(out_dir), retry_oom, devices, runner)
-    t0 = time.perf_counter()
-    table = state.progress.table(spec.name)
-    with Live(table, console=Console(stderr=True), refresh_per_second=2, transient=False, auto_refresh=live) as view:
-        try:
+    out = Path(out_dir)
+    scope = None if spec.shard is None else Path(spec.results_file).stem  # shards share the folder
+    with dirlock.held(out, "cityseg sweep", scope), catch_stop_signals() as stop:
+        state = _Sweep(spec, out, retry_oom, devices, runner)
+        _run_points(state, live, time_budget_s, stop)
+    if stop.requested or state.progress.counts.get("stopped"):
+        raise Preempted(state.stopped_text(stop))
+    return state.progress.counts
+
+
+def _run_points(state: _Sweep, live: bool, time_budget_s: float | None, stop: StopRequest) -> None:
+    """run_sweep's loop: start what the devices allow, collect what finishes, until nothing is left."""
+    t0, name, console = time.perf_counter(), state.spec.name, Console(stderr=True)
+    table = state.progress.table(name)
+    try:
+        with Live(table, console=console, refresh_per_second=2, transient=False, auto_refresh=live) as view:
             while state.todo or state.slots.running:
-                if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and state.todo:
+                if stop.requested:
+                    state.stop()
+                elif time_budget_s is not None and time.perf_counter() - t0 > time_budget_s and state.todo:
                     state.progress.counts["not_started"] = len(state.todo)
                     state.todo.clear()
                 state.start_ready()
-                view.update(state.progress.table(spec.name))
+                view.update(state.progress.table(name))
                 if state.slots.running:
-                    state.collect_one()
-                    view.update(state.progress.table(spec.name))
-        except BaseException:  # Ctrl-C (or a bug): no child outlives the sweep
-            _stop_children()
-            raise
-    return state.progress.counts
+                    state.collect_one(stop)
+                    view.update(state.progress.table(name))
+    except BaseException:  # Ctrl-C (or a bug): no child outlives the sweep
+        _stop_children()
+        raise
+    finally:
+        if not console.is_terminal:  # rich ends the table there without a newline: the next line would join it
+            console.line()
 
 
 class _Sweep:
@@ -358,6 +405,27 @@ class _Sweep:
         self.todo = list(spec.points)
         self.progress = Progress(total=len(spec.points), devices=bool(devices))
         self.finished: queue.Queue[tuple[SweepPoint, tuple[str, ...], int, Any]] = queue.Queue()
+        self.stopping = False
+        _STOPPING.clear()
+
+    def stop(self) -> None:
+        """A stop signal came: no new point starts, the running ones get SIGTERM (once)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        _STOPPING.set()  # before the children end: one that ends without a row is then stopped, not failed
+        if self.todo:
+            self.progress.counts["not_started"] = len(self.todo)
+            self.todo.clear()
+        _signal_children()
+
+    def stopped_text(self, stop: StopRequest) -> str:
+        """Preempted's line: what was stopped, what was kept."""
+        c = self.progress.counts
+        by = f"stopped by {stop.name}" if stop.requested else "a point was stopped by a signal"
+        return (f"{by}: {c.get('stopped', 0)} point(s) stopped before they finished, {c.get('not_started', 0)} "
+                f"not started; every finished point's row is in {self.results}; rerun the same command to "
+                "resume")  # fmt: skip
 
     def start_ready(self) -> None:
         """Start points in order while the next one's devices are free; skip those already done."""
@@ -379,30 +447,36 @@ class _Sweep:
             i = self.progress.add(sp, "running", got)
             threading.Thread(target=self._wait, args=(sp, got, i, wait), daemon=True).start()
 
-    def _wait(self, sp: SweepPoint, got: tuple[str, ...], i: int, wait: Callable[[], Row]) -> None:
+    def _wait(self, sp: SweepPoint, got: tuple[str, ...], i: int, wait: Callable[[], list[Row] | None]) -> None:
         try:
             result: Any = wait()
         except BaseException as e:  # handed to the main thread, which raises it
             result = e
         self.finished.put((sp, got, i, result))
 
-    def collect_one(self) -> None:
-        """Wait for a point to finish, append its row (the parent alone writes), free its devices."""
+    def collect_one(self, stop: StopRequest) -> None:
+        """Wait for a point to finish, append its row (the parent alone writes), free its devices; return
+        early when a stop signal comes, for the caller to stop the points first."""
         while True:
             try:
-                sp, got, i, row = self.finished.get(timeout=0.5)
+                sp, got, i, rows = self.finished.get(timeout=0.5)
                 break
             except queue.Empty:
-                continue
+                if stop.requested and not self.stopping:
+                    return
         self.slots.give(got)
-        if isinstance(row, BaseException):
-            raise row
-
-        append_row(self.results, row)
+        if isinstance(rows, BaseException):
+            raise rows
+        if rows is None:  # ended by a stop signal: no row, a rerun measures it
+            self.progress.stopped(i)
+            return
+        for r in rows:
+            append_row(self.results, r)
+        row = rows[0]  # the point's own: what the progress shows and the batch search reads
         self.progress.finish(i, row)
         if row.status in self.done_status:  # a max-batch-search try may be a later point of the grid
             self.done.add(row.point_id)
-        if row.status == "oom" and self.spec.max_batch_search:
+        if row.status == "oom" and self.spec.max_batch_search and not self.stopping:
             nxt = halved(sp)
             if nxt is not None:
                 self.progress.total += 1

@@ -12,7 +12,8 @@ Every option is a shortcut for a config override (`--crop 512x1024` is data.crop
 sweep can express any point a command line can. `--append FILE` appends the row to a results.jsonl
 (checked before measuring); with bench.profile=true the profile's trace goes to FILE's folder/traces/
 (unless bench.trace_dir says otherwise; without --append, runs/traces/). Exit status: 0 ok, 3 out of
-memory (the row says oom), 2 bad input.
+memory (the row says oom), 2 bad input. An accuracy point with bench.eval_scales records (and prints) its
+row, then one row per scale (results.rows_for).
 
   cityseg bench loader --data DIR --loader dali --decode-only --json
   cityseg bench model --config configs/bench/gpu.yaml precision.dtype=bf16 --append runs/x/results.jsonl
@@ -36,8 +37,9 @@ from cityseg_fast.bench.runners import run_scenario
 from cityseg_fast.commands.common import add_config_args, config_from_args
 from cityseg_fast.config import CHOICES, parse_hw, replace
 from cityseg_fast.engine.dist import cleanup
+from cityseg_fast.errors import Preempted
 from cityseg_fast.paths import check_append_file
-from cityseg_fast.results import SCENARIOS, Row, append_row, row_for
+from cityseg_fast.results import SCENARIOS, Row, append_row, rows_for
 
 # --flag -> (config key, how the value is written); a flag left out sets nothing
 SHORTCUTS: dict[str, tuple[str, Any]] = {
@@ -105,15 +107,20 @@ def run(args: argparse.Namespace) -> int:
     metrics, failure = {}, None
     try:
         metrics = run_scenario(scenario, cfg)
+    except Preempted:  # an accuracy point stopped by SIGTERM / SIGUSR1 after saving: no row, a rerun resumes
+        raise
     except Exception as e:  # a failure is a result too: recorded, printed, then reported by exit status
         failure = e
     cleanup(failed=failure is not None)  # under torchrun: leave the process group before exiting
     extra = None if args.round is None else {"round": args.round}
-    row = row_for(scenario, cfg, metrics, error=failure, world_size=world, point=extra)
+    metrics = metrics or getattr(failure, "row_metrics", None) or {}  # what a failure left (an OOM's snapshot)
+    rows = rows_for(scenario, cfg, metrics, error=failure, world_size=world, point=extra)  # + one per eval scale
     if rank == 0:
-        if args.append:
-            append_row(args.append, row)
-        print(jsonsafe.dumps(row.to_json(), sort_keys=True, default=str)) if args.json else print_row(row)
+        for r in rows:
+            if args.append:
+                append_row(args.append, r)
+            print(jsonsafe.dumps(r.to_json(), sort_keys=True, default=str)) if args.json else print_row(r)
+    row = rows[0]
     if failure is None:
         return 0
     if row.status == "oom":

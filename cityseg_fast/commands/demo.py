@@ -4,7 +4,8 @@
   2. prepare it: JPEG q95 images, npy trainId labels   (cityseg prepare)
   3. the demo sweep: every loader alone, the model alone, end to end, the colour baseline and two short
      training runs (an FCN and a U-Net), one process per point   (cityseg sweep configs/sweeps/demo_cpu.yaml,
-     demo_gpu.yaml with a GPU)
+     demo_gpu.yaml with a GPU); where the CPU runs bf16 natively (`cityseg doctor`), the spec's `demo.bf16`
+     runs too: model and end-to-end points in bf16 beside fp32 (the report's "Mixed precision")
   4. the report with the demo's timeline                (cityseg report)
 
 The demo is configuration: the sweep file says what is measured and how big the dataset is (its
@@ -33,9 +34,12 @@ from cityseg_fast.config import load_yaml
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic
 from cityseg_fast.errors import UserError
+from cityseg_fast.hardware import bf16_support, resolve_device
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report.build import build_report
 from cityseg_fast.report.format import fmt_s, md_table
+from cityseg_fast.report.mixed_precision import emulated_note, mixed_precision_section
+from cityseg_fast.report.runs import load_runs
 
 STALE = ("results.jsonl", "points", "runs", "report", "data", "demo_timings.json", "sweep.yaml")
 
@@ -46,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", metavar="SWEEP.yaml", help="another demo sweep (default configs/sweeps/demo_cpu.yaml, or demo_gpu.yaml with a GPU)")
 
 
-def demo_plan(spec_path: Path, quick: bool, data: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def demo_plan(spec_path: Path, quick: bool, data: Path, bf16: str = "emulated") -> tuple[dict[str, Any], dict[str, Any]]:
     """(frames {train, val, size}, the sweep to run) from a demo spec: its `demo:` block says the dataset,
-    and with --quick its `quick:` part replaces the frames, adds overrides and may replace the runs.
+    and with --quick its `quick:` part replaces the frames, adds overrides and may replace the runs; where
+    `bf16` (hardware.bf16_support of the device) is "native", its `bf16: {runs}` are added to the runs.
     The sweep reads the prepared data at `data` (the shipped specs say ${CITYSEG_DEMO_DATA})."""
 
     spec = dict(load_yaml(spec_path))
@@ -58,6 +63,8 @@ def demo_plan(spec_path: Path, quick: bool, data: Path) -> tuple[dict[str, Any],
     part = (demo.get("quick") or {}) if quick else {}
     spec["overrides"] = {**(spec.get("overrides") or {}), **part.get("overrides", {}), "data.root": str(data)}
     spec["runs"] = part.get("runs", spec.get("runs"))
+    if bf16 == "native":
+        spec["runs"] = [*spec["runs"], *((demo.get("bf16") or {}).get("runs") or [])]
     return {**demo["frames"], **part.get("frames", {})}, spec
 
 
@@ -81,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     spec_path = Path(args.spec or Path(PACKAGE_ROOT) / "configs" / "sweeps" / f"demo_{'gpu' if cuda else 'cpu'}.yaml")
     raw, prepared = out / "data" / "synth", out / "data" / "prepared"
-    frames, sweep_spec = demo_plan(spec_path, args.quick, prepared)
+    bf16 = bf16_support(resolve_device())
+    frames, sweep_spec = demo_plan(spec_path, args.quick, prepared, bf16)
     _fresh(out)
     (out / "sweep.yaml").write_text(  # exactly what runs: `cityseg sweep OUT/sweep.yaml --out OUT` reruns it
         f"# {'cityseg demo --quick' if args.quick else 'cityseg demo'}: {spec_path}, as run\n"
@@ -115,14 +123,20 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[green]done[/] in {timings[-1][1]:.1f} s: {result}")
     console.rule(f"[bold cyan][{len(steps) + 1}/{len(steps) + 1}] Build the report", align="left")
     t0 = time.perf_counter()
-    section = ("Demo timeline", _timeline(timings, t0 - t_start))
-    report = build_report([out], out / "report", title="cityseg demo report", extra=[section])
+    sections = [("Demo timeline", _timeline(timings, t0 - t_start)), ("Mixed precision", _precision([out]))]
+    report = build_report([out], out / "report", title="cityseg demo report", extra=sections)
     timings.append(("Build the report", time.perf_counter() - t0, str(report)))
     total = time.perf_counter() - t_start
     (out / "demo_timings.json").write_text(jsonsafe.dumps({"quick": args.quick, "spec": str(spec_path), "total_s": total,
         "steps": [{"step": t, "wall_s": s, "result": r} for t, s, r in timings]}, indent=1) + "\n")  # fmt: skip
     console.print(f"[bold]total {total:.0f} s. Report:[/] {report}")
     return 0
+
+
+def _precision(folders: list[Path]) -> str:
+    """The bf16 points beside fp32 with their speed-up, or why there are none (bf16 emulated here)."""
+    runs = load_runs(folders)
+    return mixed_precision_section(runs) or emulated_note(runs)
 
 
 def _timeline(timings: list[tuple[str, float, str]], total: float) -> str:

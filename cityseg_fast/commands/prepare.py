@@ -5,7 +5,8 @@
 Images are downscaled with an antialiasing filter, labels with nearest neighbour. Every file is
 written to a temporary name and renamed, so an interrupted run can simply be run again: finished
 pairs are skipped. Bad input (unreadable/truncated file, size mismatch, invalid label ids, 16-bit
-label) stops with one line naming the file. Example:
+label) stops with one line naming the file; so does a second prepare into an OUT that a live one is
+writing. Example:
 
     cityseg prepare --src $CITYSCAPES_DATASET --out data/cs_512 --size 512x1024
 """

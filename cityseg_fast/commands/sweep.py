@@ -2,8 +2,11 @@
 
 Rerunning the same command skips points already measured (ok, or oom unless --retry-oom), so a
 sweep stopped by Ctrl-C or a kill resumes where it was, with no duplicate rows. Failed points are
-recorded as `error` rows with their one-line message and the sweep goes on. Exit status: 0 when
-every point is ok / oom / skipped, 1 when any point failed, 2 for a bad spec or option (nothing run).
+recorded as `error` rows with their one-line message and the sweep goes on. SIGTERM or SIGUSR1 (a
+cluster's time limit) stops the points running, without a row for them (a training point saves first),
+and exits 75: rerun the same command to resume. Exit status: 0 when every point is ok / oom / skipped, 1
+when any point failed, 2 for a bad spec or option, or another sweep writing the same results file in OUT
+(nothing run), 75 when stopped by a signal.
 
 Every ${VAR} of the spec is resolved before anything runs: an unset one is an error, unless it only
 feeds data.root of points that read no data (model, infer), which then run without a dataset. Config

@@ -10,6 +10,10 @@ on (the poly lr then jumps back up and decays to the new length: see the README)
 (another model, lr, crop...) is refused, naming the keys that differ; --fresh starts afresh there instead,
 removing the previous run's checkpoints and metrics. Keys that do not change what is trained may differ:
 train.iters, the log/eval/checkpoint intervals, keep_ckpts, data.root, loader workers/threads/queue depth.
+
+SIGTERM or SIGUSR1 (a cluster's time limit or preemption) stops the run at the next log interval with a
+checkpoint there, and exits 75: rerun the same command to resume (README, "Running on a cluster"). A second
+`cityseg train` into a run directory that a live run is writing is refused, naming it (exit 2).
 """
 
 from __future__ import annotations

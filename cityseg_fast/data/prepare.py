@@ -14,7 +14,8 @@ Crash safety: every file is written under a temporary name in its final director
 (atomic on POSIX), labels before images; a pair is finished when both files exist, so a rerun skips
 finished pairs and completes the rest. The settings are recorded in OUT/.prepare.json before the
 first file and must match on a rerun; the manifest is written last, so its presence means done. A full
-disk stops the run with one line naming the file (diskio.py); a rerun after space is freed continues.
+disk stops the run with one line naming the file (diskio.py); a rerun after space is freed continues. One
+writer: a second prepare into OUT while the first runs is refused with one line naming it (dirlock.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cityseg_fast import dirlock
 from cityseg_fast.data.cityscapes import MANIFEST, Sample, find_samples, image_size, open_pair
 from cityseg_fast.data.parallel import run_parallel
 from cityseg_fast.diskio import atomic_path, make_dirs
@@ -140,7 +142,7 @@ def _claim_out(out: Path, settings: dict) -> None:
                 f"{path}: {out} was prepared with other settings {diff}; use another --out or delete it"
             )
         return
-    if any(out.iterdir()):
+    if any(not dirlock.is_lock_file(p) for p in out.iterdir()):
         raise UserError(f"{out}: not empty and not a prepare output; use an empty or new --out directory")
     _write_json(path, settings)
 
@@ -200,32 +202,33 @@ def prepare_dataset(
         "size": list(size) if size is not None else None,
         "scale": scale,
     }
-    _claim_out(out, settings)
-    stray = _remove_stray_temps(out, splits)
-    tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale, label_format)
-    n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
-    t0 = time.perf_counter()
-    try:
-        results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare", _task_name)
-    finally:
-        # A worker killed (or Ctrl-C) inside a write leaves its temp file: it must not outlive this run
-        # (finished files are never touched).
-        _remove_stray_temps(out, splits)
-    wall = time.perf_counter() - t0
-    manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
-    return {
-        "src": str(src),
-        "out": str(out),
-        "pairs": sum(len(ss) for ss in samples.values()),
-        "label_format": label_format,
-        "written": len(tasks),
-        "skipped": len(done),
-        "stray_temps_removed": stray,
-        "workers": n_workers,
-        "wall_s": wall,
-        "pairs_per_s": len(tasks) / wall if tasks and wall > 0 else None,
-        "splits": {k: v["count"] for k, v in manifest["splits"].items()},
-    }
+    with dirlock.held(out, "cityseg prepare"):  # one writer per output, taken before .prepare.json is read
+        _claim_out(out, settings)
+        stray = _remove_stray_temps(out, splits)
+        tasks, done = _plan(samples, out, image_format, settings["quality"], size, scale, label_format)
+        n_workers = max(1, min(workers or cpu_count(), len(tasks) or 1))
+        t0 = time.perf_counter()
+        try:
+            results = run_parallel(_prepare_one, tasks, n_workers, progress, "prepare", _task_name)
+        finally:
+            # A worker killed (or Ctrl-C) inside a write leaves its temp file: it must not outlive this run
+            # (finished files are never touched).
+            _remove_stray_temps(out, splits)
+        wall = time.perf_counter() - t0
+        manifest = _write_manifest(out, settings, samples, {**done, **dict(results)})
+        return {
+            "src": str(src),
+            "out": str(out),
+            "pairs": sum(len(ss) for ss in samples.values()),
+            "label_format": label_format,
+            "written": len(tasks),
+            "skipped": len(done),
+            "stray_temps_removed": stray,
+            "workers": n_workers,
+            "wall_s": wall,
+            "pairs_per_s": len(tasks) / wall if tasks and wall > 0 else None,
+            "splits": {k: v["count"] for k, v in manifest["splits"].items()},
+        }
 
 
 def _plan(samples: dict[str, list[Sample]], out: Path, image_format: str, quality: int | None,

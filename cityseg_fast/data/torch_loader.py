@@ -49,6 +49,7 @@ from cityseg_fast.data.plan import Item, LoaderSpec, PlannedLoader, crop_geometr
 from cityseg_fast.data.resample import BufferPool, Normalizer, one_thread, resize_image, resize_label
 from cityseg_fast.errors import UserError
 from cityseg_fast.labels import ID_TO_TRAINID
+from cityseg_fast.preemption import ignore_stop_signals
 
 
 class PlanDataset(torch.utils.data.Dataset):
@@ -187,7 +188,7 @@ class TorchLoader(PlannedLoader):
                 "persistent_workers": True,
                 "prefetch_factor": prefetch_factor,  # batches each worker loads ahead
                 "multiprocessing_context": _worker_context(),
-                "worker_init_fn": functools.partial(_import_decoder, decoder),
+                "worker_init_fn": functools.partial(_init_worker, decoder),
             }
         else:
             _import_decoder(decoder)
@@ -257,6 +258,13 @@ class TorchLoader(PlannedLoader):
             target_out = self._pool.get(tuple(b.target.shape), torch.int64)
         with one_thread():  # the workers hold the cores: no spinning OpenMP pool
             return finish(b, self.device, self._norm, self.spec.channels_last, image_out, target_out)
+
+
+def _init_worker(decoder: str, worker_id: int) -> None:
+    """A worker's start. A job's SIGTERM reaches every process: the training process saves and then stops
+    its workers, which must not die of it first (preemption.py). Then the decoder's import."""
+    ignore_stop_signals()
+    _import_decoder(decoder, worker_id)
 
 
 def _import_decoder(decoder: str, worker_id: int = 0) -> None:

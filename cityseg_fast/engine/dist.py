@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
 from cityseg_fast.hardware import resolve_device
 
 T = TypeVar("T")
@@ -89,6 +89,9 @@ def run_distributed(fn: Callable[[DistInfo], T], timeout_s: float) -> T:
         result = fn(info)
         cleanup()  # its barrier is a collective too
         return result
+    except Preempted:  # every rank stopped at the same iteration (engine/train.py): they leave together
+        cleanup()
+        raise
     except BaseException as e:
         line = timeout_line(e)
         if line is None:
@@ -157,6 +160,29 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_floats(values: list[float], device: torch.device) -> list[list[float]]:
+    """Every rank's `values` (the same length on each), in rank order: one all_gather of a small tensor on
+    `device` (NCCL gathers device tensors; the host read after it waits only for the gather). One process:
+    [values]."""
+    if not is_distributed():
+        return [list(values)]
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(get_world_size())]
+    with _collective(f"an all-gather of {len(values)} floats"):
+        dist.all_gather(everyone, mine)
+    return torch.stack(everyone).tolist()
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's `obj` (pickled; small host values), in rank order; one process: [obj]."""
+    if not is_distributed():
+        return [obj]
+    box: list[object] = [None] * get_world_size()
+    with _collective("an all-gather of host values"):
+        dist.all_gather_object(box, obj)
+    return box
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Rank `src`'s `obj` on every rank (pickled; for small host values such as a stop flag)."""
     if not is_distributed():
@@ -198,11 +224,17 @@ def cleanup(failed: bool = False) -> None:
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`model` in DistributedDataParallel when several ranks run (gradients averaged across them), else as is."""
+    """`model` in DistributedDataParallel when several ranks run (gradients averaged across them), else as is.
+
+    Without DDP's broadcast of the buffers at every forward (broadcast_buffers=False, mmengine's default too):
+    rank 0 never receives it, so its BatchNorm statistics, the ones evaluated and saved, are the same either
+    way, and `broadcast_buffers` below gives them to every rank where they are read (before an evaluation, a
+    checkpoint, the end). Left on, it was a collective at the start of every forward, where every rank waited
+    for the slowest one's batch: the wait engine/ranks.py must find in the gradient all-reduce, its one place."""
     if not is_distributed():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def fingerprint(module: torch.nn.Module) -> torch.Tensor:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from cityseg_fast.config import PrecisionConfig
 
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The fp16 scaler's fields of a 'train' log line (metrics.jsonl); an accuracy row records them by the same names.
+LOSS_SCALE, SKIPPED_STEPS = "loss_scale", "skipped_steps"
 
 
 def check_dtype(dtype: str) -> str:
@@ -77,6 +79,7 @@ class ScalerStep:
     def __init__(self, enabled: bool, device_type: str = "cuda") -> None:
         self.enabled = enabled
         self.scaler = torch.amp.GradScaler(device_type, enabled=enabled)
+        self.skipped: torch.Tensor | None = None  # steps skipped for inf/NaN gradients, on the device (fp16)
 
     @classmethod
     def for_dtype(cls, dtype: str, device_type: str) -> ScalerStep:
@@ -97,7 +100,29 @@ class ScalerStep:
                 parameters = [p for g in optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(parameters, clip)
         self.scaler.step(optimizer)  # skips optimizer.step() when a gradient is inf/nan (fp16)
+        if not self.enabled:
+            return
+        # GradScaler backs its scale off exactly when it skipped the step: count that on the device (no sync).
+        # Its scale tensor has no public accessor that does not read it back, hence `_scale`.
+        before = self.scaler._scale.clone()
         self.scaler.update()
+        if self.skipped is None:
+            self.skipped = torch.zeros((), dtype=torch.float32, device=before.device)
+        self.skipped += self.scaler._scale < before
+
+    def trace(self) -> torch.Tensor | None:
+        """[loss scale, steps skipped so far] on the device (None unless fp16, or before the first step): the
+        training loop reads it with its loss, in the log interval's one transfer (`trace_fields` names them)."""
+        if not self.enabled or self.skipped is None:
+            return None
+        return torch.stack([self.scaler._scale.float().reshape(()), self.skipped])
+
+    @staticmethod
+    def trace_fields(values: list[float]) -> dict[str, float | int]:
+        """A 'train' log line's scaler fields from the values `trace` held ({} for none)."""
+        if not values:
+            return {}
+        return {LOSS_SCALE: values[0], SKIPPED_STEPS: int(values[1])}
 
     def get_scale(self) -> float:
         """Current loss scale (1.0 when disabled). Reads a device value: call outside timed regions."""

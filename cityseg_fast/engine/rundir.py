@@ -1,6 +1,11 @@
 """A training's run directory: claimed for one config, tidied, and the checkpoint to resume from picked.
 
     claim = claim_run_dir(cfg)   # rank 0, before any other work: claim.resume / claim.ckpt / claim.notes
+    ...                          # the run; then claim.lock.release()
+
+A run directory has one writer: claiming it takes its lock (dirlock.py) for the run's life, so a second
+`cityseg train` into it while the first runs is refused with one line naming the first (pid, host, since
+when). Rank 0 alone claims: the ranks of one torchrun job are one writer, and the others are never refused.
 
 A run directory belongs to one config. Rerunning into it with another config is refused, naming the keys
 that differ, unless train.resume=never (`cityseg train --fresh`) starts afresh there: that removes the
@@ -8,6 +13,8 @@ previous run's checkpoints and metrics.jsonl (and says so), so nothing of the ol
 resumed by the new one. Keys that do not change what is trained may differ (RESUMABLE_KEYS).
 train.resume=auto resumes from the newest checkpoint that loads: an unreadable newer one (a truncated copy,
 a full disk) is passed over and named. Temporary files of a checkpoint write cut short by a kill are removed.
+Every refusal comes before anything in the directory is changed but its lock file (created, with the
+directory, to be taken before anything is read).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from cityseg_fast import dirlock
 from cityseg_fast.config import Config, to_dict
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.errors import UserError
@@ -46,6 +54,8 @@ RESUMABLE_KEYS = frozenset(
         "train.out_dir",
         "train.dist_timeout_s",
         "train.max_nonfinite",
+        "train.straggler_threshold",
+        "train.tensorboard",
         "data.root",
         "loader.eval_batch_size",
         "loader.num_workers",
@@ -60,6 +70,7 @@ RESUMABLE_SECTIONS = frozenset({"bench"})  # benchmark settings; training never 
 
 @dataclass
 class Claim:
+    lock: dirlock.DirLock  # held until the run ends: the caller releases it
     resume: Path | None = None  # the checkpoint to resume from; None = start at iteration 0
     ckpt: dict[str, Any] | None = None  # that checkpoint, loaded
     notes: list[str] = field(default_factory=list)  # one line each for the console: what was done and why
@@ -135,17 +146,25 @@ def _start_afresh(out: Path, notes: list[str]) -> None:
 
 
 def claim_run_dir(cfg: Config) -> Claim:
-    """Check, tidy and choose for a training run in cfg.train.out_dir (rank 0 only; see the module docstring).
-    Every refusal comes before anything in the directory is changed."""
+    """Lock, check, tidy and choose for a training run in cfg.train.out_dir (rank 0 only; see the module
+    docstring). The lock is released here on a refusal, else by the caller when the run ends."""
     out = check_out_dir(cfg.train.out_dir, "train.out_dir (--out)")
-    claim = Claim()
+    lock = dirlock.hold(out, "cityseg train")  # before anything is read: another writer could be changing it
+    try:
+        return _claim(cfg, out, Claim(lock))
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _claim(cfg: Config, out: Path, claim: Claim) -> Claim:
+    """claim_run_dir's checks and tidying, under the lock `claim` holds."""
     fresh = cfg.train.resume == "never"  # auto, never or a checkpoint path: CHOICES checked which
     if not fresh:
         _check_run_config(out, cfg)
         claim.resume, claim.ckpt = _pick_checkpoint(cfg, out, claim.notes)
         if claim.ckpt is not None:
             _refuse_other_config(claim.resume, claim.ckpt["config"], cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
     stale = ckpt_io.remove_stale_temps(out)
     if stale:
         names = ", ".join(p.name for p in stale)

@@ -54,6 +54,7 @@ class StallStats:
     waits_s: list[float] = field(default_factory=list)  # per-step data wait (device idle gap on a GPU)
     wall_s: float = 0.0
     host_wait_s: list[float] = field(default_factory=list)  # host time blocked in next(), per step
+    step_s: list[float] = field(default_factory=list)  # each step's own time, start to end (engine/ranks.py)
 
     @property
     def stall_fraction(self) -> float | None:
@@ -138,6 +139,7 @@ class StallMeter:
             stats.waits_s += waits
             stats.wall_s += wall
             stats.host_wait_s += [r.host_wait for r in done]
+            stats.step_s += [self._duration(r) for r in done]
         self._segments = keep or [[]]
         if stats.stall_fraction is not None:
             self.total_wait_s += sum(stats.waits_s)
@@ -153,6 +155,9 @@ class StallMeter:
         starts = [ref.elapsed_time(r.start) / 1e3 for r in steps]
         ends = [ref.elapsed_time(r.end) / 1e3 for r in steps]
         return segment_stall(starts, ends)
+
+    def _duration(self, r: _Step) -> float:
+        return r.start.elapsed_time(r.end) / 1e3 if self.cuda else r.end - r.start
 
     def mean_stall_fraction(self) -> float | None:
         """Waiting time over wall time of every step taken so far (the run's stall)."""

@@ -8,15 +8,33 @@ actions `Schedule.due` names: log, evaluate, checkpoint), `_finish` (final numbe
 ExitStack closes the loaders, NVML and the event logs however the run ends.
 
 The loop never reads a value on the host except at log intervals, where the summed loss is pulled once
-(`LogWindow.mean_loss`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
+(`LogWindow.sync`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
-reserved and NVML's used). Every line has its wall-clock `timestamp`.
+reserved and NVML's used); with fp16, the GradScaler's `loss_scale` and `skipped_steps` so far, read in that
+same transfer (`ScalerStep.trace`). Under DDP it also has every rank's data wait, compute and all-reduce wait (min /
+median / max, each rank's, the slowest rank and the straggler: engine/ranks.py), one all_gather of three floats
+right after that sync. Every line has its wall-clock `timestamp`.
+
+Preemption. SIGTERM or SIGUSR1 (a cluster's time limit or preemption) only sets a flag (preemption.py). The
+ranks agree on it in the log interval's all-reduce, which already runs: `LogWindow.sync` reduces the tensor
+[summed loss, stop flag] (one all-reduce, one host read, as before), so no sync is added and every rank
+learns at the same iteration that some rank was signalled. There the due actions become `Due.stopping`:
+no evaluation, a checkpoint (the usual atomic write, rank 0, unless one is due anyway), a 'preempted' event,
+then `Preempted` on every rank: the process exits EXIT_PREEMPTED (75), and rerunning the same command
+resumes from that checkpoint exactly. The worst case, a signal just after a log interval, needs a grace
+period (Slurm's KillWait, or the `--signal=...@SECONDS` lead; under torchrun also its `--shutdown-timeout`,
+30 s by default) of
+
+    grace >= train.log_interval x (seconds per iteration) + one checkpoint write
+
+plus any evaluation or regular checkpoint the schedule puts between the signal and that log interval
+(one under way is finished first), and the set-up when the signal comes before the first log interval.
 
 Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
-another place for the events (TensorBoard beside metrics.jsonl) is a second `EventLog`, added in
-`_event_logs`.
+another place for the events is another `EventLog`, added in `_event_logs` (TensorBoard is one:
+engine/tensorboard.py, with train.tensorboard=true).
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -51,14 +70,23 @@ from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
-from cityseg_fast.engine import dist, rundir
+from cityseg_fast.engine import dist, rundir, tensorboard
 from cityseg_fast.engine.evaluate import evaluate, iou_table
-from cityseg_fast.engine.stall import StallMeter
+from cityseg_fast.engine.ranks import (
+    AllReduceClock,
+    gather_rank_times,
+    rank_fields,
+    rank_times,
+    straggler_text,
+)
+from cityseg_fast.engine.stall import StallMeter, StallStats
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
+from cityseg_fast.hardware import affinity_warning, rank_cpus
 from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
 from cityseg_fast.models import model_from_config
+from cityseg_fast.preemption import StopRequest, catch_stop_signals
 
 
 def seed_everything(seed: int) -> None:
@@ -114,9 +142,14 @@ class EventLogs:
             log.close()
 
 
-def _event_logs(out: Path, info: dist.DistInfo) -> EventLogs:
-    """Where this rank's events go: metrics.jsonl on rank 0 (another EventLog is appended here), none elsewhere."""
-    return EventLogs([MetricsLog(out / rundir.METRICS_FILE)] if info.is_main else [])
+def _event_logs(out: Path, info: dist.DistInfo, t: TrainConfig, start: int) -> EventLogs:
+    """Where this rank's events go: on rank 0 metrics.jsonl and, with train.tensorboard, OUT/tb; none elsewhere."""
+    if not info.is_main:
+        return EventLogs([])
+    logs: list[EventLog] = [MetricsLog(out / rundir.METRICS_FILE)]
+    if t.tensorboard:
+        logs.append(tensorboard.TensorBoardLog.open(out, start))
+    return EventLogs(logs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +163,12 @@ class Due:
     log: bool
     eval: bool
     ckpt: bool
+    stop: bool = False  # a stop signal: save and stop here (after a log, where the ranks agreed on it)
+
+    def stopping(self) -> Due:
+        """What is due when the ranks have agreed to stop: a checkpoint, not an evaluation (the grace
+        period is short), then the stop."""
+        return Due(log=self.log, eval=False, ckpt=True, stop=True)
 
     @property
     def pause(self) -> bool:
@@ -163,7 +202,8 @@ class LogWindow:
     iteration and clock it started at."""
 
     def __init__(self, device: torch.device, it: int, now: float) -> None:
-        self.loss_sum = torch.zeros((), device=device)
+        self.totals = torch.zeros(2, device=device)  # [summed loss, stop flag]: one all-reduce carries both
+        self.loss_sum = self.totals[0]  # a view: the per-step add writes into `totals`
         self.steps, self.start_it, self.start_t = 0, it, now
 
     def add(self, loss: torch.Tensor) -> None:
@@ -171,14 +211,20 @@ class LogWindow:
         self.loss_sum += loss
         self.steps += 1
 
-    def mean_loss(self, world_size: int) -> float:
-        """The loss averaged over the interval and the ranks: the one host sync per log interval."""
-        dist.all_reduce_sum(self.loss_sum)
-        return self.loss_sum.item() / (self.steps * world_size)
+    def sync(self, world_size: int, stop: bool, also: torch.Tensor | None = None) -> tuple[float, bool, list[float]]:
+        """(the loss averaged over the interval and the ranks, whether any rank asked to stop, the values of
+        `also`: the fp16 scaler's trace, this rank's): the one all-reduce and host sync per log interval. The
+        flag is summed in the same reduction, so every rank gets the same answer at the same iteration; `also`
+        is read in the same transfer, not reduced."""
+        self.totals[1].fill_(float(stop))  # a scalar fill: no host-to-device copy
+        dist.all_reduce_sum(self.totals)
+        values = self.totals if also is None else torch.cat([self.totals, also.float()])
+        loss_sum, stops, *rest = values.tolist()
+        return loss_sum / (self.steps * world_size), stops > 0, rest
 
     def next(self, it: int, now: float) -> None:
         """Start the next interval at iteration `it`, time `now`."""
-        self.loss_sum.zero_()
+        self.totals.zero_()
         self.steps, self.start_it, self.start_t = 0, it, now
 
     def restart_clock(self) -> None:
@@ -271,10 +317,9 @@ def memory_fields(device: torch.device, nvml: Any) -> dict[str, float | None]:
     }
 
 
-def interval_fields(meter: StallMeter, iters: int, seconds: float) -> dict[str, float | None]:
+def interval_fields(stats: StallStats, iters: int, seconds: float) -> dict[str, float | None]:
     """A 'train' line's timing: s per iteration, s per iteration blocked in next(), and the data wait the
-    meter measured (this rank's); called right after the interval's sync, so every step in it has ended."""
-    stats = meter.take()
+    meter measured (this rank's `take`, right after the interval's sync, so every step in it has ended)."""
     m = stats.metrics()
     n = len(stats.host_wait_s)
     return {
@@ -304,10 +349,11 @@ class _Bar:
 
 
 def progress_text(line: dict[str, Any]) -> str:
-    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall."""
+    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall and a straggler."""
     stall = line["stall_fraction"]
     stall_text = f"  stall {stall:.0%}" if stall is not None else ""
-    return f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s{stall_text}"
+    rate = f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s"
+    return rate + stall_text + straggler_text(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +394,9 @@ class _Run:
     stream: Iterator[tuple[int, Batch]]  # (epoch, batch) from the train loader, from the resumed position
     logs: EventLogs
     meter: StallMeter
+    clock: AllReduceClock | None  # the gradient all-reduce's wait under DDP (engine/ranks.py), else None
     nvml: NvmlDevice | None  # rank 0 on a GPU with NVML, else None
+    stop: StopRequest  # set by SIGTERM / SIGUSR1; the ranks agree on it at the log interval
     schedule: Schedule
     window: LogWindow
     guard: NonFiniteGuard
@@ -374,6 +422,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> TrainSummary:
             "SyncBatchNorm (pytorch#161302) and compile + DDP + SyncBN fails in open reports "
             "(pytorch#107372); set precision.compile=off (as the shipped recipes do) or train.sync_bn=false"
         )
+    if cfg.train.tensorboard:
+        tensorboard.require()  # every rank, before any work: none waits for a rank 0 that cannot log
     with ExitStack() as cleanup:
         run = _set_up(cfg, info, cleanup)
         _loop(run)
@@ -392,8 +442,8 @@ def _loop(run: _Run) -> None:
             run.it += 1
             bar.advance()
             due = run.schedule.due(run.it)
-            if due.log:
-                _log(run, epoch, bar)
+            if due.log and _log(run, epoch, bar):  # every rank learns of a stop signal here, at the same it
+                due = due.stopping()
             if due.pause:
                 dist.broadcast_buffers(run.net)  # every rank evaluates, rank 0 saves, the same BN statistics
                 run.meter.restart()  # the evaluation / checkpoint that follows is not a data wait
@@ -401,24 +451,38 @@ def _loop(run: _Run) -> None:
                 _evaluate(run, bar)
             if due.ckpt:
                 _checkpoint(run)
+            if due.stop:
+                _stop(run)
             if due.log:
                 run.window.restart_clock()  # images/s of the next interval excludes eval and checkpoint time
 
 
-def _log(run: _Run, epoch: int, bar: _Bar) -> None:
-    """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard."""
-    run.last_loss = run.window.mean_loss(run.info.world_size)
+def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
+    """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard.
+    Returns whether any rank was asked to stop (the same on every rank)."""
+    run.last_loss, stop, scaler = run.window.sync(run.info.world_size, run.stop.requested, run.state.scaler.trace())
     now = time.perf_counter()
-    line = train_line(run, epoch, now)
+    stats = run.meter.take()
+    line = {**train_line(run, epoch, now, stats), **_rank_fields(run, stats), **run.state.scaler.trace_fields(scaler)}
     run.logs.write("train", **line)
     bar.show(progress_text(line))
     run.window.next(run.it, now)
     run.guard.check(run.last_loss, run.it, run.out, run.last_ckpt)
+    return stop
 
 
-def train_line(run: _Run, epoch: int, now: float) -> dict[str, Any]:
+def _rank_fields(run: _Run, stats: StallStats) -> dict[str, Any]:
+    """Under DDP, every rank's timing figures (engine/ranks.py): a collective, so every rank calls it, right
+    after the interval's sync; {} in one process."""
+    if run.info.world_size < 2:
+        return {}
+    ranks = gather_rank_times(rank_times(stats, run.clock), run.info.device)
+    return rank_fields(ranks, run.cfg.train.straggler_threshold)
+
+
+def train_line(run: _Run, epoch: int, now: float, stats: StallStats) -> dict[str, Any]:
     """A 'train' line's fields, for the interval that ends at `now`: iter, epoch, loss, lr, images_per_s
-    (global), wall_s since the loop started, then the interval's timing and memory."""
+    (global), wall_s since the loop started, then the interval's timing (`stats`: the meter's) and memory."""
     iters, seconds = run.it - run.window.start_it, now - run.window.start_t
     global_batch = run.cfg.loader.batch_size * run.info.world_size
     return {
@@ -428,7 +492,7 @@ def train_line(run: _Run, epoch: int, now: float) -> dict[str, Any]:
         "lr": run.state.optimizer.param_groups[0]["lr"],
         "images_per_s": iters * global_batch / max(seconds, 1e-9),
         "wall_s": now - run.t0,
-        **interval_fields(run.meter, iters, seconds),
+        **interval_fields(stats, iters, seconds),
         **memory_fields(run.info.device, run.nvml),
     }
 
@@ -453,6 +517,21 @@ def _checkpoint(run: _Run) -> None:
     dist.barrier()  # no rank runs ahead while rank 0 writes (keeps a later failure's state clear)
 
 
+def _stop(run: _Run) -> None:
+    """After the checkpoint of an agreed stop: the 'preempted' event, then Preempted on every rank."""
+    ckpt = run.last_ckpt  # rank 0's: the others' is the one they resumed from
+    saved = ckpt is not None and ckpt.name == ckpt_io.checkpoint_name(run.it)
+    run.logs.write("preempted", iter=run.it, signal=run.stop.name, checkpoint=str(ckpt) if ckpt else None,
+                   saved=saved)  # fmt: skip
+    if not run.info.is_main:
+        kept = "rank 0 saves"
+    else:  # not saved: the weights were not finite (NonFiniteGuard), the last good checkpoint stays
+        kept = f"saved {ckpt}" if saved else f"nothing saved, the last good checkpoint is {ckpt}"
+    by = run.stop.name or "a signal to another rank"
+    raise Preempted(f"stopped by {by} at iteration {run.it} of {run.cfg.train.iters} ({kept}); "
+                    "rerun the same command to resume")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # before and after the loop
 
@@ -460,9 +539,12 @@ def _checkpoint(run: _Run) -> None:
 def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     """Claim the run directory, build the loaders, model and optimizer, resume, write config.yaml and
     env.json, announce the run. What must be closed is registered on `cleanup`."""
+    stop = cleanup.enter_context(catch_stop_signals())  # first: a signal during the set-up stops at the first log
     out = Path(cfg.train.out_dir)
     # Rank 0 decides (its view of out_dir is the one with the checkpoints); a refusal there stops every rank.
     claim = dist.run_on_main(lambda: rundir.claim_run_dir(cfg))  # None on the other ranks
+    if claim is not None:
+        cleanup.callback(claim.lock.release)  # held for the run's life: one writer per run directory
     for note in claim.notes if claim else ():
         print(note, file=sys.stderr, flush=True)
     resume_from = dist.broadcast_object(claim.resume if claim else None)  # every rank loads that file
@@ -473,11 +555,11 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     start = 0
     if resume_from is not None:  # the loaded checkpoint goes with `claim` when this function returns
         start = restore(state, resume_from, claim.ckpt if claim else None)  # every rank loads the same weights
+    clock = AllReduceClock.install(state.model, info.device)  # None in one process
+    ranks = dist.all_gather_object(_rank_env(info))  # every rank's CPU sets, for rank 0's env.json
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
-        dump_config(cfg, out / rundir.CONFIG_FILE)
-        with diskio.atomic_path(out / "env.json") as tmp:
-            tmp.write_text(jsonsafe.dumps(collect_env(), indent=1, default=str) + "\n")
-    logs = _event_logs(out, info)
+        _write_run_files(cfg, out, ranks)
+    logs = _event_logs(out, info, cfg.train, start)
     cleanup.callback(logs.close)
     _announce(logs, cfg, info, train_loader, resume_from, start)
     nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
@@ -487,9 +569,26 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     stream = endless(train_loader, start // steps_per_epoch, start % steps_per_epoch)
     meter, now = StallMeter(info.device), time.perf_counter()
     return _Run(cfg=cfg, info=info, out=out, state=state, net=net, val_loader=val_loader, stream=stream,
-                logs=logs, meter=meter, nvml=nvml, schedule=Schedule.from_config(cfg.train),
+                logs=logs, meter=meter, clock=clock, nvml=nvml, stop=stop, schedule=Schedule.from_config(cfg.train),
                 window=LogWindow(info.device, start, now), guard=NonFiniteGuard(cfg.train.max_nonfinite),
                 start=start, t0=now, last_ckpt=resume_from, it=start)  # fmt: skip
+
+
+def _rank_env(info: dist.DistInfo) -> dict[str, Any]:
+    """This rank's place: host, device, the CPUs it may run on and NVML's ideal set for its GPU (hardware.py)."""
+    return {"rank": info.rank, "host": socket.gethostname(), "local_rank": info.local_rank,
+            "device": str(info.device), **rank_cpus(info.device)}  # fmt: skip
+
+
+def _write_run_files(cfg: Config, out: Path, ranks: list[Any]) -> None:
+    """Rank 0: config.yaml, and env.json (the environment and every rank's CPU sets); a warning on the console
+    when ranks run outside their GPU's ideal CPU set."""
+    dump_config(cfg, out / rundir.CONFIG_FILE)
+    with diskio.atomic_path(out / "env.json") as tmp:
+        tmp.write_text(jsonsafe.dumps({**collect_env(), "ranks": ranks}, indent=1, default=str) + "\n")
+    warning = affinity_warning(ranks)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _open_loaders(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> tuple[Loader, Loader]:

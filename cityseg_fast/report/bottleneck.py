@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cityseg_fast.report.format import DASH, fmt_mib, fmt_num, fmt_pct, md_table, sort_rows
+from cityseg_fast.report.format import DASH, LONG, TOP_N, fmt_mib, fmt_num, fmt_pct, md_table, sort_rows
 from cityseg_fast.report.runs import (
     Run,
     flat_point,
@@ -159,6 +159,10 @@ def bottleneck_section(runs: Sequence[Run]) -> str:
         labelled += [(run.name, _label(rec, keys), rec) for rec in recs]
     if not labelled:
         return ""
+    summary = ""
+    if len(labelled) > LONG:  # a long table: how the verdicts fall, then the fastest points
+        summary = _verdict_counts([rec for _, _, rec in labelled])
+        labelled = sorted(labelled, key=lambda x: -(x[2]["e2e"] or 0))[:TOP_N]
     cols = [c for c in COLUMNS if c[1] is None or any(rec[c[1]] is not None for _, _, rec in labelled)]
     body = [
         ([name] if multi else []) + [label] + [c[2](rec) for c in cols] + [rec["verdict"]]
@@ -167,4 +171,15 @@ def bottleneck_section(runs: Sequence[Run]) -> str:
     head = (["run"] if multi else []) + ["end-to-end point"] + [c[0] for c in cols] + ["bottleneck"]
     right = ([False] if multi else []) + [False] + [True] * len(cols) + [False]
     stalls = any(c[1] is not None for c in cols)
-    return md_table(head, body, right) + NOTE + (STALL_NOTE if stalls else "")
+    return summary + md_table(head, body, right) + NOTE + (STALL_NOTE if stalls else "")
+
+
+def _verdict_counts(recs: Sequence[dict[str, Any]]) -> str:
+    """'1,234 end-to-end points: 1,000 loader-bound, 234 model-bound. The 20 fastest: ...' (a long table's head)."""
+    counts: dict[str, int] = {}
+    for rec in recs:
+        kind = rec["verdict"].split(":")[0].split(" (")[0].split(" +")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"_{len(recs):,} end-to-end points: {parts}. The {TOP_N} fastest end to end are shown; every point is "
+            "in `results.csv`._\n\n")  # fmt: skip

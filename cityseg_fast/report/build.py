@@ -18,7 +18,7 @@ from typing import Any
 
 from cityseg_fast.diskio import atomic_path
 from cityseg_fast.paths import check_out_dir
-from cityseg_fast.report import bottleneck, compare, plots, steps, tables, tuning
+from cityseg_fast.report import bottleneck, compare, plots, scaling, steps, tables, tuning
 from cityseg_fast.report.runs import Run, load_runs, tagged_rows
 from cityseg_fast.results import SCENARIOS
 
@@ -80,8 +80,13 @@ def render_markdown(
             "no end-to-end (e2e) rows: run `cityseg bench e2e` (or a sweep with e2e points) to see where the time goes",
         ),
     ]
-    for heading, body in (("Loader tuning", tuning.tuning_section(runs)), ("Inside a step", steps.step_section(runs))):
-        parts += [_section(heading, body, "")] if body else []  # only where the rows measured it
+    optional = (
+        ("Scaling across ranks", scaling.scaling_section(runs)),
+        ("Failures", tables.failures_section(runs)),
+        ("Loader tuning", tuning.tuning_section(runs)),
+        ("Inside a step", steps.step_section(runs)),
+    )
+    parts += [_section(heading, body, "") for heading, body in optional if body]  # only where the rows have it
     parts.append("## Throughput, latency, memory and MFU per point\n\n")
     parts.append(
         "img/s is images per second over the timed iterations (warm-up excluded); p50/p90/p99 are per-batch latency "
@@ -106,7 +111,7 @@ def render_markdown(
     for fig in figures:
         if fig.path is not None:
             parts.append(f"### {fig.title}\n\n![{fig.title}]({fig.name})\n\n{fig.caption}\n\n")
-    skipped = [f for f in figures if f.path is None]
+    skipped = [f for f in figures if f.path is None and not f.optional]
     if skipped:
         parts.append("Not drawn (no data for them in these results):\n\n")
         parts += [f"- {f.title} (`{f.name}`): {f.reason}.\n" for f in skipped]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cityseg_fast.diskio import atomic_path
-from cityseg_fast.report.format import DASH, fmt_num, md_table, miou_pct
+from cityseg_fast.report.format import DASH, LONG, TOP_N, fmt_num, md_table, miou_pct
 from cityseg_fast.report.runs import Run, flat_point, point_label, split_keys
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import (
@@ -174,6 +174,13 @@ def _verdict_cell(c: Change) -> str:
     return f"{mark} ({c.note})" if c.note else mark
 
 
+def _size(c: Change) -> float:
+    """How large a change is, for ordering the largest first (a status change counts as the largest)."""
+    if c.ratio is None:
+        return float("-inf")
+    return -abs(c.ratio) if c.metric == MIOU else -abs(c.ratio - 1)
+
+
 def _change_table(changes: Sequence[Change], base_name: str, other_name: str) -> str:
     body = [
         [
@@ -224,13 +231,19 @@ def compare_section(runs: Sequence[Run]) -> str:
         mine.sort(key=lambda c: (order[c.verdict], c.scenario, c.label))
         marked = [c for c in mine if c.verdict != SAME]
         quiet = [c for c in mine if c.verdict == SAME]
+        if len(marked) > LONG:  # the largest changes; comparison.csv has every one
+            out.append(f"_{len(marked):,} points changed beyond noise: the {TOP_N} largest changes are shown, every "
+                       "point is in `comparison.csv`._\n\n")  # fmt: skip
+            marked = sorted(marked, key=lambda c: (order[c.verdict], _size(c)))[:TOP_N]
         if marked:
             out.append(_change_table(marked, runs[0].name, run.name) + "\n")
         if quiet:
             # Unchanged points are the bulk of a comparison: folded, so regressions stay on screen.
+            rest = f"\n\n_{len(quiet) - TOP_N:,} more: `comparison.csv`._" if len(quiet) > LONG else ""
             out.append(
                 f"\n<details><summary>{len(quiet)} point(s) within noise</summary>\n\n"
-                + _change_table(quiet, runs[0].name, run.name)
+                + _change_table(quiet[:TOP_N] if rest else quiet, runs[0].name, run.name)
+                + rest
                 + "\n\n</details>\n"
             )
     return "".join(out)

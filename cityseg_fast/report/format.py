@@ -1,8 +1,9 @@
 """Formatting for reports: numbers to what a measurement supports, memory in MiB/GiB, percentages,
-a failed point's status cell, Markdown tables, row sorting.
+a failed point's status cell, Markdown tables, row sorting, and what a long table shows.
 
 Numbers are rounded to 3 significant figures; fractions (mIoU, IoU, accuracy, MFU) are shown as
-percentages; a failed point shows its status and error message.
+percentages; a failed point shows its status and error message. A table of more than LONG rows is
+summarised (`best_rows`): the TOP_N best rows and a note on what was left out, which results.csv holds.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import Any
 
 from cityseg_fast.report.runs import flat_point, res_pixels, run_of
 from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import IMAGES_PER_S
 
 DASH = "–"
+LONG = 40  # a table with more rows than this is summarised: a sweep of thousands of points is read in results.csv
+TOP_N = 20  # the rows a summarised table (or a plot) keeps: the best ones
 
 def fmt_num(v: float | None, sig: int = 3) -> str:
     """3 significant figures, thousands separated: 1,234 / 56.7 / 0.912."""
@@ -32,6 +36,11 @@ def fmt_mib(v: float | None) -> str:
     if v is None:
         return DASH
     return f"{v / 1024:.2f} GiB" if v >= 1024 else f"{v:.0f} MiB"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    """'1.65x' (a / b: a speed-up), or '–' without both."""
+    return f"{a / b:.2f}x" if a is not None and b else DASH
 
 
 def fmt_pct(v: float | None, digits: int = 1) -> str:
@@ -109,3 +118,18 @@ def constants_line(constant: dict[str, Any]) -> str:
         return ""
     items = ", ".join(f"{k}={_cell(v)}" for k, v in constant.items())
     return f"Same in every row: {items}.\n\n"
+
+
+def best_rows(rows: Sequence[Row], key: str = IMAGES_PER_S, what: str = "img/s", n: int = TOP_N,
+              long: int = LONG) -> tuple[list[Row], str]:  # fmt: skip
+    """(the rows a table shows, a note on the rest): every row up to `long` rows (note ''), else the `n` ok
+    rows with the highest `key`, best first, and a note that counts what was left out (failures included)
+    and says where it is."""
+    if len(rows) <= long:
+        return list(rows), ""
+    ok = sorted((r for r in rows if r.number(key) is not None), key=lambda r: -r.number(key))
+    shown, failed = ok[:n], sum(not r.ok for r in rows)
+    fails = f" and {failed:,} failed (see Failures)" if failed else ""
+    note = (f"_{len(rows):,} points: the {len(shown)} with the highest {what}; {len(rows) - len(shown) - failed:,} "
+            f"more ok{fails}. Every point is in `results.csv`._\n\n")  # fmt: skip
+    return shown, note

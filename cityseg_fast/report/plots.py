@@ -2,7 +2,10 @@
 
 Each `plot_*` function takes the loaded runs and an output path and returns a `Plot`: the file it
 wrote, or no file and the reason it was skipped (the data for it is absent). A skipped plot is
-listed in REPORT.md instead of being drawn empty.
+listed in REPORT.md instead of being drawn empty. A plot stays readable at any number of rows: bars are
+the TOP_N best points, lines the MAX_SERIES best configurations in at most MAX_PANELS panels, labels at
+most MAX_LABELS; the caption says what was left out (results.csv holds every point), and no PNG grows
+with the rows.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from cityseg_fast.diskio import atomic_path
 from cityseg_fast.report.bottleneck import bottleneck_rows
-from cityseg_fast.report.format import fmt_num, miou_pct
+from cityseg_fast.report.format import TOP_N, fmt_num, miou_pct
 from cityseg_fast.report.runs import (
     Run,
     RunRow,
@@ -27,10 +30,14 @@ from cityseg_fast.report.runs import (
     split_keys,
     tagged_rows,
 )
+from cityseg_fast.report.scaling import scaling_lines
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import IMAGES_PER_S, MIOU
 
 DPI = 110
+MAX_SERIES = 8  # lines per vs-batch figure: the configurations with the best value
+MAX_PANELS = 6  # models per vs-batch figure
+MAX_LABELS = 30  # point labels in a scatter
 LOADER_COLORS = {
     "dali (gpu)": "#2ca02c",
     "dali (cpu)": "#1f77b4",
@@ -47,6 +54,7 @@ class Plot:
     path: Path | None  # None = skipped
     reason: str = ""  # why it was skipped
     caption: str = ""
+    optional: bool = False  # skipped without a word in REPORT.md (the scaling plot of a one-process report)
 
 
 def _plt():
@@ -80,13 +88,7 @@ def _series(rows: list[RunRow], keys: Sequence[str]) -> dict[str, list[RunRow]]:
     for r in sorted(
         rows, key=lambda r: (res_pixels(flat_point(r).get("resolution")), point_label(flat_point(r), keys))
     ):
-        # With nothing varying, name the line by what it measured rather than "all points".
-        label = (
-            point_label(flat_point(r), keys)
-            or point_label(flat_point(r), ["resolution", "dtype"])
-            or "all points"
-        )
-        series.setdefault(label, []).append(r)
+        series.setdefault(_series_label(r, keys), []).append(r)
     return series
 
 
@@ -100,22 +102,26 @@ def _vs_batch(
     ylabel: str,
     title: str,
     scale: float = 1.0,
-) -> str | None:
+) -> tuple[str | None, str]:
     """Lines of value(row) against batch size, one panel per model; failed points as red x on the axis.
+    Returns (why it was not drawn, or None; what it left out, or '').
 
-    Colour = configuration (the same in every panel), line style = run; one legend for the figure.
+    Colour = configuration (the same in every panel), line style = run; one legend for the figure. At most
+    MAX_PANELS models and MAX_SERIES configurations: those that reach the highest value (for memory, the
+    largest: the ones nearest an out-of-memory).
     """
     rows = _batch_rows(runs, "model")
     if not any(value(r) is not None for r in rows):
-        return "no ok model-scenario rows with a batch size and this metric"
+        return "no ok model-scenario rows with a batch size and this metric", ""
     if len({r.point["batch_size"] for r in rows}) < 2:
-        return "only one batch size was measured"
+        return "only one batch size was measured", ""
+    keys = [k for k in split_keys(rows)[0] if k not in ("model", "batch_size")]
+    rows, left = _keep_best(rows, keys, value)
     plt = _plt()
     models = sorted({str(r.point.get("model", "?")) for r in rows})
     ncols = min(len(models), 3)
     nrows = -(-len(models) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 0.5, 4.2 * nrows), squeeze=False)
-    keys = [k for k in split_keys(rows)[0] if k not in ("model", "batch_size")]
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(_series(rows, keys))}
     styles = {run.name: LINESTYLES[i % len(LINESTYLES)] for i, run in enumerate(runs)}
@@ -167,12 +173,42 @@ def _vs_batch(
         frameon=False,
     )
     _save(fig, path)
-    return None
+    return None, left
+
+
+def _keep_best(rows: list[RunRow], keys: Sequence[str], value: Callable[[Row], float | None]) -> tuple[list[RunRow], str]:
+    """The rows of the MAX_PANELS models and MAX_SERIES configurations that reach the highest value, and the
+    caption's note on the rest ('' when nothing was left out)."""
+    models, cut_models = _best_groups(rows, lambda r: str(r.point.get("model", "?")), value, MAX_PANELS)
+    series, cut_series = _best_groups(rows, lambda r: _series_label(r, keys), value, MAX_SERIES)
+    kept = [r for r in rows if str(r.point.get("model", "?")) in models and _series_label(r, keys) in series]
+    left = ", ".join(f"{n:,} more {what}" for n, what in ((cut_models, "models"), (cut_series, "configurations")) if n)
+    return kept, (f" Shown: the {len(series)} configurations with the highest values ({left} in results.csv)."
+                  if left else "")  # fmt: skip
+
+
+def _series_label(r: RunRow, keys: Sequence[str]) -> str:
+    """The line a row belongs to: its values of `keys`; with nothing varying, what it measured (not "all points")."""
+    p = flat_point(r)
+    return point_label(p, keys) or point_label(p, ["resolution", "dtype"]) or "all points"
+
+
+def _best_groups(rows: Sequence[RunRow], group: Callable[[RunRow], str], value: Callable[[Row], float | None],
+                 n: int) -> tuple[set[str], int]:  # fmt: skip
+    """The `n` groups of `rows` (by `group`) with the highest value anywhere, and how many more there are."""
+    best: dict[str, float] = {}
+    for r in rows:
+        v = value(r)
+        best.setdefault(group(r), float("-inf"))
+        if v is not None:
+            best[group(r)] = max(best[group(r)], v)
+    ranked = sorted(best, key=lambda g: -best[g])
+    return set(ranked[:n]), max(0, len(ranked) - n)
 
 
 def plot_throughput(runs: Sequence[Run], out: Path) -> Plot:
     name = "throughput_vs_batch.png"
-    reason = _vs_batch(
+    reason, left = _vs_batch(
         runs,
         out / name,
         lambda r: r.number(IMAGES_PER_S),
@@ -184,7 +220,8 @@ def plot_throughput(runs: Sequence[Run], out: Path) -> Plot:
         "Throughput vs batch size",
         None if reason else out / name,
         reason or "",
-        "One line per resolution / precision (and other swept settings); red x = OOM or error at that batch size.",
+        "One line per resolution / precision (and other swept settings); red x = OOM or error at that batch size."
+        + left,
     )
 
 
@@ -194,7 +231,7 @@ def plot_memory(runs: Sequence[Run], out: Path) -> Plot:
     what = kinds.pop() if len(kinds) == 1 else "peak memory"
     vals = [peak_memory(r)[0] for r in _batch_rows(runs, "model") if peak_memory(r)[0]]
     gib = bool(vals) and max(vals) >= 2048
-    reason = _vs_batch(
+    reason, left = _vs_batch(
         runs,
         out / name,
         lambda r: peak_memory(r)[0],
@@ -207,7 +244,7 @@ def plot_memory(runs: Sequence[Run], out: Path) -> Plot:
         "Peak memory vs batch size",
         None if reason else out / name,
         reason or "",
-        f"{what} during the timed train steps; red x = OOM or error.",
+        f"{what} during the timed train steps; red x = OOM or error." + left,
     )
 
 
@@ -239,6 +276,7 @@ def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     varying, _ = split_keys(rows)
     keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only", "decoder")]
     rows.sort(key=lambda r: -r.number(IMAGES_PER_S))
+    total, rows = len(rows), _fastest_of_each(rows, lambda r: loader_label(flat_point(r), row_decoder(r)))
     labels, colors, hatches = [], [], []
     for r in rows:
         p = flat_point(r)
@@ -251,8 +289,32 @@ def plot_loaders(runs: Sequence[Run], out: Path) -> Plot:
     log = _hbar(ax, labels, [r.number(IMAGES_PER_S) for r in rows], colors, hatches)
     return _bar_plot(
         fig, ax, out, name, log, ("Loader comparison", "Loader throughput, no model (hatched = decode only, no augmentation)"),
-        "Each loader alone, producing full training batches; decode-only bars skip the augmentations.",
+        "Each loader alone, producing full training batches; decode-only bars skip the augmentations."
+        + _left_out(len(rows), total, "loader points", "an equal share for each loader"),
     )  # fmt: skip
+
+
+def _fastest_of_each(ranked: list[Any], kind: Callable[[Any], str], n: int = TOP_N) -> list[Any]:
+    """At most about `n` of `ranked` (fastest first), shared among the kinds: the fastest n // kinds of each
+    kind (at least one), in rank order, so one fast kind (the synthetic loader) cannot fill the plot."""
+    if len(ranked) <= n:
+        return ranked
+    kinds = list(dict.fromkeys(kind(r) for r in ranked))
+    quota, taken = max(1, n // len(kinds)), dict.fromkeys(kinds, 0)
+    keep = []
+    for r in ranked:
+        if taken[kind(r)] < quota:
+            taken[kind(r)] += 1
+            keep.append(r)
+    return keep
+
+
+def _left_out(shown: int, total: int, what: str, also: str = "") -> str:
+    """' Shown: the 20 fastest of 4,444 loader points (...); every one is in results.csv.' ('' when all shown)."""
+    if shown >= total:
+        return ""
+    extra = f" ({also})" if also else ""
+    return f" Shown: the {shown} fastest of {total:,} {what}{extra}; every one is in results.csv."
 
 
 def _bar_plot(fig, ax, out: Path, name: str, log: bool, titles: tuple[str, str], caption: str) -> Plot:
@@ -269,6 +331,9 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
     recs = [(run, rec) for run in runs for rec in bottleneck_rows(run)]
     if not recs:
         return Plot(name, "End-to-end efficiency", None, "no ok e2e-scenario rows")
+    total = len(recs)
+    if total > TOP_N:  # the fastest end to end, in that order
+        recs = sorted(recs, key=lambda rr: -(rr[1]["e2e"] or 0))[:TOP_N]
     varying, _ = split_keys([rec["row"] for _, rec in recs])
     keys = [k for k in varying if k not in ("loader", "loader_device")] or [
         "model",
@@ -313,7 +378,8 @@ def plot_e2e(runs: Sequence[Run], out: Path) -> Plot:
         ax.set_xlim(0, top * 1.45)
     return _bar_plot(
         fig, ax, out, name, log, ("End-to-end efficiency", "Where the time goes: loader alone vs model alone vs end to end"),
-        "The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table).",
+        "The percentage is e2e efficiency: end to end ÷ the limit the two stages allow (see the bottleneck table)."
+        + _left_out(len(recs), total, "end-to-end points"),
     )  # fmt: skip
 
 
@@ -390,11 +456,21 @@ def plot_pareto(runs: Sequence[Run], out: Path) -> Plot:
     ax.set_ylim(0, max(max(ys) * 1.2, *(v * 1.2 for _, v in base), 1))
     legend = ax.legend(loc="lower left")
     fig.tight_layout()
-    place_labels(ax, list(zip(xs, ys, [p["label"] for p in pts], strict=True)), size=8, avoid=[legend])
+    named = pts if len(pts) <= MAX_LABELS else _labelled(pts, front)  # many points: the front and the best
+    place_labels(ax, [(p["ips"], p["miou"], p["label"]) for p in named], size=8, avoid=[legend])
     caption = "Red: the Pareto frontier, configurations that no other one beats on both speed and mIoU."
+    if len(named) < len(pts):
+        caption += f" Labelled: {len(named)} of {len(pts):,} points (the frontier and the most accurate)."
     if base:
         caption += " Dotted: what the per-pixel colour baseline reaches on the same data."
     return Plot(name, "mIoU vs throughput", _save(fig, out / name), caption=caption)
+
+
+def _labelled(pts: list[dict[str, Any]], front: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most MAX_LABELS points to name: the frontier first, then the most accurate of the rest."""
+    chosen = front[:MAX_LABELS]
+    rest = sorted((p for p in pts if not any(p is f for f in chosen)), key=lambda p: -p["miou"])
+    return chosen + rest[: MAX_LABELS - len(chosen)]
 
 
 # Where a label may go, in points from its marker, in order of preference: right, left, above, below,
@@ -472,13 +548,50 @@ def _outside(box: Sequence[float], frame: Sequence[float]) -> int:
     return int(box[0] < frame[0] or box[1] < frame[1] or box[2] > frame[2] or box[3] > frame[3])
 
 
-PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto)
+def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
+    """img/s against world size per configuration (its world-size-1 point and each N), N x img/s at 1 dashed;
+    a panel per scenario, the MAX_SERIES configurations fastest at their largest N (report/scaling.py)."""
+    name = "scaling.png"
+    lines = scaling_lines(runs)
+    if not lines:
+        return Plot(name, "Scaling", None, "no model or e2e rows at world size > 1 beside their world-size-1 row",
+                    optional=True)
+    shown = lines[:MAX_SERIES]
+    scenarios = list(dict.fromkeys(v["scenario"] for v in shown))
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.2 * len(scenarios) + 2.5, 4.6), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, scenario in zip(axes.flat, scenarios, strict=True):
+        mine = [v for v in shown if v["scenario"] == scenario]
+        for i, line in enumerate(mine):
+            xs, ys = zip(*sorted(line["points"]), strict=True)
+            color = cycle[i % len(cycle)]
+            ax.plot(xs, ys, "-o", color=color, label=line["label"].split(": ", 1)[1])
+            ax.plot([1, max(xs)], [line["base"], line["base"] * max(xs)], "--", color=color, alpha=0.5, linewidth=1)
+            for x, y in zip(xs[1:], ys[1:], strict=True):
+                ax.annotate(f"{y / (x * line['base']):.0%}", (x, y), textcoords="offset points", xytext=(5, -12),
+                            fontsize=8, color=color)  # fmt: skip
+        ax.set_xticks(sorted({x for v in mine for x, _ in v["points"]}))
+        ax.set_xlabel("world size (ranks)")
+        ax.set_ylabel("images/s (all ranks)")
+        ax.set_title(f"{scenario}: img/s vs world size (dashed: N × img/s at 1)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    caption = "The percentage at each point is its scaling efficiency; the Scaling table has the per-rank figures."
+    if len(lines) > len(shown):
+        caption += f" Shown: the {len(shown)} fastest of {len(lines):,} configurations; every row is in results.csv."
+    return Plot(name, "Scaling", _save(fig, out / name), caption=caption)
+
+
+PLOTTERS = (plot_throughput, plot_memory, plot_loaders, plot_e2e, plot_pareto, plot_scaling)
 PLOT_FILES = (
     "throughput_vs_batch.png",
     "memory_vs_batch.png",
     "loaders.png",
     "e2e_efficiency.png",
     "miou_vs_throughput.png",
+    "scaling.png",
 )
 
 

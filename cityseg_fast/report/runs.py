@@ -87,6 +87,14 @@ class Run:
     unresolved_rows: int = 0
     missing_shards: list[str] = field(default_factory=list)  # shard files a sharded run lacks
     extra: dict[str, Any] = field(default_factory=dict)
+    _tagged: tuple[str, list[RunRow]] | None = field(default=None, repr=False, compare=False)
+
+    def tagged(self) -> list[RunRow]:
+        """Its rows tagged with its name, made once per name (every table and plot asks for them)."""
+        if self._tagged is None or self._tagged[0] != self.name:
+            self._tagged = (self.name, [RunRow(**{f.name: getattr(r, f.name) for f in dataclasses.fields(Row)},
+                                               run=self.name) for r in self.rows])  # fmt: skip
+        return self._tagged[1]
 
     @property
     def lines(self) -> int:
@@ -334,9 +342,4 @@ def run_of(row: Row) -> str:
 
 def tagged_rows(runs: Sequence[Run], scenario: str | None = None) -> list[RunRow]:
     """Rows of every run (optionally of one scenario), each tagged with the name of its run."""
-    return [
-        RunRow(**{f.name: getattr(r, f.name) for f in dataclasses.fields(Row)}, run=run.name)
-        for run in runs
-        for r in run.rows
-        if scenario is None or r.scenario == scenario
-    ]
+    return [r for run in runs for r in run.tagged() if scenario is None or r.scenario == scenario]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from cityseg_fast.report.format import DASH, fmt_num, fmt_pct, md_table
+from cityseg_fast.report.format import DASH, LONG, TOP_N, fmt_num, fmt_pct, md_table
 from cityseg_fast.report.runs import Run, flat_point, loader_label, point_label, split_keys
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import (
@@ -27,6 +27,7 @@ from cityseg_fast.results.scenarios import (
 )
 
 PHASES = (FWD_MS, BWD_MS, OPT_MS)
+MAX_PROFILES = 5  # top-ops tables shown
 
 
 def _labels(rows: Sequence[Row]) -> list[str]:
@@ -45,6 +46,8 @@ def phase_table(rows: Sequence[Row]) -> str:
     rows = [r for r in rows if all(r.number(k) is not None for k in PHASES)]
     if not rows:
         return ""
+    more = f"\n_{len(rows) - TOP_N:,} more points were split: results.csv (fwd_ms, bwd_ms, opt_ms)._\n" if len(rows) > LONG else ""
+    rows = rows[:TOP_N] if more else rows
     body = []
     for label, r in zip(_labels(rows), rows, strict=True):
         ms = [r.number(k) for k in PHASES]
@@ -57,7 +60,7 @@ def phase_table(rows: Sequence[Row]) -> str:
         "their own after the throughput loop, each bracketed by events (medians); the train step p50 is the "
         "measured step (it also zeroes gradients and steps the lr schedule).\n"
     )
-    return md_table(head, body, [False] + [True] * 5 + [False]) + note
+    return md_table(head, body, [False] + [True] * 5 + [False]) + note + more
 
 
 def _trace_cell(run: Run, trace: Any) -> str:
@@ -73,6 +76,10 @@ def _trace_cell(run: Run, trace: Any) -> str:
 def top_ops_tables(run: Run, rows: Sequence[Row]) -> str:
     rows = [r for r in rows if isinstance(r.metrics.get(PROFILE_TOP_OPS), list)]
     parts = []
+    if len(rows) > MAX_PROFILES:  # ten ops each: a few points say what a profile says; each row keeps its own
+        parts.append(f"_{len(rows):,} points were profiled; the first {MAX_PROFILES} are shown (each row's "
+                     "profile_top_ops and trace are in results.csv)._\n")  # fmt: skip
+        rows = rows[:MAX_PROFILES]
     for label, r in zip(_labels(rows), rows, strict=True):
         m = r.metrics
         by = "self device time" if m.get(PROFILE_SORT) == "self_device_time" else "self CPU time"

@@ -4,8 +4,9 @@
     d.reference               # the setting every axis varies one thing of
     d.axes                    # [Axis]: architecture, image format, crop resolution, learning rate, ...
 
-A *setting* is an accuracy point without its seeds (`seed`, `loader_seed`); its runs are its ok rows,
-one per seed. A study varies one thing at a time from a reference setting, so the design is read back
+A *setting* is an accuracy point without its seeds (`seed`, `loader_seed`) and the scales it was also
+evaluated at (`eval_scales`); its runs are its ok rows, one per seed, and its scale rows (an `eval_scale`
+in the point: results.rows_for) are kept per scale beside them, never as settings of their own. A study varies one thing at a time from a reference setting, so the design is read back
 from the points alone: the reference is the setting with the most one-factor neighbours, and an axis is
 the reference with the settings that differ from it in one factor. A factor is the architecture (the
 model keys, which vary together: fcn8s at width 8 is one architecture), the image format (format and
@@ -22,8 +23,12 @@ from typing import Any
 from cityseg_fast.report.runs import peak_memory, res_pixels, resolution
 from cityseg_fast.report.stats import Summary, summarize
 from cityseg_fast.results import Row
+from cityseg_fast.results.scenarios import EVAL_SCALE
 
 SEED_KEYS = ("seed", "loader_seed")
+NOT_SETTING = (*SEED_KEYS, "eval_scales", EVAL_SCALE)  # keys that do not tell one training setting from another
+DTYPE_ORDER = ("fp32", "tf32", "bf16", "fp16")  # the precision axis reads from full precision down
+SPEED_AXES = ("compile", "channels_last")  # settings that must not change accuracy (a study checks it)
 MODEL_KEYS = frozenset({"model", "base_width", "upsample", "depth", "aux_loss", "aux_weight", "pretrained"})
 DATA_KEYS = frozenset({"image_format", "quality", "data_root", "data_size", "data_scale", "label_format"})
 TITLES = {
@@ -34,6 +39,9 @@ TITLES = {
     "batch_size": "Batch size",
     "iters": "Training iterations",
     "optimizer": "Optimizer",
+    "dtype": "Precision",
+    "compile": "Compilation (torch.compile)",
+    "channels_last": "Memory format",
 }
 
 
@@ -68,6 +76,12 @@ def value_label(key: str, point: Mapping[str, Any]) -> str:
         return f"batch {point.get(key)}"
     if key == "lr":
         return f"lr {point.get(key):g}" if isinstance(point.get(key), (int, float)) else "lr ?"
+    if key == "dtype":
+        return str(point.get(key, "fp32"))
+    if key == "compile":
+        return "eager" if point.get(key, "off") == "off" else f"compiled ({point.get(key)})"
+    if key == "channels_last":
+        return "channels_last" if point.get(key, True) else "NCHW"
     return f"{key}={point.get(key)}"
 
 
@@ -80,6 +94,7 @@ class Setting:
     point: dict[str, Any]
     runs: list[Row] = field(default_factory=list)  # ok rows, one per seed
     failed: list[Row] = field(default_factory=list)
+    scales: dict[float, list[Row]] = field(default_factory=dict)  # eval scale -> its ok rows, one per seed
 
     @property
     def seeds(self) -> list[Any]:
@@ -97,6 +112,11 @@ class Setting:
         s = self.summary(key)
         return None if s is None else s.mean
 
+    def at_scale(self, scale: float, key: str) -> list[float]:
+        """A metric of the scale rows at `scale`, over the seeds."""
+        got = [r.number(key) for r in self.scales.get(scale, [])]
+        return [v for v in got if v is not None]
+
 
 def diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
     """The factors in which two points differ (model keys count as one, format keys as one)."""
@@ -107,7 +127,8 @@ def diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
 class Axis:
     name: str  # "architecture", "image_format" or a point key
     settings: list[Setting]  # sorted by the factor's value; the reference is among them
-    anchor: Setting  # what the others are compared with: the reference, or PNG on the image-format axis
+    anchor: Setting  # what the others are compared with: the reference, PNG on the image-format axis, fp32 on
+    # the precision axis
 
     @property
     def title(self) -> str:
@@ -147,14 +168,19 @@ class Design:
 
 
 def settings_of(rows: Sequence[Row]) -> list[Setting]:
-    """Accuracy rows grouped by their point without the seeds, in order of first appearance."""
+    """Accuracy rows grouped by their point without the seeds (and scales), in order of first appearance;
+    each ok scale row under its setting's `scales`."""
     by_key: dict[str, Setting] = {}
     for r in rows:
         if r.scenario != "accuracy":
             continue
-        point = {k: v for k, v in r.point.items() if k not in SEED_KEYS}
+        point = {k: v for k, v in r.point.items() if k not in NOT_SETTING}
         s = by_key.setdefault(repr(sorted(point.items())), Setting(point))
-        (s.runs if r.ok else s.failed).append(r)
+        if EVAL_SCALE in r.point:
+            if r.ok:
+                s.scales.setdefault(float(r.point[EVAL_SCALE]), []).append(r)
+        else:
+            (s.runs if r.ok else s.failed).append(r)
     return [s for s in by_key.values() if s.runs or s.failed]
 
 
@@ -173,6 +199,10 @@ def _sort_key(name: str, s: Setting, order: list[Setting]) -> tuple:
         return (order.index(s),)
     if name == "image_format":
         return (p.get("image_format") != "png", -(p.get("quality") or 0))
+    if name == "dtype":
+        return (model_label(p) != model_label(order[0].point), model_label(p), DTYPE_ORDER.index(p.get(name, "fp32")))
+    if name in SPEED_AXES:  # the reference's setting first: what the others must not differ from
+        return (p.get(name) != order[0].point.get(name),)
     v = p.get(name)
     main = res_pixels(resolution(p)) if name == "resolution" else v if isinstance(v, (int, float)) else 0
     return (model_label(p) != model_label(order[0].point), model_label(p), main, str(v))
@@ -185,6 +215,9 @@ def _axis(name: str, members: list[Setting], ref: Setting, order: list[Setting])
     anchor = ref
     if name == "image_format":
         anchor = next((s for s in members if s.point.get("image_format") == "png"), ref)
+    if name == "dtype":  # each precision against full precision, as the precision table compares them
+        same = [s for s in members if model_label(s.point) == model_label(ref.point)]
+        anchor = next((s for s in same if s.point.get("dtype", "fp32") == "fp32"), ref)
     return Axis(name, members, anchor)
 
 
@@ -220,3 +253,13 @@ def design(rows: Sequence[Row]) -> Design:
     placed = {id(s) for a in axes for s in a.settings} | {id(ref)}
     others = [s for s in settings if id(s) not in placed]
     return Design(settings, ref, axes, others, baselines, failed)
+
+
+def resolution_settings(d: Design) -> list[Setting]:
+    """The settings evaluated at several scales that the inference-resolution table and figure show: those
+    that differ from the reference in architecture or precision only (every setting with scales if none)."""
+    scaled = [s for s in d.settings if len(s.scales) > 1]
+    if d.reference is not None:
+        scaled = [s for s in scaled if diff(d.reference.point, s.point) <= {"architecture", "dtype"}] or scaled
+    models = list(dict.fromkeys(model_label(s.point) for s in scaled))
+    return sorted(scaled, key=lambda s: (models.index(model_label(s.point)), DTYPE_ORDER.index(s.point.get("dtype", "fp32"))))

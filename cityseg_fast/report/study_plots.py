@@ -26,11 +26,21 @@ from cityseg_fast.report.study_design import (
     differs_in,
     family,
     model_label,
+    resolution_settings,
     value_label,
 )
 from cityseg_fast.report.study_text import class_iou, family_pair
 from cityseg_fast.results import Row
-from cityseg_fast.results.scenarios import CURVES, IMAGES_PER_S, MIOU, OUT_DIR, VAL_PREDICTIONS
+from cityseg_fast.results.scenarios import (
+    CURVES,
+    IMAGES_PER_S,
+    INFER_IMAGES_PER_S,
+    LOSS_SCALE,
+    MIOU,
+    OUT_DIR,
+    SKIPPED_STEPS,
+    VAL_PREDICTIONS,
+)
 
 FAMILY_COLOURS = {"U-Net": "#1f77b4", "FCN": "#d62728"}
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -39,6 +49,7 @@ LOG_AXES = {"lr": 10, "batch_size": 2, "resolution": 2}  # factor -> log base of
 MAX_MODELS = 8  # columns of model predictions in the figure
 PLOT_FILES = ("study_front.png", "study_effects.png", "study_curves.png", "study_per_class.png",
               "study_predictions.png")  # fmt: skip
+MEASURED_PLOT_FILES = ("study_resolution.png", "study_loss_scale.png")  # only for studies that measured them
 
 
 def _mean_std(s: Setting, key: str, scale: float = 1.0) -> tuple[float, float] | None:
@@ -248,6 +259,74 @@ def plot_per_class(d: Design, out: Path, names: Sequence[str]) -> Plot:
     return Plot(name, title, _save(fig, out / name), caption=caption)
 
 
+# ---------------------------------------------------------------- inference resolution and loss scale
+
+DTYPE_STYLES = {"fp32": "-", "tf32": "-.", "bf16": "--", "fp16": ":"}
+
+
+def plot_resolution(d: Design, out: Path) -> Plot:
+    name, title = "study_resolution.png", "Inference resolution: mIoU vs inference speed"
+    settings = resolution_settings(d)
+    if not settings:
+        return Plot(name, title, None, "no run was evaluated at several input scales (bench.eval_scales)")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colours = {m: LINE_COLOURS[i % len(LINE_COLOURS)]
+               for i, m in enumerate(dict.fromkeys(model_label(s.point) for s in settings))}  # fmt: skip
+    labels = []
+    for s in settings:
+        scales = sorted(s.scales)
+        xs = [summarize(s.at_scale(k, INFER_IMAGES_PER_S)) for k in scales]
+        ys = [summarize(s.at_scale(k, MIOU)) for k in scales]
+        keep = [(k, x, y) for k, x, y in zip(scales, xs, ys, strict=True) if x and y]
+        dtype = value_label("dtype", s.point)
+        ax.errorbar([x.mean for _, x, _ in keep], [100 * y.mean for _, _, y in keep],
+                    yerr=[100 * y.std for _, _, y in keep], xerr=[x.std for _, x, _ in keep],
+                    fmt="o" + DTYPE_STYLES.get(dtype, "-"), color=colours[model_label(s.point)], capsize=3,
+                    label=f"{model_label(s.point)}, {dtype}")  # fmt: skip
+        labels += [(x.mean, 100 * y.mean, f"×{k:g}") for k, x, y in keep]
+    _log_x_if_wide(ax, [x for x, _, _ in labels])
+    ax.set_xlabel("inference throughput (images/s at the scaled input, mean ± std over seeds)")
+    ax.set_ylabel("val mIoU (%, labels at full resolution)")
+    ax.set_title("Evaluating at a lower input resolution: speed gained, accuracy lost")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    place_labels(ax, labels)
+    caption = ("One curve per model and precision: each point is one input scale of the val frame (×scale), "
+               "mean over seeds; the model was trained once per seed and evaluated at every scale.")  # fmt: skip
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
+def _scale_traces(s: Setting) -> list[tuple[list[float], list[float]]]:
+    """(iterations, loss scale) of each run of `s` that recorded its fp16 loss scale."""
+    curves = [r.metrics.get(CURVES, {}).get("train", {}) for r in s.runs]
+    return [(c["iter"], c[LOSS_SCALE]) for c in curves if c.get(LOSS_SCALE)]
+
+
+def plot_loss_scale(d: Design, out: Path) -> Plot:
+    name, title = "study_loss_scale.png", "fp16 loss scale"
+    traced = [s for s in d.settings if _scale_traces(s)]
+    if not traced:
+        return Plot(name, title, None, "no fp16 run recorded its loss scale")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, s in enumerate(traced):
+        skipped = s.summary(SKIPPED_STEPS)
+        label = f"{model_label(s.point)}" + (f" ({skipped.mean:.1f} steps skipped per run)" if skipped else "")
+        for j, (xs, ys) in enumerate(_scale_traces(s)):
+            ax.plot(xs, ys, drawstyle="steps-post", marker=".", color=LINE_COLOURS[i % len(LINE_COLOURS)],
+                    alpha=0.8, label=label if j == 0 else None)  # fmt: skip
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("GradScaler loss scale (log2)")
+    ax.set_title("The fp16 loss scale at each log interval, one line per run (seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    caption = ("GradScaler halves the scale at every step whose gradients overflowed (that step is skipped) and "
+               "doubles it after 2000 clean steps; read at each log interval's one sync.")  # fmt: skip
+    return Plot(name, title, _save(fig, out / name), caption=caption)
+
+
 # ---------------------------------------------------------------- predictions
 
 
@@ -321,8 +400,10 @@ def _rgb(path: Path | None) -> Any:
 
 
 def make_plots(d: Design, out: Path, results_dir: Path) -> list[Plot]:
-    for f in PLOT_FILES:
+    for f in PLOT_FILES + MEASURED_PLOT_FILES:
         (out / f).unlink(missing_ok=True)  # an earlier build's plot would be linked by nothing and mislead
     figures = [plot_front(d, out), plot_effects(d, out), plot_curves(d, out)]
     figures.append(plot_per_class(d, out, CLASS_NAMES))
-    return figures + [plot_predictions(d, out, results_dir, CLASS_NAMES, CLASS_COLORS)]
+    figures.append(plot_predictions(d, out, results_dir, CLASS_NAMES, CLASS_COLORS))
+    measured = [plot_resolution(d, out), plot_loss_scale(d, out)]  # a study without scales or fp16: not shown
+    return figures + [f for f in measured if f.path is not None]

@@ -14,13 +14,15 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from cityseg_fast.config import format_hw
 from cityseg_fast.diskio import atomic_path
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.paths import check_out_dir
 from cityseg_fast.report import study_text as text
-from cityseg_fast.report.format import fmt_mib, fmt_s, md_table
+from cityseg_fast.report.format import fmt_mib, fmt_num, fmt_ratio, fmt_s, md_table
 from cityseg_fast.report.plots import Plot, pareto_front
 from cityseg_fast.report.runs import Run, load_run
+from cityseg_fast.report.stats import summarize
 from cityseg_fast.report.study_design import (
     Axis,
     Design,
@@ -28,11 +30,21 @@ from cityseg_fast.report.study_design import (
     design,
     differs_in,
     model_label,
+    resolution_settings,
     value_label,
 )
 from cityseg_fast.report.study_plots import make_plots
 from cityseg_fast.report.tables import env_section
-from cityseg_fast.results.scenarios import ACC, IMAGES_PER_S, MIOU, TRAIN_WALL_S
+from cityseg_fast.results.scenarios import (
+    ACC,
+    EVAL_SIZE,
+    IMAGES_PER_S,
+    INFER_IMAGES_PER_S,
+    LOSS_SCALE,
+    MIOU,
+    SKIPPED_STEPS,
+    TRAIN_WALL_S,
+)
 
 STUDY_FILE = "STUDY.md"
 REFERENCE_FACTORS = ("resolution", "batch_size", "lr", "image_format")  # how Methodology names the reference
@@ -64,6 +76,49 @@ def axis_table(axis: Axis, ref: Setting | None) -> str:
         body.append(lead + [value_label(axis.name, s.point)] + _cells(s, ref, axis.anchor))
     right = [False] * len(first) + [True] * 6 + [False]
     return md_table(first + HEAD, body, right)
+
+
+PRECISION_HEAD = ["model", "precision", "seeds", "mIoU (%)", "train img/s", "speed-up over fp32", "peak memory",
+                  "mIoU against fp32 (Welch)"]  # fmt: skip
+
+
+def precision_table(axis: Axis) -> str:
+    """The precision axis: per model and dtype, mIoU, training speed and its ratio to fp32, peak memory and
+    the Welch verdict against fp32; with fp16 runs, the GradScaler's last loss scale and skipped steps."""
+    scaled = any(r.number(SKIPPED_STEPS) is not None for s in axis.settings for r in s.runs)
+    body = []
+    for s in axis.settings:
+        anchor, mem = axis.anchor_for(s), s.summary("memory")
+        cells = [model_label(s.point), value_label("dtype", s.point), str(len(s.runs)), text.pm(s.summary(MIOU)),
+                 text.pm(s.summary(IMAGES_PER_S), 1.0, 1), fmt_ratio(s.mean(IMAGES_PER_S), anchor.mean(IMAGES_PER_S)),
+                 fmt_mib(mem.mean) if mem else "–",
+                 "(fp32: the anchor)" if s is anchor else text.verdict(s.values(MIOU), anchor.values(MIOU))]  # fmt: skip
+        if scaled:
+            scale, skipped = s.summary(LOSS_SCALE), s.summary(SKIPPED_STEPS)
+            cells += [fmt_num(scale.mean) if scale else "–", f"{skipped.mean:.1f}" if skipped else "–"]
+        body.append(cells)
+    head = PRECISION_HEAD + (["last loss scale", "skipped steps (mean)"] if scaled else [])
+    return md_table(head, body, [False, False] + [True] * 5 + [False] + [True] * (2 if scaled else 0))
+
+
+RESOLUTION_HEAD = ["model", "precision", "scale", "input HxW", "mIoU (%)", "pixel acc (%)", "inference img/s",
+                   "speed-up over scale 1", "mIoU against scale 1 (Welch)"]  # fmt: skip
+
+
+def resolution_table(d: Design) -> str:
+    """Per setting and eval scale: the input size, mIoU, pixel accuracy and inference speed over seeds, its
+    speed-up over scale 1 and the Welch verdict against it."""
+    body = []
+    for s in resolution_settings(d):
+        for scale in sorted(s.scales):
+            runs = s.scales[scale]
+            ips, one = summarize(s.at_scale(scale, INFER_IMAGES_PER_S)), summarize(s.at_scale(1.0, INFER_IMAGES_PER_S))
+            verdict = "(the anchor)" if scale == 1.0 else text.verdict(s.at_scale(scale, MIOU), s.at_scale(1.0, MIOU))
+            body.append([model_label(s.point), value_label("dtype", s.point), f"{scale:g}",
+                         format_hw(runs[0].metrics.get(EVAL_SIZE)), text.pm(summarize(s.at_scale(scale, MIOU))),
+                         text.pm(summarize(s.at_scale(scale, ACC))), text.pm(ips, 1.0, 1),
+                         fmt_ratio(ips.mean if ips else None, one.mean if one else None), verdict])  # fmt: skip
+    return md_table(RESOLUTION_HEAD, body, [False, False] + [True] * 6 + [False])
 
 
 def other_table(settings: list[Setting], d: Design) -> str:
@@ -121,7 +176,10 @@ def methodology(d: Design, run: Run) -> str:
 def results(d: Design, figures: list[Plot]) -> str:
     parts = ["## Results\n\n"]
     for axis in d.axes:
-        parts.append(f"### {axis.title}\n\n{axis_table(axis, d.reference)}\n\n")
+        table = f"{text.PRECISION_TEXT}\n\n{precision_table(axis)}" if axis.name == "dtype" else axis_table(axis, d.reference)
+        parts.append(f"### {axis.title}\n\n{table}\n\n")
+    if resolution_settings(d):
+        parts.append(f"### Inference resolution\n\n{text.RESOLUTION_TEXT}\n\n{resolution_table(d)}\n\n")
     if d.others:
         parts.append(f"### Other settings\n\n{other_table(d.others, d)}\n\n")
     if d.baselines:
@@ -144,9 +202,13 @@ def conclusions(d: Design) -> str:
     parts = [f"## Conclusions\n\nEvery sentence is computed from the rows; differences are tested with "
              f"{text.TEST_NAME} over the seeds.\n\n"]  # fmt: skip
     for line in (text.baseline_conclusion(d), text.front_conclusion(front(d), d),
-                 text.per_class_conclusion(text.family_pair(d), CLASS_NAMES)):  # fmt: skip
+                 text.per_class_conclusion(text.family_pair(d), CLASS_NAMES), text.neutrality_conclusion(d)):  # fmt: skip
         if line:
             parts.append(f"- {line}\n")
+    scales = text.resolution_conclusions(d)
+    if scales:
+        parts.append("\n**Inference resolution** (each at its smallest scale against the full frame):\n\n"
+                     + "".join(f"- {x}\n" for x in scales))  # fmt: skip
     for axis in d.axes:
         lines = text.axis_conclusions(axis)
         if lines:

@@ -13,20 +13,23 @@ from typing import Any
 
 from cityseg_fast.config import Config, format_hw, to_dict
 from cityseg_fast.report.format import fmt_num, md_table
-from cityseg_fast.report.stats import TEST_NAME, Summary, Welch, welch
+from cityseg_fast.report.stats import TEST_NAME, Summary, Welch, summarize, welch
 from cityseg_fast.report.study_design import (
+    SPEED_AXES,
     Axis,
     Design,
     Setting,
     differs_in,
     family,
     model_label,
+    resolution_settings,
     value_label,
 )
 from cityseg_fast.results import Row
 from cityseg_fast.results.scenarios import (
     FLOPS_PER_IMAGE,
     IMAGES_PER_S,
+    INFER_IMAGES_PER_S,
     MIOU,
     PARAMS,
     PER_CLASS_IOU,
@@ -107,6 +110,68 @@ def compare(s: Setting, a: Setting, name_s: str, name_a: str) -> str:
     ratio = f"{ms.mean / ma.mean:.2f}x" if ma.mean > 0 else "above"
     diff = f"{100 * w.diff:+.1f} points"
     return f"{head}, {ratio} {name_a} ({pm(ma)}; {diff}): a difference ({_test(w)}){_speed(s, a)}."
+
+
+def verdict(xs: Sequence[float], ys: Sequence[float]) -> str:
+    """A table cell: the Welch verdict on the seeds' values `xs` against `ys` (fractions: mIoU)."""
+    w = welch(xs, ys)
+    if w is None:
+        return f"too few seeds (n = {len(xs)} and {len(ys)})"
+    if not w.significant:
+        return f"no measurable difference (p = {w.p:.2g})"
+    return f"{100 * w.diff:+.1f} points: a difference (p = {w.p:.2g})"
+
+
+def neutrality_conclusion(d: Design) -> str:
+    """Whether the settings that only change speed (torch.compile, the memory format) changed mIoU beyond
+    the seed spread: each against the reference."""
+    same, differ, untested = [], [], []
+    for axis in (a for a in d.axes if a.name in SPEED_AXES):
+        for s in (s for s in axis.settings if s is not axis.anchor_for(s)):
+            anchor = axis.anchor_for(s)
+            name = f"{setting_name(axis, s)} against {setting_name(axis, anchor)}"
+            w = welch(s.values(MIOU), anchor.values(MIOU))
+            if w is None:
+                untested.append(name)
+            elif w.significant:
+                differ.append(f"{name} ({100 * w.diff:+.1f} points, p = {w.p:.2g})")
+            else:
+                same.append(f"{name} (p = {w.p:.2g})")
+    text = ""
+    if differ:
+        text = f"A speed setting changed accuracy beyond the seed spread: {'; '.join(differ)}"
+        text += f"; no measurable difference for {'; '.join(same)}." if same else "."
+    elif same:
+        text = (f"The speed settings are accuracy-neutral as far as {_seeds(d)} seeds can tell: "
+                f"{'; '.join(same)}: no measurable mIoU difference, so their speed-ups come at no measured "
+                "cost in accuracy.")  # fmt: skip
+    return (text + (f" Too few seeds to test {'; '.join(untested)}." if untested else "")).strip()
+
+
+def _seeds(d: Design) -> int:
+    return min(len(s.runs) for s in d.settings)
+
+
+def resolution_conclusions(d: Design) -> list[str]:
+    """Per setting evaluated at several scales: its smallest scale against scale 1 (mIoU, Welch) and the
+    inference speed-up that buys."""
+    lines = []
+    for s in resolution_settings(d):
+        if 1.0 not in s.scales:
+            continue
+        low = min(s.scales)
+        m_low, m_one = summarize(s.at_scale(low, MIOU)), summarize(s.at_scale(1.0, MIOU))
+        ips_low, ips_one = (summarize(s.at_scale(x, INFER_IMAGES_PER_S)) for x in (low, 1.0))
+        if None in (m_low, m_one, ips_low, ips_one):
+            continue
+        w = welch(s.at_scale(low, MIOU), s.at_scale(1.0, MIOU))
+        test = ("too few seeds to test" if w is None else f"a difference ({_test(w)})" if w.significant
+                else f"no measurable difference ({_test(w)})")  # fmt: skip
+        lines.append(f"{model_label(s.point)}, {value_label('dtype', s.point)}, evaluated at {low:g} of the frame: "
+                     f"{ips_low.mean / ips_one.mean:.2f}x the inference speed ({fmt_num(ips_low.mean)} vs "
+                     f"{fmt_num(ips_one.mean)} img/s) for {pm(m_low)} mIoU against {pm(m_one)} at full size: "
+                     f"{test}.")  # fmt: skip
+    return lines
 
 
 def axis_conclusions(axis: Axis) -> list[str]:
@@ -281,6 +346,20 @@ def seeds_text(d: Design) -> str:
         "no difference."
     )
 
+
+PRECISION_TEXT = (
+    "Each precision against the same model in fp32: speed-up is the ratio of the mean training images/s; the "
+    f"verdict is {TEST_NAME} on mIoU over the seeds. bf16 and fp16 are autocast (fp16 with a GradScaler, whose "
+    "last loss scale and skipped steps are shown where runs recorded them); tf32 runs fp32 matmuls and "
+    "convolutions in TF32."
+)
+RESOLUTION_TEXT = (
+    "Each trained model (its final weights) evaluated again with its input resized to a scale of the val frame: "
+    "labels stay at full resolution and the logits are upsampled to them, as `data.eval_size` does "
+    "(`cityseg eval --scales`). Inference images/s: the eval-mode forward of a batch of `loader.eval_batch_size` "
+    "images of that size, in the run's precision, timed as `cityseg bench infer` times (`bench.warmup` untimed, "
+    "`bench.iters` timed steps). Scale 1 is the run's own evaluation."
+)
 
 MEASUREMENTS = (
     "mIoU: intersection over union per class over the whole validation split (cityscapesscripts' rules: a "

@@ -13,7 +13,9 @@ from typing import Any
 from cityseg_fast.labels import CLASS_NAMES
 from cityseg_fast.report.format import (
     DASH,
+    TOP_N,
     _cell,
+    best_rows,
     constants_line,
     fmt_mib,
     fmt_num,
@@ -97,22 +99,34 @@ def _env_fields(env: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+MAX_ENVS = 4  # environment columns
+
+
 def env_section(runs: Sequence[Run]) -> str:
     """One column per distinct environment (usually one); plus when each run was measured."""
     envs: list[Mapping[str, Any]] = []
     owners: list[list[str]] = []
     counts: list[int] = []
+    index: dict[str, int] = {}  # an environment's text -> its column: one look-up per row, however many there are
     for run in runs:
         for r in run.rows:
-            if r.env not in envs:
+            key = repr(sorted(r.env.items()))
+            if key not in index:
+                index[key] = len(envs)
                 envs.append(r.env)
                 owners.append([])
                 counts.append(0)
-            i = envs.index(r.env)
+            i = index[key]
             counts[i] += 1
             if run.name not in owners[i]:
                 owners[i].append(run.name)
     out = []
+    if len(envs) > MAX_ENVS:  # keep the environments most rows were measured in
+        keep = sorted(range(len(envs)), key=lambda i: -counts[i])[:MAX_ENVS]
+        dropped = sum(counts) - sum(counts[i] for i in keep)
+        envs, owners, counts = [envs[i] for i in keep], [owners[i] for i in keep], [counts[i] for i in keep]
+        out.append(f"_The {MAX_ENVS} environments most rows were measured in; {dropped:,} rows ran in others "
+                   "(each row's is in its `env`)._\n\n")  # fmt: skip
     if len(envs) == 1:
         out.append(md_table(["", "value"], _env_fields(envs[0])))
     else:
@@ -128,6 +142,34 @@ def env_section(runs: Sequence[Run]) -> str:
         dates.append([run.name, span])
     out.append("\n\n" + md_table(["run", "measured (UTC)"], dates))
     return "\n".join(out) + "\n"
+
+
+def failures_section(runs: Sequence[Run]) -> str:
+    """Failed points grouped by scenario, status and message, most frequent first (TOP_N groups; every one is
+    in results.csv); '' when every point is ok."""
+    groups: dict[tuple[str, str, str, str], list[RunRow]] = {}
+    for r in tagged_rows(runs):
+        if not r.ok:
+            groups.setdefault((r.run, r.scenario, r.status, " ".join(str(r.error or "").split())), []).append(r)
+    if not groups:
+        return ""
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    with_run = len(runs) > 1
+    keys = {s: split_keys(tagged_rows(runs, s))[0] for s in {k[1] for k in groups}}  # what tells its points apart
+    body = []
+    for (run, scenario, _, _), rows in ordered[:TOP_N]:
+        if len(rows) == 1:
+            which = point_label(flat_point(rows[0]), keys[scenario]) or scenario
+        else:
+            varying, _ = split_keys(rows)
+            which = f"{len(rows)} points" + (f" (varying: {', '.join(varying)})" if varying else "")
+        body.append(([run] if with_run else []) + [scenario, len(rows), which, status_cell(rows[0])])
+    head = (["run"] if with_run else []) + ["scenario", "points", "which", "status"]
+    more = len(ordered) - TOP_N
+    tail = f"\n\n_{more} more kinds of failure: results.csv (columns status, error) holds every one._" if more > 0 else ""
+    total = sum(len(g) for g in groups.values())
+    return (f"{total:,} point(s) failed, by message:\n\n"
+            + md_table(head, body, [False] * (len(head) - 3) + [True, False, False]) + tail + "\n")  # fmt: skip
 
 
 def runs_section(runs: Sequence[Run]) -> str:
@@ -245,10 +287,12 @@ def scenario_section(runs: Sequence[Run], scenario: str) -> str:
     if scenario == "loader":  # the loader column names these (and the decoder each row ran)
         varying = [k for k in varying if k not in ("loader", "loader_device", "decode_only", "decoder")]
         constant = {k: v for k, v in constant.items() if k not in ("loader", "loader_device", "decode_only", "decoder")}
-    # by point, not by when it ran (shards merge in any order); a loader table's loader columns last
-    rows = sort_rows(rows, varying + (["loader", "loader_device", "decode_only"] if scenario == "loader" else []))
+    shown, note = best_rows(rows)  # a long table: the fastest points, best first, the rest in results.csv
+    if not note:  # by point, not by when it ran (shards merge in any order); a loader table's loader columns last
+        shown = sort_rows(rows, varying + (["loader", "loader_device", "decode_only"] if scenario == "loader" else []))
+    rows = shown
     head = (["run"] if with_run else []) + (["loader"] if scenario == "loader" else []) + varying
-    out = [constants_line(constant)]
+    out = [constants_line(constant), note]
 
     def lead(r: RunRow) -> list[str]:
         cells = _point_cells(r, varying, with_run)
@@ -360,7 +404,8 @@ def accuracy_section(runs: Sequence[Run]) -> str:
         return ""
     with_run = len(runs) > 1
     varying, constant = split_keys(rows)
-    rows = sort_rows(rows, varying)
+    rows, note = best_rows(rows, MIOU, "mIoU")
+    rows = rows if note else sort_rows(rows, varying)
     cols = [
         ("mIoU", lambda r: DASH if r.number(MIOU) is None else f"{miou_pct(r.number(MIOU)):.1f}%"),
         ("pixel acc", lambda r: DASH if r.number(ACC) is None else f"{miou_pct(r.number(ACC)):.1f}%"),
@@ -372,6 +417,7 @@ def accuracy_section(runs: Sequence[Run]) -> str:
     body = [_point_cells(r, varying, with_run) + [c[1](r) for c in cols] + [status_cell(r)] for r in rows]
     out = [
         constants_line(constant),
+        note,
         md_table(head, body, [False] * (len(head) - len(cols) - 1) + [True] * len(cols) + [False]),
     ]
     with_classes = [

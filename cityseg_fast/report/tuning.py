@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cityseg_fast.report.format import DASH, constants_line, fmt_mib, fmt_num, md_table
+from cityseg_fast.report.format import DASH, LONG, TOP_N, constants_line, fmt_mib, fmt_num, md_table
 from cityseg_fast.report.runs import (
     Run,
     loader_label,
@@ -126,6 +126,11 @@ def tuning_section(runs: Sequence[Run]) -> str:
     groups = tuning_groups(runs)
     if not groups:
         return ""
+    note = ""
+    if len(groups) > LONG:  # many loaders and shapes: those with the fastest best setting
+        note = (f"_{len(groups):,} loader groups were tuned; the {TOP_N} with the fastest best setting are shown, "
+                "every row is in `results.csv`._\n\n")  # fmt: skip
+        groups = sorted(groups, key=lambda g: -g["best"].number(IMAGES_PER_S))[:TOP_N]
     multi = len(runs) > 1
     varying, constant = split_point_keys([g["rest"] for g in groups])
     keys = [k for k in varying if k not in ("loader", "loader_device", "decode_only")]
@@ -135,6 +140,7 @@ def tuning_section(runs: Sequence[Run]) -> str:
         "the default is the setting a config that says nothing gets (num_threads=auto: the cores per rank). "
         "host mem counts the DataLoader's worker processes too; GPU mem is the loader's own (NVML − torch).\n\n",
         constants_line({k: v for k, v in constant.items() if k not in ("loader", "loader_device")}),
+        note,
         _summary(groups, keys, multi),
         "\n",
     ]

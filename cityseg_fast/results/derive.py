@@ -13,7 +13,8 @@ of both: they are no measurement of the point they name.
     e2e_efficiency = e2e / e2e_limit
     e2e_cores_to_feed = loader CPU ms per image x model img/s / 1000   CPU cores the loader would need to
                                                                     keep up with the model alone
-    scaling_efficiency = throughput(N) / (N x throughput(1))
+    scaling_efficiency = throughput(N) / (N x throughput(1))       with scaling_base_images_per_s = throughput(1)
+                                                                    and scaling_ideal_images_per_s = N x that
 
 The min rule assumes the loader and the model do not share the GPU. A loader that decodes or augments on
 the GPU (DALI `mixed`, the torch backend's nvJPEG loader) runs on the same SMs and memory bandwidth as the
@@ -46,6 +47,8 @@ E2E_CORES_TO_FEED = "e2e_cores_to_feed"
 E2E_LOADER_GPU_MEM_MIB = "e2e_loader_gpu_mem_mib"
 SCALING_EFFICIENCY = "scaling_efficiency"
 SCALING_BASE_POINT_ID = "scaling_base_point_id"
+SCALING_BASE_IMAGES_PER_S = "scaling_base_images_per_s"  # the same point at world size 1
+SCALING_IDEAL_IMAGES_PER_S = "scaling_ideal_images_per_s"  # N x that: perfect scaling
 
 
 def split_unresolved(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
@@ -125,7 +128,9 @@ def derived(row: Row, by_id: dict[str, Row]) -> dict[str, Any]:
     base = by_id.get(comp.get("base", ""))
     n = row.point.get("world_size", 1)
     if _ips(base) and n > 1:
-        out.update({SCALING_EFFICIENCY: me / (n * _ips(base)), SCALING_BASE_POINT_ID: base.point_id})
+        ideal = n * _ips(base)
+        out.update({SCALING_EFFICIENCY: me / ideal, SCALING_BASE_POINT_ID: base.point_id,
+                    SCALING_BASE_IMAGES_PER_S: _ips(base), SCALING_IDEAL_IMAGES_PER_S: ideal})  # fmt: skip
     return out
 
 

@@ -3,6 +3,7 @@
     row = row_for("model", cfg, metrics)                      # ok
     row = row_for("model", cfg, error=exc)                    # oom or error, classified here
     row = row_for("e2e", cfg, error="timeout: point ran longer than 600 s", world_size=2)
+    rows = rows_for("accuracy", cfg, metrics)                 # that row, then one per inference scale
 
 Like timm's benchmark `_try_run`, failures become results in one place: `classify` decides oom vs
 error and makes the one-line message, `clean` (cityseg_fast/jsonsafe.py) makes metrics strict JSON, and
@@ -11,13 +12,14 @@ the point, its id and its companions come from the scenario table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from typing import TYPE_CHECKING, Any
 
 from cityseg_fast.config import config_hash, to_dict
 from cityseg_fast.environment import collect_env
 from cityseg_fast.jsonsafe import clean  # re-exported: results.clean is the rows' cleaner too
-from cityseg_fast.results.scenarios import companions_for, point_for
+from cityseg_fast.results.scenarios import EVAL_SCALE, SCALES, companions_for, point_for
 from cityseg_fast.results.schema import Row, point_id
 
 if TYPE_CHECKING:
@@ -85,3 +87,29 @@ def row_for(
         env=clean(env),
         time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def rows_for(
+    scenario: str,
+    cfg: Config,
+    metrics: dict[str, Any] | None = None,
+    *,
+    error: BaseException | str | None = None,
+    world_size: int = 1,
+    env: dict[str, Any] | None = None,
+    point: dict[str, Any] | None = None,
+) -> list[Row]:
+    """The rows one measurement records: `row_for`'s, then, where its metrics hold SCALES (an accuracy run
+    with bench.eval_scales), one per scale: the same point plus EVAL_SCALE, that scale's metrics, and the
+    training row as its companion 'train'. One training run, several points, each with its own id."""
+    metrics = dict(metrics or {})
+    scales = metrics.pop(SCALES, None) or []
+    env = collect_env() if env is None else env
+    main = row_for(scenario, cfg, metrics, error=error, world_size=world_size, env=env, point=point)
+    rows = [main]
+    for entry in scales:
+        extra = {**(point or {}), EVAL_SCALE: entry[EVAL_SCALE]}
+        row = row_for(scenario, cfg, {k: v for k, v in entry.items() if k != EVAL_SCALE}, world_size=world_size,
+                      env=env, point=extra)  # fmt: skip
+        rows.append(dataclasses.replace(row, companions={"train": main.point_id}))
+    return rows

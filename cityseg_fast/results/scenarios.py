@@ -169,6 +169,8 @@ def _accuracy(cfg: Config, world_size: int = 1) -> Point:
         p["pretrained"] = cfg.model.pretrained
     if cfg.model.aux_loss and t.aux_weight != TrainConfig.aux_weight:
         p["aux_weight"] = t.aux_weight
+    if cfg.bench.eval_scales:  # the run also records a row per scale (record.rows_for): a different measurement
+        p["eval_scales"] = list(cfg.bench.eval_scales)
     return p
 
 
@@ -229,16 +231,28 @@ TRAIN_FLOPS_PER_IMAGE = "train_flops_per_image"
 ACHIEVED_TFLOPS = "achieved_tflops"
 MFU = "mfu"
 GPU_UTIL = "gpu_util"
+GPU_JPG_UTIL = "gpu_jpg_util"  # NVML's utilisation of the NVJPG engines (hardware JPEG decoding), a fraction
+MEMORY_SNAPSHOT = "memory_snapshot"  # bench.memory_snapshot: the allocator history pickle (pytorch.org/memory_viz)
+MEMORY_SNAPSHOT_NVML_USED_MIB = "memory_snapshot_nvml_used_mib"  # NVML's used memory when it was taken
 GPU_POWER_W = "gpu_power_w"
 DATA_WAIT_MS_P50 = "data_wait_ms_p50"  # engine/stall.py: how long each step waited for its batch
 DATA_WAIT_MS_P99 = "data_wait_ms_p99"
 STALL_FRACTION = "stall_fraction"
+# model / e2e rows at world size > 1 (engine/ranks.py makes them, as it makes the 'train' lines'): seconds per
+# step across the ranks: each rank's work (its data wait + compute), data wait, compute, and its wait in the
+# gradient all-reduce (min / median / max; one list per figure, index = rank), the rank with the most work,
+# max / median of the work, and the straggler (that rank when the ratio exceeds train.straggler_threshold).
+RANK_WORK_S_MIN, RANK_WORK_S_MEDIAN, RANK_WORK_S_MAX = "rank_work_s_min", "rank_work_s_median", "rank_work_s_max"
+RANK_DATA_WAIT_S_MIN, RANK_DATA_WAIT_S_MAX = "rank_data_wait_s_min", "rank_data_wait_s_max"
+RANK_COMPUTE_S_MIN, RANK_COMPUTE_S_MAX = "rank_compute_s_min", "rank_compute_s_max"
+RANK_ALLREDUCE_WAIT_S_MIN, RANK_ALLREDUCE_WAIT_S_MAX = "rank_allreduce_wait_s_min", "rank_allreduce_wait_s_max"
+RANK_DATA_WAIT_S, RANK_COMPUTE_S, RANK_ALLREDUCE_WAIT_S = "rank_data_wait_s", "rank_compute_s", "rank_allreduce_wait_s"
+SLOWEST_RANK, STRAGGLER_RATIO, STRAGGLER = "slowest_rank", "straggler_ratio", "straggler"
 LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
 LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
 # DALI loader and e2e rows (data/dali/nvjpeg.py): the nvJPEG DALI's decoding ran on (None: a CPU decode, or a
 # mixed decoder's CPU fallback), whether the GPU's JPEG engines took a share, and how many there are
 NVJPEG_VERSION, HW_DECODER, HW_DECODER_ENGINES = "nvjpeg_version", "hw_decoder", "hw_decoder_engines"
-HW_DECODER_UTIL = "hw_decoder_util"  # GPU loader rows: NVML's JPEG-engine utilisation (%) just after the timed pull
 PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
 PROFILE_STEPS, PROFILE_TRACE = "profile_steps", "profile_trace"
 MIOU = "miou"  # a fraction, as are ACC and each PER_CLASS_IOU entry
@@ -249,6 +263,16 @@ OUT_DIR = "out_dir"
 CURVES = "curves"  # {"train": {iter, loss, wall_s}, "eval": {iter, miou, wall_s}}
 VAL_PREDICTIONS = "val_predictions"  # [{stem, size, input, label, pred}]: PNG names relative to OUT_DIR
 TRAIN_IMAGES, VAL_IMAGES = "train_images", "val_images"
+LOSS_SCALE, SKIPPED_STEPS = "loss_scale", "skipped_steps"  # fp16: the GradScaler's last scale, steps it skipped
+# Inference resolution (bench/inference.py): an accuracy run with bench.eval_scales returns SCALES, one entry per
+# scale, which record.rows_for makes into rows of their own: the run's point plus EVAL_SCALE, and these metrics.
+SCALES = "scales"
+EVAL_SCALE = "eval_scale"  # a point key: the input scale of the evaluated frame (1.0 = as plain `cityseg eval`)
+EVAL_SIZE = "eval_size"  # [H, W] the model saw at that scale (labels stay at full resolution)
+INFER_IMAGES_PER_S = "infer_images_per_s"  # eval-mode forward, timed as `bench infer` times it
+INFER_LATENCY_MS_P50 = "infer_latency_ms_p50"
+INFER_COMPILE_S = "infer_compile_s"  # model: the eval-mode graph's compile (first inference step beyond a steady one)
+INFER_COMPILES = "infer_compiles"  # model: graphs compiled for eval mode (1 with compile on, once; 0 off)
 
 THROUGHPUT = (IMAGES_PER_S, LATENCY_MS_P50, LATENCY_MS_P90, LATENCY_MS_P99, LATENCY_MS_IQR)
 MEMORY = (MEM_HOST_PEAK_RSS_MIB, CPU_UTIL)

@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from cityseg_fast import jsonsafe
 from cityseg_fast.diskio import append_all, make_dirs
@@ -43,14 +44,34 @@ def append_row(path: str | os.PathLike, row: Row) -> None:
         os.close(fd)
 
 
+def _share(obj: Any, seen: dict[str, Any]) -> Any:
+    """`obj` (a parsed row) with its environment's and its config sections' values replaced by an equal one
+    already read, if any: a sweep repeats them on every row, and ten thousand copies were most of a report's
+    memory. Values nested in a row are never changed (rows are read-only), so sharing them is safe."""
+    if not isinstance(obj, dict):
+        return obj
+    for holder, keys in ((obj, ("env",)), (obj.get("config"), None)):
+        if not isinstance(holder, dict):
+            continue
+        for k in keys or list(holder):
+            v = holder.get(k)
+            if isinstance(v, dict):
+                for name, item in v.items():
+                    if isinstance(item, (dict, list)):
+                        v[name] = seen.setdefault(repr(item), item)
+                holder[k] = seen.setdefault(repr(v), v)
+    return obj
+
+
 def scan_rows(path: str | os.PathLike) -> tuple[list[Row], list[int]]:
     """(valid rows, 1-based numbers of the non-empty lines that are not: torn, garbage or off-schema)."""
     rows, bad = [], []
+    seen: dict[str, Any] = {}  # equal environments and config sections, held once (`_share`)
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(Row.from_json(json.loads(line)))
+            rows.append(Row.from_json(_share(json.loads(line), seen)))
         except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError; TypeError: a malformed old row
             bad.append(number)
     return rows, bad
