@@ -15,6 +15,7 @@ from torch import nn
 from cityseg_fast.config import build_config
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.engine import checkpoint, dist, precision
+from cityseg_fast.engine.ranks import AllReduceClock
 from cityseg_fast.engine.step import build_train_state, train_step
 
 
@@ -44,8 +45,10 @@ def main() -> None:
     precision.reset_compile_counters()
     state = build_train_state(cfg, info.device, Tiny(), wrap=lambda m: dist.wrap_ddp(m, info.device))
     plain = checkpoint.unwrap_model(state.model)
+    clock = AllReduceClock.install(state.model, info.device)  # the DDP inside torch.compile's wrapper
     for step in range(3):
         train_step(state, batch(info.rank, step))
+    waits = clock.take() if clock is not None else []
     trained = precision.compile_counters()["unique_graphs"]
     dist.broadcast_buffers(state.eval_model)  # BatchNorm's running statistics are per rank, as in train.py
     in_sync = dist.replicas_in_sync(plain)
@@ -68,6 +71,7 @@ def main() -> None:
         "graphs_after_training": trained,
         "graphs_after_eval_and_training": precision.compile_counters()["unique_graphs"],
         "in_sync": in_sync,
+        "all_reduce_waits": len(waits),
     }
     (Path(sys.argv[1]) / f"rank{info.rank}.json").write_text(json.dumps(seen))
     torch.distributed.destroy_process_group()

@@ -27,6 +27,7 @@ def test_two_gloo_ranks_train_a_model_wrapped_in_ddp_then_compiled_in_sync(tmp_p
         # eval mode compiles its graph once; training again finds its own graph: one compile per mode
         assert r["graphs_after_eval_and_training"] == r["graphs_after_training"] + 1, r
         assert r["in_sync"] is True, "replicas differ: DDP did not average the compiled model's gradients"
+        assert r["all_reduce_waits"] == 3, "the all-reduce clock did not see each step's buckets"
 
 
 def test_a_compiled_model_point_compiles_once_per_mode_and_says_so(tmp_path):
