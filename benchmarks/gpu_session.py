@@ -74,8 +74,9 @@ COST = {
     # FCN-R50 bf16 batch 16 at 512x1024: build, cuDNN autotune of the first steps ~10 s, 35 train steps
     # (~1 TFLOP each image: ~2 s at 40 % of 989 TFLOP/s), the eval-mode half, FLOP counting ~5 s
     "model": 30.0,
-    # the same, compiled: inductor takes 40-90 s cold for the train graph and compiles again for the eval
-    # half (bench/runners.py); with the inductor cache under --work warm (a rerun), a fraction of that
+    # the same, compiled: inductor takes 40-90 s cold for the train graph and once more for the eval-mode
+    # half's own graph (the row's infer_compile_s); with the inductor cache under --work warm (a rerun), a
+    # fraction of that
     "model-compiled-cold": 120.0,
     "model-compiled-warm": 45.0,
     # the same train step fed by a real loader: its build + 35 steps (the autotune is cached in the process)
@@ -342,8 +343,9 @@ POINTS["sweeps"] = sweep_points()
 
 
 def step_doctor(ctx: Ctx) -> str:
-    """Versions, the GPU, one batch of DALI's real graphs on CPU and GPU; on a GPU machine the step fails
-    unless CUDA works and DALI's GPU decode ran (the rest of the session would measure a fallback)."""
+    """Versions, the GPU, one batch of DALI's real graphs on CPU and GPU, the nvJPEG DALI loaded and the
+    hardware decoder; on a GPU machine the step fails unless CUDA works and DALI decoded on the GPU with
+    nvJPEG and the JPEG engines (the rest of the session would measure a fallback)."""
     rc = run_cmd(ctx, ["-m", "cityseg_fast", "doctor", "--json"], log="doctor.log")
     text = (ctx.out / "doctor.log").read_text().splitlines()
     info = next((json.loads(ln) for ln in reversed(text) if ln.startswith("{")), None)
@@ -352,10 +354,30 @@ def step_doctor(ctx: Ctx) -> str:
     (ctx.out / "doctor.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     gpu = info["gpus"][0]["name"] if info.get("gpus") else "no GPU"
     d = info["dali_probe"]
-    said = f"{gpu}; DALI {d['version']}: cpu graphs {d.get('cpu_pipeline')}, gpu graphs {d.get('gpu_decode')}"
-    if not ctx.smoke and not (info.get("cuda_available") and d.get("gpu_decode")):
-        raise RuntimeError(f"no GPU decoding here ({said}; {d.get('error')})")
+    said = (f"{gpu}; DALI {d['version']}: cpu graphs {d.get('cpu_pipeline')}, gpu graphs {d.get('gpu_decode')}, "
+            f"nvjpeg {d.get('nvjpeg_version')}, hw decoder {d.get('hw_decoder')} ({d.get('hw_decoder_engines')} "
+            "engines)")  # fmt: skip
+    missing = gpu_decoding_missing(info)
+    if not ctx.smoke and missing:
+        raise RuntimeError(f"{missing} ({said}; {d.get('error')})")
     return said
+
+
+def gpu_decoding_missing(info: dict[str, Any]) -> str | None:
+    """Why doctor's report (`cityseg doctor --json`) shows no GPU decoding as the session needs it, or None:
+    CUDA, DALI's graphs through the mixed decoder, the nvJPEG DALI loaded (without it the mixed decoder
+    decodes on the CPU and still runs) and the hardware JPEG decoder (the headline rates assume its engines)."""
+    d = info.get("dali_probe") or {}
+    note = d.get("gpu_decode_note") or "no reason given"
+    if not info.get("cuda_available"):
+        return "no GPU decoding here: CUDA is not available"
+    if not d.get("nvjpeg_version"):
+        return f"no GPU decoding here: DALI's mixed decoder ran without nvJPEG ({note})"
+    if not d.get("gpu_decode"):
+        return "no GPU decoding here: DALI's GPU graphs did not run"
+    if not d.get("hw_decoder"):
+        return f"no hardware JPEG decoder here ({note}): DALI's mixed decode would run on CUDA cores only"
+    return None
 
 
 def step_data(ctx: Ctx) -> str:

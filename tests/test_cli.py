@@ -71,6 +71,10 @@ def test_doctor_json_without_gpu():
 
     if not torch.cuda.is_available():
         assert info["gpus"] == [] and info["dali_probe"]["gpu_decode"] is False
+        # what a mixed decode would run on: nothing, and the reason is the missing GPU
+        probe = info["dali_probe"]
+        assert probe["nvjpeg_version"] is None and probe["hw_decoder"] is False
+        assert probe["gpu_decode_note"] == "no GPU"
     if info["dali"] is not None:
         assert info["dali_probe"]["cpu_pipeline"] is True, info["dali_probe"]
 
@@ -79,6 +83,10 @@ def test_doctor_table_is_readable():
     out = cityseg("doctor")
     assert out.returncode == 0, out.stderr
     assert "DALI CPU pipeline" in out.stdout and "torch.compile" in out.stdout
+    import torch
+
+    if not torch.cuda.is_available():
+        assert re.search(r"DALI's nvJPEG .*none \(no GPU\)", out.stdout)
     assert re.search(r"bf16 .*CPU (native|emulated) \(", out.stdout)
 
 

@@ -36,7 +36,15 @@ from cityseg_fast.memstats import (
     torch_memory_mib,
     tree_memory_mib,
 )
-from cityseg_fast.results.scenarios import CPU_MS_BY_STAGE, GPU_JPG_UTIL, GPU_UTIL, LOADER_DECODER
+from cityseg_fast.results.scenarios import (
+    CPU_MS_BY_STAGE,
+    GPU_JPG_UTIL,
+    GPU_UTIL,
+    HW_DECODER,
+    HW_DECODER_ENGINES,
+    LOADER_DECODER,
+    NVJPEG_VERSION,
+)
 
 # -- CPU time of this process and its worker processes ------------------------------------------
 
@@ -152,8 +160,18 @@ def _timed_pull(loader: Any, iters: int, warmup: int, variance_warn: float) -> d
         "wall_s": wall,
         "loader_description": loader.description,
         LOADER_DECODER: getattr(loader, "decoder", None),
+        **decode_metrics(loader),
         "batch_size": int(b.image.shape[0]),
     }
+
+
+def decode_metrics(loader: Any) -> dict[str, Any]:
+    """A DALI loader's decoding as row metrics, once it has run a batch: the nvJPEG it ran on and whether
+    the hardware decoder took a share (data/dali/nvjpeg.GpuDecode); {} for other loaders."""
+    ran = getattr(loader, "gpu_decode", None)
+    if ran is None:
+        return {}
+    return {NVJPEG_VERSION: ran.nvjpeg_version, HW_DECODER: ran.hw_decoder, HW_DECODER_ENGINES: ran.hw_engines}
 
 
 def _arrival(device: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 from cityseg_fast.bench import accuracy
 from cityseg_fast.bench.flops import count_flops, mfu
 from cityseg_fast.bench.inference import evaluate_at_scales, inference_model, time_forward
-from cityseg_fast.bench.loader_bench import measure_loader
+from cityseg_fast.bench.loader_bench import decode_metrics, measure_loader
 from cityseg_fast.bench.memory import MemoryMonitor, MemorySnapshot
 from cityseg_fast.bench.profile import profile_steps, trace_path
 from cityseg_fast.bench.timing import StepTimer, latency_metrics, summarize, time_steps
@@ -54,7 +54,13 @@ from cityseg_fast.errors import UserError
 from cityseg_fast.hardware import resolve_device
 from cityseg_fast.labels import TRAINID_TO_ID
 from cityseg_fast.models import model_from_config
-from cityseg_fast.results.scenarios import SCALES
+from cityseg_fast.results.scenarios import (
+    INFER_COMPILE_S,
+    INFER_COMPILES,
+    INFER_IMAGES_PER_S,
+    INFER_LATENCY_MS_P50,
+    SCALES,
+)
 
 
 def _device_and_dist(cfg: Config) -> tuple[Any, Any]:
@@ -225,8 +231,7 @@ def _start_point(
     snapshot: MemorySnapshot | None = None,
 ) -> _TrainPoint:
     """The model and optimizer (in DDP under torchrun) and the training loader, which `cleanup` closes."""
-    state = build_train_state(cfg, device)
-    state.model = wrap_ddp(state.model, device)
+    state = build_train_state(cfg, device, wrap=lambda m: wrap_ddp(m, device))  # DDP, then compile
     clock = AllReduceClock.install(state.model, device)  # None in one process
     loader = build_loader(loader_cfg, loader_cfg.data.train_split, rank, world, train=True, device=device)
     cleanup.callback(loader.close)
@@ -253,6 +258,7 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
         ranks = gather_rank_times(rank_times(stats, point.clock), device)
         metrics.update(rank_fields(ranks, cfg.train.straggler_threshold))
     metrics["loader_description"] = getattr(point.loader, "description", cfg.loader.backend)
+    metrics.update(decode_metrics(point.loader))
     metrics["recompiles"] = after.get("recompiles", 0)
     # Recompiles inside the timed region mean the steady state was not steady: report them apart.
     metrics["steady_recompiles"] = after.get("recompiles", 0) - (point.before or after).get("recompiles", 0)
@@ -263,9 +269,10 @@ def _time_point(point: _TrainPoint, cfg: Config, device: Any, dist_info: Any, wo
 
 def _inference_metrics(point: _TrainPoint, cfg: Config, device: Any) -> dict[str, Any]:
     """The model scenario's extras, each on the loader's next batch: with bench.split_phases the forward /
-    backward / optimizer times, then eval-mode inference."""
+    backward / optimizer times, then eval-mode inference on the model without DDP (TrainState.eval_model)."""
     extra = _split_phases(point.state, next(point.batches), cfg, device) if cfg.bench.split_phases else {}
-    extra.update(_infer_on_batch(point.state.model, next(point.batches), cfg, device))
+    model = point.state.model if point.state.eval_model is None else point.state.eval_model
+    extra.update(_infer_on_batch(model, next(point.batches), cfg, device))
     return extra
 
 
@@ -292,9 +299,15 @@ def _split_phases(state: Any, batch: Any, cfg: Config, device: Any) -> dict[str,
 
 
 def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[str, Any]:
-    """Eval-mode forward throughput on the training batch (model scenario's inference half)."""
+    """Eval-mode forward throughput on the training batch (model scenario's inference half).
+
+    A compiled model compiles its eval-mode graph here, once (dynamo counts it as a recompile of the
+    training graph: grad mode and BatchNorm's mode changed); the row keeps that apart from the training
+    loop's compile_s and recompiles: infer_compile_s (the first inference step minus a steady one) and
+    infer_compiles (graphs compiled for inference: 1 with compile on, 0 off; more would be a recompile)."""
     import torch
 
+    before = _compile_counters()
     model.eval()
     with torch.inference_mode():
         def fwd() -> None:
@@ -304,7 +317,13 @@ def _infer_on_batch(model: Any, batch: Any, cfg: Config, device: Any) -> dict[st
         t = time_steps(fwd, cfg.bench.iters, cfg.bench.warmup, device, items_per_step=batch.image.shape[0])
     model.train()
     s = summarize(t.step_s)
-    return {"infer_images_per_s": t.items_per_s, "infer_latency_ms_p50": s["median_ms"]}
+    compiled = cfg.precision.compile != "off"
+    return {
+        INFER_IMAGES_PER_S: t.items_per_s,
+        INFER_LATENCY_MS_P50: s["median_ms"],
+        INFER_COMPILE_S: t.compile_s(s["median_ms"] / 1e3) if compiled else None,
+        INFER_COMPILES: _compile_counters()["unique_graphs"] - before["unique_graphs"],
+    }
 
 
 def run_model(cfg: Config) -> dict[str, Any]:

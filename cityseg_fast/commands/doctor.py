@@ -2,9 +2,9 @@
 
 Versions (Python, torch, torchvision, DALI, CUDA), the CPU, each GPU via NVML, whether one batch of
 the DALI loader's real train and eval graphs runs on the CPU and (with a GPU) through the `mixed`
-decoder, whether bf16 is native or emulated (slow) on the CPU and the GPU, whether torch.compile can
-work (a C++ compiler), and which distributed backends are available. A missing GPU or DALI is
-reported, never a crash.
+decoder, the nvJPEG it loaded and whether the hardware JPEG decoder is there, whether bf16 is native or
+emulated (slow) on the CPU and the GPU, whether torch.compile can work (a C++ compiler), and which
+distributed backends are available. A missing GPU or DALI is reported, never a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ def _graphs(g: dict | None) -> str:
     if not g:
         return _yes(False)
     return ", ".join(f"{mode} graph {_yes(bool(g.get(mode)))}" for mode in ("train", "eval"))
+
+
+def _nvjpeg(d: dict) -> str:
+    """'13.0.2, hardware decoder yes (7 engines)', or why there is none ('no GPU', a CPU fallback)."""
+    if not d.get("nvjpeg_version"):
+        return f"[red]none[/] ({d.get('gpu_decode_note') or 'not loaded'})"
+    engines = d.get("hw_decoder_engines")
+    hw = _yes(bool(d.get("hw_decoder"))) + (f" ({engines} engines)" if engines else "")
+    note = f" ({d['gpu_decode_note']})" if d.get("gpu_decode_note") else ""
+    return f"{d['nvjpeg_version']}, hardware decoder {hw}{note}"
 
 
 def _bf16(info: dict) -> str:
@@ -100,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     t.add_row("DALI CPU pipeline", _graphs(d.get("cpu_graphs")))
     gpu = _graphs(d.get("gpu_graphs")) if info["cuda_available"] else _yes(False) + " (no GPU)"
     t.add_row("DALI GPU (mixed) decode", gpu)
+    t.add_row("DALI's nvJPEG", _nvjpeg(d))
     if d["error"]:
         t.add_row("DALI note", d["error"])
     c = info["compile"]

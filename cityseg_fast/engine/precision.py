@@ -3,6 +3,7 @@
 
     setup_precision("bf16", cudnn_benchmark=True)            # once per process, before building the model
     model = prepare_model(model, cfg.precision, device)      # to(device), channels_last, torch.compile
+    trained, evaluated = prepare_for_training(net, cfg.precision, device, wrap)  # training: DDP, then compile
     scaler = ScalerStep.for_dtype("bf16", device.type)       # a no-op scaler unless fp16
     with autocast("bf16", device.type):
         loss = criterion(model(to_channels_last(x)), y)
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -140,20 +141,51 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def prepare_model(model: nn.Module, precision_cfg: PrecisionConfig, device: torch.device | str) -> nn.Module:
-    """Move to `device`, convert to channels_last if asked, and `torch.compile` unless compile == "off".
-
-    Compilation uses dynamic=False: training crops have a fixed shape, and a shape change should show
-    up as a recompile in `compile_counters()` rather than silently produce a slower dynamic graph.
-    The compiled module is returned; the original stays reachable as `model._orig_mod`.
-    """
-    mode = precision_cfg.compile  # a CHOICES word: PrecisionConfig checked it when it was made
+def place_model(model: nn.Module, precision_cfg: PrecisionConfig, device: torch.device | str) -> nn.Module:
+    """Move to `device` and convert to channels_last if asked (what comes before any wrapper)."""
     model = model.to(device)
     if precision_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if mode != "off":
-        model = torch.compile(model, mode=mode, dynamic=False)
     return model
+
+
+def compile_model(model: nn.Module, precision_cfg: PrecisionConfig) -> nn.Module:
+    """`torch.compile` unless compile == "off", with dynamic=False: training crops have a fixed shape, and
+    a shape change should show up as a recompile in `compile_counters()` rather than silently produce a
+    slower dynamic graph. The compiled module is returned; the original stays reachable as `_orig_mod`.
+    Compilation happens at the first call, once per mode (train / eval) the module is called in."""
+    mode = precision_cfg.compile  # a CHOICES word: PrecisionConfig checked it when it was made
+    return model if mode == "off" else torch.compile(model, mode=mode, dynamic=False)
+
+
+def prepare_model(model: nn.Module, precision_cfg: PrecisionConfig, device: torch.device | str) -> nn.Module:
+    """Move to `device`, convert to channels_last if asked, and `torch.compile` unless compile == "off":
+    a model that is not trained under DDP (evaluation, inference). Training: `prepare_for_training`."""
+    return compile_model(place_model(model, precision_cfg, device), precision_cfg)
+
+
+def prepare_for_training(
+    model: nn.Module,
+    precision_cfg: PrecisionConfig,
+    device: torch.device | str,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """(what the train step calls, what evaluation calls): the model placed, wrapped (`wrap`: DDP under
+    torchrun, dist.wrap_ddp), then compiled.
+
+    DDP first, then torch.compile, as PyTorch's DDP + Dynamo notes ask: compiling the DDP module lets
+    Dynamo's DDPOptimizer split the graph at DDP's bucket boundaries, so each bucket's all-reduce overlaps
+    the rest of the backward (a compiled module wrapped in DDP afterwards runs one graph whose gradients
+    are all-reduced only when its whole backward is done). Evaluation runs the module without DDP (no
+    collective per forward), compiled on its own: its eval-mode graph compiles at the first evaluation and
+    the train graph is not compiled again. Without a wrapper, one compiled module serves both.
+    """
+    placed = place_model(model, precision_cfg, device)
+    wrapped = wrap(placed) if wrap is not None else placed
+    trained = compile_model(wrapped, precision_cfg)
+    if wrapped is placed:
+        return trained, trained
+    return trained, compile_model(placed, precision_cfg)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -71,7 +71,9 @@ class AllReduceClock:
 
     @classmethod
     def install(cls, model: torch.nn.Module, device: torch.device) -> "AllReduceClock | None":
-        """The clock, registered as `model`'s comm hook when it is a DDP model; None otherwise (one process)."""
+        """The clock, registered as `model`'s comm hook when it is a DDP model (also inside torch.compile's
+        wrapper: DDP first, then compile, precision.prepare_for_training); None otherwise (one process)."""
+        model = getattr(model, "_orig_mod", model)
         if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
             return None
         clock = cls(torch.device(device).type == "cuda")

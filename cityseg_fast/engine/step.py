@@ -45,13 +45,14 @@ class SegLoss(nn.Module):
 
 @dataclass
 class TrainState:
-    model: nn.Module  # what train_step calls: prepared (device, channels_last, compile), maybe DDP-wrapped
+    model: nn.Module  # what train_step calls: placed (device, channels_last), maybe DDP-wrapped, then compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: Any  # precision.ScalerStep
     criterion: nn.Module
     cfg: Config
     device: torch.device
+    eval_model: nn.Module | None = None  # what evaluation calls: the compiled model without DDP (None: `model`)
 
 
 # train.optimizer's words (CHOICES; TrainConfig checked the word when it was made) -> (parameters, config) -> optimizer.
@@ -86,18 +87,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t))
 
 
-def build_train_state(cfg: Config, device: torch.device | str, model: nn.Module | None = None) -> TrainState:
-    """Model (from the config unless given) on `device` with the precision settings, optimizer, poly
-    schedule, AMP scaler and loss. Wrapping in DDP (and SyncBatchNorm conversion before this) is the caller's."""
+def build_train_state(
+    cfg: Config,
+    device: torch.device | str,
+    model: nn.Module | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> TrainState:
+    """Model (from the config unless given) on `device` with the precision settings, wrapped by `wrap`
+    (DDP under torchrun: dist.wrap_ddp) before it is compiled (precision.prepare_for_training says why),
+    optimizer, poly schedule, AMP scaler and loss. SyncBatchNorm conversion, before this, is the caller's."""
 
     device = torch.device(device)
     precision.setup_precision(cfg.precision.dtype, cfg.precision.cudnn_benchmark)
     if model is None:
         model = model_from_config(cfg)
-    model = precision.prepare_model(model, cfg.precision, device)
+    model, eval_model = precision.prepare_for_training(model, cfg.precision, device, wrap)
     optimizer = build_optimizer(model, cfg.train)
     return TrainState(
         model=model,
+        eval_model=eval_model,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train),
         scaler=precision.ScalerStep.for_dtype(cfg.precision.dtype, device.type),

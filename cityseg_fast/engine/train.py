@@ -551,11 +551,10 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     seed_everything(cfg.train.seed)  # every rank: identical initial weights (DDP also broadcasts them)
     train_loader, val_loader = _open_loaders(cfg, info, cleanup)
     state = _build_state(cfg, info)
-    net = state.model  # prepared (compiled) module, used for evaluation
+    net = state.eval_model  # the compiled module without DDP: evaluation, buffers, the health check
     start = 0
     if resume_from is not None:  # the loaded checkpoint goes with `claim` when this function returns
-        start = restore(state, resume_from, claim.ckpt if claim else None)
-    state.model = dist.wrap_ddp(net, info.device)
+        start = restore(state, resume_from, claim.ckpt if claim else None)  # every rank loads the same weights
     clock = AllReduceClock.install(state.model, info.device)  # None in one process
     ranks = dist.all_gather_object(_rank_env(info))  # every rank's CPU sets, for rank 0's env.json
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
@@ -606,11 +605,11 @@ def _open_loaders(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> tuple
 
 def _build_state(cfg: Config, info: dist.DistInfo) -> TrainState:
     """Model (SyncBatchNorm under DDP with train.sync_bn), optimizer, schedule, scaler and loss on this
-    rank's device; wrapping in DDP comes after a resume."""
+    rank's device; the model in DDP under torchrun, then compiled (precision.prepare_for_training)."""
     model = None
     if cfg.train.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model_from_config(cfg))
-    return build_train_state(cfg, info.device, model)
+    return build_train_state(cfg, info.device, model, wrap=lambda m: dist.wrap_ddp(m, info.device))
 
 
 def _announce(logs: EventLogs, cfg: Config, info: dist.DistInfo, train_loader: Loader,

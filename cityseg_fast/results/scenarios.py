@@ -208,8 +208,8 @@ LATENCY_MS_IQR = "latency_ms_iqr"
 VARIANCE_WARNING = "variance_warning"  # IQR / median above bench.variance_warn
 TIMED_ITERS = "timed_iters"
 FIRST_STEP_S = "first_step_s"
-COMPILE_S = "compile_s"
-RECOMPILES = "recompiles"
+COMPILE_S = "compile_s"  # the training loop's first step beyond a steady one (model: eval's in infer_compile_s)
+RECOMPILES = "recompiles"  # during the training loop (model: eval mode's one compile is infer_compiles, apart)
 FWD_MS, BWD_MS, OPT_MS = "fwd_ms", "bwd_ms", "opt_ms"  # bench.split_phases
 CPU_UTIL = "cpu_util"
 CPU_MS_PER_IMAGE = "cpu_ms_per_image"
@@ -250,6 +250,9 @@ RANK_DATA_WAIT_S, RANK_COMPUTE_S, RANK_ALLREDUCE_WAIT_S = "rank_data_wait_s", "r
 SLOWEST_RANK, STRAGGLER_RATIO, STRAGGLER = "slowest_rank", "straggler_ratio", "straggler"
 LOADER_DESCRIPTION = "loader_description"  # which backend ran, where, and (the torch loaders) its decoder
 LOADER_DECODER = "loader_decoder"  # loader rows: the decoder the loader ran (torchvision.io, PIL, ...)
+# DALI loader and e2e rows (data/dali/nvjpeg.py): the nvJPEG DALI's decoding ran on (None: a CPU decode, or a
+# mixed decoder's CPU fallback), whether the GPU's JPEG engines took a share, and how many there are
+NVJPEG_VERSION, HW_DECODER, HW_DECODER_ENGINES = "nvjpeg_version", "hw_decoder", "hw_decoder_engines"
 PROFILE_TOP_OPS, PROFILE_SORT = "profile_top_ops", "profile_sort"  # bench.profile (bench/profile.py)
 PROFILE_STEPS, PROFILE_TRACE = "profile_steps", "profile_trace"
 MIOU = "miou"  # a fraction, as are ACC and each PER_CLASS_IOU entry
@@ -268,6 +271,8 @@ EVAL_SCALE = "eval_scale"  # a point key: the input scale of the evaluated frame
 EVAL_SIZE = "eval_size"  # [H, W] the model saw at that scale (labels stay at full resolution)
 INFER_IMAGES_PER_S = "infer_images_per_s"  # eval-mode forward, timed as `bench infer` times it
 INFER_LATENCY_MS_P50 = "infer_latency_ms_p50"
+INFER_COMPILE_S = "infer_compile_s"  # model: the eval-mode graph's compile (first inference step beyond a steady one)
+INFER_COMPILES = "infer_compiles"  # model: graphs compiled for eval mode (1 with compile on, once; 0 off)
 
 THROUGHPUT = (IMAGES_PER_S, LATENCY_MS_P50, LATENCY_MS_P90, LATENCY_MS_P99, LATENCY_MS_IQR)
 MEMORY = (MEM_HOST_PEAK_RSS_MIB, CPU_UTIL)

@@ -4,7 +4,6 @@ hold between decoders, and what a fresh process really loaded (to tell GPU decod
 from __future__ import annotations
 
 import json
-import re
 import sys
 import textwrap
 
@@ -13,9 +12,6 @@ from engine_fixtures import _run
 from loader_fixtures import loader_cfg
 
 ONE_LEVEL = 1 / (255 * 0.229)  # about one 8-bit level after normalization (the std's of 0.224..0.229)
-# DALI's own nvJPEG (through nvImageCodec's extension) is `libnvjpeg.so.N`; torchvision bundles a renamed
-# copy (libnvjpeg.<hash>.so.N), mapped as soon as torchvision.io is imported, which proves nothing.
-DALI_NVJPEG = re.compile(r"/libnvjpeg\.so\.\d+")
 
 
 def gpu_cfg(root, backend: str, *extra: str):
@@ -55,10 +51,13 @@ def assert_decoders_agree(a: torch.Tensor, b: torch.Tensor, uint8: bool) -> None
 def run_child(code: str, timeout: float = 300) -> dict:
     """Run `code` in a fresh Python process (nothing another test loaded is in it); it prints one JSON
     object last, which is returned. `nvjpeg_mapped()` is defined for it: whether DALI's nvJPEG is loaded."""
-    prelude = textwrap.dedent(f"""
-        import json, re
+    # DALI's own nvJPEG, found as data/dali/nvjpeg.py finds it (torchvision's renamed copy, mapped as soon as
+    # torchvision.io is imported, proves nothing and is not matched)
+    prelude = textwrap.dedent("""
+        import json
+        from cityseg_fast.data.dali.nvjpeg import loaded_nvjpeg
         def nvjpeg_mapped():
-            return bool(re.search({DALI_NVJPEG.pattern!r}, open("/proc/self/maps").read()))
+            return loaded_nvjpeg(open("/proc/self/maps").read()) is not None
     """)
     p = _run([sys.executable, "-c", prelude + textwrap.dedent(code)], timeout, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])

@@ -92,10 +92,12 @@ def test_bench_e2e_and_infer_rows_on_a_gpu(datasets):
         from cityseg_fast.config import load_config
         m = run_scenario("e2e", load_config([], {over!r}))
         print(json.dumps({{"images_per_s": m["images_per_s"], "nvml_samples": m["nvml_samples"],
-                          "nvjpeg": nvjpeg_mapped()}}))
+                          "nvjpeg": nvjpeg_mapped(), "nvjpeg_version": m["nvjpeg_version"],
+                          "description": m["loader_description"]}}))
     """)
     assert got["images_per_s"] > 0 and got["nvml_samples"] > 0
     assert got["nvjpeg"], "the e2e point's DALI mixed decoder ran without nvJPEG: a CPU fallback"
+    assert got["nvjpeg_version"] and f"nvjpeg {got['nvjpeg_version']}" in got["description"], got
     infer = _bench("infer", *common)
     assert infer["status"] == "ok", infer["error"]
     assert infer["metrics"]["latency_ms_p50"] > 0 and 0 < infer["metrics"]["mfu"] < 1

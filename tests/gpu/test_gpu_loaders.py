@@ -169,16 +169,41 @@ def test_cpu_loaders_on_cuda_agree_with_cpu_delivery(datasets, cuda):
 
 def test_doctor_probe_decodes_on_the_gpu_not_in_a_cpu_fallback():
     """The probe's GPU graphs ran, and in a fresh process (nothing else loaded it) DALI's nvJPEG was loaded
-    to run them: a `mixed` decoder that could not find libnvjpeg falls back to the CPU and still runs."""
+    to run them: a `mixed` decoder that could not find libnvjpeg falls back to the CPU and still runs. The
+    probe names that nvJPEG's version and the hardware decoder (A100/H100/H200: NVJPG engines), and a DALI
+    GPU loader's description and row say the same after its first batch."""
     got = run_child("""
-        from cityseg_fast.data.dali import probe
+        import tempfile
+        from pathlib import Path
+        import torch
+        from cityseg_fast.bench.loader_bench import decode_metrics
+        from cityseg_fast.data.dali.loader import DaliLoader
+        from cityseg_fast.data.dali.probe import _tiny_samples, probe
+        from cityseg_fast.data.plan import LoaderSpec
         info = probe()
+        samples = _tiny_samples(Path(tempfile.mkdtemp()))
+        spec = LoaderSpec(train=True, batch_size=2, crop=(32, 64), scale_range=(0.5, 1.5), flip_prob=0.5,
+                          mean=(0.5,) * 3, std=(0.5,) * 3, eval_size=None, eval_label_resize=False, rank=0,
+                          world_size=1, seed=0, device=torch.device("cuda", 0))
+        loader = DaliLoader(samples, spec, dali_device="gpu", num_threads=1, prefetch_queue_depth=1,
+                            hw_decoder_load=0.5)
+        before = loader.description
+        next(iter(loader))
         print(json.dumps({"info": {k: v for k, v in info.items() if k != "error"}, "error": info["error"],
-                          "nvjpeg": nvjpeg_mapped()}))
+                          "nvjpeg": nvjpeg_mapped(), "gpu": torch.cuda.get_device_name(0),
+                          "before": before, "after": loader.description, "row": decode_metrics(loader)}))
+        loader.close()
     """)
     info = got["info"]
     assert info["gpu_decode"] is True and info["gpu_graphs"] == {"train": True, "eval": True}, got
     assert got["nvjpeg"], "DALI's mixed decoder ran without nvJPEG loaded: a CPU fallback"
+    version = info["nvjpeg_version"]
+    assert version and all(p.isdigit() for p in version.split(".")), got
+    assert info["hw_decoder"] == bool(info["hw_decoder_engines"] or info["hw_decoder_engines"] is None), got
+    if any(name in got["gpu"] for name in ("A100", "H100", "H200")):  # GPUs with NVJPG engines
+        assert info["hw_decoder"] is True and info["hw_decoder_engines"] >= 1, got
+    assert "nvjpeg" not in got["before"] and f"nvjpeg {version}" in got["after"], got
+    assert got["row"]["nvjpeg_version"] == version and got["row"]["hw_decoder"] == info["hw_decoder"], got
 
 
 def test_dali_gpu_memory_baseline_is_not_inherited_by_the_next_loader(datasets):

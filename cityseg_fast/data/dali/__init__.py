@@ -2,7 +2,9 @@
 
     graphs.py   pipeline bodies as free functions of DataNodes and explicit arguments
     loader.py   the `dali` loader backend: its mode table (ROUTES), plan feeding, iteration, hand-off
+    inputs.py   what the host feeds each graph, and the Feed that reads it ahead on reader threads
     probe.py    what DALI can do here (doctor): the version, one batch of the real graphs
+    nvjpeg.py   what a mixed decode ran on: the nvJPEG DALI loaded, the hardware JPEG decoder (ctypes, /proc)
     memory.py   release DALI's unused pool memory (memory baselines between points)
 
 Importing this package does not import DALI (only graphs.py and loader.py do, and the factory and the

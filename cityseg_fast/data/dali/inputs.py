@@ -2,13 +2,14 @@
 
 `HostInputs` reads encoded files, npy label windows and the plan's crop windows (no pipeline, no torch
 state); each NamedTuple below is one graph's inputs, made by its `read`; `Feed` is the pipeline's
-external source, the piece a feed that runs ahead of the pipeline replaces.
+external source, which calls that `read` on reader threads ahead of the pipeline.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -127,31 +128,69 @@ def _shapes(geo: list) -> list:
 
 
 class Feed:
-    """The pipeline's external source: serves the current epoch's batches through `read(items)`
-    (one Row's `feeds.read`), remembers what it fed. The loader's interface to it: `start(batches)`,
-    `stop()`, `__call__()` (DALI's source; no parameters, or DALI would pass batch info), and `fed`,
-    the batches in flight, oldest first (popped as their outputs arrive, named on a decode error)."""
+    """The pipeline's external source, reading ahead: `start(batches)` begins reading the epoch's first
+    `ahead` batches on reader threads at once, and each `__call__()` (DALI's source, on the consumer's
+    thread: no parameters, or DALI would pass batch info) hands over the oldest batch, waiting only if
+    it is not read yet, and starts reading the next. So the thread that runs the model no longer reads
+    JPEG bytes and npy label windows itself, and DALI's next iteration is not held up by the read.
 
-    def __init__(self, read: Callable[[list], tuple]) -> None:
-        self.read = read
-        self.batches: list = []
-        self.pos = 0
+    Order is kept: the k-th call returns the k-th planned batch (`read(items)`: one Row's
+    `feeds.read`), and a read that failed raises at the call that would have returned it, so errors
+    surface at the same batch as with a serial read. `fed` holds the batches handed to DALI and not yet
+    out of it, oldest first (popped as their outputs arrive, named on a decode error). `stop()` ends
+    the epoch (the next call raises StopIteration; reads still running are left to finish and
+    dropped); `close()` also ends the reader threads.
+
+    Why threads and not DALI's parallel external source (worker processes): its callback must be
+    stateless, making a batch from its BatchInfo alone, in a process started at build time (a pickled
+    source under "spawn", or "fork" before CUDA is initialised), while our plan changes at every
+    `set_epoch` and the training process has CUDA up before it builds the loader; and a process per
+    worker plus shared-memory slots sized per sample is a high price for what is file reads and numpy
+    copies, which release the GIL.
+    """
+
+    def __init__(self, read: Callable[[list], tuple], ahead: int = 2) -> None:
+        if ahead < 1:
+            raise ValueError(f"Feed: ahead must be >= 1, got {ahead}")
+        self.read, self.ahead = read, ahead
         self.fed: collections.deque = collections.deque()
+        self._todo: Iterator[list] = iter(())
+        self._pending: collections.deque = collections.deque()  # (items, Future), in plan order
+        self._pool: ThreadPoolExecutor | None = None
 
     def start(self, batches: list) -> None:
-        self.batches, self.pos = batches, 0
+        self.stop()
         self.fed.clear()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.ahead, thread_name_prefix="cityseg-feed")
+        self._todo = iter(batches)
+        for _ in range(self.ahead):
+            self._read_next()
 
     def stop(self) -> None:
-        self.pos = len(self.batches)
+        self._todo = iter(())
+        for _, future in self._pending:
+            future.cancel()  # a read already running finishes on its thread; its result is dropped
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _read_next(self) -> None:
+        items = next(self._todo, None)
+        if items is not None:
+            self._pending.append((items, self._pool.submit(self.read, items)))
 
     def __call__(self) -> tuple:
-        if self.pos >= len(self.batches):
+        if not self._pending:
             raise StopIteration
-        items = self.batches[self.pos]
-        self.pos += 1
+        items, future = self._pending.popleft()
+        self._read_next()
         self.fed.append(items)
-        return self.read(items)
+        return future.result()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ rank, with which random scale/crop/flip) is built on the host, and the pipeline 
 label bytes, crop window, output size, flip) per batch. Image and label travel in the same tuple, so
 they cannot fall out of step; the random values are drawn once per sample and applied to both; the
 k-th output batch is the k-th fed batch, which names the files of a batch that fails to decode.
+The feed reads ahead on its own threads (inputs.Feed), so the consumer's thread, which DALI calls the
+source from, only hands over batches that are already read.
 
 Three hand-offs, by where DALI runs and where the model runs:
 - DALI on the GPU: outputs bound to the consumer's CUDA stream (`share_outputs(cuda_stream)`, no host
@@ -16,6 +18,9 @@ Three hand-offs, by where DALI runs and where the model runs:
   reused buffers (`loader.resampler`; resample.py says why).
 - DALI on the CPU, model on a GPU: uint8 crops and labels (4x and 8x fewer bytes than float and
   int64) into pinned memory, copied and normalized on a side stream one batch ahead (handoff.py).
+
+A mixed decoder that cannot load nvJPEG decodes on the CPU and still runs: after its first batch a GPU
+loader asks what its decoding ran on (nvjpeg.py) and its description and rows say it (`gpu_decode`).
 
 The loader's mode is computed once (`Mode.of`) and its `route` (pipeline, hand-off) picks one row
 of ROUTES: what the host feeds (a NamedTuple whose `read` makes it from the planned items), the
@@ -36,8 +41,9 @@ from PIL import Image
 
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.cityscapes import load_label_array
-from cityseg_fast.data.dali import graphs
+from cityseg_fast.data.dali import graphs, nvjpeg
 from cityseg_fast.data.dali.inputs import Augmented, Feed, Frames, HostInputs, Labelled, Windowed
+from cityseg_fast.data.dali.nvjpeg import GpuDecode
 from cityseg_fast.data.dali.to_torch import ToTorch
 from cityseg_fast.data.handoff import CudaPrefetcher, HostBatch
 from cityseg_fast.data.plan import LoaderSpec, PlannedLoader, SizeCache
@@ -118,10 +124,12 @@ class Mode:
     def torch_tail(self) -> bool:
         return self.pipeline in ("window", "frame")
 
-    def describe(self, num_threads: int) -> str:
-        """The loader's description (recorded in every row: keep its words stable)."""
+    def describe(self, num_threads: int, gpu: GpuDecode | None = None) -> str:
+        """The loader's description (recorded in every row: keep its words stable); `gpu`: what the mixed
+        decoder ran on, once a batch has been decoded (nvjpeg.py)."""
         if self.decoder.on_gpu:
-            where = f"gpu mixed decode, hw_decoder_load={self.decoder.hw_decoder_load}"
+            ran = f", {gpu.words()}" if gpu is not None else ""
+            where = f"gpu mixed decode{ran}, hw_decoder_load={self.decoder.hw_decoder_load}"
         else:
             where = "cpu decode"
         stage = {"decode": "decode-only", "eval": "eval"}.get(self.pipeline, "train")
@@ -199,9 +207,12 @@ class DaliLoader(PlannedLoader):
         out = graphs.Output(spec.mean, spec.std, normalize, layout)
         self._handoff = ToTorch(spec, self.mode, host, out.layout, prefetch_queue_depth, num_threads)
         self._to_batch = functools.partial(row.handoff, self._handoff)
-        self._feed = Feed(functools.partial(row.feeds.read, host))
+        # reads `depth` batches ahead of DALI's own queue, on as many threads (inputs.Feed says why)
+        self._feed = Feed(functools.partial(row.feeds.read, host), ahead=prefetch_queue_depth)
         self._active = False
-        self.description = self.mode.describe(num_threads)
+        self._num_threads = num_threads
+        # what the decoding ran on: known for a CPU decoder, learnt from the first batch for a mixed one
+        self.gpu_decode: GpuDecode | None = None if self.mode.decoder.on_gpu else nvjpeg.CPU_DECODE
         settings = graphs.Settings(
             decoder=self.mode.decoder, out=out, crop=spec.crop, roi=self.mode.roi, eval_size=spec.eval_size,
             eval_label_resize=spec.eval_label_resize, label_arrays=self.mode.label_arrays,
@@ -211,8 +222,18 @@ class DaliLoader(PlannedLoader):
 
     # -- the Loader protocol ----------------------------------------------------------------
 
+    @property
+    def description(self) -> str:
+        return self.mode.describe(self._num_threads, self.gpu_decode if self.mode.decoder.on_gpu else None)
+
+    @property
+    def decoder(self) -> str | None:
+        """The decoder rows name (LOADER_DECODER), once known: a mixed decoder's after its first batch."""
+        return None if self.gpu_decode is None else self.gpu_decode.decoder()
+
     def close(self) -> None:
         self._pipe = None
+        self._feed.close()
         self._handoff.close()
 
     def __iter__(self):
@@ -238,6 +259,8 @@ class DaliLoader(PlannedLoader):
             except StopIteration:
                 break
             items = self._feed.fed.popleft()
+            if self.gpu_decode is None:  # DALI loads nvJPEG on first use: now it has decoded a batch
+                self.gpu_decode = nvjpeg.gpu_decode(self.mode.decoder.hw_decoder_load, self._device_index())
             if tail:  # keep DALI's threads busy while this thread runs the tail
                 self._guard(pipe.schedule_run)
             batch = self._to_batch(outs, items)
@@ -281,10 +304,11 @@ class DaliLoader(PlannedLoader):
 
     # -- the pipeline ------------------------------------------------------------------------
 
+    def _device_index(self) -> int:
+        return self.device.index if self.device.index is not None else 0
+
     def _build(self, row: Row, settings: graphs.Settings, num_threads: int, depth: int):
-        device_id = None
-        if self.mode.handoff == "gpu":
-            device_id = self.device.index if self.device.index is not None else 0
+        device_id = self._device_index() if self.mode.handoff == "gpu" else None
         if self.mode.torch_tail:
             # The batch being finished in torch holds its DALI outputs until the tail is done; one
             # more slot lets DALI decode `depth` batches ahead meanwhile (reports/cpu-loaders/).

@@ -3,7 +3,9 @@
 A JPEG decode alone says little: the loader's train graph slices, resizes, flips, normalizes and pads,
 its eval graph decodes whole frames and maps labels, on the CPU and (with a GPU) through the `mixed`
 decoder. So the probe writes two tiny frames with labels to a temporary folder and runs one batch of
-the train and the eval graph of the real loader on each device DALI can use. Never raises.
+the train and the eval graph of the real loader on each device DALI can use, then asks what the mixed
+decoder ran on (nvjpeg.py): a mixed decoder without nvJPEG decodes on the CPU and still runs, so GPU
+decoding counts only with nvJPEG loaded. Never raises.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from PIL import Image
 
 from cityseg_fast.config import IMAGENET_MEAN, IMAGENET_STD
 from cityseg_fast.data.cityscapes import Sample
+from cityseg_fast.data.dali import nvjpeg
 from cityseg_fast.data.plan import LoaderSpec
 from cityseg_fast.hardware import resolve_device
+
+HW_LOAD = 0.65  # the probe loaders' hw_decoder_load (any share > 0 asks whether the JPEG engines are there)
 
 
 def dali_version() -> str | None:
@@ -55,7 +60,7 @@ def _one_batch(samples: list, train: bool, dali_device: str, device: Any) -> str
         rank=0, world_size=1, seed=0, device=device,
     )  # fmt: skip
     loader = DaliLoader(
-        samples, spec, dali_device=dali_device, num_threads=1, prefetch_queue_depth=1, hw_decoder_load=0.65
+        samples, spec, dali_device=dali_device, num_threads=1, prefetch_queue_depth=1, hw_decoder_load=HW_LOAD
     )
     try:
         batch = next(iter(loader))
@@ -83,15 +88,19 @@ def _graphs(dali_device: str, device: Any, samples: list) -> dict[str, Any]:
 
 
 def probe() -> dict[str, Any]:
-    """{'version', 'cpu_pipeline', 'gpu_decode', 'cpu_graphs': {train, eval}, 'gpu_graphs': ..., 'error'}.
+    """{'version', 'cpu_pipeline', 'gpu_decode', 'cpu_graphs': {train, eval}, 'gpu_graphs': ..., 'error',
+    'nvjpeg_version', 'hw_decoder', 'hw_decoder_engines', 'gpu_decode_note'}.
 
-    cpu_pipeline / gpu_decode: the real train and eval graphs ran one batch on the CPU / through
-    the mixed decoder on this process's GPU. Never raises: a missing DALI or a failing pipeline is
-    reported, not crashed on.
+    cpu_pipeline: the real train and eval graphs ran one batch on the CPU; gpu_decode: they ran through
+    the mixed decoder on this process's GPU with nvJPEG loaded (not a CPU fallback); nvjpeg_version,
+    hw_decoder (the GPU's JPEG engines take a share), hw_decoder_engines, gpu_decode_note (why not, or
+    "no GPU"): nvjpeg.GpuDecode. Never raises: a missing DALI or a failing pipeline is reported, not
+    crashed on.
     """
     import torch
 
     info: dict[str, Any] = {"version": dali_version(), "cpu_pipeline": False, "gpu_decode": False, "error": None}
+    info.update(decode_fields(nvjpeg.NO_GPU))
     if info["version"] is None:
         info["error"] = "nvidia.dali is not installed"
         return info
@@ -100,8 +109,21 @@ def probe() -> dict[str, Any]:
         info["cpu_graphs"] = _graphs("cpu", torch.device("cpu"), samples)
         info["cpu_pipeline"] = info["cpu_graphs"]["train"] and info["cpu_graphs"]["eval"]
         if torch.cuda.is_available():
-            info["gpu_graphs"] = _graphs("gpu", resolve_device(), samples)
-            info["gpu_decode"] = info["gpu_graphs"]["train"] and info["gpu_graphs"]["eval"]
+            device = resolve_device()
+            info["gpu_graphs"] = _graphs("gpu", device, samples)
+            ran = nvjpeg.gpu_decode(HW_LOAD, device.index or 0)
+            info.update(decode_fields(ran))
+            info["gpu_decode"] = info["gpu_graphs"]["train"] and info["gpu_graphs"]["eval"] and bool(ran.nvjpeg_version)
     errors = [g.get("error") for g in (info.get("cpu_graphs", {}), info.get("gpu_graphs", {}))]
     info["error"] = next((e for e in errors if e), None)
     return info
+
+
+def decode_fields(g: nvjpeg.GpuDecode) -> dict[str, Any]:
+    """A GpuDecode as doctor's JSON fields."""
+    return {
+        "nvjpeg_version": g.nvjpeg_version,
+        "hw_decoder": g.hw_decoder,
+        "hw_decoder_engines": g.hw_engines,
+        "gpu_decode_note": g.note,
+    }
