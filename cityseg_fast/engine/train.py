@@ -4,11 +4,11 @@
 
 `_train` reads top to bottom: `_set_up` (claim the run directory, loaders, model and optimizer, resume),
 `_loop` (about 25 lines, like mmengine's IterBasedTrainLoop.run: one `step.train_step`, then the interval
-actions `Schedule.due` names: log, evaluate, checkpoint), `_finish` (final numbers, the 'end' event); an
+actions `Schedule.due` names: log, evaluate, checkpoint; engine/schedule.py), `_finish` (final numbers, the 'end' event); an
 ExitStack closes the loaders, NVML and the event logs however the run ends.
 
 The loop never reads a value on the host except at log intervals, where the summed loss is pulled once
-(`LogWindow.sync`, the one sync point per interval) and written to out_dir/metrics.jsonl. Each
+(`LogWindow.sync`, the one sync point per interval) and written to out_dir/metrics.jsonl (engine/events.py). Each
 'train' line also has, as MMSegmentation logs them: `time` (s per iteration), `data_time` (s per iteration
 blocked in next() on the loader), the measured data wait (`data_wait_ms_p50` / `_p99`, `stall_fraction`:
 engine/stall.py, read after that same sync) and memory (host RSS; on a GPU torch's max allocated /
@@ -33,58 +33,58 @@ plus any evaluation or regular checkpoint the schedule puts between the signal a
 (one under way is finished first), and the set-up when the signal comes before the first log interval.
 
 Extending the loop: an interval action is a field of `Schedule` and of `Due` plus one line in `_loop`;
-another place for the events is another `EventLog`, added in `_event_logs` (TensorBoard is one:
+another place for the events is another `EventLog`, added in `event_logs` (TensorBoard is one:
 engine/tensorboard.py, with train.tensorboard=true).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 
 from cityseg_fast import diskio, jsonsafe
-from cityseg_fast.config import Config, TrainConfig, dump_config, to_dict
+from cityseg_fast.config import Config, dump_config, to_dict
 from cityseg_fast.data.batch import Batch
 from cityseg_fast.data.factory import Loader, build_loader
 from cityseg_fast.data.plan import endless
 from cityseg_fast.engine import checkpoint as ckpt_io
 from cityseg_fast.engine import dist, rundir, tensorboard
 from cityseg_fast.engine.evaluate import evaluate, iou_table
+from cityseg_fast.engine.events import (
+    EventLogs,
+    ProgressBar,
+    event_logs,
+    interval_fields,
+    memory_fields,
+    progress_bar,
+    progress_text,
+)
 from cityseg_fast.engine.ranks import (
     AllReduceClock,
     gather_rank_times,
     rank_fields,
     rank_times,
-    straggler_text,
 )
+from cityseg_fast.engine.schedule import LogWindow, NonFiniteGuard, Schedule
 from cityseg_fast.engine.stall import StallMeter, StallStats
 from cityseg_fast.engine.step import TrainState, build_train_state, train_step
 from cityseg_fast.environment import collect_env
 from cityseg_fast.errors import Preempted, UserError
 from cityseg_fast.hardware import affinity_warning, rank_cpus
-from cityseg_fast.memstats import NvmlDevice, host_rss_mib, torch_memory_mib
+from cityseg_fast.memstats import NvmlDevice
 from cityseg_fast.models import model_from_config
 from cityseg_fast.preemption import StopRequest, catch_stop_signals
 
@@ -99,165 +99,8 @@ def seed_everything(seed: int) -> None:
 # where the events go
 
 
-class EventLog(Protocol):
-    """A place a run's events go, on rank 0: 'start' or 'resume', 'train' per log interval, 'eval', 'end'.
-    Fields are plain values; floats may be NaN or inf (each writer makes them what its format takes)."""
-
-    def write(self, event: str, **fields: Any) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class MetricsLog:
-    """The EventLog of out_dir/metrics.jsonl: one strict-JSON line per event (NaN and inf are null), each
-    stamped with its wall-clock `timestamp`, written and flushed at once (a killed run keeps every line)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, event: str, **fields: Any) -> None:
-        row = {"timestamp": round(time.time(), 3), "event": event, **fields}
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:  # the whole line or none of it; a full disk is one line naming the file (diskio)
-            diskio.append_all(fd, (jsonsafe.dumps(row) + "\n").encode(), self.path)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        """Nothing held open: each line opened and closed its file."""
-
-
-class EventLogs:
-    """Every EventLog of a run, written in order; none on the other ranks (rank 0 alone logs)."""
-
-    def __init__(self, logs: Sequence[EventLog]) -> None:
-        self.logs = list(logs)
-
-    def write(self, event: str, **fields: Any) -> None:
-        for log in self.logs:
-            log.write(event, **fields)
-
-    def close(self) -> None:
-        for log in self.logs:
-            log.close()
-
-
-def _event_logs(out: Path, info: dist.DistInfo, t: TrainConfig, start: int) -> EventLogs:
-    """Where this rank's events go: on rank 0 metrics.jsonl and, with train.tensorboard, OUT/tb; none elsewhere."""
-    if not info.is_main:
-        return EventLogs([])
-    logs: list[EventLog] = [MetricsLog(out / rundir.METRICS_FILE)]
-    if t.tensorboard:
-        logs.append(tensorboard.TensorBoardLog.open(out, start))
-    return EventLogs(logs)
-
-
 # ---------------------------------------------------------------------------------------------
 # what the loop decides once per iteration
-
-
-@dataclass(frozen=True)
-class Due:
-    """The interval actions due after one iteration, in the order `_loop` runs them."""
-
-    log: bool
-    eval: bool
-    ckpt: bool
-    stop: bool = False  # a stop signal: save and stop here (after a log, where the ranks agreed on it)
-
-    def stopping(self) -> Due:
-        """What is due when the ranks have agreed to stop: a checkpoint, not an evaluation (the grace
-        period is short), then the stop."""
-        return Due(log=self.log, eval=False, ckpt=True, stop=True)
-
-    @property
-    def pause(self) -> bool:
-        """Evaluation or a checkpoint follows: every rank needs rank 0's BatchNorm statistics, and the time
-        it takes is not a data wait."""
-        return self.eval or self.ckpt
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When each interval action runs: at every multiple of its interval, and at the last iteration."""
-
-    iters: int
-    log: int
-    eval: int
-    ckpt: int
-
-    @classmethod
-    def from_config(cls, t: TrainConfig) -> Schedule:
-        return cls(iters=t.iters, log=t.log_interval, eval=t.eval_interval, ckpt=t.ckpt_interval)
-
-    def _at(self, it: int, interval: int) -> bool:
-        return it % interval == 0 or it == self.iters
-
-    def due(self, it: int) -> Due:
-        return Due(log=self._at(it, self.log), eval=self._at(it, self.eval), ckpt=self._at(it, self.ckpt))
-
-
-class LogWindow:
-    """The current log interval: its summed loss, kept on the device until the interval's one sync, and the
-    iteration and clock it started at."""
-
-    def __init__(self, device: torch.device, it: int, now: float) -> None:
-        self.totals = torch.zeros(2, device=device)  # [summed loss, stop flag]: one all-reduce carries both
-        self.loss_sum = self.totals[0]  # a view: the per-step add writes into `totals`
-        self.steps, self.start_it, self.start_t = 0, it, now
-
-    def add(self, loss: torch.Tensor) -> None:
-        # Outside the step's events: the log sync waits for this add, so for the step's end event.
-        self.loss_sum += loss
-        self.steps += 1
-
-    def sync(self, world_size: int, stop: bool, also: torch.Tensor | None = None) -> tuple[float, bool, list[float]]:
-        """(the loss averaged over the interval and the ranks, whether any rank asked to stop, the values of
-        `also`: the fp16 scaler's trace, this rank's): the one all-reduce and host sync per log interval. The
-        flag is summed in the same reduction, so every rank gets the same answer at the same iteration; `also`
-        is read in the same transfer, not reduced."""
-        self.totals[1].fill_(float(stop))  # a scalar fill: no host-to-device copy
-        dist.all_reduce_sum(self.totals)
-        values = self.totals if also is None else torch.cat([self.totals, also.float()])
-        loss_sum, stops, *rest = values.tolist()
-        return loss_sum / (self.steps * world_size), stops > 0, rest
-
-    def next(self, it: int, now: float) -> None:
-        """Start the next interval at iteration `it`, time `now`."""
-        self.totals.zero_()
-        self.steps, self.start_it, self.start_t = 0, it, now
-
-    def restart_clock(self) -> None:
-        self.start_t = time.perf_counter()
-
-
-@dataclass
-class NonFiniteGuard:
-    """Stops a run whose logged loss stayed non-finite for `limit` consecutive log intervals; while the last
-    logged loss is not finite, no checkpoint is saved."""
-
-    limit: int
-    bad: int = 0  # consecutive non-finite logged losses
-
-    def check(self, loss: float, it: int, out: Path, last_ckpt: Path | None) -> None:
-        if math.isfinite(loss):
-            self.bad = 0
-            return
-        self.bad += 1
-        if self.bad >= self.limit:
-            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else ""
-            raise UserError(
-                f"{out}: loss non-finite for {self.bad} consecutive log intervals (iteration {it}); "
-                f"lower train.lr or use precision.dtype=fp32/bf16{where}"
-            )
-
-    def healthy(self, model: nn.Module) -> bool:
-        """Whether the weights are worth a checkpoint: no non-finite logged loss, and every weight and buffer
-        finite (BatchNorm statistics blow up too). One sync, only at checkpoint time, which syncs anyway."""
-        if self.bad:
-            return False
-        flags = [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
-        return bool(torch.stack(flags).all()) if flags else True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,72 +131,6 @@ def restore(state: TrainState, path: Path, ck: dict[str, Any] | None = None) -> 
     state.scaler.load_state_dict(ck["scaler"])
     ckpt_io.restore_rng(ck["rng"])
     return int(ck["iteration"])
-
-
-def _progress(enabled: bool):
-    return Progress(  # on stderr, like every line a run prints: stdout is left to results (bench --json)
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-        console=Console(stderr=True),
-    )
-
-
-def memory_fields(device: torch.device, nvml: Any) -> dict[str, float | None]:
-    """A 'train' line's memory: host RSS of this process; on a GPU torch's max allocated / reserved since the
-    run started (host-side allocator counters) and NVML's used memory (`nvml`: a memstats.NvmlDevice or None)."""
-
-    t = torch_memory_mib(device)
-    return {
-        "mem_host_rss_mib": host_rss_mib(),
-        "mem_torch_max_allocated_mib": t["mem_torch_max_allocated_mib"],
-        "mem_torch_max_reserved_mib": t["mem_torch_max_reserved_mib"],
-        "mem_nvml_used_mib": nvml.used_mib() if nvml is not None else None,
-    }
-
-
-def interval_fields(stats: StallStats, iters: int, seconds: float) -> dict[str, float | None]:
-    """A 'train' line's timing: s per iteration, s per iteration blocked in next(), and the data wait the
-    meter measured (this rank's `take`, right after the interval's sync, so every step in it has ended)."""
-    m = stats.metrics()
-    n = len(stats.host_wait_s)
-    return {
-        "time": seconds / max(1, iters),
-        "data_time": sum(stats.host_wait_s) / n if n else None,
-        "data_wait_ms_p50": m["data_wait_ms_p50"],
-        "data_wait_ms_p99": m["data_wait_ms_p99"],
-        "stall_fraction": m["stall_fraction"],
-    }
-
-
-class _Bar:
-    """The console's progress bar (disabled on ranks other than 0): a tick per step, stats per log line."""
-
-    def __init__(self, progress: Progress, total: int, completed: int) -> None:
-        self.progress = progress
-        self.task = progress.add_task("train", total=total, completed=completed, stats="")
-
-    def advance(self) -> None:
-        self.progress.advance(self.task)
-
-    def show(self, stats: str) -> None:
-        self.progress.update(self.task, stats=stats)
-
-    def print(self, text: str) -> None:
-        self.progress.console.print(text)
-
-
-def progress_text(line: dict[str, Any]) -> str:
-    """The bar's stats from a 'train' line: loss, lr, images/s and, where measured, the stall and a straggler."""
-    stall = line["stall_fraction"]
-    stall_text = f"  stall {stall:.0%}" if stall is not None else ""
-    rate = f"loss {line['loss']:.4f}  lr {line['lr']:.2e}  {line['images_per_s']:.1f} img/s"
-    return rate + stall_text + straggler_text(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,8 +209,8 @@ def _train(cfg: Config, info: dist.DistInfo) -> TrainSummary:
 
 def _loop(run: _Run) -> None:
     """The iterations: one train step, then the interval actions the schedule says are due."""
-    with _progress(run.info.is_main) as progress:
-        bar = _Bar(progress, total=run.cfg.train.iters, completed=run.start)
+    with progress_bar(run.info.is_main) as progress:
+        bar = ProgressBar(progress, total=run.cfg.train.iters, completed=run.start)
         while run.it < run.cfg.train.iters:
             epoch, batch = run.meter.next(run.stream)
             with run.meter.step():
@@ -457,7 +234,7 @@ def _loop(run: _Run) -> None:
                 run.window.restart_clock()  # images/s of the next interval excludes eval and checkpoint time
 
 
-def _log(run: _Run, epoch: int, bar: _Bar) -> bool:
+def _log(run: _Run, epoch: int, bar: ProgressBar) -> bool:
     """The end of a log interval: its one host sync, its 'train' line and bar stats, the non-finite guard.
     Returns whether any rank was asked to stop (the same on every rank)."""
     run.last_loss, stop, scaler = run.window.sync(run.info.world_size, run.stop.requested, run.state.scaler.trace())
@@ -497,7 +274,7 @@ def train_line(run: _Run, epoch: int, now: float, stats: StallStats) -> dict[str
     }
 
 
-def _evaluate(run: _Run, bar: _Bar) -> None:
+def _evaluate(run: _Run, bar: ProgressBar) -> None:
     main = run.info.is_main
     r = evaluate(run.net, run.val_loader, run.cfg, run.info.device, progress=bar.progress if main else None)
     run.result = r
@@ -559,7 +336,7 @@ def _set_up(cfg: Config, info: dist.DistInfo, cleanup: ExitStack) -> _Run:
     ranks = dist.all_gather_object(_rank_env(info))  # every rank's CPU sets, for rank 0's env.json
     if info.is_main:  # only now: a config.yaml says a run of this config started here (rundir refuses others)
         _write_run_files(cfg, out, ranks)
-    logs = _event_logs(out, info, cfg.train, start)
+    logs = event_logs(out, info, cfg.train, start)
     cleanup.callback(logs.close)
     _announce(logs, cfg, info, train_loader, resume_from, start)
     nvml = NvmlDevice.open(info.device) if info.is_main else None  # None on the CPU or without NVML
