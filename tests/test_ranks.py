@@ -10,8 +10,8 @@ import pytest
 from engine_fixtures import REPO, TORCHRUN, _run, tiny_overrides, write_tiny_cityscapes
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cityseg_fast.engine.ranks import RankTimes, rank_fields, straggler_text
 from cityseg_fast.engine.events import progress_text
+from cityseg_fast.engine.ranks import RankTimes, rank_fields, straggler_text
 from cityseg_fast.results import scenarios
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -29,8 +29,8 @@ from cityseg_fast.config import load_config
 from cityseg_fast.data.torch_loader import TorchLoader
 from cityseg_fast.dirlock import LOCK_FILE
 from cityseg_fast.engine.checkpoint import list_checkpoints, load_checkpoint
-from cityseg_fast.engine.step import SegLoss
 from cityseg_fast.engine.schedule import LogWindow, Schedule
+from cityseg_fast.engine.step import SegLoss
 from cityseg_fast.engine.train import train
 from cityseg_fast.errors import EXIT_PREEMPTED
 from cityseg_fast.preemption import catch_stop_signals
