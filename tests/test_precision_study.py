@@ -192,7 +192,7 @@ def test_fp16_run_logs_the_loss_scale_and_skipped_steps(tmp_path):
     line of metrics.jsonl says so; what the accuracy row reads of them (its curves, its summary) is the same."""
     out = tmp_path / "run"
     cfg = load_config([], ["loader.backend=synthetic", "model.name=unet_s16", "model.base_width=4", "model.depth=2",
-                           "data.crop=[16,32]", "data.eval_size=[16,32]", "loader.batch_size=2",
+                           "data.crop=[16,32]", "data.eval_size=[16,32]", "data.eval_label_resize=true", "loader.batch_size=2",
                            "loader.eval_batch_size=2", "train.iters=6", "train.log_interval=2", "train.eval_interval=6",
                            "train.ckpt_interval=6", "precision.dtype=fp16", f"train.out_dir={out}", "train.lr=1e4",
                            "train.optimizer=sgd", "train.max_nonfinite=100"])  # fmt: skip
