@@ -135,7 +135,7 @@ def test_the_sweeps_that_replaced_benchmark_scripts_expand_to_their_points(tmp_p
     for var in ("CITYSEG_LOADER_PNG", "CITYSEG_LOADER_NPY", "CITYSEG_ACC_DATA"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
     loaders = load_spec(ROOT / "configs" / "sweeps" / "loaders_cpu.yaml")
-    assert len(loaders.points) == 9 * 3 and {sp.round for sp in loaders.points} == {0, 1, 2}
+    assert len(loaders.points) == 10 * 3 and {sp.round for sp in loaders.points} == {0, 1, 2}
     first = [sp.point for sp in loaders.points if sp.round == 0]
     assert {(p["loader"], p.get("decode_only", False)) for p in first} == {
         (b, d) for b in ("dali", "torch") for d in (False, True)
