@@ -289,7 +289,7 @@ def plot_resolution(d: Design, out: Path) -> Plot:
     _log_x_if_wide(ax, [x for x, _, _ in labels])
     ax.set_xlabel("inference throughput (images/s at the scaled input, mean ± std over seeds)")
     ax.set_ylabel("val mIoU (%, labels at full resolution)")
-    ax.set_title("Evaluating at a lower input resolution: speed gained, accuracy lost")
+    ax.set_title("Evaluating at a lower input resolution: inference speed and mIoU, per scale")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     place_labels(ax, labels)
