@@ -11,6 +11,7 @@ from engine_fixtures import TORCHRUN, _run, run_cli
 from PIL import Image
 
 from cityseg_fast.report.build import build_report
+from cityseg_fast.report.scaling import panel_labels
 from cityseg_fast.results import merge, read_rows
 from cityseg_fast.results.derive import SCALING_EFFICIENCY
 
@@ -40,3 +41,14 @@ def test_rows_at_world_size_one_and_two_make_a_scaling_row(tmp_path):
     with Image.open(tmp_path / "report" / "scaling.png") as im:
         im.verify()
     assert json.loads(results.read_text().splitlines()[-1])["point"]["world_size"] == 2
+
+
+def test_a_scaling_panels_legend_writes_the_shared_configuration_once():
+    plain = "unet_s16 fp32 torch image_format=jpeg num_workers=1"
+    slowed = plain + " rank_sleep_ms=250 slowed_rank=1"
+    assert panel_labels([plain, slowed]) == (
+        ["unet_s16 fp32", "unet_s16 fp32 rank_sleep_ms=250 slowed_rank=1"],
+        "torch image_format=jpeg num_workers=1",
+    )
+    assert panel_labels(["unet_s16 fp32", "fcn8s_vgg16 fp32"]) == (["unet_s16 fp32", "fcn8s_vgg16 fp32"], "")
+    assert panel_labels([slowed]) == ([slowed], "")  # one line: nothing to factor out

@@ -113,6 +113,15 @@ def _label_keys(rows: Sequence[RunRow]) -> list[str]:
     return ["model", "dtype"] + [k for k in varying if k not in ("model", "dtype", "world_size")]
 
 
+def panel_labels(labels: Sequence[str]) -> tuple[list[str], str]:
+    """The labels of one panel without the words they all share (model and precision always kept), and those
+    words: the legend's title, so a long shared configuration is written once instead of on every line."""
+    words = [label.split() for label in labels]
+    shared = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
+    common = [w for w in words[0][2:] if w in shared] if words else []
+    return [" ".join(w[:2] + [x for x in w[2:] if x not in common]) for w in words], " ".join(common)
+
+
 def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
     """img/s against world size per configuration (its world-size-1 point and each N), N x img/s at 1 dashed;
     a panel per scenario, the MAX_SERIES configurations fastest at their largest N (report/scaling.py)."""
@@ -128,10 +137,11 @@ def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, scenario in zip(axes.flat, scenarios, strict=True):
         mine = [v for v in shown if v["scenario"] == scenario]
-        for i, line in enumerate(mine):
+        labels, common = panel_labels([line["label"].split(": ", 1)[1] for line in mine])
+        for i, (line, label) in enumerate(zip(mine, labels, strict=True)):
             xs, ys = zip(*sorted(line["points"]), strict=True)
             color = cycle[i % len(cycle)]
-            ax.plot(xs, ys, "-o", color=color, label=line["label"].split(": ", 1)[1])
+            ax.plot(xs, ys, "-o", color=color, label=label)
             ax.plot([1, max(xs)], [line["base"], line["base"] * max(xs)], "--", color=color, alpha=0.5, linewidth=1)
             for x, y in zip(xs[1:], ys[1:], strict=True):
                 ax.annotate(f"{y / (x * line['base']):.0%}", (x, y), textcoords="offset points", xytext=(5, -12),
@@ -141,7 +151,8 @@ def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
         ax.set_ylabel("images/s (all ranks)")
         ax.set_title(f"{scenario}: img/s vs world size (dashed: N × img/s at 1)")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.margins(x=0.08)  # room for the efficiency beside the last point
+        ax.legend(fontsize=8, loc="upper left", title=common or None, title_fontsize=7, alignment="left")
     fig.tight_layout()
     caption = "The percentage at each point is its scaling efficiency; the Scaling table has the per-rank figures."
     if len(lines) > len(shown):
