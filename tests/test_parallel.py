@@ -11,10 +11,10 @@ import time
 
 import pytest
 from engine_fixtures import REPO, child_pids, deadline
-from pool_fixtures import bug_at, fail_at, killed_at, name
+from pool_fixtures import bug_at, fail_at, killed_at, name, stopped_at
 
 from cityseg_fast.data.parallel import RemoteTraceback, run_parallel
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
 
 TESTS = REPO / "tests"
 
@@ -32,7 +32,7 @@ def test_an_early_failure_among_thousands_of_tasks_never_hangs_repeated():
     code = textwrap.dedent("""
         from pool_fixtures import fail_at, name
         from cityseg_fast.data.parallel import run_parallel
-        from cityseg_fast.errors import UserError
+        from cityseg_fast.errors import Preempted, UserError
         for rep in range(20):
             try:
                 run_parallel(fail_at, [(i, 5) for i in range(3000)], 2, False, "stress", name)
@@ -91,3 +91,10 @@ def test_a_synth_worker_killed_mid_run_is_one_line_naming_its_frame(tmp_path):
     lines = [ln for ln in err.splitlines() if ln.startswith("cityseg synth: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert "_leftImg8bit.png: the worker process handling it was killed by SIGKILL" in lines[0], lines[0]
+
+
+def test_a_stop_signal_ends_the_map_after_the_task_under_way():
+    """SIGTERM while task 3 runs (inline, in this process): task 3 finishes, no other starts, Preempted."""
+    with pytest.raises(Preempted, match=r"^stopped by SIGTERM during t after 4 of 10 items"):
+        run_parallel(stopped_at, [(i, 3) for i in range(10)], 1, False, "t", name)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is this map's only

@@ -19,7 +19,7 @@ from cityseg_fast.cli import main
 from cityseg_fast.data.cityscapes import find_samples, read_label, read_manifest, validate_samples
 from cityseg_fast.data.prepare import prepare_dataset
 from cityseg_fast.data.synthetic import write_synthetic
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import EXIT_PREEMPTED, UserError
 
 SIZE = (64, 128)
 
@@ -248,25 +248,35 @@ def test_interrupted_run_completes_to_identical_output(src, tmp_path):
     assert _files(out) == _files(ref)
 
 
-def test_sigkill_midway_then_rerun_gives_identical_output(tmp_path):
+@pytest.mark.parametrize("sig, workers", [(signal.SIGKILL, 1), (signal.SIGTERM, 2)], ids=["sigkill", "sigterm-job"])
+def test_killed_or_stopped_midway_then_rerun_gives_identical_output(tmp_path, sig, workers):
+    """SIGKILL: whatever was written stays whole. SIGTERM to the whole process group (a cluster's time limit):
+    the workers ignore it, the frames under way finish, exit 75 with one line; either way a rerun continues."""
     src = tmp_path / "src"
     write_synthetic(src, train=30, val=0, test=0, size=(256, 512), seed=5, workers=2, progress=False)
     prepare_dataset(src, tmp_path / "ref", splits=("train",), workers=2, progress=False, label_format="png")
-    args = ["prepare", "--src", str(src), "--splits", "train", "--workers", "1", "--no-progress", "--label-format", "png"]
+    args = ["prepare", "--src", str(src), "--splits", "train", "--workers", str(workers), "--no-progress",
+            "--label-format", "png"]  # fmt: skip
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "cityseg_fast", *args, "--out", str(out)], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "cityseg_fast", *args, "--out", str(out)], env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     labels = out / "train" / "labels"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if labels.is_dir() and len(list(labels.glob("*.png"))) >= 3:
             break
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "manifest.json").exists(), "prepare finished before it could be killed"
+    os.killpg(proc.pid, sig)  # the process and its workers
+    _, err = proc.communicate(timeout=60)
+    assert not (out / "manifest.json").exists(), "prepare finished before it could be stopped"
     done = len(list(labels.glob("*.png")))
     assert 3 <= done < 30
+    if sig == signal.SIGTERM:
+        assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and last.startswith("cityseg prepare: stopped by SIGTERM during prepare after "), last
+        assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # the frames under way finished
     assert main([*args, "--out", str(out)]) == 0
     assert _files(out) == _files(tmp_path / "ref")
 

@@ -6,6 +6,9 @@ Each worker has its own pipe and holds one task at a time, so the parent always 
 worker is processing. An error in one task (a UserError naming a corrupt file, a full disk) stops the map:
 no new task starts, the tasks under way finish (so none is left half-written), the workers exit and the
 error is raised. A worker that dies (the out-of-memory killer, a signal) is one line naming its task.
+SIGTERM or SIGUSR1 (a cluster's time limit or preemption, sent to every process of the job) stops the map
+the same way: the workers ignore it, the tasks under way finish, and Preempted says how many are done
+(exit 75: rerunning the command continues, as synth and prepare skip or redo whole files only).
 
 Why not multiprocessing.Pool: its terminate() on an error can hang forever when its task-handler thread
 is blocked on a full pipe of queued tasks (seen in a test of prepare's error path). Why not
@@ -27,7 +30,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cityseg_fast.errors import UserError
+from cityseg_fast.errors import Preempted, UserError
+from cityseg_fast.preemption import StopRequest, catch_stop_signals, ignore_stop_signals
 
 
 def run_parallel(
@@ -39,18 +43,25 @@ def run_parallel(
     with Progress(
         TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         disable=not progress, transient=False,
-    ) as bar:
+    ) as bar, catch_stop_signals() as stop:
         job = bar.add_task(what, total=len(tasks))
         if workers <= 1:
             results = []
-            for r in map(fn, tasks):
-                results.append(r)
+            for task in tasks:
+                if stop.requested:
+                    break
+                results.append(fn(task))
                 bar.advance(job)
-            return results
-        return _map(fn, tasks, min(workers, len(tasks)), lambda: bar.advance(job), name)
+        else:
+            results = _map(fn, tasks, min(workers, len(tasks)), lambda: bar.advance(job), name, stop)
+    if stop.requested and len(results) < len(tasks):
+        raise Preempted(f"stopped by {stop.name} during {what} after {len(results)} of {len(tasks)} items (each one "
+                        "written whole); rerun the same command to continue")  # fmt: skip
+    return results
 
 
-def _map(fn: Callable, tasks: list, workers: int, advance: Callable[[], None], name: Callable[[Any], str]) -> list:
+def _map(fn: Callable, tasks: list, workers: int, advance: Callable[[], None], name: Callable[[Any], str],
+         stop: StopRequest) -> list:  # fmt: skip
     ctx = mp.get_context("spawn")
     pool = [_Worker(ctx, fn) for _ in range(workers)]
     queue = collections.deque(tasks)
@@ -66,9 +77,11 @@ def _map(fn: Callable, tasks: list, workers: int, advance: Callable[[], None], n
                 if ok:
                     results.append(value)
                     advance()
-                elif error is None:
-                    error = value
+                elif error is None and not (stop.requested and isinstance(value, WorkerDied)):
+                    error = value  # (a worker the job's stop signal killed while it started is not one)
                     queue.clear()  # no new task starts; the ones under way finish
+                if stop.requested:
+                    queue.clear()  # likewise
                 w.give(queue)
     except BaseException:  # Ctrl-C or a bug here: stop at once
         for w in pool:
@@ -111,7 +124,7 @@ class _Worker:
             self.alive = False
             self.proc.join()
             death = process_death(self.proc.exitcode)
-            return False, UserError(f"{name(task)}: the worker process handling it {death}; "
+            return False, WorkerDied(f"{name(task)}: the worker process handling it {death}; "
                                     "free memory or use fewer --workers, then rerun")  # fmt: skip
         if not ok:
             value, tb = value
@@ -127,6 +140,10 @@ class _Worker:
                 pass
         self.proc.join()
         self.conn.close()
+
+
+class WorkerDied(UserError):
+    """A worker process died holding a task (the out-of-memory killer, a signal): one line naming the task."""
 
 
 class RemoteTraceback(Exception):
@@ -148,6 +165,7 @@ def process_death(exitcode: int | None) -> str:
 def _serve(conn: Any, fn: Callable) -> None:
     """A worker's loop: run `fn` on each task received, answer (True, result) or (False, (error, traceback))."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    ignore_stop_signals()  # so do a job's SIGTERM / SIGUSR1: the parent stops handing out tasks
     try:
         while (msg := conn.recv()) is not None:
             try:
