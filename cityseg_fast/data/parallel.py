@@ -54,7 +54,7 @@ def run_parallel(
                 bar.advance(job)
         else:
             results = _map(fn, tasks, min(workers, len(tasks)), lambda: bar.advance(job), name, stop)
-    if stop.requested and len(results) < len(tasks):
+    if stop.requested:  # also after the last task: the caller's next step must not start
         raise Preempted(f"stopped by {stop.name} during {what} after {len(results)} of {len(tasks)} items (each one "
                         "written whole); rerun the same command to continue")  # fmt: skip
     return results

@@ -152,7 +152,7 @@ def plot_scaling(runs: Sequence[Run], out: Path) -> Plot:
         ax.set_title(f"{scenario}: img/s vs world size (dashed: N × img/s at 1)")
         ax.set_ylim(bottom=0)
         ax.margins(x=0.08)  # room for the efficiency beside the last point
-        ax.legend(fontsize=8, loc="upper left", title=common or None, title_fontsize=7, alignment="left")
+        ax.legend(fontsize=8, loc="upper left", title=common or None, title_fontsize=7)
     fig.tight_layout()
     caption = "The percentage at each point is its scaling efficiency; the Scaling table has the per-rank figures."
     if len(lines) > len(shown):
